@@ -1,0 +1,94 @@
+//! Reading a request body as a stream of chunks, gunzipping it when it says so, and enforcing the body size limit
+//! on the bytes Weir actually decodes (so a small gzip bomb cannot get past it).
+
+use axum::body::{Body, BodyDataStream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+
+/// The body's content coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Identity,
+    Gzip,
+}
+
+/// Why the body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the request body failed: {0}")]
+    Read(String),
+    #[error("the gzip body is corrupt or truncated: {0}")]
+    Gzip(String),
+    #[error("the request body is larger than the limit of {limit} bytes (--max-body-bytes)")]
+    TooLarge { limit: u64 },
+}
+
+type GzipReader = async_compression::tokio::bufread::GzipDecoder<
+    tokio_util::io::StreamReader<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>, Bytes>,
+>;
+
+/// A body being read.
+pub struct BodySource {
+    inner: Inner,
+    seen: u64,
+    limit: u64,
+}
+
+enum Inner {
+    Plain(BodyDataStream),
+    Gzip { reader: Box<GzipReader>, buf: Vec<u8> },
+}
+
+/// Marks I/O errors that came from the HTTP body rather than from gzip.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl BodySource {
+    pub fn new(body: Body, coding: Coding, limit: u64) -> Self {
+        let stream = body.into_data_stream();
+        let inner = match coding {
+            Coding::Identity => Inner::Plain(stream),
+            Coding::Gzip => {
+                let bytes = stream
+                    .map(|r| r.map_err(|e| std::io::Error::other(TransportError(e.to_string()))))
+                    .boxed();
+                let mut reader = async_compression::tokio::bufread::GzipDecoder::new(
+                    tokio_util::io::StreamReader::new(bytes),
+                );
+                reader.multiple_members(true);
+                Inner::Gzip { reader: Box::new(reader), buf: vec![0; 64 << 10] }
+            }
+        };
+        BodySource { inner, seen: 0, limit }
+    }
+
+    /// The next chunk of decoded body bytes; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        let chunk = match &mut self.inner {
+            Inner::Plain(stream) => match stream.next().await {
+                None => None,
+                Some(Ok(bytes)) => Some(bytes),
+                Some(Err(e)) => return Err(BodyError::Read(e.to_string())),
+            },
+            Inner::Gzip { reader, buf } => match reader.read(buf).await {
+                Ok(0) => None,
+                Ok(n) => Some(Bytes::copy_from_slice(&buf[..n])),
+                Err(e) => {
+                    return Err(match e.get_ref().and_then(|inner| inner.downcast_ref::<TransportError>()) {
+                        Some(t) => BodyError::Read(t.0.clone()),
+                        None => BodyError::Gzip(e.to_string()),
+                    });
+                }
+            },
+        };
+        if let Some(c) = &chunk {
+            self.seen += c.len() as u64;
+            if self.seen > self.limit {
+                return Err(BodyError::TooLarge { limit: self.limit });
+            }
+        }
+        Ok(chunk)
+    }
+}

@@ -1,0 +1,305 @@
+//! `POST /ingest`: NDJSON readings in, durable and acknowledged out.
+//!
+//! [`IngestService`] does the work independent of HTTP: it reads the body chunk by chunk, decodes it with
+//! [`BodyDecoder`], queues each full batch to the WAL as soon as it is full (so memory stays flat), and answers only
+//! once every batch it counts as accepted is fsynced. The axum handler [`ingest`] is a thin adapter: it checks the
+//! headers, calls the service and shapes the response the replaced system's clients expect.
+
+pub mod body;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use weir_pipeline::decode::Decoder;
+use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport};
+use weir_pipeline::reading::{DeviceInterner, ReadingBatch};
+use weir_pipeline::wal::record::encode_batch;
+use weir_pipeline::wal::{AppendError, PendingAppend, WalAppender};
+
+use crate::server::AppState;
+use body::{BodyError, BodySource, Coding};
+
+/// The response header that carries the WAL position of an acknowledged request.
+pub const POSITION_HEADER: &str = "weir-position";
+
+/// Content types `POST /ingest` accepts.
+pub const ACCEPTED_CONTENT_TYPES: [&str; 2] = ["application/stream+json", "application/x-ndjson"];
+
+/// Limits of one ingest request.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    pub decode: DecodeLimits,
+    pub max_body_bytes: u64,
+    pub max_request_time: Duration,
+    /// How long a request waits for room in the WAL queue before it gets 503.
+    pub queue_timeout: Duration,
+}
+
+/// Decodes bodies and makes their readings durable.
+#[derive(Clone)]
+pub struct IngestService {
+    decoder: Decoder,
+    limits: IngestLimits,
+    wal: WalAppender,
+}
+
+/// How a request ended when it could not be read or stored to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestFailure {
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("the request took longer than the limit of {0:?} (--max-request-time)")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Wal(#[from] AppendError),
+}
+
+/// What happened to one body.
+pub struct IngestOutcome {
+    /// Readings made durable.
+    pub accepted: u64,
+    /// WAL position of the last record written for this request, if any.
+    pub position: Option<u64>,
+    pub rejected: u64,
+    pub errors: Vec<LineReport>,
+    pub invalid: Vec<Box<RawValue>>,
+    /// Set when reading or storing stopped early; `accepted` still counts what was made durable before.
+    pub failure: Option<IngestFailure>,
+}
+
+impl IngestService {
+    pub fn new(decoder: Decoder, limits: IngestLimits, wal: WalAppender) -> Self {
+        IngestService { decoder, limits, wal }
+    }
+
+    pub fn limits(&self) -> &IngestLimits {
+        &self.limits
+    }
+
+    /// The durable WAL position.
+    pub fn durable_position(&self) -> u64 {
+        self.wal.durable_position()
+    }
+
+    /// Reads `source` to its end and stores its valid readings. With `atomic`, nothing is stored unless every line
+    /// is valid (the valid readings are then held in memory until the end and written as one record).
+    pub async fn ingest(&self, mut source: BodySource, atomic: bool) -> IngestOutcome {
+        let deadline = Instant::now() + self.limits.max_request_time;
+        let mut decoder = BodyDecoder::new(self.decoder.clone(), self.limits.decode.clone());
+        let mut held = ReadingBatch::new(self.decoder.sensors());
+        let mut held_devices = DeviceInterner::default();
+        let mut pending: Vec<(PendingAppend, u64)> = Vec::new();
+        let mut failure = None;
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, source.next_chunk()).await {
+                Err(_) => Err(IngestFailure::Timeout(self.limits.max_request_time)),
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(chunk)) => Ok(chunk),
+            };
+            let chunk = match chunk {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            decoder.feed(&chunk);
+            while let Some(batch) = decoder.take_full_batch() {
+                if atomic {
+                    held.append_batch(&batch, &mut held_devices);
+                } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if failure.is_none() {
+            decoder.finish();
+            if let Some(batch) = decoder.take_batch() {
+                if atomic {
+                    held.append_batch(&batch, &mut held_devices);
+                } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
+                    failure = Some(e);
+                }
+            }
+        }
+        let rejected = decoder.rejections().rejected;
+        if atomic && failure.is_none() && rejected == 0 && !held.is_empty() {
+            if let Err(e) = self.queue(&held, deadline, &mut pending).await {
+                failure = Some(e);
+            }
+        }
+        // Everything queued is written whether we wait or not; wait so the answer counts exactly what is durable.
+        let mut accepted = 0;
+        let mut position = None;
+        for (append, rows) in pending {
+            match append.durable().await {
+                Ok(p) => {
+                    accepted += rows;
+                    position = Some(p);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                }
+            }
+        }
+        let rejections = decoder.into_rejections();
+        IngestOutcome {
+            accepted,
+            position,
+            rejected: rejections.rejected,
+            errors: rejections.errors,
+            invalid: rejections.invalid,
+            failure,
+        }
+    }
+
+    async fn queue(
+        &self,
+        batch: &ReadingBatch,
+        deadline: Instant,
+        pending: &mut Vec<(PendingAppend, u64)>,
+    ) -> Result<(), IngestFailure> {
+        let mut payload = Vec::new();
+        encode_batch(batch, &mut payload);
+        let wait = self.limits.queue_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let append = self.wal.append(payload, wait).await?;
+        pending.push((append, batch.len() as u64));
+        Ok(())
+    }
+}
+
+/// Query parameters of `POST /ingest`.
+#[derive(Debug, Default, Deserialize)]
+pub struct IngestParams {
+    /// Store nothing unless every line is valid.
+    #[serde(default)]
+    pub atomic: bool,
+    /// Answer 200 with `{"accepted":K,"position":P}` instead of `{}`.
+    #[serde(default)]
+    pub verbose: bool,
+}
+
+#[derive(Serialize)]
+struct RejectedBody<'a> {
+    invalid: &'a [Box<RawValue>],
+    errors: &'a [LineReport],
+    accepted: u64,
+    rejected: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct VerboseBody {
+    accepted: u64,
+    position: u64,
+}
+
+/// `POST /ingest`.
+pub async fn ingest(
+    State(state): State<AppState>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let service = &state.ingest;
+    if let Err(response) = check_content_type(&headers) {
+        return response;
+    }
+    let coding = match content_coding(&headers) {
+        Ok(c) => c,
+        Err(response) => return response,
+    };
+    let limit = service.limits().max_body_bytes;
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limit
+    {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, BodyError::TooLarge { limit }.to_string());
+    }
+    let outcome = service.ingest(BodySource::new(body, coding, limit), params.atomic).await;
+    respond(outcome, params, service.durable_position())
+}
+
+fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64) -> Response {
+    let status = match &outcome.failure {
+        None if outcome.rejected == 0 => StatusCode::OK,
+        None => StatusCode::BAD_REQUEST,
+        Some(IngestFailure::Body(BodyError::TooLarge { .. })) => StatusCode::PAYLOAD_TOO_LARGE,
+        Some(IngestFailure::Body(_)) => StatusCode::BAD_REQUEST,
+        Some(IngestFailure::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+        Some(IngestFailure::Wal(AppendError::Busy(_))) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(IngestFailure::Wal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let position = outcome.position.unwrap_or(durable);
+    let mut response = if status == StatusCode::OK {
+        if params.verbose {
+            axum::Json(VerboseBody { accepted: outcome.accepted, position }).into_response()
+        } else {
+            json_response(StatusCode::OK, "{}".to_owned())
+        }
+    } else {
+        let body = RejectedBody {
+            invalid: &outcome.invalid,
+            errors: &outcome.errors,
+            accepted: outcome.accepted,
+            rejected: outcome.rejected,
+            error: outcome.failure.as_ref().map(|f| f.to_string()),
+        };
+        let text = serde_json::to_string(&body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        json_response(status, text)
+    };
+    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
+        response.headers_mut().insert(POSITION_HEADER, v);
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn plain(status: StatusCode, message: String) -> Response {
+    (status, message).into_response()
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = given.split(';').next().unwrap_or("").trim();
+    if ACCEPTED_CONTENT_TYPES.iter().any(|t| t.eq_ignore_ascii_case(media_type)) {
+        return Ok(());
+    }
+    let shown = if given.is_empty() { "none".to_owned() } else { format!("{given:?}") };
+    Err(plain(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!(
+            "unsupported Content-Type {shown}: send newline-delimited JSON as {}",
+            ACCEPTED_CONTENT_TYPES.join(" or ")
+        ),
+    ))
+}
+
+fn content_coding(headers: &HeaderMap) -> Result<Coding, Response> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(Coding::Identity) };
+    match value.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Ok("gzip") | Ok("x-gzip") => Ok(Coding::Gzip),
+        Ok("identity") | Ok("") => Ok(Coding::Identity),
+        _ => Err(plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported Content-Encoding {value:?}: send the body uncompressed or as gzip"),
+        )),
+    }
+}

@@ -1,0 +1,8 @@
+//! Weir's pipeline: the reading model, the NDJSON decoder, and the durable write-ahead log that ingest writes
+//! before it acknowledges.
+
+pub mod decode;
+pub mod ingest;
+pub mod lines;
+pub mod reading;
+pub mod wal;

@@ -1,0 +1,193 @@
+//! The write-ahead log: every accepted reading is here, fsynced, before Weir acknowledges it.
+//!
+//! The log is a directory of segment files ([`segment`]). Each record holds one batch of readings
+//! ([`record`]) and gets the next *position* (1, 2, 3, ...), which is what Weir hands back to clients and what
+//! later stages use to say how far they have read. One writer thread owns the open segment ([`writer`]); request
+//! handlers queue batches to it and wait; it writes whatever has queued up and covers it all with one fsync
+//! (group commit), so concurrent requests share fsyncs.
+//!
+//! On open, the segments are checked in order. A torn tail of the last segment (a crash mid-write) is cut off and
+//! logged; damage anywhere else is reported as an error rather than silently skipped.
+
+pub mod record;
+pub mod segment;
+mod writer;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use writer::{AppendError, PendingAppend, Wal, WalAppender};
+
+use segment::{ScanEnd, SegmentFile, SegmentOpenError, SegmentReader};
+
+/// Tuning of the log.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// A segment is closed and a new one started once it is at least this large.
+    pub segment_bytes: u64,
+    /// How many appends may wait for the writer before appenders are made to wait (backpressure).
+    pub queue_depth: usize,
+    /// The most bytes one group commit writes before it fsyncs.
+    pub max_group_bytes: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions { segment_bytes: 64 << 20, queue_depth: 64, max_group_bytes: 16 << 20 }
+    }
+}
+
+/// What opening the log found and repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    /// Position of the last intact record, 0 for an empty log.
+    pub last_position: u64,
+    /// A torn tail that was cut off: file, offset, bytes removed, reason.
+    pub truncated: Option<TruncatedTail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruncatedTail {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub bytes_removed: u64,
+    pub reason: String,
+}
+
+/// A failure of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "WAL segment {path} is damaged at byte {offset} ({reason}) and it is not the last segment, so this is not a \
+         torn write from a crash; move the data directory aside and restore it from a backup, or remove this and \
+         later segments to keep the readings before it"
+    )]
+    Corrupt { path: PathBuf, offset: u64, reason: String },
+    #[error("WAL segment {path}: {source}")]
+    Segment { path: PathBuf, source: SegmentOpenError },
+    #[error("WAL segments are not contiguous: {path} starts at position {found}, expected {expected}")]
+    Gap { path: PathBuf, found: u64, expected: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io { path: path.to_path_buf(), source }
+}
+
+/// Checks every segment in `dir` (creating `dir` if needed), truncates a torn tail of the last one, and returns
+/// the segments with what was found.
+fn recover(dir: &Path) -> Result<(Vec<SegmentFile>, Recovery), WalError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let segments = segment::list_segments(dir).map_err(io_err(dir))?;
+    let mut last_position = 0;
+    let mut truncated = None;
+    let count = segments.len();
+    for (i, seg) in segments.iter().enumerate() {
+        let is_last = i + 1 == count;
+        if seg.first_position != last_position + 1 && !(i == 0 && last_position == 0) {
+            return Err(WalError::Gap { path: seg.path.clone(), found: seg.first_position, expected: last_position + 1 });
+        }
+        let reader = match SegmentReader::open(seg) {
+            Ok(r) => r,
+            Err(SegmentOpenError::ShortHeader(len)) if is_last => {
+                // Created but its header never made it to disk: rewrite the header.
+                std::fs::write(&seg.path, segment::header()).map_err(io_err(&seg.path))?;
+                sync_file(&seg.path)?;
+                truncated = Some(TruncatedTail {
+                    file: seg.path.clone(),
+                    offset: 0,
+                    bytes_removed: len,
+                    reason: "segment header incomplete".into(),
+                });
+                last_position = seg.first_position - 1;
+                continue;
+            }
+            Err(source) => return Err(WalError::Segment { path: seg.path.clone(), source }),
+        };
+        let scan = reader.scan();
+        last_position = scan.last_position.unwrap_or(seg.first_position - 1);
+        if let ScanEnd::Torn { offset, reason } = scan.end {
+            if !is_last {
+                return Err(WalError::Corrupt { path: seg.path.clone(), offset, reason });
+            }
+            let file = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
+            let len = file.metadata().map_err(io_err(&seg.path))?.len();
+            file.set_len(offset).map_err(io_err(&seg.path))?;
+            file.sync_all().map_err(io_err(&seg.path))?;
+            truncated = Some(TruncatedTail { file: seg.path.clone(), offset, bytes_removed: len - offset, reason });
+        }
+    }
+    let recovery = Recovery { segments: segments.len(), last_position, truncated };
+    Ok((segments, recovery))
+}
+
+fn sync_file(path: &Path) -> Result<(), WalError> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(dir))
+}
+
+/// Reads records in position order, from a given position on, without modifying anything. It stops at the end of
+/// what is intact, so it can read a log another process is writing.
+pub struct WalReader {
+    dir: PathBuf,
+    next_position: u64,
+    current: Option<SegmentReader>,
+    payload: Vec<u8>,
+}
+
+impl WalReader {
+    /// A reader that returns records with position ≥ `from` (1 = everything).
+    pub fn new(dir: impl Into<PathBuf>, from: u64) -> Self {
+        WalReader { dir: dir.into(), next_position: from.max(1), current: None, payload: Vec::new() }
+    }
+
+    /// The next record, `Ok(None)` when no further intact record exists yet.
+    pub fn next_record(&mut self) -> Result<Option<(u64, &[u8])>, WalError> {
+        loop {
+            if self.current.is_none() {
+                let segments = segment::list_segments(&self.dir).map_err(io_err(&self.dir))?;
+                let Some(seg) = segments.iter().rev().find(|s| s.first_position <= self.next_position) else {
+                    return Ok(None);
+                };
+                let reader = SegmentReader::open(seg)
+                    .map_err(|source| WalError::Segment { path: seg.path.clone(), source })?;
+                self.current = Some(reader);
+                // Skip records before the wanted position.
+                let r = self.current.as_mut().expect("just set");
+                let mut skip_to = seg.first_position;
+                while skip_to < self.next_position {
+                    match r.next_record(&mut self.payload) {
+                        Ok(Some(p)) => skip_to = p + 1,
+                        _ => return Ok(None),
+                    }
+                }
+            }
+            let r = self.current.as_mut().expect("opened above");
+            match r.next_record(&mut self.payload) {
+                Ok(Some(p)) => {
+                    self.next_position = p + 1;
+                    return Ok(Some((p, &self.payload)));
+                }
+                Ok(None) | Err(_) => {
+                    // End of this segment: move on if the next one exists, else stop here.
+                    let segments = segment::list_segments(&self.dir).map_err(io_err(&self.dir))?;
+                    if segments.iter().any(|s| s.first_position == self.next_position) {
+                        self.current = None;
+                        continue;
+                    }
+                    self.current = None;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+use std::io::Write;
+
+use super::*;
+use crate::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
+
+fn batch(seed: i64, rows: usize) -> ReadingBatch {
+    let mut b = ReadingBatch::new(&SensorSet::default());
+    let mut i = DeviceInterner::default();
+    for k in 0..rows as i64 {
+        let device = i.intern(&mut b.devices, &format!("dev-{}", (seed + k) % 3));
+        b.rows.push(Row { sensor: (k % 6) as u16, device, micros: seed * 1000 + k, value: (seed + k) as f64 / 4.0 });
+    }
+    b
+}
+
+fn payload(seed: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    record::encode_batch(&batch(seed, 1 + (seed as usize % 5)), &mut out);
+    out
+}
+
+fn read_all(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let mut r = WalReader::new(dir, 1);
+    let mut out = Vec::new();
+    while let Some((p, bytes)) = r.next_record().unwrap() {
+        out.push((p, bytes.to_vec()));
+    }
+    out
+}
+
+fn small_segments() -> WalOptions {
+    WalOptions { segment_bytes: 300, ..WalOptions::default() }
+}
+
+#[test]
+fn appends_get_consecutive_positions_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, rec) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(rec.last_position, 0);
+    let a = wal.appender();
+    let positions: Vec<u64> = (0..20).map(|s| a.append_blocking(payload(s)).unwrap()).collect();
+    assert_eq!(positions, (1..=20).collect::<Vec<_>>());
+    assert_eq!(a.durable_position(), 20);
+    wal.close();
+    assert!(segment::list_segments(dir.path()).unwrap().len() > 2, "small segments roll over");
+
+    let (wal, rec) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(rec.last_position, 20);
+    assert_eq!(rec.truncated, None);
+    assert_eq!(wal.appender().append_blocking(payload(99)).unwrap(), 21);
+    wal.close();
+    let all = read_all(dir.path());
+    assert_eq!(all.len(), 21);
+    for (i, (p, bytes)) in all.iter().enumerate() {
+        assert_eq!(*p, i as u64 + 1);
+        let seed = if i == 20 { 99 } else { i as i64 };
+        assert_eq!(bytes, &payload(seed));
+    }
+    let from_7: Vec<u64> = {
+        let mut r = WalReader::new(dir.path(), 7);
+        std::iter::from_fn(|| r.next_record().unwrap().map(|(p, _)| p)).collect()
+    };
+    assert_eq!(from_7, (7..=21).collect::<Vec<_>>());
+}
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let a = wal.appender();
+            std::thread::spawn(move || (0..50).map(|k| a.append_blocking(payload(t * 1000 + k)).unwrap()).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut positions: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    positions.sort();
+    assert_eq!(positions, (1..=400).collect::<Vec<_>>());
+    wal.close();
+    assert_eq!(read_all(dir.path()).len(), 400);
+}
+
+/// A crash can cut the last segment anywhere: every cut leaves the records before it and nothing else, and the
+/// log accepts appends afterwards.
+#[test]
+fn torn_tail_is_truncated_at_every_cut_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    for s in 0..4 {
+        wal.appender().append_blocking(payload(s)).unwrap();
+    }
+    wal.close();
+    let seg = segment::list_segments(dir.path()).unwrap().pop().unwrap();
+    let full = std::fs::read(&seg.path).unwrap();
+    // Record boundaries, to know how many records a cut keeps.
+    let mut ends = vec![segment::HEADER_BYTES as usize];
+    for s in 0..4 {
+        ends.push(ends.last().unwrap() + segment::RECORD_HEADER_BYTES as usize + payload(s).len());
+    }
+    for cut in 0..full.len() {
+        let copy = tempfile::tempdir().unwrap();
+        let path = copy.path().join(seg.path.file_name().unwrap());
+        std::fs::write(&path, &full[..cut]).unwrap();
+        let (wal, rec) = Wal::open(copy.path(), WalOptions::default()).unwrap();
+        let kept = ends.iter().filter(|&&e| e <= cut).count().saturating_sub(1) as u64;
+        assert_eq!(rec.last_position, kept, "cut at {cut}");
+        assert_eq!(rec.truncated.is_some(), !ends.contains(&cut), "cut at {cut}");
+        assert_eq!(wal.appender().append_blocking(payload(7)).unwrap(), kept + 1);
+        wal.close();
+        assert_eq!(read_all(copy.path()).len() as u64, kept + 1);
+    }
+}
+
+#[test]
+fn garbage_after_the_last_record_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.appender().append_blocking(payload(1)).unwrap();
+    wal.close();
+    let seg = segment::list_segments(dir.path()).unwrap().pop().unwrap();
+    std::fs::OpenOptions::new().append(true).open(&seg.path).unwrap().write_all(&[0u8; 100]).unwrap();
+    let (wal, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let t = rec.truncated.unwrap();
+    assert_eq!(t.bytes_removed, 100);
+    assert_eq!(rec.last_position, 1);
+    wal.close();
+}
+
+#[test]
+fn damage_before_the_last_segment_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    for s in 0..20 {
+        wal.appender().append_blocking(payload(s)).unwrap();
+    }
+    wal.close();
+    let first = &segment::list_segments(dir.path()).unwrap()[0];
+    let mut bytes = std::fs::read(&first.path).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&first.path, bytes).unwrap();
+    let err = Wal::open(dir.path(), small_segments()).err().expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains(&first.path.display().to_string()) && msg.contains("damaged"), "{msg}");
+}
+
+#[test]
+fn unsupported_format_version_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = segment::header();
+    h[8] = 9;
+    std::fs::write(dir.path().join(segment::segment_name(1)), h).unwrap();
+    let msg = Wal::open(dir.path(), WalOptions::default()).err().expect("refused").to_string();
+    assert!(msg.contains("version 9 is not supported"), "{msg}");
+}

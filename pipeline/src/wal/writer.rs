@@ -1,0 +1,245 @@
+//! The writer thread and its group commit.
+//!
+//! Appenders (request handlers) send payloads over a bounded channel; the bounded channel is the backpressure: when
+//! the disk falls behind, appenders wait for room, and give up after their own deadline. The writer takes one
+//! append, then everything else already queued (up to `max_group_bytes`), writes it with one `write` and one
+//! `fdatasync`, and only then tells every appender its position.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::segment::{self, SegmentFile};
+use super::{Recovery, WalError, WalOptions, io_err, recover, sync_dir};
+
+/// Why an append was not made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("the write-ahead log queue stayed full for {0:?}; retry later")]
+    Busy(Duration),
+    #[error("the write-ahead log failed and accepts no more writes until restart: {0}")]
+    Failed(Arc<str>),
+    #[error("the write-ahead log is closed")]
+    Closed,
+}
+
+enum Message {
+    Append { payload: Vec<u8>, done: oneshot::Sender<Result<u64, AppendError>> },
+    Close { done: oneshot::Sender<()> },
+}
+
+/// A handle to queue appends; cheap to clone.
+#[derive(Clone)]
+pub struct WalAppender {
+    tx: mpsc::Sender<Message>,
+    durable: watch::Receiver<u64>,
+}
+
+/// An append that was queued; await [`PendingAppend::durable`] for its position once it is on disk.
+pub struct PendingAppend(oneshot::Receiver<Result<u64, AppendError>>);
+
+impl PendingAppend {
+    /// Waits until the record is written and fsynced; returns its position.
+    pub async fn durable(self) -> Result<u64, AppendError> {
+        self.0.await.unwrap_or(Err(AppendError::Closed))
+    }
+
+    /// Blocking form of [`PendingAppend::durable`], for threads outside an async runtime.
+    pub fn durable_blocking(self) -> Result<u64, AppendError> {
+        self.0.blocking_recv().unwrap_or(Err(AppendError::Closed))
+    }
+}
+
+impl WalAppender {
+    /// Queues `payload` as one record, waiting at most `wait` for room in the queue.
+    pub async fn append(&self, payload: Vec<u8>, wait: Duration) -> Result<PendingAppend, AppendError> {
+        let (done, rx) = oneshot::channel();
+        match self.tx.send_timeout(Message::Append { payload, done }, wait).await {
+            Ok(()) => Ok(PendingAppend(rx)),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(AppendError::Busy(wait)),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(AppendError::Closed),
+        }
+    }
+
+    /// Queues `payload` and waits until it is durable, blocking the thread (not for async code).
+    pub fn append_blocking(&self, payload: Vec<u8>) -> Result<u64, AppendError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.blocking_send(Message::Append { payload, done }).map_err(|_| AppendError::Closed)?;
+        PendingAppend(rx).durable_blocking()
+    }
+
+    /// The position of the last durable record (0 when none).
+    pub fn durable_position(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// A receiver that sees the durable position change.
+    pub fn watch_durable(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
+    }
+}
+
+/// The open log: its writer thread and a handle to append.
+pub struct Wal {
+    appender: WalAppender,
+    thread: Option<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, repairing a torn tail, and starts the writer thread.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, Recovery), WalError> {
+        let dir = dir.as_ref().to_path_buf();
+        let (segments, recovery) = recover(&dir)?;
+        let next_position = recovery.last_position + 1;
+        let (file, size) = match segments.last() {
+            Some(last) => {
+                let file = OpenOptions::new().append(true).open(&last.path).map_err(io_err(&last.path))?;
+                let size = file.metadata().map_err(io_err(&last.path))?.len();
+                (file, size)
+            }
+            None => create_segment(&dir, next_position)?,
+        };
+        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let (durable_tx, durable) = watch::channel(recovery.last_position);
+        let writer = Writer { dir: dir.clone(), options, file, size, next_position, durable: durable_tx, failed: None };
+        let thread = std::thread::Builder::new()
+            .name("weir-wal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(&dir))?;
+        Ok((Wal { appender: WalAppender { tx, durable }, thread: Some(thread), dir }, recovery))
+    }
+
+    /// A handle for appending.
+    pub fn appender(&self) -> WalAppender {
+        self.appender.clone()
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes what is queued, fsyncs, and stops the writer, waiting for it. Later appends fail with
+    /// [`AppendError::Closed`]. Blocks the thread: from async code, call it in `spawn_blocking`.
+    pub fn close(mut self) {
+        let (done, rx) = oneshot::channel();
+        if self.appender.tx.blocking_send(Message::Close { done }).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    /// Asks the writer to stop without waiting. Nothing acknowledged depends on it: every acknowledged record was
+    /// fsynced before its acknowledgement.
+    fn drop(&mut self) {
+        if self.thread.take().is_some() {
+            let (done, _) = oneshot::channel();
+            let _ = self.appender.tx.try_send(Message::Close { done });
+        }
+    }
+}
+
+fn create_segment(dir: &Path, first_position: u64) -> Result<(File, u64), WalError> {
+    let seg = SegmentFile { first_position, path: dir.join(segment::segment_name(first_position)) };
+    let mut file = OpenOptions::new().create_new(true).append(true).open(&seg.path).map_err(io_err(&seg.path))?;
+    file.write_all(&segment::header()).map_err(io_err(&seg.path))?;
+    file.sync_all().map_err(io_err(&seg.path))?;
+    sync_dir(dir)?;
+    Ok((file, segment::HEADER_BYTES))
+}
+
+struct Writer {
+    dir: PathBuf,
+    options: WalOptions,
+    file: File,
+    size: u64,
+    next_position: u64,
+    durable: watch::Sender<u64>,
+    failed: Option<Arc<str>>,
+}
+
+type Waiter = oneshot::Sender<Result<u64, AppendError>>;
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut buf = Vec::new();
+        let mut waiters: Vec<Waiter> = Vec::new();
+        let mut close: Option<oneshot::Sender<()>> = None;
+        while close.is_none() {
+            let Some(first) = rx.blocking_recv() else { break };
+            let mut message = Some(first);
+            buf.clear();
+            while let Some(m) = message.take() {
+                match m {
+                    Message::Append { payload, done } => {
+                        let position = self.next_position + waiters.len() as u64;
+                        segment::frame_record(position, &payload, &mut buf);
+                        waiters.push(done);
+                    }
+                    Message::Close { done } => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if buf.len() < self.options.max_group_bytes {
+                    message = rx.try_recv().ok();
+                }
+            }
+            if !waiters.is_empty() {
+                self.commit(&buf, &mut waiters);
+            }
+        }
+        rx.close();
+        if let Some(done) = close {
+            let _ = done.send(());
+        }
+    }
+
+    /// Writes one group and fsyncs it, then answers its waiters.
+    fn commit(&mut self, buf: &[u8], waiters: &mut Vec<Waiter>) {
+        if let Some(reason) = &self.failed {
+            for w in waiters.drain(..) {
+                let _ = w.send(Err(AppendError::Failed(reason.clone())));
+            }
+            return;
+        }
+        let result = self.file.write_all(buf).and_then(|()| self.file.sync_data());
+        if let Err(e) = result {
+            let reason: Arc<str> = format!("write or fsync of {} failed: {e}", self.dir.display()).into();
+            tracing::error!(%reason, "write-ahead log failed; no further readings will be acknowledged");
+            self.failed = Some(reason.clone());
+            for w in waiters.drain(..) {
+                let _ = w.send(Err(AppendError::Failed(reason.clone())));
+            }
+            return;
+        }
+        self.size += buf.len() as u64;
+        for w in waiters.drain(..) {
+            let _ = w.send(Ok(self.next_position));
+            self.next_position += 1;
+        }
+        self.durable.send_replace(self.next_position - 1);
+        if self.size >= self.options.segment_bytes {
+            match create_segment(&self.dir, self.next_position) {
+                Ok((file, size)) => {
+                    self.file = file;
+                    self.size = size;
+                }
+                Err(e) => {
+                    // Keep appending to the current segment; a later roll may succeed.
+                    tracing::warn!(error = %e, "could not start a new WAL segment");
+                }
+            }
+        }
+    }
+}
