@@ -81,8 +81,13 @@ async fn a_torn_tail_is_cut_off_and_logged_at_start() {
     f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 2, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9]).unwrap();
     drop(f);
     let s = Server::start(&data, &[]);
-    let r = client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON)
-        .body(reading("fuel", 99, None)).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .body(reading("fuel", 99, None))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["weir-position"], "2");
     assert!(s.log_text().contains("torn tail"), "{}", s.log_text());

@@ -8,7 +8,12 @@ use std::time::Duration;
 use base64::Engine;
 use support::*;
 
-async fn post(s: &Server, query: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> reqwest::Response {
+async fn post(
+    s: &Server,
+    query: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
     let mut req = client().post(format!("{}/ingest{query}", s.url)).body(body);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
@@ -49,13 +54,13 @@ async fn bad_lines_are_named_and_valid_lines_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &[]);
     let lines = [
-        reading("speed", 1, None),                                                    // 1 ok
-        "{not json".to_string(),                                                      // 2 bad JSON
-        r#"{"sensor":"warp","value":1,"timestamp":"2026-11-22T18:25:43Z"}"#.into(),   // 3 unknown sensor
-        r#"{"sensor":"speed","value":1}"#.into(),                                     // 4 missing timestamp
+        reading("speed", 1, None),                                                       // 1 ok
+        "{not json".to_string(),                                                         // 2 bad JSON
+        r#"{"sensor":"warp","value":1,"timestamp":"2026-11-22T18:25:43Z"}"#.into(),      // 3 unknown sensor
+        r#"{"sensor":"speed","value":1}"#.into(),                                        // 4 missing timestamp
         r#"{"sensor":"speed","value":1e999,"timestamp":"2026-11-22T18:25:43Z"}"#.into(), // 5 out of range
-        String::new(),                                                                // 6 blank: skipped
-        reading("fuel", 2, None),                                                     // 7 ok
+        String::new(),                                                                   // 6 blank: skipped
+        reading("fuel", 2, None),                                                        // 7 ok
         r#"{"sensor":"speed","value":"x","timestamp":"2026-11-22T18:25:43Z"}"#.into(),   // 8 wrong type
         r#"{"sensor":"speed","value":1,"timestamp":"2026-13-45T00:00:00Z"}"#.into(),     // 9 bad timestamp
     ];
@@ -64,7 +69,8 @@ async fn bad_lines_are_named_and_valid_lines_are_kept() {
     assert!(position(&r) >= 1);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["accepted"], 2);
-    let lines_reported: Vec<u64> = v["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect();
+    let lines_reported: Vec<u64> =
+        v["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect();
     assert_eq!(lines_reported, vec![2, 3, 4, 5, 8, 9]);
     let reason = |i: usize| v["errors"][i]["error"].as_str().unwrap().to_owned();
     assert!(reason(0).contains("bad JSON"), "{}", reason(0));
@@ -134,7 +140,8 @@ async fn api_keys_are_basic_auth_usernames() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with_env(dir.path(), &["--api-key", "k1"], &[]);
     let send = |auth: Option<String>| {
-        let mut req = client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON).body(reading("speed", 1, None));
+        let mut req =
+            client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON).body(reading("speed", 1, None));
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
@@ -152,8 +159,14 @@ async fn api_keys_are_basic_auth_usernames() {
 
     // Keys from the environment, comma-separated; without keys, auth is off and the log says so.
     let s = Server::start_with_env(dir.path(), &[], &[("WEIR_API_KEYS", "a,b")]);
-    let r = client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON)
-        .header("authorization", basic("b:")).body(reading("speed", 2, None)).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .header("authorization", basic("b:"))
+        .body(reading("speed", 2, None))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     drop(s);
     let open = tempfile::tempdir().unwrap();
@@ -176,8 +189,12 @@ async fn gzip_bodies_are_accepted_and_truncated_ones_reported() {
     let body: String = (0..1000).map(|n| reading("speed", n, None) + "\n").collect();
     let zipped = gzip(body.as_bytes());
     let send = |bytes: Vec<u8>| {
-        client().post(format!("{}/ingest?verbose=true", s.url)).header("content-type", NDJSON)
-            .header("content-encoding", "gzip").body(bytes).send()
+        client()
+            .post(format!("{}/ingest?verbose=true", s.url))
+            .header("content-type", NDJSON)
+            .header("content-encoding", "gzip")
+            .body(bytes)
+            .send()
     };
     let r = send(zipped.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
@@ -193,9 +210,16 @@ async fn gzip_bodies_are_accepted_and_truncated_ones_reported() {
 #[tokio::test]
 async fn limits_are_enforced_with_clear_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &["--max-line-bytes", "200", "--max-body-bytes", "4KiB", "--max-request-time", "1s"]);
+    let s =
+        Server::start(dir.path(), &["--max-line-bytes", "200", "--max-body-bytes", "4KiB", "--max-request-time", "1s"]);
     // A line over the limit is rejected; the rest of the body goes on.
-    let r = post(&s, "", Some(NDJSON), format!("{}\n{}\n{}", reading("speed", 1, None), "y".repeat(300), reading("speed", 2, None))).await;
+    let r = post(
+        &s,
+        "",
+        Some(NDJSON),
+        format!("{}\n{}\n{}", reading("speed", 1, None), "y".repeat(300), reading("speed", 2, None)),
+    )
+    .await;
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["accepted"], 2);
@@ -208,7 +232,8 @@ async fn limits_are_enforced_with_clear_answers() {
     assert_eq!(r.status(), 413);
     assert!(r.text().await.unwrap().contains("--max-body-bytes"));
     // A streamed (chunked) body is stopped when it passes the limit.
-    let chunks: Vec<Result<String, std::io::Error>> = (0..100).map(|n| Ok(reading("speed", 100 + n, None) + "\n")).collect();
+    let chunks: Vec<Result<String, std::io::Error>> =
+        (0..100).map(|n| Ok(reading("speed", 100 + n, None) + "\n")).collect();
     let r = post(&s, "", Some(NDJSON), reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).await;
     assert_eq!(r.status(), 413);
 
@@ -256,6 +281,10 @@ async fn large_body_is_streamed_in_bounded_memory() {
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["accepted"], lines);
     let after = s.peak_rss_kib();
     let grew_mib = (after.saturating_sub(before)) / 1024;
-    eprintln!("{BODY_MIB} MiB body, {lines} readings: peak RSS {} MiB -> {} MiB (+{grew_mib} MiB)", before / 1024, after / 1024);
+    eprintln!(
+        "{BODY_MIB} MiB body, {lines} readings: peak RSS {} MiB -> {} MiB (+{grew_mib} MiB)",
+        before / 1024,
+        after / 1024
+    );
     assert!(grew_mib < BODY_MIB / 4, "peak RSS grew by {grew_mib} MiB for a {BODY_MIB} MiB body");
 }

@@ -193,7 +193,8 @@ mod tests {
 
     #[test]
     fn escaped_strings_are_decoded() {
-        let r = decode(r#"{"sensor":"sp\u0065ed","value":1,"timestamp":"2026-11-22T18:25:43Z","device":"a\"b"}"#).unwrap();
+        let r =
+            decode(r#"{"sensor":"sp\u0065ed","value":1,"timestamp":"2026-11-22T18:25:43Z","device":"a\"b"}"#).unwrap();
         assert_eq!(r.sensor, "speed");
         assert_eq!(r.device, "a\"b");
     }
@@ -216,22 +217,37 @@ mod tests {
             (br#"{"sensor":"speed","value":1e999,"timestamp":"2026-11-22T18:25:43Z"}"#, Undecodable, "out of range"),
             (br#"{"sensor":"speed","value":NaN,"timestamp":"2026-11-22T18:25:43Z"}"#, Undecodable, "bad JSON"),
             (b"{\"sensor\":\"sp\xffd\",\"value\":1,\"timestamp\":\"2026-11-22T18:25:43Z\"}", Undecodable, "UTF-8"),
-            (br#"{"sensor":"speed","sensor":"fuel","value":1,"timestamp":"2026-11-22T18:25:43Z"}"#, Undecodable, "duplicate field"),
+            (
+                br#"{"sensor":"speed","sensor":"fuel","value":1,"timestamp":"2026-11-22T18:25:43Z"}"#,
+                Undecodable,
+                "duplicate field",
+            ),
             (br#"{"sensor":"warp","value":1,"timestamp":"2026-11-22T18:25:43Z"}"#, Invalid, "unknown sensor"),
             (br#"{"value":1,"timestamp":"2026-11-22T18:25:43Z"}"#, Invalid, "missing field `sensor`"),
             (br#"{"sensor":"speed","timestamp":"2026-11-22T18:25:43Z"}"#, Invalid, "missing field `value`"),
-            (br#"{"sensor":"speed","value":null,"timestamp":"2026-11-22T18:25:43Z"}"#, Invalid, "missing field `value`"),
+            (
+                br#"{"sensor":"speed","value":null,"timestamp":"2026-11-22T18:25:43Z"}"#,
+                Invalid,
+                "missing field `value`",
+            ),
             (br#"{"sensor":"speed","value":1}"#, Invalid, "missing field `timestamp`"),
             (br#"{"sensor":"speed","value":1,"timestamp":"yesterday"}"#, Invalid, "not RFC 3339"),
             (br#"{"sensor":"speed","value":1,"timestamp":"0001-01-01T00:00:00Z"}"#, Invalid, "zero time"),
-            (br#"{"sensor":"speed","value":1,"timestamp":"2026-11-22T18:25:43Z","device":""}"#, Invalid, "device is empty"),
+            (
+                br#"{"sensor":"speed","value":1,"timestamp":"2026-11-22T18:25:43Z","device":""}"#,
+                Invalid,
+                "device is empty",
+            ),
         ];
         for (line, kind, needle) in cases {
             let e = err(line);
             assert_eq!(e.kind, *kind, "{}: {e}", String::from_utf8_lossy(line));
             assert!(e.message.contains(needle), "{}: {e}", String::from_utf8_lossy(line));
         }
-        let long_device = format!(r#"{{"sensor":"speed","value":1,"timestamp":"2026-11-22T18:25:43Z","device":"{}"}}"#, "d".repeat(129));
+        let long_device = format!(
+            r#"{{"sensor":"speed","value":1,"timestamp":"2026-11-22T18:25:43Z","device":"{}"}}"#,
+            "d".repeat(129)
+        );
         assert!(err(long_device.as_bytes()).message.contains("129 bytes"));
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(err(deep.as_bytes()).kind, Undecodable);

@@ -13,14 +13,8 @@ pub const DEFAULT_DEVICE: &str = "default";
 pub const MAX_DEVICE_BYTES: usize = 128;
 
 /// The sensors a Weir accepts unless configured otherwise (those of the system it replaces).
-pub const DEFAULT_SENSORS: [&str; 6] = [
-    "speed",
-    "fuel",
-    "revolution",
-    "engine_temperature",
-    "location_latitude",
-    "location_longitude",
-];
+pub const DEFAULT_SENSORS: [&str; 6] =
+    ["speed", "fuel", "revolution", "engine_temperature", "location_latitude", "location_longitude"];
 
 /// The configured set of sensor names; a reading naming any other sensor is invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]

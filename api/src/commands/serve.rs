@@ -72,7 +72,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let sensors = SensorSet::new(&args.sensors).context("--sensors / WEIR_SENSORS")?;
     let keys = ApiKeys::new(args.api_keys.iter().cloned());
     if !keys.enabled() {
-        tracing::warn!("no API key configured (--api-key / WEIR_API_KEYS): authentication is OFF, anyone who can reach this port can write");
+        tracing::warn!(
+            "no API key configured (--api-key / WEIR_API_KEYS): authentication is OFF, anyone who can reach this port can write"
+        );
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
@@ -102,7 +104,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_request_time: args.max_request_time,
         queue_timeout: args.ingest_queue_timeout,
     };
-    let state = AppState { ingest: Arc::new(IngestService::new(Decoder::new(sensors), limits, wal.appender())), keys };
+    let state = AppState {
+        ingest: Arc::new(IngestService::new(Decoder::new(sensors), limits, Arc::new(wal.appender()))),
+        keys,
+    };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

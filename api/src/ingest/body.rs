@@ -51,12 +51,9 @@ impl BodySource {
         let inner = match coding {
             Coding::Identity => Inner::Plain(stream),
             Coding::Gzip => {
-                let bytes = stream
-                    .map(|r| r.map_err(|e| std::io::Error::other(TransportError(e.to_string()))))
-                    .boxed();
-                let mut reader = async_compression::tokio::bufread::GzipDecoder::new(
-                    tokio_util::io::StreamReader::new(bytes),
-                );
+                let bytes = stream.map(|r| r.map_err(|e| std::io::Error::other(TransportError(e.to_string())))).boxed();
+                let mut reader =
+                    async_compression::tokio::bufread::GzipDecoder::new(tokio_util::io::StreamReader::new(bytes));
                 reader.multiple_members(true);
                 Inner::Gzip { reader: Box::new(reader), buf: vec![0; 64 << 10] }
             }

@@ -15,12 +15,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::sync::Arc;
 use tokio::time::Instant;
 use weir_pipeline::decode::Decoder;
 use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport};
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch};
 use weir_pipeline::wal::record::encode_batch;
-use weir_pipeline::wal::{AppendError, PendingAppend, WalAppender};
+
+use weir_pipeline::wal::{AppendError, PendingAppend, ReadingLog};
 
 use crate::server::AppState;
 use body::{BodyError, BodySource, Coding};
@@ -46,7 +48,7 @@ pub struct IngestLimits {
 pub struct IngestService {
     decoder: Decoder,
     limits: IngestLimits,
-    wal: WalAppender,
+    log: Arc<dyn ReadingLog>,
 }
 
 /// How a request ended when it could not be read or stored to its end.
@@ -74,8 +76,8 @@ pub struct IngestOutcome {
 }
 
 impl IngestService {
-    pub fn new(decoder: Decoder, limits: IngestLimits, wal: WalAppender) -> Self {
-        IngestService { decoder, limits, wal }
+    pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
+        IngestService { decoder, limits, log }
     }
 
     pub fn limits(&self) -> &IngestLimits {
@@ -84,7 +86,7 @@ impl IngestService {
 
     /// The durable WAL position.
     pub fn durable_position(&self) -> u64 {
-        self.wal.durable_position()
+        self.log.durable_position()
     }
 
     /// Reads `source` to its end and stores its valid readings. With `atomic`, nothing is stored unless every line
@@ -134,10 +136,13 @@ impl IngestService {
             }
         }
         let rejected = decoder.rejections().rejected;
-        if atomic && failure.is_none() && rejected == 0 && !held.is_empty() {
-            if let Err(e) = self.queue(&held, deadline, &mut pending).await {
-                failure = Some(e);
-            }
+        if atomic
+            && failure.is_none()
+            && rejected == 0
+            && !held.is_empty()
+            && let Err(e) = self.queue(&held, deadline, &mut pending).await
+        {
+            failure = Some(e);
         }
         // Everything queued is written whether we wait or not; wait so the answer counts exactly what is durable.
         let mut accepted = 0;
@@ -173,7 +178,7 @@ impl IngestService {
         let mut payload = Vec::new();
         encode_batch(batch, &mut payload);
         let wait = self.limits.queue_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        let append = self.wal.append(payload, wait).await?;
+        let append = self.log.append(payload, wait).await?;
         pending.push((append, batch.len() as u64));
         Ok(())
     }
@@ -301,5 +306,59 @@ fn content_coding(headers: &HeaderMap) -> Result<Coding, Response> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("unsupported Content-Encoding {value:?}: send the body uncompressed or as gzip"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ApiKeys;
+    use crate::server::app;
+    use weir_pipeline::reading::SensorSet;
+    use weir_pipeline::wal::AppendFuture;
+
+    /// A log whose queue is always full, as when the disk falls behind.
+    struct FullLog;
+
+    impl ReadingLog for FullLog {
+        fn append(&self, _payload: Vec<u8>, wait: Duration) -> AppendFuture<'_> {
+            Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                Err(AppendError::Busy(wait))
+            })
+        }
+        fn durable_position(&self) -> u64 {
+            41
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_log_answers_503_with_retry_after_and_acknowledges_nothing() {
+        let limits = IngestLimits {
+            decode: DecodeLimits::default(),
+            max_body_bytes: 1 << 20,
+            max_request_time: Duration::from_secs(10),
+            queue_timeout: Duration::from_millis(50),
+        };
+        let service = IngestService::new(Decoder::new(SensorSet::default()), limits, Arc::new(FullLog));
+        let state = AppState { ingest: Arc::new(service), keys: ApiKeys::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+
+        let started = std::time::Instant::now();
+        let r = reqwest::Client::new()
+            .post(format!("http://{addr}/ingest"))
+            .header("content-type", "application/stream+json")
+            .body(r#"{"sensor":"speed","value":1,"timestamp":"2026-11-22T18:25:43Z"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(50), "the request waited for room first");
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["accepted"], 0);
+        assert!(v["error"].as_str().unwrap().contains("retry later"), "{v}");
     }
 }

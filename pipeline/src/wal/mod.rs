@@ -21,6 +21,18 @@ pub use writer::{AppendError, PendingAppend, Wal, WalAppender};
 
 use segment::{ScanEnd, SegmentFile, SegmentOpenError, SegmentReader};
 
+/// The future [`ReadingLog::append`] returns.
+pub type AppendFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<PendingAppend, AppendError>> + Send + 'a>>;
+
+/// Where ingest puts readings: the WAL in production ([`WalAppender`]), a double in tests of the layers above.
+pub trait ReadingLog: Send + Sync + 'static {
+    /// Queues `payload` as one record, waiting at most `wait` for room; the result resolves once it is durable.
+    fn append(&self, payload: Vec<u8>, wait: std::time::Duration) -> AppendFuture<'_>;
+    /// Position of the last durable record.
+    fn durable_position(&self) -> u64;
+}
+
 /// Tuning of the log.
 #[derive(Debug, Clone)]
 pub struct WalOptions {
@@ -88,7 +100,11 @@ fn recover(dir: &Path) -> Result<(Vec<SegmentFile>, Recovery), WalError> {
     for (i, seg) in segments.iter().enumerate() {
         let is_last = i + 1 == count;
         if seg.first_position != last_position + 1 && !(i == 0 && last_position == 0) {
-            return Err(WalError::Gap { path: seg.path.clone(), found: seg.first_position, expected: last_position + 1 });
+            return Err(WalError::Gap {
+                path: seg.path.clone(),
+                found: seg.first_position,
+                expected: last_position + 1,
+            });
         }
         let reader = match SegmentReader::open(seg) {
             Ok(r) => r,
@@ -155,8 +171,8 @@ impl WalReader {
                 let Some(seg) = segments.iter().rev().find(|s| s.first_position <= self.next_position) else {
                     return Ok(None);
                 };
-                let reader = SegmentReader::open(seg)
-                    .map_err(|source| WalError::Segment { path: seg.path.clone(), source })?;
+                let reader =
+                    SegmentReader::open(seg).map_err(|source| WalError::Segment { path: seg.path.clone(), source })?;
                 self.current = Some(reader);
                 // Skip records before the wanted position.
                 let r = self.current.as_mut().expect("just set");

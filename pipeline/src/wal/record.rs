@@ -122,7 +122,12 @@ mod tests {
         let mut i = DeviceInterner::default();
         for (k, dev) in ["a", "bb", "a", "ccc"].iter().enumerate() {
             let device = i.intern(&mut b.devices, dev);
-            b.rows.push(Row { sensor: k as u16 % 6, device, micros: k as i64 * 1_000_000 - 5, value: k as f64 * -1.25 });
+            b.rows.push(Row {
+                sensor: k as u16 % 6,
+                device,
+                micros: k as i64 * 1_000_000 - 5,
+                value: k as f64 * -1.25,
+            });
         }
         b
     }

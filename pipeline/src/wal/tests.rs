@@ -70,7 +70,9 @@ fn concurrent_appenders_share_fsyncs_and_all_land() {
     let handles: Vec<_> = (0..8)
         .map(|t| {
             let a = wal.appender();
-            std::thread::spawn(move || (0..50).map(|k| a.append_blocking(payload(t * 1000 + k)).unwrap()).collect::<Vec<_>>())
+            std::thread::spawn(move || {
+                (0..50).map(|k| a.append_blocking(payload(t * 1000 + k)).unwrap()).collect::<Vec<_>>()
+            })
         })
         .collect();
     let mut positions: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();

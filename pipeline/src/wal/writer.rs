@@ -44,6 +44,13 @@ pub struct WalAppender {
 pub struct PendingAppend(oneshot::Receiver<Result<u64, AppendError>>);
 
 impl PendingAppend {
+    /// An append that has already ended with `result` (for test doubles of [`super::ReadingLog`]).
+    pub fn resolved(result: Result<u64, AppendError>) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(result);
+        PendingAppend(rx)
+    }
+
     /// Waits until the record is written and fsynced; returns its position.
     pub async fn durable(self) -> Result<u64, AppendError> {
         self.0.await.unwrap_or(Err(AppendError::Closed))
@@ -81,6 +88,16 @@ impl WalAppender {
     /// A receiver that sees the durable position change.
     pub fn watch_durable(&self) -> watch::Receiver<u64> {
         self.durable.clone()
+    }
+}
+
+impl super::ReadingLog for WalAppender {
+    fn append(&self, payload: Vec<u8>, wait: Duration) -> super::AppendFuture<'_> {
+        Box::pin(WalAppender::append(self, payload, wait))
+    }
+
+    fn durable_position(&self) -> u64 {
+        WalAppender::durable_position(self)
     }
 }
 
