@@ -52,13 +52,46 @@ impl LineError {
 #[derive(Deserialize)]
 struct WireReading<'a> {
     #[serde(borrow, default)]
-    sensor: Option<Cow<'a, str>>,
+    sensor: Option<Text<'a>>,
     #[serde(default)]
     value: Option<f64>,
     #[serde(borrow, default)]
-    timestamp: Option<Cow<'a, str>>,
+    timestamp: Option<Text<'a>>,
     #[serde(borrow, default)]
-    device: Option<Cow<'a, str>>,
+    device: Option<Text<'a>>,
+}
+
+/// A JSON string borrowed from the input, owned only when it contains escapes. (serde's own `Cow<str>` inside an
+/// `Option` always allocates.)
+struct Text<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// Decodes lines into a batch, against one sensor configuration.
@@ -83,7 +116,11 @@ impl Decoder {
         batch: &mut ReadingBatch,
         devices: &mut DeviceInterner,
     ) -> Result<(), LineError> {
-        let wire: WireReading<'_> = serde_json::from_slice(line).map_err(json_error)?;
+        // Validating UTF-8 once for the whole line is cheaper than serde_json checking each string.
+        let text = std::str::from_utf8(line).map_err(|e| {
+            LineError::undecodable(format!("invalid UTF-8 at column {} (lines must be UTF-8)", e.valid_up_to() + 1))
+        })?;
+        let wire: WireReading<'_> = serde_json::from_str(text).map_err(json_error)?;
         let sensor_name = wire.sensor.ok_or_else(|| LineError::invalid("missing field `sensor`"))?;
         let sensor = self.sensors.index_of(&sensor_name).ok_or_else(|| {
             LineError::invalid(format!(
@@ -118,17 +155,99 @@ impl Decoder {
 /// Parses an RFC 3339 timestamp with any offset into microseconds since the epoch, UTC. Digits below the
 /// microsecond are truncated.
 pub fn parse_timestamp(text: &str) -> Result<i64, LineError> {
-    let parsed = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
-        LineError::invalid(format!(
-            "timestamp {:?} is not RFC 3339 ({e}); expected e.g. 2026-11-22T18:25:43.511Z",
-            truncate(text, 64)
-        ))
-    })?;
-    let micros = parsed.timestamp_micros();
+    let micros = match parse_common_rfc3339(text.as_bytes()) {
+        Some(micros) => micros,
+        None => chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|e| {
+                LineError::invalid(format!(
+                    "timestamp {:?} is not RFC 3339 ({e}); expected e.g. 2026-11-22T18:25:43.511Z",
+                    truncate(text, 64)
+                ))
+            })?
+            .timestamp_micros(),
+    };
     if micros == GO_ZERO_TIME_MICROS {
         return Err(LineError::invalid("timestamp is the zero time 0001-01-01T00:00:00Z"));
     }
     Ok(micros)
+}
+
+/// The fast path for what devices send almost always: `YYYY-MM-DDTHH:MM:SS`, an optional fraction, then `Z` or
+/// `±HH:MM`. Anything else (lowercase `t`/`z`, leap seconds, odd forms, errors) returns `None` and goes to chrono,
+/// which decides and explains; both agree wherever this accepts (a property test checks it).
+fn parse_common_rfc3339(b: &[u8]) -> Option<i64> {
+    #[inline(always)]
+    fn digits(b: &[u8]) -> Option<i64> {
+        let mut acc = 0i64;
+        for &c in b {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            acc = acc * 10 + i64::from(d);
+        }
+        Some(acc)
+    }
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (hour, minute, second) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut micros_frac = 0i64;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        let kept = &frac[..n.min(6)];
+        micros_frac = digits(kept)? * 10i64.pow(6 - kept.len() as u32);
+        rest = &frac[n..];
+    }
+    let offset_secs = match rest {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (h, m) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = h * 3600 + m * 60;
+            if *sign == b'+' { secs } else { -secs }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    Some(secs * 1_000_000 + micros_frac)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Formats microseconds since the epoch as RFC 3339 in UTC with microsecond precision.
@@ -260,7 +379,43 @@ mod tests {
         assert!(!e.message.contains("line 1"), "{e}");
     }
 
+    fn chrono_micros(text: &str) -> Option<i64> {
+        chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+    }
+
+    #[test]
+    fn fast_timestamp_path_matches_chrono_on_edge_cases() {
+        for t in [
+            "1970-01-01T00:00:00Z",
+            "1969-12-31T23:59:59.999999Z",
+            "2000-02-29T12:00:00+14:00",
+            "2100-02-28T23:59:59-12:30",
+            "0001-01-01T00:00:01Z",
+            "9999-12-31T23:59:59.1234567891Z",
+            "2026-11-22T18:25:43.5+01:00",
+        ] {
+            assert_eq!(parse_common_rfc3339(t.as_bytes()), chrono_micros(t), "{t}");
+        }
+        for t in ["2026-02-29T00:00:00Z", "2026-11-22T24:00:00Z", "2026-11-22t18:25:43Z", "2026-11-22T18:25:43.Z"] {
+            assert_eq!(parse_common_rfc3339(t.as_bytes()), None, "{t}");
+        }
+    }
+
     proptest! {
+        /// The fast timestamp path and chrono agree wherever the fast path answers.
+        #[test]
+        fn fast_timestamp_path_agrees_with_chrono(
+            y in 0u32..10000, mo in 0u32..14, d in 0u32..33, h in 0u32..25, mi in 0u32..61, s in 0u32..62,
+            frac in proptest::option::of("[0-9]{1,12}"),
+            off in prop_oneof![Just("Z".to_string()), (0u32..25, 0u32..61, any::<bool>()).prop_map(|(h, m, neg)| format!("{}{h:02}:{m:02}", if neg { '-' } else { '+' }))],
+        ) {
+            let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}{off}", frac.map(|f| format!(".{f}")).unwrap_or_default());
+            if let Some(fast) = parse_common_rfc3339(text.as_bytes()) {
+                prop_assert_eq!(Some(fast), chrono_micros(&text), "{}", text);
+            }
+            prop_assert_eq!(parse_timestamp(&text).ok(), chrono_micros(&text).filter(|&m| m != GO_ZERO_TIME_MICROS), "{}", text);
+        }
+
         /// Any byte sequence decodes or is rejected with a reason; nothing panics.
         #[test]
         fn any_bytes_give_a_row_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {

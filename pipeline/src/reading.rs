@@ -162,7 +162,7 @@ impl ReadingBatch {
 #[derive(Debug, Default)]
 pub struct DeviceInterner {
     last: Option<u32>,
-    map: std::collections::HashMap<Box<str>, u32>,
+    map: hashbrown::HashMap<Box<str>, u32>,
 }
 
 impl DeviceInterner {

@@ -241,11 +241,14 @@ impl Writer {
             return;
         }
         self.size += buf.len() as u64;
-        for w in waiters.drain(..) {
-            let _ = w.send(Ok(self.next_position));
-            self.next_position += 1;
-        }
+        let first = self.next_position;
+        self.next_position += waiters.len() as u64;
+        // Publish the durable position before anyone hears of it, so a client that holds a position always finds
+        // the log at least that far.
         self.durable.send_replace(self.next_position - 1);
+        for (position, w) in (first..).zip(waiters.drain(..)) {
+            let _ = w.send(Ok(position));
+        }
         if self.size >= self.options.segment_bytes {
             match create_segment(&self.dir, self.next_position) {
                 Ok((file, size)) => {
