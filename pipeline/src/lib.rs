@@ -5,4 +5,5 @@ pub mod decode;
 pub mod ingest;
 pub mod lines;
 pub mod reading;
+pub mod stats;
 pub mod wal;

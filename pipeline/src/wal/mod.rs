@@ -165,24 +165,17 @@ impl WalReader {
 
     /// The next record, `Ok(None)` when no further intact record exists yet.
     pub fn next_record(&mut self) -> Result<Option<(u64, &[u8])>, WalError> {
+        self.next_record_through(u64::MAX)
+    }
+
+    /// The next record if its position is at most `limit` (e.g. the durable position), else `Ok(None)`.
+    pub fn next_record_through(&mut self, limit: u64) -> Result<Option<(u64, &[u8])>, WalError> {
+        if self.next_position > limit {
+            return Ok(None);
+        }
         loop {
-            if self.current.is_none() {
-                let segments = segment::list_segments(&self.dir).map_err(io_err(&self.dir))?;
-                let Some(seg) = segments.iter().rev().find(|s| s.first_position <= self.next_position) else {
-                    return Ok(None);
-                };
-                let reader =
-                    SegmentReader::open(seg).map_err(|source| WalError::Segment { path: seg.path.clone(), source })?;
-                self.current = Some(reader);
-                // Skip records before the wanted position.
-                let r = self.current.as_mut().expect("just set");
-                let mut skip_to = seg.first_position;
-                while skip_to < self.next_position {
-                    match r.next_record(&mut self.payload) {
-                        Ok(Some(p)) => skip_to = p + 1,
-                        _ => return Ok(None),
-                    }
-                }
+            if self.current.is_none() && !self.open_segment()? {
+                return Ok(None);
             }
             let r = self.current.as_mut().expect("opened above");
             match r.next_record(&mut self.payload) {
@@ -191,17 +184,41 @@ impl WalReader {
                     return Ok(Some((p, &self.payload)));
                 }
                 Ok(None) | Err(_) => {
-                    // End of this segment: move on if the next one exists, else stop here.
+                    // The end of what this segment holds now: go on in the next segment if it exists, otherwise
+                    // stay here (the reader rewound to the record start) and try again later.
                     let segments = segment::list_segments(&self.dir).map_err(io_err(&self.dir))?;
                     if segments.iter().any(|s| s.first_position == self.next_position) {
                         self.current = None;
                         continue;
                     }
-                    self.current = None;
                     return Ok(None);
                 }
             }
         }
+    }
+
+    /// The position the next returned record will have.
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// Opens the segment holding `next_position` and skips to it; `false` when there is none yet.
+    fn open_segment(&mut self) -> Result<bool, WalError> {
+        let segments = segment::list_segments(&self.dir).map_err(io_err(&self.dir))?;
+        let Some(seg) = segments.iter().rev().find(|s| s.first_position <= self.next_position) else {
+            return Ok(false);
+        };
+        let mut reader =
+            SegmentReader::open(seg).map_err(|source| WalError::Segment { path: seg.path.clone(), source })?;
+        let mut position = seg.first_position;
+        while position < self.next_position {
+            match reader.next_record(&mut self.payload) {
+                Ok(Some(p)) => position = p + 1,
+                _ => return Ok(false),
+            }
+        }
+        self.current = Some(reader);
+        Ok(true)
     }
 }
 

@@ -5,7 +5,7 @@
 //! the position and the payload, and positions increase by one from the segment's first position.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Magic bytes at the start of every segment.
@@ -144,6 +144,15 @@ impl SegmentReader {
     /// The next record as `(position, payload)`, `Ok(None)` at a clean end, `Err` describing a torn or corrupt
     /// record (the offset stays at that record's start).
     pub fn next_record(&mut self, payload: &mut Vec<u8>) -> Result<Option<u64>, String> {
+        let result = self.read_record(payload);
+        if !matches!(result, Ok(Some(_))) {
+            // Rewind to the record's start so a later call sees it whole once the writer has finished it.
+            self.input.seek(SeekFrom::Start(self.offset)).map_err(|e| format!("seek error: {e}"))?;
+        }
+        result
+    }
+
+    fn read_record(&mut self, payload: &mut Vec<u8>) -> Result<Option<u64>, String> {
         let mut h = [0u8; RECORD_HEADER_BYTES as usize];
         match read_full(&mut self.input, &mut h) {
             Ok(0) => return Ok(None),

@@ -1,0 +1,147 @@
+//! The data that flows through the statistics dataflow: small, fixed-size, integer-keyed records.
+//!
+//! Device names become a 64-bit [`DeviceId`] (a fixed-seed hash, identical in every process of a cluster, so no
+//! shared dictionary is needed) and sensors their index in the configured sensor set. Names travel separately, in
+//! their own small collection.
+
+use serde::{Deserialize, Serialize};
+
+/// Logical time of the dataflow: the WAL position of the record a reading came from.
+pub type Time = u64;
+
+/// A device, as the hash of its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceId(pub u64);
+
+impl DeviceId {
+    /// The id of a device name: the same in every process and every run of the same build.
+    pub fn of(name: &str) -> Self {
+        use std::hash::BuildHasher;
+        DeviceId(foldhash::fast::FixedState::with_seed(0x5745_4952).hash_one(name))
+    }
+}
+
+/// One series: a sensor of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SeriesKey {
+    pub device: DeviceId,
+    pub sensor: u16,
+}
+
+/// A reading inside the dataflow. `seq` orders readings as they were written to the log (WAL position in the high
+/// 32 bits, index inside the record in the low 32), which is what "first write wins" means.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Reading {
+    pub series: SeriesKey,
+    /// Event time, microseconds since the Unix epoch, UTC.
+    pub micros: i64,
+    pub value: f64,
+    pub seq: u64,
+}
+
+impl Reading {
+    /// The sequence number of the `index`-th reading of the WAL record at `position`.
+    pub fn seq_of(position: u64, index: u32) -> u64 {
+        (position << 32) | u64::from(index)
+    }
+}
+
+// Readings are ordered by identity and arrival; the value's bits make the order total.
+impl PartialEq for Reading {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Reading {}
+impl PartialOrd for Reading {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Reading {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.series, self.micros, self.seq, self.value.to_bits()).cmp(&(
+            other.series,
+            other.micros,
+            other.seq,
+            other.value.to_bits(),
+        ))
+    }
+}
+
+/// The width of a tumbling event-time window, aligned to UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Width {
+    Minute,
+    QuarterHour,
+    Hour,
+    Day,
+}
+
+impl Width {
+    pub const ALL: [Width; 4] = [Width::Minute, Width::QuarterHour, Width::Hour, Width::Day];
+
+    /// The window length in microseconds.
+    pub const fn micros(self) -> i64 {
+        const MINUTE: i64 = 60_000_000;
+        match self {
+            Width::Minute => MINUTE,
+            Width::QuarterHour => 15 * MINUTE,
+            Width::Hour => 60 * MINUTE,
+            Width::Day => 24 * 60 * MINUTE,
+        }
+    }
+
+    /// The start of the window of this width that contains `micros`.
+    pub fn start_of(self, micros: i64) -> i64 {
+        micros.div_euclid(self.micros()) * self.micros()
+    }
+
+    /// The name used in the API: `1m`, `15m`, `1h`, `1d`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Width::Minute => "1m",
+            Width::QuarterHour => "15m",
+            Width::Hour => "1h",
+            Width::Day => "1d",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Width> {
+        Width::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+/// One window of one series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowKey {
+    pub series: SeriesKey,
+    pub width: Width,
+    /// Window start, microseconds since the Unix epoch, UTC.
+    pub start: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_align_to_utc_including_before_1970() {
+        assert_eq!(Width::Day.start_of(86_400_000_000 + 5), 86_400_000_000);
+        assert_eq!(Width::Minute.start_of(-1), -60_000_000);
+        assert_eq!(Width::QuarterHour.start_of(16 * 60_000_000), 15 * 60_000_000);
+        assert_eq!(Width::parse("15m"), Some(Width::QuarterHour));
+        assert_eq!(Width::parse("0"), None);
+    }
+
+    #[test]
+    fn device_ids_are_stable() {
+        assert_eq!(DeviceId::of("truck-7"), DeviceId::of("truck-7"));
+        assert_ne!(DeviceId::of("truck-7"), DeviceId::of("truck-8"));
+    }
+
+    #[test]
+    fn seq_orders_by_position_then_index() {
+        assert!(Reading::seq_of(2, 0) > Reading::seq_of(1, u32::MAX));
+    }
+}

@@ -1,0 +1,52 @@
+//! The statistics dataflow, wired top to bottom: inputs, operators, arrangements, probe.
+
+use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::implementations::KeySpine;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{InputHandleVec, ProbeHandle, Scope};
+
+use crate::dedup::dedup_first_write;
+use crate::latest::{LatestTrace, latest_by_time};
+use crate::model::{DeviceId, Reading, Time};
+use crate::window::{WindowTrace, window_stats};
+
+/// The arrangement of device names: key `(DeviceId, name)`, a count as difference.
+pub type NamesTrace = TraceAgent<KeySpine<(DeviceId, String), Time, isize>>;
+
+/// What a worker holds of one statistics dataflow: its inputs, its arrangements, and the probe that says how far it
+/// has processed.
+pub struct StatsDataflow {
+    /// Readings as written, at the time of their WAL record.
+    pub readings: InputHandleVec<Time, Reading>,
+    /// Device names, each inserted (at least) once.
+    pub names: InputSession<Time, (DeviceId, String), isize>,
+    pub windows: WindowTrace,
+    pub latest: LatestTrace,
+    pub device_names: NamesTrace,
+    pub probe: ProbeHandle<Time>,
+}
+
+/// Builds the dataflow in `scope`: readings → `dedup_first_write` → `window_stats` and `latest_by_time`.
+pub fn stats_dataflow(scope: Scope<'_, Time>, horizon_micros: i64) -> StatsDataflow {
+    let mut readings = InputHandleVec::new();
+    let probe = ProbeHandle::new();
+    let (names, name_collection) = scope.new_collection::<(DeviceId, String), isize>();
+
+    let deduplicated = dedup_first_write(readings.to_stream(scope), horizon_micros);
+    let windows = window_stats(deduplicated.clone());
+    let latest = latest_by_time(deduplicated);
+    let device_names = name_collection.arrange_by_self_named("DeviceNames");
+
+    windows.stream.probe_with(&probe);
+    latest.stream.probe_with(&probe);
+    device_names.stream.probe_with(&probe);
+    StatsDataflow {
+        readings,
+        names,
+        windows: windows.trace,
+        latest: latest.trace,
+        device_names: device_names.trace,
+        probe,
+    }
+}

@@ -1,0 +1,287 @@
+//! Running the statistics dataflow: timely workers that tail the WAL, and the queries they answer.
+//!
+//! Every worker tails the log itself and feeds the records whose `position % workers == index` into its input, at
+//! the record's position as logical time; the dataflow exchanges readings by device (dedup) and by window/series key
+//! (arrangements). Nothing is shared between workers but the log on disk, so the same code runs unchanged when
+//! timely spreads the workers over several processes.
+//!
+//! A query goes to every worker; each answers from its own arrangements once it has processed the requested log
+//! position (`after`), and the parts are merged.
+
+mod query;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use differential_dataflow::trace::TraceReader;
+use timely::progress::frontier::AntichainRef;
+use tokio::sync::{oneshot, watch};
+use weir_operators::stats::{StatsDataflow, stats_dataflow};
+use weir_operators::{DeviceId, Reading, SeriesKey};
+
+pub use query::{Answer, Query, WorkerTraces};
+
+use crate::reading::SensorSet;
+use crate::wal::WalReader;
+use crate::wal::record::decode_batch;
+
+/// How the statistics run.
+#[derive(Debug, Clone)]
+pub struct StatsOptions {
+    /// Timely workers (threads).
+    pub workers: usize,
+    /// Deduplication is exact for duplicates within this much event time behind a device's newest reading.
+    pub dedup_horizon: Duration,
+    /// How long an idle worker sleeps before it looks at the log again.
+    pub idle_park: Duration,
+    /// At most this many readings are fed in before the dataflow is stepped.
+    pub feed_limit: usize,
+}
+
+impl Default for StatsOptions {
+    fn default() -> Self {
+        StatsOptions {
+            workers: 1,
+            dedup_horizon: Duration::from_secs(48 * 3600),
+            idle_park: Duration::from_millis(1),
+            feed_limit: 200_000,
+        }
+    }
+}
+
+/// Why a query was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("the statistics have not reached log position {after} within {waited:?} (processed so far: {processed})")]
+    NotYet { after: u64, waited: Duration, processed: u64 },
+    #[error("the statistics engine has stopped")]
+    Stopped,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the statistics dataflow: {0}")]
+pub struct StartError(String);
+
+struct Request {
+    query: Query,
+    after: u64,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The running statistics dataflow.
+pub struct StatsEngine {
+    senders: Vec<mpsc::Sender<Request>>,
+    processed: Arc<Vec<AtomicU64>>,
+    stop: Arc<AtomicBool>,
+    guards: Option<timely::communication::initialize::WorkerGuards<()>>,
+}
+
+impl StatsEngine {
+    /// Starts `options.workers` workers that tail the log in `wal_dir` from its first record, never past the
+    /// `durable` position.
+    pub fn start(
+        wal_dir: PathBuf,
+        durable: watch::Receiver<u64>,
+        sensors: SensorSet,
+        options: StatsOptions,
+    ) -> Result<StatsEngine, StartError> {
+        let workers = options.workers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel()).unzip();
+        let receivers = Arc::new(Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>()));
+        let processed = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        let stop = Arc::new(AtomicBool::new(false));
+        let context =
+            WorkerContext { wal_dir, durable, sensors, options, processed: processed.clone(), stop: stop.clone() };
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            let requests = receivers.lock().expect("not poisoned")[worker.index()].take().expect("one per worker");
+            run_worker(worker, &context, requests);
+        })
+        .map_err(StartError)?;
+        Ok(StatsEngine { senders, processed, stop, guards: Some(guards) })
+    }
+
+    /// The last log position every worker has processed.
+    pub fn processed_position(&self) -> u64 {
+        self.processed.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0)
+    }
+
+    /// Answers `query` once the statistics include log position `after` (0: at once), waiting at most `wait`.
+    pub async fn query(&self, query: Query, after: u64, wait: Duration) -> Result<Answer, QueryError> {
+        let mut replies = Vec::with_capacity(self.senders.len());
+        for sender in &self.senders {
+            let (reply, rx) = oneshot::channel();
+            sender.send(Request { query: query.clone(), after, reply }).map_err(|_| QueryError::Stopped)?;
+            replies.push(rx);
+        }
+        let gather = async {
+            let mut parts = Vec::with_capacity(replies.len());
+            for rx in replies {
+                parts.push(rx.await.map_err(|_| QueryError::Stopped)?);
+            }
+            Answer::merge(parts).ok_or(QueryError::Stopped)
+        };
+        match tokio::time::timeout(wait, gather).await {
+            Ok(answer) => answer,
+            Err(_) => Err(QueryError::NotYet { after, waited: wait, processed: self.processed_position() }),
+        }
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(guards) = self.guards.take() {
+            for result in guards.join() {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "statistics worker failed");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StatsEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+struct WorkerContext {
+    wal_dir: PathBuf,
+    durable: watch::Receiver<u64>,
+    sensors: SensorSet,
+    options: StatsOptions,
+    processed: Arc<Vec<AtomicU64>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests: mpsc::Receiver<Request>) {
+    let (index, peers) = (worker.index(), worker.peers());
+    let horizon = i64::try_from(ctx.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
+    let StatsDataflow { mut readings, mut names, windows, latest, device_names, probe } =
+        worker.dataflow(|scope| stats_dataflow(scope, horizon));
+    let mut traces = WorkerTraces { windows, latest, names: device_names };
+    let mut feeder = Feeder::new(&ctx.sensors);
+    let mut reader = WalReader::new(&ctx.wal_dir, 1);
+    let mut read_through = 0u64;
+    let mut pending: Vec<Request> = Vec::new();
+    loop {
+        // Feed what the log has made durable since the last round.
+        let durable = *ctx.durable.borrow();
+        let mut fed = 0usize;
+        while fed < ctx.options.feed_limit {
+            match reader.next_record_through(durable) {
+                Ok(Some((position, payload))) => {
+                    read_through = position;
+                    if position % peers as u64 == index as u64 {
+                        readings.advance_to(position);
+                        names.advance_to(position);
+                        fed += feeder.feed(position, payload, &mut |r| readings.send(r), &mut |n| names.insert(n));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "statistics cannot read the write-ahead log");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+        readings.advance_to(read_through + 1);
+        names.advance_to(read_through + 1);
+        readings.flush();
+        names.flush();
+        let busy = fed > 0 || probe.less_than(&(read_through + 1));
+        worker.step_or_park(Some(if busy { Duration::ZERO } else { ctx.options.idle_park }));
+
+        // Let the arrangements compact up to what is complete: one entry per window, not per reading.
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        if let Some(f) = frontier {
+            let bound = [f];
+            traces.windows.set_logical_compaction(AntichainRef::new(&bound));
+            traces.windows.set_physical_compaction(AntichainRef::new(&bound));
+            traces.latest.set_logical_compaction(AntichainRef::new(&bound));
+            traces.latest.set_physical_compaction(AntichainRef::new(&bound));
+            traces.names.set_logical_compaction(AntichainRef::new(&bound));
+            traces.names.set_physical_compaction(AntichainRef::new(&bound));
+        }
+        let processed = frontier.map_or(read_through, |f| f.saturating_sub(1));
+        ctx.processed[index].store(processed, Ordering::Release);
+
+        pending.extend(requests.try_iter());
+        pending.retain_mut(|request| {
+            if request.after > processed {
+                return !request.reply.is_closed();
+            }
+            let answer = traces.answer(&request.query);
+            let reply = std::mem::replace(&mut request.reply, oneshot::channel().0);
+            let _ = reply.send(answer);
+            false
+        });
+        if ctx.stop.load(Ordering::Acquire) {
+            break;
+        }
+    }
+}
+
+/// Turns WAL records into dataflow readings: sensor names to configured indexes, device names to ids.
+struct Feeder {
+    sensors: HashMap<Box<str>, u16>,
+    named: HashSet<DeviceId>,
+    unknown_sensors_logged: HashSet<Box<str>>,
+}
+
+impl Feeder {
+    fn new(sensors: &SensorSet) -> Self {
+        let sensors = sensors.names().iter().enumerate().map(|(i, n)| (n.clone(), i as u16)).collect();
+        Feeder { sensors, named: HashSet::new(), unknown_sensors_logged: HashSet::new() }
+    }
+
+    /// Sends the readings of one record; returns how many.
+    fn feed(
+        &mut self,
+        position: u64,
+        payload: &[u8],
+        send: &mut impl FnMut(Reading),
+        name: &mut impl FnMut((DeviceId, String)),
+    ) -> usize {
+        let batch = match decode_batch(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(position, error = %e, "skipping an unreadable WAL record in the statistics");
+                return 0;
+            }
+        };
+        let sensor_index: Vec<Option<u16>> = batch
+            .sensors
+            .iter()
+            .map(|s| {
+                let index = self.sensors.get(s).copied();
+                if index.is_none() && self.unknown_sensors_logged.insert(s.clone()) {
+                    tracing::warn!(sensor = %s, "the log holds readings of a sensor that is no longer configured; they are left out of the statistics");
+                }
+                index
+            })
+            .collect();
+        let devices: Vec<DeviceId> = batch.devices.iter().map(|d| DeviceId::of(d)).collect();
+        for (id, device) in devices.iter().zip(&batch.devices) {
+            if self.named.insert(*id) {
+                name((*id, device.to_string()));
+            }
+        }
+        let mut sent = 0;
+        for (i, row) in batch.rows.iter().enumerate() {
+            let Some(sensor) = sensor_index[row.sensor as usize] else { continue };
+            let series = SeriesKey { device: devices[row.device as usize], sensor };
+            send(Reading { series, micros: row.micros, value: row.value, seq: Reading::seq_of(position, i as u32) });
+            sent += 1;
+        }
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests;

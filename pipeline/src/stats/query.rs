@@ -1,0 +1,118 @@
+//! Questions the HTTP side asks the statistics dataflow, and how each worker answers from its arrangements.
+
+use differential_dataflow::difference::{IsZero, Monoid, Semigroup};
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use timely::progress::Antichain;
+use weir_operators::stats::NamesTrace;
+use weir_operators::{DeviceId, Latest, LatestTrace, SeriesKey, Width, WindowAgg, WindowKey, WindowTrace};
+
+/// A question for the statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// The windows of one series and width whose start is in `[from, to)` (microseconds).
+    Series { series: SeriesKey, width: Width, from: i64, to: i64 },
+    /// The latest value of every series of `device`, or of every series when `None`.
+    Latest { device: Option<DeviceId> },
+    /// Every device with its name.
+    Devices,
+}
+
+/// An answer, merged over all workers and sorted by key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Windows(Vec<(WindowKey, WindowAgg)>),
+    Latest(Vec<(SeriesKey, Latest)>),
+    Devices(Vec<(DeviceId, String)>),
+}
+
+impl Answer {
+    /// Combines the partial answers of several workers (each holds the keys routed to it).
+    pub fn merge(parts: Vec<Answer>) -> Option<Answer> {
+        let mut parts = parts.into_iter();
+        let mut out = parts.next()?;
+        for part in parts {
+            match (&mut out, part) {
+                (Answer::Windows(a), Answer::Windows(b)) => a.extend(b),
+                (Answer::Latest(a), Answer::Latest(b)) => a.extend(b),
+                (Answer::Devices(a), Answer::Devices(b)) => a.extend(b),
+                _ => {}
+            }
+        }
+        match &mut out {
+            Answer::Windows(a) => a.sort_by_key(|(k, _)| *k),
+            Answer::Latest(a) => a.sort_by_key(|(k, _)| *k),
+            Answer::Devices(a) => {
+                a.sort();
+                a.dedup();
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The traces one worker answers from.
+pub struct WorkerTraces {
+    pub windows: WindowTrace,
+    pub latest: LatestTrace,
+    pub names: NamesTrace,
+}
+
+impl WorkerTraces {
+    /// This worker's part of the answer to `query`.
+    pub fn answer(&mut self, query: &Query) -> Answer {
+        match query {
+            Query::Series { series, width, from, to } => {
+                let lower = WindowKey { series: *series, width: *width, start: *from };
+                let upper = WindowKey { series: *series, width: *width, start: *to };
+                Answer::Windows(scan!(self.windows, &lower, |k: &WindowKey| *k < upper, WindowAgg::zero()))
+            }
+            Query::Latest { device } => {
+                let (lower, device) = match device {
+                    Some(d) => (SeriesKey { device: *d, sensor: 0 }, Some(*d)),
+                    None => (SeriesKey { device: DeviceId(0), sensor: 0 }, None),
+                };
+                let seed = Latest { micros: i64::MIN, seq: u64::MAX, value: 0.0 };
+                let mut found = scan!(self.latest, &lower, |k: &SeriesKey| device.is_none_or(|d| k.device == d), seed);
+                found.retain(|(_, l): &(SeriesKey, Latest)| l.micros != i64::MIN);
+                Answer::Latest(found)
+            }
+            Query::Devices => {
+                let lower = (DeviceId(0), String::new());
+                let names: Vec<((DeviceId, String), isize)> =
+                    scan!(self.names, &lower, |_: &(DeviceId, String)| true, 0isize);
+                Answer::Devices(names.into_iter().filter(|(_, n)| *n > 0).map(|(k, _)| k).collect())
+            }
+        }
+    }
+}
+
+/// Reads keys of `$trace` from `$lower` on while `$in_range(key)` holds, accumulating each key's differences from
+/// `$zero`; yields `(key, accumulated)` for keys whose accumulation is not zero. (A macro rather than a generic
+/// function: the cursor's key and difference types are generic associated types, which make the bounds unwieldy.)
+macro_rules! scan {
+    ($trace:expr, $lower:expr, $in_range:expr, $zero:expr) => {{
+        let mut out = Vec::new();
+        if let Some(spans) = $trace.spans_through(Antichain::new().borrow()) {
+            let batches = spans.into_iter().filter_map(|s| s.inner).collect();
+            let (mut cursor, storage) = cursor_list(batches);
+            cursor.seek_key(&storage, $lower);
+            while let Some(key) = cursor.get_key(&storage) {
+                if !($in_range)(key) {
+                    break;
+                }
+                let mut acc = $zero;
+                while cursor.val_valid(&storage) {
+                    cursor.map_times(&storage, |_time, diff| acc.plus_equals(diff));
+                    cursor.step_val(&storage);
+                }
+                if !acc.is_zero() {
+                    out.push((key.clone(), acc));
+                }
+                cursor.step_key(&storage);
+            }
+        }
+        out
+    }};
+}
+use scan;

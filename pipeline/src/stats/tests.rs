@@ -1,0 +1,195 @@
+//! The statistics dataflow against a from-scratch computation over the deduplicated readings.
+#![allow(clippy::type_complexity)] // test tables are tuples on purpose
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use weir_operators::{Latest, Width, WindowAgg, WindowKey};
+
+use super::*;
+use crate::reading::{DeviceInterner, ReadingBatch, Row};
+use crate::wal::record::encode_batch;
+use crate::wal::{Wal, WalOptions};
+
+/// (device, sensor index, micros, value)
+type Input = (u8, u16, i64, f64);
+
+const DEVICES: [&str; 4] = ["default", "truck-1", "truck-2", "weather-ü"];
+
+/// Writes `records` to a fresh WAL, runs the engine with `workers` and reads every statistic back.
+fn run_engine(
+    records: &[Vec<Input>],
+    workers: usize,
+) -> (Vec<(WindowKey, WindowAgg)>, Vec<(SeriesKey, Latest)>, Vec<(DeviceId, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sensors = SensorSet::default();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let appender = wal.appender();
+    let mut last = 0;
+    for record in records {
+        let mut batch = ReadingBatch::new(&sensors);
+        let mut interner = DeviceInterner::default();
+        for &(d, sensor, micros, value) in record {
+            let device = interner.intern(&mut batch.devices, DEVICES[d as usize]);
+            batch.rows.push(Row { sensor, device, micros, value });
+        }
+        let mut payload = Vec::new();
+        encode_batch(&batch, &mut payload);
+        last = appender.append_blocking(payload).unwrap();
+    }
+    let options =
+        StatsOptions { workers, dedup_horizon: Duration::from_secs(100 * 365 * 86_400), ..StatsOptions::default() };
+    let engine = StatsEngine::start(dir.path().to_path_buf(), appender.watch_durable(), sensors, options).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait = Duration::from_secs(30);
+    let Answer::Latest(latest) = rt.block_on(engine.query(Query::Latest { device: None }, last, wait)).unwrap() else {
+        panic!()
+    };
+    let Answer::Devices(devices) = rt.block_on(engine.query(Query::Devices, last, wait)).unwrap() else { panic!() };
+    let mut windows = Vec::new();
+    for (series, _) in &latest {
+        for width in Width::ALL {
+            let q = Query::Series { series: *series, width, from: i64::MIN, to: i64::MAX };
+            let Answer::Windows(w) = rt.block_on(engine.query(q, last, wait)).unwrap() else { panic!() };
+            windows.extend(w);
+        }
+    }
+    windows.sort_by_key(|(k, _)| *k);
+    engine.stop();
+    wal.close();
+    (windows, latest, devices)
+}
+
+/// The same statistics computed directly: first write wins in write order, then fold.
+fn model(records: &[Vec<Input>]) -> (BTreeMap<WindowKey, (i64, f64, f64, f64, f64, f64)>, BTreeMap<SeriesKey, f64>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut windows: BTreeMap<WindowKey, (i64, f64, f64, f64, (i64, f64), (i64, f64))> = BTreeMap::new();
+    let mut latest: BTreeMap<SeriesKey, (i64, f64)> = BTreeMap::new();
+    for &(d, sensor, micros, value) in records.iter().flatten() {
+        if !seen.insert((d, sensor, micros)) {
+            continue;
+        }
+        let series = SeriesKey { device: DeviceId::of(DEVICES[d as usize]), sensor };
+        for width in Width::ALL {
+            let key = WindowKey { series, width, start: width.start_of(micros) };
+            let w = windows.entry(key).or_insert((
+                0,
+                0.0,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                (i64::MAX, 0.0),
+                (i64::MIN, 0.0),
+            ));
+            w.0 += 1;
+            w.1 += value;
+            w.2 = w.2.min(value);
+            w.3 = w.3.max(value);
+            if micros < w.4.0 {
+                w.4 = (micros, value);
+            }
+            if micros > w.5.0 {
+                w.5 = (micros, value);
+            }
+        }
+        let l = latest.entry(series).or_insert((i64::MIN, 0.0));
+        if micros > l.0 {
+            *l = (micros, value);
+        }
+    }
+    (
+        windows.into_iter().map(|(k, w)| (k, (w.0, w.1, w.2, w.3, w.4.1, w.5.1))).collect(),
+        latest.into_iter().map(|(k, l)| (k, l.1)).collect(),
+    )
+}
+
+fn check(records: &[Vec<Input>], workers: usize) -> Result<(), TestCaseError> {
+    let (windows, latest, devices) = run_engine(records, workers);
+    let (want_windows, want_latest) = model(records);
+    prop_assert_eq!(windows.len(), want_windows.len());
+    for (key, got) in &windows {
+        let want = want_windows[key];
+        prop_assert_eq!(
+            (got.count, got.min, got.max, got.first.value, got.last.value),
+            (want.0, want.2, want.3, want.4, want.5),
+            "{:?}",
+            key
+        );
+        prop_assert!(
+            (got.sum() - want.1).abs() <= 1e-9 * want.1.abs().max(1.0),
+            "{:?}: {} vs {}",
+            key,
+            got.sum(),
+            want.1
+        );
+    }
+    let got_latest: BTreeMap<SeriesKey, f64> = latest.iter().map(|(k, l)| (*k, l.value)).collect();
+    prop_assert_eq!(got_latest, want_latest);
+    let used: std::collections::BTreeSet<u8> = records.iter().flatten().map(|r| r.0).collect();
+    prop_assert_eq!(devices.len(), used.len());
+    for (id, name) in &devices {
+        prop_assert_eq!(*id, DeviceId::of(name));
+    }
+    Ok(())
+}
+
+/// Readings of a few devices and sensors around one day, with duplicates (same key, another value), late
+/// readings days behind, in random order and random record splits.
+fn records_strategy() -> impl Strategy<Value = Vec<Vec<Input>>> {
+    let day = 86_400_000_000i64;
+    let base = 20_000 * day;
+    let reading = (0u8..4, 0u16..3, prop_oneof![4 => 0i64..3_600_000_000, 1 => -3 * day..0], -1000i32..1000)
+        .prop_map(move |(d, s, t, v)| (d, s, base + (t / 1_000_000) * 1_000_000, f64::from(v) / 8.0));
+    proptest::collection::vec(reading, 1..120)
+        .prop_flat_map(|mut readings| {
+            // Duplicates: repeat some keys with other values.
+            let dups: Vec<Input> = readings.iter().step_by(3).map(|r| (r.0, r.1, r.2, r.3 + 1.0)).collect();
+            readings.extend(dups);
+            (Just(readings), any::<u64>(), proptest::collection::vec(1usize..20, 1..40))
+        })
+        .prop_map(|(readings, seed, splits)| {
+            let mut shuffled = readings;
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut records = Vec::new();
+            let mut rest = &shuffled[..];
+            for s in splits.into_iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (head, tail) = rest.split_at(s.min(rest.len()));
+                records.push(head.to_vec());
+                rest = tail;
+            }
+            records
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_worker_matches_the_model(records in records_strategy()) {
+        check(&records, 1)?;
+    }
+
+    #[test]
+    fn four_workers_match_the_model(records in records_strategy()) {
+        check(&records, 4)?;
+    }
+}
+
+#[test]
+fn first_write_wins_across_records_whatever_the_value() {
+    let t = 1_795_000_000_000_000;
+    let records = vec![vec![(0, 0, t, 1.0)], vec![(0, 0, t, 99.0), (0, 0, t + 1, 2.0)]];
+    let (windows, latest, _) = run_engine(&records, 2);
+    let minute = windows.iter().find(|(k, _)| k.width == Width::Minute).unwrap().1;
+    assert_eq!((minute.count, minute.sum()), (2, 3.0));
+    assert_eq!(latest[0].1.value, 2.0);
+}
