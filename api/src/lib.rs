@@ -7,3 +7,4 @@ pub mod auth;
 pub mod commands;
 pub mod ingest;
 pub mod server;
+pub mod stats;

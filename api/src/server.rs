@@ -5,16 +5,18 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::post;
+use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeys, require_api_key};
 use crate::ingest::{IngestService, ingest};
+use crate::stats::{StatsService, compat, v1};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub ingest: Arc<IngestService>,
+    pub stats: Arc<StatsService>,
     pub keys: ApiKeys,
 }
 
@@ -22,6 +24,13 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     let authenticated = Router::new()
         .route("/ingest", post(ingest))
+        .route("/api/statistics/latest", get(compat::statistics_latest))
+        .route("/api/location/latest", get(compat::location_latest))
+        .route("/api/status", get(compat::status))
+        .route("/api/statistics/sensor/{sensor}/date/{date}", get(compat::sensor_day))
+        .route("/api/v1/series", get(v1::series))
+        .route("/api/v1/latest", get(v1::latest))
+        .route("/api/v1/devices", get(v1::devices))
         .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_api_key));
     authenticated
         .with_state(state)

@@ -250,10 +250,10 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Formats microseconds since the epoch as RFC 3339 in UTC with microsecond precision.
+/// Formats microseconds since the epoch as RFC 3339 in UTC, with as many fraction digits as needed (0, 3 or 6).
 pub fn format_timestamp(micros: i64) -> String {
     match chrono::DateTime::from_timestamp_micros(micros) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         None => format!("(out of range: {micros} µs)"),
     }
 }
@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(r.sensor, "speed");
         assert_eq!(r.device, DEFAULT_DEVICE);
         assert_eq!(r.value, 55.5);
-        assert_eq!(format_timestamp(r.micros), "2026-11-22T18:25:43.511000Z");
+        assert_eq!(format_timestamp(r.micros), "2026-11-22T18:25:43.511Z");
     }
 
     #[test]

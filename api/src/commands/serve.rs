@@ -9,12 +9,14 @@ use clap::Args;
 use weir_pipeline::decode::Decoder;
 use weir_pipeline::ingest::DecodeLimits;
 use weir_pipeline::reading::{DEFAULT_SENSORS, SensorSet};
+use weir_pipeline::stats::{StatsEngine, StatsOptions};
 use weir_pipeline::wal::{Wal, WalOptions};
 
 use super::{parse_duration, parse_size};
 use crate::auth::ApiKeys;
 use crate::ingest::{IngestLimits, IngestService};
 use crate::server::{AppState, app};
+use crate::stats::StatsService;
 
 /// Options of `weir serve`. Every flag can also be set by the environment variable named in its help.
 #[derive(Debug, Clone, Args)]
@@ -66,6 +68,18 @@ pub struct ServeArgs {
     /// Batches that may wait for the WAL writer before requests are made to wait (backpressure).
     #[arg(long, env = "WEIR_WAL_QUEUE_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub wal_queue_depth: u32,
+
+    /// Timely worker threads of the statistics dataflow (results are the same for any number).
+    #[arg(long, env = "WEIR_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: u32,
+
+    /// Deduplication is exact for duplicates within this much event time behind each device's newest reading.
+    #[arg(long, env = "WEIR_DEDUP_HORIZON", default_value = "48h", value_parser = parse_duration)]
+    pub dedup_horizon: Duration,
+
+    /// Longest wait of a statistics request with `?after=` for the dataflow to catch up (503 beyond it).
+    #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub read_wait: Duration,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -104,10 +118,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_request_time: args.max_request_time,
         queue_timeout: args.ingest_queue_timeout,
     };
-    let state = AppState {
-        ingest: Arc::new(IngestService::new(Decoder::new(sensors), limits, Arc::new(wal.appender()))),
-        keys,
-    };
+    let log = Arc::new(wal.appender());
+    let engine = StatsEngine::start(
+        wal_dir.clone(),
+        log.watch_durable(),
+        sensors.clone(),
+        StatsOptions { workers: args.workers as usize, dedup_horizon: args.dedup_horizon, ..StatsOptions::default() },
+    )?;
+    tracing::info!(workers = args.workers, "statistics dataflow started; it replays the write-ahead log first");
+    let stats = Arc::new(StatsService::new(engine, sensors.clone(), args.read_wait, log.clone()));
+    let ingest = Arc::new(IngestService::new(Decoder::new(sensors), limits, log));
+    let state = AppState { ingest, stats: stats.clone(), keys };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -118,8 +139,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("weir listening on http://{addr}");
 
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")?;
-    tracing::info!("shutting down: closing the write-ahead log");
-    tokio::task::spawn_blocking(move || wal.close()).await.context("closing the write-ahead log")?;
+    tracing::info!("shutting down: stopping the statistics dataflow and closing the write-ahead log");
+    tokio::task::spawn_blocking(move || {
+        if let Some(stats) = Arc::into_inner(stats) {
+            stats.stop();
+        }
+        wal.close();
+    })
+    .await
+    .context("shutting down")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

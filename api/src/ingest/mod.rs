@@ -341,7 +341,18 @@ mod tests {
             queue_timeout: Duration::from_millis(50),
         };
         let service = IngestService::new(Decoder::new(SensorSet::default()), limits, Arc::new(FullLog));
-        let state = AppState { ingest: Arc::new(service), keys: ApiKeys::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let (_durable_tx, durable) = tokio::sync::watch::channel(0);
+        let engine = weir_pipeline::stats::StatsEngine::start(
+            dir.path().to_path_buf(),
+            durable,
+            SensorSet::default(),
+            Default::default(),
+        )
+        .unwrap();
+        let stats =
+            crate::stats::StatsService::new(engine, SensorSet::default(), Duration::from_secs(1), Arc::new(FullLog));
+        let state = AppState { ingest: Arc::new(service), stats: Arc::new(stats), keys: ApiKeys::default() };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });

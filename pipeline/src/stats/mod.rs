@@ -47,7 +47,7 @@ impl Default for StatsOptions {
             workers: 1,
             dedup_horizon: Duration::from_secs(48 * 3600),
             idle_park: Duration::from_millis(1),
-            feed_limit: 200_000,
+            feed_limit: 16_384,
         }
     }
 }
@@ -77,7 +77,8 @@ pub struct StatsEngine {
     senders: Vec<mpsc::Sender<Request>>,
     processed: Arc<Vec<AtomicU64>>,
     stop: Arc<AtomicBool>,
-    guards: Option<timely::communication::initialize::WorkerGuards<()>>,
+    /// In a mutex only to make the engine `Sync` (the guards are not); touched once, at stop.
+    guards: Mutex<Option<timely::communication::initialize::WorkerGuards<()>>>,
 }
 
 impl StatsEngine {
@@ -101,7 +102,7 @@ impl StatsEngine {
             run_worker(worker, &context, requests);
         })
         .map_err(StartError)?;
-        Ok(StatsEngine { senders, processed, stop, guards: Some(guards) })
+        Ok(StatsEngine { senders, processed, stop, guards: Mutex::new(Some(guards)) })
     }
 
     /// The last log position every worker has processed.
@@ -131,9 +132,10 @@ impl StatsEngine {
     }
 
     /// Stops the workers and waits for them.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(guards) = self.guards.take() {
+        let guards = self.guards.lock().map(|mut g| g.take()).unwrap_or(None);
+        if let Some(guards) = guards {
             for result in guards.join() {
                 if let Err(e) = result {
                     tracing::error!(error = %e, "statistics worker failed");

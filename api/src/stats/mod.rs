@@ -1,0 +1,115 @@
+//! Reading the live statistics over HTTP: the replaced system's routes ([`compat`]) and the general API ([`v1`]).
+//!
+//! Every handler is a thin adapter over [`StatsService`]: it parses the request, asks the dataflow (waiting for
+//! `?after=<Weir-Position>` when given) and shapes the answer.
+
+pub mod compat;
+pub mod v1;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use weir_operators::{DeviceId, Latest, SeriesKey};
+use weir_pipeline::decode::format_timestamp;
+use weir_pipeline::reading::{DEFAULT_DEVICE, SensorSet};
+use weir_pipeline::stats::{Answer, Query, QueryError, StatsEngine};
+use weir_pipeline::wal::ReadingLog;
+
+/// Answers statistics questions for the HTTP handlers.
+pub struct StatsService {
+    engine: StatsEngine,
+    sensors: SensorSet,
+    /// Longest wait for `after=` before 503.
+    read_wait: Duration,
+    log: Arc<dyn ReadingLog>,
+}
+
+/// An HTTP error with a message for the user.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() }
+    }
+}
+
+/// `?after=<Weir-Position>`: answer only once the statistics include that log position.
+#[derive(Debug, Default, Deserialize)]
+pub struct After {
+    pub after: Option<u64>,
+}
+
+impl StatsService {
+    pub fn new(engine: StatsEngine, sensors: SensorSet, read_wait: Duration, log: Arc<dyn ReadingLog>) -> Self {
+        StatsService { engine, sensors, read_wait, log }
+    }
+
+    pub fn sensors(&self) -> &SensorSet {
+        &self.sensors
+    }
+
+    /// Asks `query`, after log position `after` (checked against what is durable).
+    pub async fn ask(&self, query: Query, after: Option<u64>) -> Result<Answer, ApiError> {
+        let after = after.unwrap_or(0);
+        let durable = self.log.durable_position();
+        if after > durable {
+            return Err(ApiError::bad_request(format!(
+                "after={after} is beyond the last acknowledged log position {durable}; pass the Weir-Position of an ingest response"
+            )));
+        }
+        Ok(self.engine.query(query, after, self.read_wait).await?)
+    }
+
+    /// The latest value of each sensor of `device`, by sensor index.
+    pub async fn latest_of(&self, device: &str, after: Option<u64>) -> Result<Vec<(SeriesKey, Latest)>, ApiError> {
+        match self.ask(Query::Latest { device: Some(DeviceId::of(device)) }, after).await? {
+            Answer::Latest(l) => Ok(l),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The latest value of `sensor` of the default device, 0 when there is none (the replaced system's rule).
+    pub fn value_or_zero(&self, latest: &[(SeriesKey, Latest)], sensor: &str) -> f64 {
+        let Some(index) = self.sensors.index_of(sensor) else { return 0.0 };
+        latest.iter().find(|(k, _)| k.sensor == index).map_or(0.0, |(_, l)| l.value)
+    }
+
+    /// Stops the dataflow.
+    pub fn stop(self) {
+        self.engine.stop();
+    }
+}
+
+/// The device named by a query parameter, the default device when absent.
+pub fn device_or_default(device: &Option<String>) -> &str {
+    device.as_deref().filter(|d| !d.is_empty()).unwrap_or(DEFAULT_DEVICE)
+}
+
+/// RFC 3339 in UTC with milliseconds when the value has them, as devices send it.
+pub fn timestamp_text(micros: i64) -> String {
+    format_timestamp(micros)
+}

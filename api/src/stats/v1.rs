@@ -1,0 +1,201 @@
+//! The general statistics API: `/api/v1/series`, `/api/v1/latest`, `/api/v1/devices`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use axum::Json;
+use axum::extract::{Query as QueryParams, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use weir_operators::{DeviceId, SeriesKey, Width};
+use weir_pipeline::decode::parse_timestamp;
+use weir_pipeline::stats::{Answer, Query};
+
+use super::{ApiError, device_or_default, timestamp_text};
+use crate::server::AppState;
+
+/// The most windows one `/api/v1/series` answer holds.
+pub const MAX_SERIES_WINDOWS: usize = 100_000;
+
+#[derive(Debug, Deserialize)]
+pub struct SeriesParams {
+    sensor: Option<String>,
+    device: Option<String>,
+    window: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+    after: Option<u64>,
+}
+
+/// One window with all its statistics.
+#[derive(Debug, Serialize)]
+pub struct WindowRow {
+    start: String,
+    end: String,
+    count: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    mean: f64,
+    first: f64,
+    first_timestamp: String,
+    last: f64,
+    last_timestamp: String,
+}
+
+/// `GET /api/v1/series?sensor=&device=&window=1m|15m|1h|1d&from=&to=[&format=csv][&after=]`: the windows of one
+/// series whose start lies in `[from, to)` (RFC 3339; both optional).
+pub async fn series(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<SeriesParams>,
+) -> Result<Response, ApiError> {
+    let stats = &state.stats;
+    let sensor = p.sensor.as_deref().ok_or_else(|| ApiError::bad_request("missing parameter sensor"))?;
+    let index = stats.sensors().index_of(sensor).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown sensor {sensor:?}; known sensors: {}",
+            stats.sensors().names().join(", ")
+        ))
+    })?;
+    let window = p.window.as_deref().unwrap_or("1m");
+    let width = Width::parse(window)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown window {window:?}: use 1m, 15m, 1h or 1d")))?;
+    let bound = |name: &str, text: &Option<String>, default: i64| -> Result<i64, ApiError> {
+        match text {
+            None => Ok(default),
+            Some(t) => parse_timestamp(t).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))),
+        }
+    };
+    let from = bound("from", &p.from, i64::MIN)?;
+    let to = bound("to", &p.to, i64::MAX)?;
+    if from > to {
+        return Err(ApiError::bad_request("from is after to"));
+    }
+    let device = device_or_default(&p.device).to_owned();
+    let series = SeriesKey { device: DeviceId::of(&device), sensor: index };
+    let windows = match stats.ask(Query::Series { series, width, from, to }, p.after).await? {
+        Answer::Windows(w) => w,
+        _ => Vec::new(),
+    };
+    if windows.len() > MAX_SERIES_WINDOWS {
+        return Err(ApiError::bad_request(format!(
+            "{} windows match; at most {MAX_SERIES_WINDOWS} are returned at once: narrow from/to or use a wider window",
+            windows.len()
+        )));
+    }
+    let rows: Vec<WindowRow> = windows
+        .iter()
+        .map(|(k, w)| WindowRow {
+            start: timestamp_text(k.start),
+            end: timestamp_text(k.start + width.micros()),
+            count: w.count,
+            sum: w.sum(),
+            min: w.min,
+            max: w.max,
+            mean: w.mean(),
+            first: w.first.value,
+            first_timestamp: timestamp_text(w.first.micros),
+            last: w.last.value,
+            last_timestamp: timestamp_text(w.last.micros),
+        })
+        .collect();
+    match p.format.as_deref() {
+        None | Some("json") => Ok(Json(serde_json::json!({
+            "device": device, "sensor": sensor, "window": width.name(), "windows": rows,
+        }))
+        .into_response()),
+        Some("csv") => {
+            let mut csv = String::from(
+                "device,sensor,window,start,end,count,sum,min,max,mean,first,first_timestamp,last,last_timestamp\n",
+            );
+            for r in &rows {
+                let _ = writeln!(
+                    csv,
+                    "{},{sensor},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    csv_field(&device),
+                    width.name(),
+                    r.start,
+                    r.end,
+                    r.count,
+                    r.sum,
+                    r.min,
+                    r.max,
+                    r.mean,
+                    r.first,
+                    r.first_timestamp,
+                    r.last,
+                    r.last_timestamp
+                );
+            }
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response())
+        }
+        Some(other) => Err(ApiError::bad_request(format!("unknown format {other:?}: use json or csv"))),
+    }
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_owned() }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LatestParams {
+    device: Option<String>,
+    after: Option<u64>,
+}
+
+/// `GET /api/v1/latest?device=`: every sensor's latest value and timestamp for a device (default device when
+/// absent).
+pub async fn latest(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<LatestParams>,
+) -> Result<Response, ApiError> {
+    let stats = &state.stats;
+    let device = device_or_default(&p.device);
+    let latest = stats.latest_of(device, p.after).await?;
+    let sensors: Vec<serde_json::Value> = latest
+        .iter()
+        .filter_map(|(k, l)| {
+            let name = stats.sensors().name(k.sensor)?;
+            Some(serde_json::json!({ "sensor": name, "value": l.value, "timestamp": timestamp_text(l.micros) }))
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "device": device, "latest": sensors })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DevicesParams {
+    after: Option<u64>,
+}
+
+/// `GET /api/v1/devices`: every device with its number of sensors and newest reading timestamp.
+pub async fn devices(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<DevicesParams>,
+) -> Result<Response, ApiError> {
+    let stats = &state.stats;
+    let names = match stats.ask(Query::Devices, p.after).await? {
+        Answer::Devices(d) => d,
+        _ => Vec::new(),
+    };
+    let latest = match stats.ask(Query::Latest { device: None }, p.after).await? {
+        Answer::Latest(l) => l,
+        _ => Vec::new(),
+    };
+    let mut per_device: HashMap<DeviceId, (usize, i64)> = HashMap::new();
+    for (k, l) in &latest {
+        let e = per_device.entry(k.device).or_insert((0, i64::MIN));
+        e.0 += 1;
+        e.1 = e.1.max(l.micros);
+    }
+    let mut rows: Vec<serde_json::Value> = names
+        .iter()
+        .filter_map(|(id, name)| {
+            let (sensors, newest) = per_device.get(id)?;
+            Some(serde_json::json!({ "device": name, "sensors": sensors, "last_timestamp": timestamp_text(*newest) }))
+        })
+        .collect();
+    rows.sort_by(|a, b| a["device"].as_str().cmp(&b["device"].as_str()));
+    Ok(Json(serde_json::json!({ "devices": rows })).into_response())
+}

@@ -1,0 +1,182 @@
+//! The live statistics through HTTP against the real binary: every endpoint, read-your-writes with `after=`,
+//! duplicates, late readings, several devices, and the same answers after a restart.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+async fn ingest(s: &Server, lines: &[String]) -> u64 {
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    r.headers()["weir-position"].to_str().unwrap().parse().unwrap()
+}
+
+async fn get(s: &Server, path: &str) -> (u16, Value) {
+    let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn line(sensor: &str, value: f64, t: &str, device: Option<&str>) -> String {
+    match device {
+        Some(d) => json!({"sensor": sensor, "value": value, "timestamp": t, "device": d}).to_string(),
+        None => json!({"sensor": sensor, "value": value, "timestamp": t}).to_string(),
+    }
+}
+
+/// What the test pushes: default device speed in two quarter-hours, a duplicate with another value (ignored), a
+/// late reading for the previous day, location fixes, and a second device.
+fn first_batch() -> Vec<String> {
+    vec![
+        line("speed", 10.0, "2026-11-22T10:00:05Z", None),
+        line("speed", 20.0, "2026-11-22T10:07:00+01:00", None), // 09:07 UTC
+        line("speed", 30.0, "2026-11-22T10:14:59.5Z", None),
+        line("speed", 999.0, "2026-11-22T10:00:05Z", None), // duplicate: first write wins
+        line("speed", 40.0, "2026-11-22T10:15:00Z", None),
+        line("fuel", 55.5, "2026-11-22T10:20:00Z", None),
+        line("location_latitude", 52.5, "2026-11-22T10:20:00Z", None),
+        line("location_longitude", 13.4, "2026-11-22T10:20:00Z", None),
+        line("speed", 7.0, "2026-11-22T10:00:00Z", Some("truck-7")),
+    ]
+}
+
+fn late_batch() -> Vec<String> {
+    vec![
+        line("speed", 100.0, "2026-11-21T23:59:59Z", None), // yesterday, arriving late
+        line("engine_temperature", 90.0, "2026-11-22T10:30:00Z", None),
+        line("revolution", 3000.0, "2026-11-22T10:30:00Z", None),
+        line("speed", 1.0, "2026-11-22T10:15:00Z", None), // duplicate of the 40.0
+    ]
+}
+
+async fn check_answers(s: &Server, after: u64) {
+    let q = format!("after={after}");
+    let (status, v) = get(s, &format!("/api/statistics/latest?{q}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v, json!({"speed": 40.0, "fuel": 55.5, "engineTemperature": 90.0, "revolutions": 3000.0}));
+    let (_, v) = get(s, &format!("/api/location/latest?{q}")).await;
+    assert_eq!(v, json!({"latitude": 52.5, "longitude": 13.4}));
+    let (_, v) = get(s, &format!("/api/status?{q}")).await;
+    assert_eq!(v, json!({"lastIngestTimestamp": "2026-11-22T10:30:00Z"}));
+
+    let (status, v) = get(s, &format!("/api/statistics/sensor/speed/date/2026-11-22?{q}")).await;
+    assert_eq!(status, 200);
+    let buckets = v.as_array().unwrap();
+    assert_eq!(buckets.len(), 96);
+    assert_eq!(buckets[0], json!({"sensor": "speed", "value": 0.0, "timestamp": "2026-11-22T00:00:00Z"}));
+    // 09:00–09:15 holds 20.0; 10:00–10:15 holds 10.0 and 30.0 (not the duplicate 999); 10:15–10:30 holds 40.0.
+    assert_eq!(buckets[36]["value"], 20.0);
+    assert_eq!(buckets[40], json!({"sensor": "speed", "value": 20.0, "timestamp": "2026-11-22T10:00:00Z"}));
+    assert_eq!(buckets[41]["value"], 40.0);
+    let nonzero = buckets.iter().filter(|b| b["value"] != 0.0).count();
+    assert_eq!(nonzero, 3);
+    let (_, v) = get(s, &format!("/api/statistics/sensor/speed/date/2026-11-21?{q}")).await;
+    assert_eq!(v[95]["value"], 100.0, "the late reading corrected yesterday");
+
+    let (_, v) = get(s, &format!("/api/v1/series?sensor=speed&window=1h&{q}")).await;
+    let windows = v["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 3, "{v}");
+    let ten = &windows[2];
+    assert_eq!(ten["start"], "2026-11-22T10:00:00Z");
+    assert_eq!(ten["end"], "2026-11-22T11:00:00Z");
+    assert_eq!((ten["count"].as_i64(), ten["sum"].as_f64()), (Some(3), Some(80.0)));
+    assert_eq!((ten["min"].as_f64(), ten["max"].as_f64()), (Some(10.0), Some(40.0)));
+    assert_eq!((ten["first"].as_f64(), ten["last"].as_f64()), (Some(10.0), Some(40.0)));
+    assert_eq!(ten["last_timestamp"], "2026-11-22T10:15:00Z");
+    let (_, v) =
+        get(s, &format!("/api/v1/series?sensor=speed&window=1d&from=2026-11-22T00:00:00Z&to=2026-11-23T00:00:00Z&{q}"))
+            .await;
+    assert_eq!(v["windows"].as_array().unwrap().len(), 1);
+    assert_eq!(v["windows"][0]["count"], 4);
+    assert_eq!(v["windows"][0]["mean"], 25.0);
+    let r = client()
+        .get(format!("{}/api/v1/series?sensor=speed&device=truck-7&window=15m&format=csv&{q}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = r.text().await.unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(rows[0].starts_with("device,sensor,window,start,end,count,sum,min,max,mean"));
+    assert!(rows[1].starts_with("truck-7,speed,15m,2026-11-22T10:00:00Z,2026-11-22T10:15:00Z,1,7,7,7,7,"), "{csv}");
+
+    let (_, v) = get(s, &format!("/api/v1/latest?device=truck-7&{q}")).await;
+    assert_eq!(
+        v,
+        json!({"device": "truck-7", "latest": [{"sensor": "speed", "value": 7.0, "timestamp": "2026-11-22T10:00:00Z"}]})
+    );
+    let (_, v) = get(s, &format!("/api/v1/latest?{q}")).await;
+    assert_eq!(v["device"], "default");
+    assert_eq!(v["latest"].as_array().unwrap().len(), 6);
+    let (_, v) = get(s, &format!("/api/v1/devices?{q}")).await;
+    assert_eq!(
+        v,
+        json!({"devices": [
+            {"device": "default", "sensors": 6, "last_timestamp": "2026-11-22T10:30:00Z"},
+            {"device": "truck-7", "sensors": 1, "last_timestamp": "2026-11-22T10:00:00Z"},
+        ]})
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_from_the_dataflow_and_again_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &["--workers", "2"]);
+    // Empty: zeros, as the replaced system answered.
+    let (_, v) = get(&s, "/api/statistics/latest").await;
+    assert_eq!(v, json!({"speed": 0.0, "fuel": 0.0, "engineTemperature": 0.0, "revolutions": 0.0}));
+    let (_, v) = get(&s, "/api/status").await;
+    assert_eq!(v, json!({"lastIngestTimestamp": "0001-01-01T00:00:00Z"}));
+
+    ingest(&s, &first_batch()).await;
+    let position = ingest(&s, &late_batch()).await;
+    check_answers(&s, position).await;
+    assert!(s.stop().success());
+
+    // A restart replays the log into the same state (and one worker gives the same answers as two).
+    let s = Server::start(&data, &["--workers", "1"]);
+    check_answers(&s, position).await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--read-wait", "200ms"]);
+    for (path, needle) in [
+        ("/api/statistics/sensor/warp/date/2026-11-22", "unknown sensor \"warp\""),
+        ("/api/statistics/sensor/speed/date/2026-13-01", "bad date"),
+        ("/api/statistics/sensor/speed/date/yesterday", "bad date"),
+        ("/api/v1/series", "missing parameter sensor"),
+        ("/api/v1/series?sensor=speed&window=0", "unknown window"),
+        ("/api/v1/series?sensor=speed&from=soon", "from:"),
+        ("/api/v1/series?sensor=speed&from=2026-11-23T00:00:00Z&to=2026-11-22T00:00:00Z", "from is after to"),
+        ("/api/v1/series?sensor=speed&format=xml", "unknown format"),
+        ("/api/v1/latest?after=999999", "beyond the last acknowledged"),
+    ] {
+        let (status, v) = get(&s, path).await;
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains(needle), "{path}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn api_routes_need_the_api_key_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--api-key", "secret"]);
+    for path in ["/api/statistics/latest", "/api/v1/devices", "/api/status"] {
+        let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let r = client().get(format!("{}{path}", s.url)).basic_auth("secret", Some("x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
