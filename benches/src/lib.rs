@@ -52,3 +52,52 @@ mod tests {
         assert_eq!(d.rejections().rejected, 0);
     }
 }
+
+/// A WAL with `count` generated readings in records of `per_record`, for the statistics benchmarks.
+pub fn wal_with_readings(dir: &std::path::Path, count: usize, per_record: usize, devices: usize) -> u64 {
+    use weir_pipeline::decode::Decoder;
+    use weir_pipeline::ingest::{BodyDecoder, DecodeLimits};
+    use weir_pipeline::reading::SensorSet;
+    use weir_pipeline::wal::record::encode_batch;
+    use weir_pipeline::wal::{Wal, WalOptions};
+
+    let body = ndjson_body(count, devices);
+    let limits = DecodeLimits { batch_rows: per_record, ..DecodeLimits::default() };
+    let mut decoder = BodyDecoder::new(Decoder::new(SensorSet::default()), limits);
+    let (wal, _) = Wal::open(dir, WalOptions::default()).expect("WAL opens");
+    let appender = wal.appender();
+    let mut last = 0;
+    let mut append = |batch: weir_pipeline::reading::ReadingBatch| {
+        let mut payload = Vec::new();
+        encode_batch(&batch, &mut payload);
+        last = appender.append_blocking(payload).expect("append");
+    };
+    for chunk in body.as_bytes().chunks(1 << 16) {
+        decoder.feed(chunk);
+        while let Some(batch) = decoder.take_full_batch() {
+            append(batch);
+        }
+    }
+    decoder.finish();
+    if let Some(batch) = decoder.take_batch() {
+        append(batch);
+    }
+    wal.close();
+    last
+}
+
+/// Runs the statistics over the WAL in `dir` with `workers` until it has processed `last`; returns the time taken.
+pub fn replay_statistics(dir: &std::path::Path, last: u64, workers: usize) -> std::time::Duration {
+    use weir_pipeline::reading::SensorSet;
+    use weir_pipeline::stats::{StatsEngine, StatsOptions};
+    let (_tx, durable) = tokio::sync::watch::channel(last);
+    let started = std::time::Instant::now();
+    let options = StatsOptions { workers, ..StatsOptions::default() };
+    let engine = StatsEngine::start(dir.to_path_buf(), durable, SensorSet::default(), options).expect("engine starts");
+    while engine.processed_position() < last {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let took = started.elapsed();
+    engine.stop();
+    took
+}

@@ -79,6 +79,42 @@ async fn main() -> anyhow::Result<()> {
             })
         })
         .collect();
+    // Freshness: while the load runs, push one reading at a time and measure from its ack until the statistics
+    // answer a read with `after=` its position.
+    let probe = {
+        let (client, url, key, done) = (client.clone(), args.url.clone(), args.api_key.clone(), next.clone());
+        let total = bodies.len();
+        tokio::spawn(async move {
+            let mut fresh = Vec::new();
+            let mut n = 0u64;
+            while done.load(Ordering::Relaxed) < total || fresh.len() < 20 {
+                n += 1;
+                let line = format!(
+                    "{{\"sensor\":\"speed\",\"value\":{n},\"timestamp\":\"2030-01-01T00:00:00.{:06}Z\",\"device\":\"freshness-probe\"}}\n",
+                    n % 1_000_000
+                );
+                let mut req =
+                    client.post(format!("{url}/ingest")).header("content-type", "application/stream+json").body(line);
+                if let Some(k) = &key {
+                    req = req.basic_auth(k, None::<&str>);
+                }
+                let Ok(r) = req.send().await else { break };
+                let acked = Instant::now();
+                let Some(pos) = r.headers().get("weir-position").and_then(|v| v.to_str().ok()).map(String::from) else {
+                    break;
+                };
+                let mut get = client.get(format!("{url}/api/v1/latest?device=freshness-probe&after={pos}"));
+                if let Some(k) = &key {
+                    get = get.basic_auth(k, None::<&str>);
+                }
+                match get.send().await {
+                    Ok(r) if r.status().is_success() => fresh.push(acked.elapsed()),
+                    _ => break,
+                }
+            }
+            fresh
+        })
+    };
     let mut latencies = Vec::new();
     let mut failures = 0;
     let mut acked = 0;
@@ -89,6 +125,16 @@ async fn main() -> anyhow::Result<()> {
         acked += a;
     }
     let elapsed = started.elapsed();
+    let mut fresh = probe.await?;
+    fresh.sort();
+    let fresh_pct = |p: f64| {
+        fresh
+            .get(((fresh.len() as f64 * p) as usize).min(fresh.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3
+    };
     latencies.sort();
     let pct = |p: f64| {
         latencies
@@ -106,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
             "p50": pct(0.5).as_secs_f64() * 1e3, "p90": pct(0.9).as_secs_f64() * 1e3,
             "p99": pct(0.99).as_secs_f64() * 1e3, "max": latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         },
+        "freshness_ms": { "samples": fresh.len(), "p50": fresh_pct(0.5), "p99": fresh_pct(0.99) },
         "batch": args.batch, "connections": args.connections,
     });
     println!("{}", serde_json::to_string_pretty(&summary)?);
