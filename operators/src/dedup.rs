@@ -133,6 +133,54 @@ mod tests {
         assert!(f.admit(&r(1, 0, 101, 5)), "other timestamp");
     }
 
+    /// The operator in a 3-worker dataflow: readings fed by every worker, duplicates in later records (and inside a
+    /// record) dropped, the first write kept, whatever worker held it.
+    #[test]
+    fn operator_keeps_the_first_write_across_workers() {
+        use std::sync::{Arc, Mutex};
+        use timely::dataflow::operators::Probe;
+        use timely::dataflow::{InputHandleVec, ProbeHandle};
+
+        let admitted = Arc::new(Mutex::new(Vec::new()));
+        let sink = admitted.clone();
+        timely::execute(timely::Config::process(3), move |worker| {
+            let mut input = InputHandleVec::new();
+            let probe = ProbeHandle::new();
+            let sink = sink.clone();
+            worker.dataflow(|scope| {
+                dedup_first_write(input.to_stream(scope), 1_000_000)
+                    .inspect(move |(r, time, diff)| sink.lock().unwrap().push((r.seq, r.value, *time, *diff)))
+                    .inner
+                    .probe_with(&probe);
+            });
+            // Records 1..=6; worker `position % 3` feeds each, as the runtime does. Every record repeats the key
+            // (device 7, sensor 0, t=50) and has one fresh key of its own.
+            for position in 1..=6u64 {
+                input.advance_to(position);
+                if position % 3 == worker.index() as u64 {
+                    let dup = r(7, 0, 50, Reading::seq_of(position, 0));
+                    let fresh = r(position, 1, 60, Reading::seq_of(position, 1));
+                    let dup_again = r(7, 0, 50, Reading::seq_of(position, 2));
+                    for mut reading in [dup, fresh, dup_again] {
+                        reading.value = position as f64;
+                        input.send(reading);
+                    }
+                }
+            }
+            input.advance_to(7);
+            while probe.less_than(&7) {
+                worker.step();
+            }
+        })
+        .unwrap();
+        let mut out = admitted.lock().unwrap().clone();
+        out.sort_by_key(|(seq, ..)| *seq);
+        let dup_key: Vec<_> = out.iter().filter(|(seq, ..)| seq & 0xffff_ffff == 0).collect();
+        assert_eq!(dup_key.len(), 1, "{out:?}");
+        assert_eq!(*dup_key[0], (Reading::seq_of(1, 0), 1.0, 1, 1), "the first write, from record 1");
+        assert_eq!(out.len(), 7, "one duplicated key + six fresh ones: {out:?}");
+    }
+
     #[test]
     fn memory_is_bounded_by_the_horizon() {
         let mut f = FirstWriteFilter::new(1_000);
