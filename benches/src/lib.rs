@@ -36,23 +36,6 @@ fn chrono_free_rfc3339(secs: i64, millis: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-#[cfg(test)]
-mod tests {
-    use weir_pipeline::decode::Decoder;
-    use weir_pipeline::ingest::{BodyDecoder, DecodeLimits};
-    use weir_pipeline::reading::SensorSet;
-
-    #[test]
-    fn generated_bodies_are_entirely_valid() {
-        let body = super::ndjson_body(5000, 7);
-        let mut d = BodyDecoder::new(Decoder::new(SensorSet::default()), DecodeLimits::default());
-        d.feed(body.as_bytes());
-        d.finish();
-        assert_eq!(d.decoded(), 5000);
-        assert_eq!(d.rejections().rejected, 0);
-    }
-}
-
 /// A WAL with `count` generated readings in records of `per_record`, for the statistics benchmarks.
 pub fn wal_with_readings(dir: &std::path::Path, count: usize, per_record: usize, devices: usize) -> u64 {
     use weir_pipeline::decode::Decoder;
@@ -100,4 +83,21 @@ pub fn replay_statistics(dir: &std::path::Path, last: u64, workers: usize) -> st
     let took = started.elapsed();
     engine.stop();
     took
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_pipeline::decode::Decoder;
+    use weir_pipeline::ingest::{BodyDecoder, DecodeLimits};
+    use weir_pipeline::reading::SensorSet;
+
+    #[test]
+    fn generated_bodies_are_entirely_valid() {
+        let body = super::ndjson_body(5000, 7);
+        let mut d = BodyDecoder::new(Decoder::new(SensorSet::default()), DecodeLimits::default());
+        d.feed(body.as_bytes());
+        d.finish();
+        assert_eq!(d.decoded(), 5000);
+        assert_eq!(d.rejections().rejected, 0);
+    }
 }
