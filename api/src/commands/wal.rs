@@ -23,7 +23,7 @@ pub struct DumpArgs {
     pub data_dir: PathBuf,
 
     /// First log position to print.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "WEIR_WAL_FROM", default_value_t = 1)]
     pub from: u64,
 }
 

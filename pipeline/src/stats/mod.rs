@@ -196,8 +196,13 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests
         names.advance_to(read_through + 1);
         readings.flush();
         names.flush();
-        let busy = fed > 0 || probe.less_than(&(read_through + 1));
-        worker.step_or_park(Some(if busy { Duration::ZERO } else { ctx.options.idle_park }));
+        // Flow control: work the fed readings through before reading more, so nothing queues up in the dataflow
+        // (memory stays at one round of `feed_limit` readings) however far behind the log the statistics are.
+        if probe.less_than(&(read_through + 1)) {
+            worker.step_while(|| probe.less_than(&(read_through + 1)) && !ctx.stop.load(Ordering::Relaxed));
+        } else {
+            worker.step_or_park(Some(ctx.options.idle_park));
+        }
 
         // Let the arrangements compact up to what is complete: one entry per window, not per reading.
         let frontier = probe.with_frontier(|f| f.first().copied());
