@@ -8,6 +8,7 @@ use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{Collection, VecCollection};
 use serde::{Deserialize, Serialize};
 
+use crate::fold::fold_by_key;
 use crate::model::{Reading, SeriesKey, Time};
 
 /// The latest reading of a series.
@@ -69,7 +70,7 @@ pub type LatestTrace = TraceAgent<KeySpine<SeriesKey, Time, Latest>>;
 /// [`SeriesKey`] whose accumulated difference is the [`Latest`]).
 pub fn latest_by_time<'scope>(readings: VecCollection<'scope, Time, Reading, isize>) -> Arranged<'scope, LatestTrace> {
     let latest: Collection<'scope, Time, Vec<(SeriesKey, Time, Latest)>> =
-        readings.explode(|r: Reading| Some((r.series, Latest::of(&r))));
+        fold_by_key(readings, "LatestFold", |r: &Reading| Some((r.series, Latest::of(r))));
     latest.arrange_by_self_named("LatestByTime")
 }
 

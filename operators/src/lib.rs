@@ -3,8 +3,8 @@
 //! The statistics dataflow reads top to bottom:
 //!
 //! ```text
-//! readings (WAL order) ─► dedup_first_write ─┬─► window_stats  ─► arrangement WindowKey → WindowAgg
-//!                                             └─► latest_by_time ─► arrangement SeriesKey → Latest
+//! readings (WAL order) ─► dedup_first_write ─┬─► window_stats  (fold_by_key ─► arrange) WindowKey → WindowAgg
+//!                                             └─► latest_by_time (fold_by_key ─► arrange) SeriesKey → Latest
 //! device names ───────────────────────────────────────────────────► arrangement (DeviceId, name)
 //! ```
 //!
@@ -12,6 +12,7 @@
 //! not one per reading. [`stats::stats_dataflow`] wires the operators together; `weir-pipeline` runs it.
 
 pub mod dedup;
+pub mod fold;
 pub mod latest;
 pub mod model;
 pub mod stats;

@@ -12,6 +12,7 @@ use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{Collection, VecCollection};
 use serde::{Deserialize, Serialize};
 
+use crate::fold::fold_by_key;
 use crate::model::{Reading, Time, Width, WindowKey};
 
 /// A value with the order of its event time and write, for first/last.
@@ -158,10 +159,11 @@ pub type WindowTrace = TraceAgent<KeySpine<WindowKey, Time, WindowAgg>>;
 /// 1-minute, 15-minute, 1-hour and 1-day UTC window of every series — whose accumulated difference is the window's
 /// [`WindowAgg`]. Windows are spread over workers by key.
 pub fn window_stats<'scope>(readings: VecCollection<'scope, Time, Reading, isize>) -> Arranged<'scope, WindowTrace> {
-    let windows: Collection<'scope, Time, Vec<(WindowKey, Time, WindowAgg)>> = readings.explode(|r: Reading| {
-        let agg = WindowAgg::of(&r);
-        Width::ALL.map(|width| (WindowKey { series: r.series, width, start: width.start_of(r.micros) }, agg))
-    });
+    let windows: Collection<'scope, Time, Vec<(WindowKey, Time, WindowAgg)>> =
+        fold_by_key(readings, "WindowStatsFold", |r: &Reading| {
+            let agg = WindowAgg::of(r);
+            Width::ALL.map(|width| (WindowKey { series: r.series, width, start: width.start_of(r.micros) }, agg))
+        });
     windows.arrange_by_self_named("WindowStats")
 }
 
