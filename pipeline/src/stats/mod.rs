@@ -1,9 +1,9 @@
 //! Running the statistics dataflow: timely workers that tail the WAL, and the queries they answer.
 //!
-//! Every worker tails the log itself and feeds the records whose `position % workers == index` into its input, at
-//! the record's position as logical time; the dataflow exchanges readings by device (dedup) and by window/series key
-//! (arrangements). Nothing is shared between workers but the log on disk, so the same code runs unchanged when
-//! timely spreads the workers over several processes.
+//! The first worker tails the log and feeds its records in rounds, each round at the logical time of its first
+//! record's position; the other workers close their inputs and receive their share through the dataflow's exchanges
+//! (by device for dedup, by window/series key for the arrangements). Workers share no memory, so the same code runs
+//! when timely spreads them over several processes (each process would feed its own log).
 //!
 //! A query goes to every worker; each answers from its own arrangements once it has processed the requested log
 //! position (`after`), and the parts are merged.
@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
+use differential_dataflow::input::InputSession;
 use differential_dataflow::trace::TraceReader;
+use timely::dataflow::InputHandleVec;
 use timely::progress::frontier::AntichainRef;
 use tokio::sync::{oneshot, watch};
 use weir_operators::stats::{StatsDataflow, stats_dataflow};
@@ -161,44 +163,29 @@ struct WorkerContext {
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests: mpsc::Receiver<Request>) {
-    let (index, peers) = (worker.index(), worker.peers());
+    let index = worker.index();
     let horizon = i64::try_from(ctx.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
-    let StatsDataflow { mut readings, mut names, windows, latest, device_names, probe } =
+    let StatsDataflow { readings, names, windows, latest, device_names, probe } =
         worker.dataflow(|scope| stats_dataflow(scope, horizon));
     let mut traces = WorkerTraces { windows, latest, names: device_names };
-    let mut feeder = Feeder::new(&ctx.sensors);
-    let mut reader = WalReader::new(&ctx.wal_dir, 1);
+    // The first worker of the process reads this process's log and feeds it; the others close their inputs (their
+    // work arrives through the exchanges). One feeder keeps the log's order without any coordination.
+    let mut feed = if index == 0 {
+        Some(LogFeed { readings, names, feeder: Feeder::new(&ctx.sensors), reader: WalReader::new(&ctx.wal_dir, 1) })
+    } else {
+        drop(readings);
+        names.close();
+        None
+    };
     let mut read_through = 0u64;
     let mut pending: Vec<Request> = Vec::new();
     loop {
-        // Feed what the log has made durable since the last round.
-        let durable = *ctx.durable.borrow();
-        let mut fed = 0usize;
-        while fed < ctx.options.feed_limit {
-            match reader.next_record_through(durable) {
-                Ok(Some((position, payload))) => {
-                    read_through = position;
-                    if position % peers as u64 == index as u64 {
-                        readings.advance_to(position);
-                        names.advance_to(position);
-                        fed += feeder.feed(position, payload, &mut |r| readings.send(r), &mut |n| names.insert(n));
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "statistics cannot read the write-ahead log");
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
-                }
-            }
+        if let Some(feed) = feed.as_mut() {
+            read_through = feed.round(*ctx.durable.borrow(), read_through, ctx.options.feed_limit);
         }
-        readings.advance_to(read_through + 1);
-        names.advance_to(read_through + 1);
-        readings.flush();
-        names.flush();
         // Flow control: work the fed readings through before reading more, so nothing queues up in the dataflow
         // (memory stays at one round of `feed_limit` readings) however far behind the log the statistics are.
-        if probe.less_than(&(read_through + 1)) {
+        if feed.is_some() && probe.less_than(&(read_through + 1)) {
             worker.step_while(|| probe.less_than(&(read_through + 1)) && !ctx.stop.load(Ordering::Relaxed));
         } else {
             worker.step_or_park(Some(ctx.options.idle_park));
@@ -215,7 +202,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests
             traces.names.set_logical_compaction(AntichainRef::new(&bound));
             traces.names.set_physical_compaction(AntichainRef::new(&bound));
         }
-        let processed = frontier.map_or(read_through, |f| f.saturating_sub(1));
+        let processed = frontier.map_or(u64::MAX, |f| f.saturating_sub(1));
         ctx.processed[index].store(processed, Ordering::Release);
 
         pending.extend(requests.try_iter());
@@ -231,6 +218,50 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests
         if ctx.stop.load(Ordering::Acquire) {
             break;
         }
+    }
+}
+
+/// The feeding end of the dataflow: the log reader and the inputs it writes to.
+struct LogFeed {
+    readings: InputHandleVec<u64, Reading>,
+    names: InputSession<u64, (DeviceId, String), isize>,
+    feeder: Feeder,
+    reader: WalReader,
+}
+
+impl LogFeed {
+    /// Feeds durable records after `read_through`, up to about `limit` readings, and advances the inputs past them;
+    /// returns the new `read_through`. All records of one round share the logical time of the first: the dedup
+    /// operator orders readings by `seq` (their write order), so a round is one update per window, not one per
+    /// record.
+    fn round(&mut self, durable: u64, mut read_through: u64, limit: usize) -> u64 {
+        let mut fed = 0usize;
+        let mut started = false;
+        while fed < limit {
+            match self.reader.next_record_through(durable) {
+                Ok(Some((position, payload))) => {
+                    if !started {
+                        self.readings.advance_to(position);
+                        self.names.advance_to(position);
+                        started = true;
+                    }
+                    read_through = position;
+                    let (readings, names) = (&mut self.readings, &mut self.names);
+                    fed += self.feeder.feed(position, payload, &mut |r| readings.send(r), &mut |n| names.insert(n));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "statistics cannot read the write-ahead log");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+        self.readings.advance_to(read_through + 1);
+        self.names.advance_to(read_through + 1);
+        self.readings.flush();
+        self.names.flush();
+        read_through
     }
 }
 
