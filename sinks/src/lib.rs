@@ -1,1 +1,3 @@
+//! Weir's archive: every acknowledged reading as Parquet on object storage, and SQL over it.
 
+pub mod part;
