@@ -1,3 +1,4 @@
 //! Weir's archive: every acknowledged reading as Parquet on object storage, and SQL over it.
 
+pub mod archive;
 pub mod part;

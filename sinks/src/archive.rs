@@ -1,0 +1,434 @@
+//! The archiver: tails the WAL and writes every first-written reading, exactly once, as Parquet parts on an
+//! object store.
+//!
+//! Exactly once, whatever the crash point:
+//! - Parts are named by the WAL position range they cover (`readings/date=D/part-<first>-<last>.parquet`), and the
+//!   same records always give the same bytes, so writing a part again is harmless.
+//! - Progress is committed *after* the parts of a flush are uploaded, atomically (temp file, fsync, rename, fsync of
+//!   the directory). On start, parts that begin after the committed position were uploaded by a flush that never
+//!   committed: they are deleted and the flush is done again from the log.
+//! - Deduplication is the live statistics' rule (first write of device, sensor, timestamp wins, within the same
+//!   horizon); on start the filter is rebuilt by replaying the log up to the committed position, so it is the same
+//!   filter the statistics have. WAL segments are not deleted yet, so that replay is always possible.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::watch;
+use weir_operators::{DeviceId, FirstWriteFilter, Reading, SeriesKey};
+use weir_pipeline::wal::WalReader;
+use weir_pipeline::wal::record::decode_batch;
+
+use crate::part::{ArchivedReading, PartError, sort_for_archive, write_parquet};
+
+/// Why archiving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error(transparent)]
+    Part(#[from] PartError),
+    #[error("archive checkpoint {path}: {source}")]
+    Checkpoint { path: PathBuf, source: std::io::Error },
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] weir_pipeline::wal::WalError),
+    #[error("injected fault: {0:?}")]
+    Injected(FaultPoint),
+}
+
+/// Where the archive lives.
+#[derive(Clone, Debug)]
+pub struct ArchiveLocation {
+    pub store: Arc<dyn ObjectStore>,
+    /// The archive's root inside the store.
+    pub root: Path,
+    /// The URL it was opened from (with a trailing `/`).
+    pub url: url::Url,
+}
+
+impl ArchiveLocation {
+    /// Opens `url`: `file:///abs/dir`, `memory:///`, or (when built with those backends) `s3://`, `gs://`, `az://`.
+    /// A plain path is taken as a local directory.
+    pub fn open(url: &str) -> Result<Self, ArchiveError> {
+        let err = |reason: String| ArchiveError::Url { url: url.to_owned(), reason };
+        let mut parsed = match url::Url::parse(url) {
+            Ok(u) => u,
+            Err(_) => {
+                let path = std::path::absolute(url).map_err(|e| err(e.to_string()))?;
+                url::Url::from_directory_path(&path).map_err(|_| err("not an absolute directory".into()))?
+            }
+        };
+        if !parsed.path().ends_with('/') {
+            parsed.set_path(&format!("{}/", parsed.path()));
+        }
+        if parsed.scheme() == "file" {
+            let dir = parsed.to_file_path().map_err(|_| err("not a local path".into()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let (store, root) = object_store::parse_url(&parsed).map_err(|e| err(e.to_string()))?;
+        Ok(ArchiveLocation { store: Arc::from(store), root, url: parsed })
+    }
+
+    /// The object path of a part.
+    pub fn part_path(&self, date: &str, first: u64, last: u64) -> Path {
+        self.root
+            .clone()
+            .join("readings")
+            .join(format!("date={date}"))
+            .join(format!("part-{first:020}-{last:020}.parquet"))
+    }
+
+    /// Every part under `readings/`, with the position range its name gives.
+    pub async fn list_parts(&self) -> Result<Vec<PartName>, ArchiveError> {
+        use futures_util::TryStreamExt;
+        let prefix = self.root.clone().join("readings");
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        Ok(metas.into_iter().filter_map(|m| PartName::parse(&m.location)).collect())
+    }
+}
+
+/// A part's location and the WAL positions it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartName {
+    pub path: Path,
+    pub date: String,
+    pub first: u64,
+    pub last: u64,
+}
+
+impl PartName {
+    fn parse(path: &Path) -> Option<PartName> {
+        let mut parts: Vec<String> = path.parts().map(|p| p.as_ref().to_owned()).collect();
+        let file = parts.pop()?;
+        let date = parts.pop()?.strip_prefix("date=")?.to_owned();
+        let range = file.strip_prefix("part-")?.strip_suffix(".parquet")?;
+        let (first, last) = range.split_once('-')?;
+        Some(PartName { path: path.clone(), date, first: first.parse().ok()?, last: last.parse().ok()? })
+    }
+}
+
+/// A point where tests make the archiver fail, as a crash there would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// After reading a flush's records, before uploading anything.
+    BeforeUpload,
+    /// After uploading the first part of a flush.
+    MidUpload,
+    /// After uploading every part, before committing progress.
+    BeforeCommit,
+}
+
+/// How the archiver runs.
+#[derive(Debug, Clone)]
+pub struct ArchiverOptions {
+    /// Flush once this many readings are buffered.
+    pub flush_rows: usize,
+    /// Flush readings that have waited this long.
+    pub flush_age: Duration,
+    /// The deduplication horizon (the statistics' one).
+    pub dedup_horizon: Duration,
+    /// How long to sleep when the log has nothing new.
+    pub idle: Duration,
+    /// Test hook: fail at this point of the first flush.
+    pub fault: Option<FaultPoint>,
+}
+
+impl Default for ArchiverOptions {
+    fn default() -> Self {
+        ArchiverOptions {
+            flush_rows: 1_000_000,
+            flush_age: Duration::from_secs(10),
+            dedup_horizon: Duration::from_secs(48 * 3600),
+            idle: Duration::from_millis(5),
+            fault: None,
+        }
+    }
+}
+
+/// What the archiver shares with queries: how far it has read and committed, and what it holds unflushed.
+#[derive(Debug, Default)]
+pub struct ArchiveProgress {
+    /// Last WAL position whose readings are in Parquet.
+    pub committed: AtomicU64,
+    /// Last WAL position read (committed, or buffered below).
+    pub read_through: AtomicU64,
+    /// First-written readings read but not yet flushed, by record.
+    pub unflushed: Mutex<Vec<Arc<Vec<ArchivedReading>>>>,
+}
+
+impl ArchiveProgress {
+    /// The unflushed readings, as of now.
+    pub fn unflushed_snapshot(&self) -> Vec<Arc<Vec<ArchivedReading>>> {
+        self.unflushed.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+}
+
+/// The committed position, stored next to the WAL.
+struct Checkpoint {
+    path: PathBuf,
+}
+
+impl Checkpoint {
+    fn read(&self) -> Result<u64, ArchiveError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => {
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ArchiveError::Checkpoint {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                Ok(v["archived_through"].as_u64().unwrap_or(0))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(source) => Err(ArchiveError::Checkpoint { path: self.path.clone(), source }),
+        }
+    }
+
+    /// Replaces the checkpoint atomically: a crash leaves the old or the new one, never a mix.
+    fn write(&self, position: u64) -> Result<(), ArchiveError> {
+        use std::io::Write;
+        let err = |source| ArchiveError::Checkpoint { path: self.path.clone(), source };
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(format!("{{\"archived_through\":{position}}}\n").as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// The running archiver thread.
+pub struct Archiver {
+    pub progress: Arc<ArchiveProgress>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), ArchiveError>>>,
+}
+
+impl Archiver {
+    /// Starts archiving the WAL in `wal_dir` (never past `durable`) to `location`; progress is kept in
+    /// `checkpoint_path`. Store calls run on `runtime`.
+    pub fn start(
+        wal_dir: PathBuf,
+        durable: watch::Receiver<u64>,
+        location: ArchiveLocation,
+        checkpoint_path: PathBuf,
+        options: ArchiverOptions,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Archiver, ArchiveError> {
+        let progress = Arc::new(ArchiveProgress::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut worker = ArchiverLoop {
+            wal_dir,
+            durable,
+            location,
+            checkpoint: Checkpoint { path: checkpoint_path },
+            options,
+            runtime,
+            progress: progress.clone(),
+            stop: stop.clone(),
+            filter: None,
+            sensors: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("weir-archiver".into())
+            .spawn(move || {
+                let result = worker.run();
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "the archiver stopped");
+                }
+                result
+            })
+            .map_err(|source| ArchiveError::Checkpoint { path: PathBuf::new(), source })?;
+        Ok(Archiver { progress, stop, thread: Some(thread) })
+    }
+
+    /// Flushes what is buffered, commits and stops; returns the archiver's result.
+    pub fn stop(mut self) -> Result<(), ArchiveError> {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ArchiveError::Injected(FaultPoint::BeforeCommit)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the thread has ended (after an error or an injected fault).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+struct ArchiverLoop {
+    wal_dir: PathBuf,
+    durable: watch::Receiver<u64>,
+    location: ArchiveLocation,
+    checkpoint: Checkpoint,
+    options: ArchiverOptions,
+    runtime: tokio::runtime::Handle,
+    progress: Arc<ArchiveProgress>,
+    stop: Arc<AtomicBool>,
+    filter: Option<FirstWriteFilter>,
+    sensors: HashMap<Box<str>, u16>,
+}
+
+impl ArchiverLoop {
+    fn run(&mut self) -> Result<(), ArchiveError> {
+        let committed = self.checkpoint.read()?;
+        self.remove_uncommitted_parts(committed)?;
+        let horizon = i64::try_from(self.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
+        self.filter = Some(FirstWriteFilter::new(horizon));
+        // Rebuild the dedup filter from the log up to the committed position.
+        let mut reader = WalReader::new(&self.wal_dir, 1);
+        while let Some((position, payload)) = reader.next_record_through(committed)? {
+            let payload = payload.to_vec();
+            self.first_writes(position, &payload);
+        }
+        self.progress.committed.store(committed, Ordering::Release);
+        self.progress.read_through.store(committed, Ordering::Release);
+
+        let mut first = committed + 1;
+        let mut last = committed;
+        let mut rows = 0usize;
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            let durable = *self.durable.borrow();
+            let mut read_any = false;
+            while rows < self.options.flush_rows {
+                let Some((position, payload)) = reader.next_record_through(durable)? else { break };
+                let payload = payload.to_vec();
+                let admitted = self.first_writes(position, &payload);
+                rows += admitted.len();
+                last = position;
+                read_any = true;
+                oldest.get_or_insert_with(Instant::now);
+                if let Ok(mut u) = self.progress.unflushed.lock() {
+                    u.push(Arc::new(admitted));
+                }
+                self.progress.read_through.store(position, Ordering::Release);
+            }
+            let due = rows >= self.options.flush_rows
+                || oldest.is_some_and(|t| t.elapsed() >= self.options.flush_age)
+                || (stopping && last >= first);
+            if due && last >= first {
+                self.flush(first, last)?;
+                first = last + 1;
+                rows = 0;
+                oldest = None;
+            }
+            if stopping {
+                return Ok(());
+            }
+            if !read_any {
+                std::thread::sleep(self.options.idle);
+            }
+        }
+    }
+
+    /// The readings of one record that are the first writes of their key, in archive form.
+    fn first_writes(&mut self, position: u64, payload: &[u8]) -> Vec<ArchivedReading> {
+        let Ok(batch) = decode_batch(payload) else {
+            tracing::error!(position, "skipping an unreadable WAL record in the archive");
+            return Vec::new();
+        };
+        let filter = self.filter.as_mut().expect("set in run");
+        let next_sensor = self.sensors.len() as u16;
+        let sensor_ids: Vec<u16> = batch
+            .sensors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| *self.sensors.entry(s.clone()).or_insert(next_sensor + i as u16))
+            .collect();
+        let device_ids: Vec<DeviceId> = batch.devices.iter().map(|d| DeviceId::of(d)).collect();
+        let mut out = Vec::new();
+        for (i, row) in batch.rows.iter().enumerate() {
+            let series = SeriesKey { device: device_ids[row.device as usize], sensor: sensor_ids[row.sensor as usize] };
+            let reading =
+                Reading { series, micros: row.micros, value: row.value, seq: Reading::seq_of(position, i as u32) };
+            if filter.admit(&reading) {
+                out.push(ArchivedReading {
+                    device: batch.devices[row.device as usize].to_string(),
+                    sensor: batch.sensors[row.sensor as usize].to_string(),
+                    value: row.value,
+                    micros: row.micros,
+                });
+            }
+        }
+        out
+    }
+
+    /// Writes the buffered readings of records `first..=last` as one part per UTC date, then commits `last`.
+    fn flush(&mut self, first: u64, last: u64) -> Result<(), ArchiveError> {
+        let buffered: Vec<Arc<Vec<ArchivedReading>>> =
+            self.progress.unflushed.lock().map(|u| u.clone()).unwrap_or_default();
+        let mut by_date: BTreeMap<String, Vec<ArchivedReading>> = BTreeMap::new();
+        for record in &buffered {
+            for r in record.iter() {
+                by_date.entry(utc_date(r.micros)).or_default().push(r.clone());
+            }
+        }
+        let fault = self.options.fault.take();
+        if fault == Some(FaultPoint::BeforeUpload) {
+            return Err(ArchiveError::Injected(FaultPoint::BeforeUpload));
+        }
+        for (i, (date, mut readings)) in by_date.into_iter().enumerate() {
+            sort_for_archive(&mut readings);
+            let bytes = write_parquet(&readings)?;
+            let path = self.location.part_path(&date, first, last);
+            self.runtime.block_on(self.location.store.put(&path, PutPayload::from(bytes)))?;
+            if i == 0 && fault == Some(FaultPoint::MidUpload) {
+                return Err(ArchiveError::Injected(FaultPoint::MidUpload));
+            }
+        }
+        if fault == Some(FaultPoint::BeforeCommit) {
+            return Err(ArchiveError::Injected(FaultPoint::BeforeCommit));
+        }
+        self.checkpoint.write(last)?;
+        self.progress.committed.store(last, Ordering::Release);
+        if let Ok(mut u) = self.progress.unflushed.lock() {
+            u.drain(..buffered.len());
+        }
+        tracing::debug!(first, last, "archived");
+        Ok(())
+    }
+
+    /// Deletes parts that start after the committed position: a flush uploaded them but never committed.
+    fn remove_uncommitted_parts(&self, committed: u64) -> Result<(), ArchiveError> {
+        let parts = self.runtime.block_on(self.location.list_parts())?;
+        for part in parts.into_iter().filter(|p| p.first > committed) {
+            tracing::info!(part = %part.path, "removing a part of a flush that never committed");
+            self.runtime.block_on(self.location.store.delete(&part.path))?;
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD` of the UTC day holding `micros`.
+pub fn utc_date(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.date_naive().format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "out-of-range".into())
+}
+
+/// The checkpoint file's conventional place in a data directory.
+pub fn checkpoint_path(data_dir: &FsPath) -> PathBuf {
+    data_dir.join("archive-checkpoint.json")
+}
+
+#[cfg(test)]
+mod tests;
