@@ -4,9 +4,11 @@
 //! Exactly once, whatever the crash point:
 //! - Parts are named by the WAL position range they cover (`readings/date=D/part-<first>-<last>.parquet`), and the
 //!   same records always give the same bytes, so writing a part again is harmless.
-//! - Progress is committed *after* the parts of a flush are uploaded, atomically (temp file, fsync, rename, fsync of
-//!   the directory). On start, parts that begin after the committed position were uploaded by a flush that never
-//!   committed: they are deleted and the flush is done again from the log.
+//! - A flush uploads its parts to `staging/`, then, under the visibility lock that queries hold, moves them into
+//!   `readings/` and commits its last position atomically (temp file, fsync, rename, fsync of the directory). A
+//!   query therefore sees each reading once: in a committed part or in the unflushed buffer, never both. On start,
+//!   `staging/` is emptied and parts that begin after the committed position (moved but never committed) are
+//!   deleted; the flush is done again from the log.
 //! - Deduplication is the live statistics' rule (first write of device, sensor, timestamp wins, within the same
 //!   horizon); on start the filter is rebuilt by replaying the log up to the committed position, so it is the same
 //!   filter the statistics have. WAL segments are not deleted yet, so that replay is always possible.
@@ -85,6 +87,15 @@ impl ArchiveLocation {
             .join(format!("part-{first:020}-{last:020}.parquet"))
     }
 
+    /// Where a part waits between upload and commit (outside `readings/`, so no query sees it).
+    pub fn staging_path(&self, date: &str, first: u64, last: u64) -> Path {
+        self.root
+            .clone()
+            .join("staging")
+            .join(format!("date={date}"))
+            .join(format!("part-{first:020}-{last:020}.parquet"))
+    }
+
     /// Every part under `readings/`, with the position range its name gives.
     pub async fn list_parts(&self) -> Result<Vec<PartName>, ArchiveError> {
         use futures_util::TryStreamExt;
@@ -123,6 +134,8 @@ pub enum FaultPoint {
     MidUpload,
     /// After uploading every part, before committing progress.
     BeforeCommit,
+    /// After moving the parts into `readings/`, before writing the checkpoint.
+    AfterMove,
 }
 
 /// How the archiver runs.
@@ -161,6 +174,9 @@ pub struct ArchiveProgress {
     pub read_through: AtomicU64,
     /// First-written readings read but not yet flushed, by record.
     pub unflushed: Mutex<Vec<Arc<Vec<ArchivedReading>>>>,
+    /// Held (shared) by queries from their snapshot of `unflushed` to their end; held (exclusive) by a flush while it
+    /// makes parts visible and drops their readings from `unflushed`.
+    pub visibility: tokio::sync::RwLock<()>,
 }
 
 impl ArchiveProgress {
@@ -386,17 +402,27 @@ impl ArchiverLoop {
         if fault == Some(FaultPoint::BeforeUpload) {
             return Err(ArchiveError::Injected(FaultPoint::BeforeUpload));
         }
+        let mut staged = Vec::new();
         for (i, (date, mut readings)) in by_date.into_iter().enumerate() {
             sort_for_archive(&mut readings);
             let bytes = write_parquet(&readings)?;
-            let path = self.location.part_path(&date, first, last);
-            self.runtime.block_on(self.location.store.put(&path, PutPayload::from(bytes)))?;
+            let staging = self.location.staging_path(&date, first, last);
+            self.runtime.block_on(self.location.store.put(&staging, PutPayload::from(bytes)))?;
+            staged.push((staging, self.location.part_path(&date, first, last)));
             if i == 0 && fault == Some(FaultPoint::MidUpload) {
                 return Err(ArchiveError::Injected(FaultPoint::MidUpload));
             }
         }
         if fault == Some(FaultPoint::BeforeCommit) {
             return Err(ArchiveError::Injected(FaultPoint::BeforeCommit));
+        }
+        // Make the parts visible and drop their readings from the buffer as one step for queries.
+        let _visible = self.progress.visibility.blocking_write();
+        for (staging, part) in &staged {
+            self.runtime.block_on(self.location.store.rename(staging, part))?;
+        }
+        if fault == Some(FaultPoint::AfterMove) {
+            return Err(ArchiveError::Injected(FaultPoint::AfterMove));
         }
         self.checkpoint.write(last)?;
         self.progress.committed.store(last, Ordering::Release);
@@ -407,8 +433,15 @@ impl ArchiverLoop {
         Ok(())
     }
 
-    /// Deletes parts that start after the committed position: a flush uploaded them but never committed.
+    /// Deletes what flushes left behind without committing: everything in `staging/`, and parts that start after
+    /// the committed position.
     fn remove_uncommitted_parts(&self, committed: u64) -> Result<(), ArchiveError> {
+        use futures_util::TryStreamExt;
+        let staging = self.location.root.clone().join("staging");
+        let staged: Vec<_> = self.runtime.block_on(self.location.store.list(Some(&staging)).try_collect::<Vec<_>>())?;
+        for meta in staged {
+            self.runtime.block_on(self.location.store.delete(&meta.location))?;
+        }
         let parts = self.runtime.block_on(self.location.list_parts())?;
         for part in parts.into_iter().filter(|p| p.first > committed) {
             tracing::info!(part = %part.path, "removing a part of a flush that never committed");

@@ -162,7 +162,12 @@ proptest! {
     #[test]
     fn a_crash_at_any_point_of_a_flush_loses_and_duplicates_nothing(
         records in records_strategy(),
-        fault in prop_oneof![Just(FaultPoint::BeforeUpload), Just(FaultPoint::MidUpload), Just(FaultPoint::BeforeCommit)],
+        fault in prop_oneof![
+            Just(FaultPoint::BeforeUpload),
+            Just(FaultPoint::MidUpload),
+            Just(FaultPoint::BeforeCommit),
+            Just(FaultPoint::AfterMove),
+        ],
     ) {
         let f = fixture(&records, None);
         let failed = f.archive(ArchiverOptions { fault: Some(fault), ..small_flushes() });
