@@ -72,7 +72,8 @@ impl ArchiveLocation {
         }
         if parsed.scheme() == "file" {
             let dir = parsed.to_file_path().map_err(|_| err("not a local path".into()))?;
-            std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir.join("readings"))
+                .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let (store, root) = object_store::parse_url(&parsed).map_err(|e| err(e.to_string()))?;
         Ok(ArchiveLocation { store: Arc::from(store), root, url: parsed })

@@ -2,3 +2,6 @@
 
 pub mod archive;
 pub mod part;
+pub mod sql;
+#[cfg(test)]
+mod test_support;

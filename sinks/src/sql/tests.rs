@@ -1,0 +1,161 @@
+//! SQL over the archive, checked against values computed here from the input.
+
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Float64Type, Int64Type};
+
+use super::*;
+use crate::archive::{Archiver, ArchiverOptions};
+use crate::test_support::*;
+
+const DAY: i64 = 86_400_000_000;
+const T0: i64 = 1_795_046_400_000_000; // 2026-11-19T00:00:00Z
+
+/// Readings over two days, a duplicate, three devices.
+fn records() -> Vec<Vec<Input>> {
+    vec![
+        vec![(0, 0, T0 + 1_000_000, 10.0), (0, 0, T0 + 2_000_000, 20.0), (1, 0, T0 + 1_000_000, 5.0)],
+        vec![(0, 0, T0 + 1_000_000, 999.0), (0, 1, T0 + 3_000_000, 40.0)], // first: duplicate, ignored
+        vec![(2, 0, T0 + DAY + 1, 7.0), (0, 0, T0 + DAY + 5, 30.0)],
+    ]
+}
+
+fn archived(url: Option<&str>) -> Fixture {
+    let f = fixture(&records(), url);
+    f.archive(small_flushes()).unwrap();
+    f
+}
+
+fn sql(f: &Fixture, limits: SqlLimits) -> SqlArchive {
+    SqlArchive::new(f.location.clone(), None, limits)
+}
+
+fn run(f: &Fixture, q: &str) -> SqlResult {
+    f.runtime.block_on(sql(f, SqlLimits::default()).query(q)).unwrap()
+}
+
+fn single_i64(r: &SqlResult) -> i64 {
+    r.batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+#[test]
+fn counts_and_aggregates_match_the_input() {
+    let f = archived(None);
+    assert_eq!(single_i64(&run(&f, "SELECT count(*) FROM readings")), 6);
+    let r = run(
+        &f,
+        "SELECT sensor, count(*) AS n, min(value), max(value), avg(value) FROM readings GROUP BY sensor ORDER BY sensor",
+    );
+    let b = &r.batches[0];
+    let sensors = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+    let sensors = sensors.as_string::<i32>();
+    assert_eq!((sensors.value(0), sensors.value(1)), ("fuel", "speed"));
+    assert_eq!(b.column(1).as_primitive::<Int64Type>().values().to_vec(), vec![1, 5]);
+    assert_eq!(b.column(4).as_primitive::<Float64Type>().value(1), (10.0 + 20.0 + 5.0 + 7.0 + 30.0) / 5.0);
+}
+
+#[test]
+fn the_date_partition_filters() {
+    let f = archived(None);
+    assert_eq!(single_i64(&run(&f, "SELECT count(*) FROM readings WHERE date = '2026-11-20'")), 2);
+    let r = run(
+        &f,
+        "SELECT max(value) FROM readings WHERE date = '2026-11-19' AND device = 'default' AND sensor = 'speed'",
+    );
+    assert_eq!(r.batches[0].column(0).as_primitive::<Float64Type>().value(0), 20.0);
+    // The plan prunes by the partition column: only that day's files are scanned.
+    let plan = run(&f, "EXPLAIN SELECT sum(value) FROM readings WHERE date = '2026-11-20'");
+    let text = arrow::util::pretty::pretty_format_batches(&plan.batches).unwrap().to_string();
+    assert!(text.contains("date=2026-11-20") && !text.contains("date=2026-11-19"), "{text}");
+}
+
+#[test]
+fn unflushed_readings_are_seen_once() {
+    let f = fixture(&records(), Some("memory:///"));
+    // An archiver that never flushes on its own: everything stays unflushed while it runs.
+    let archiver = Archiver::start(
+        f.wal_dir.clone(),
+        f.durable.clone(),
+        f.location.clone(),
+        f.checkpoint.clone(),
+        ArchiverOptions { flush_rows: usize::MAX, flush_age: Duration::from_secs(3600), ..small_flushes() },
+        f.runtime.handle().clone(),
+    )
+    .unwrap();
+    while archiver.progress.read_through.load(std::sync::atomic::Ordering::Acquire) < f.last {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let live = SqlArchive::new(f.location.clone(), Some(archiver.progress.clone()), SqlLimits::default());
+    let count = |s: &SqlArchive| single_i64(&f.runtime.block_on(s.query("SELECT count(*) FROM readings")).unwrap());
+    assert_eq!(count(&live), 6, "all unflushed, all visible");
+    archiver.stop().unwrap(); // flushes on stop
+    assert_eq!(count(&SqlArchive::new(f.location.clone(), None, SqlLimits::default())), 6, "all flushed, once");
+}
+
+#[test]
+fn writes_and_other_statements_are_refused_by_class() {
+    for (q, class) in [
+        ("CREATE TABLE t AS SELECT 1", "DDL"),
+        ("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/tmp/x'", "DDL"),
+        ("DROP TABLE readings", "DDL"),
+        ("CREATE VIEW v AS SELECT 1", "DDL"),
+        ("INSERT INTO readings VALUES ('a', 'b', 1.0, now(), 'x')", "DML"),
+        ("DELETE FROM readings", "DML"),
+        ("UPDATE readings SET value = 1", "DML"),
+        ("COPY readings TO '/tmp/out.parquet'", "COPY"),
+        ("SET datafusion.execution.batch_size = 1", "SET"),
+        ("SELECT 1; SELECT 2", "exactly one statement"),
+    ] {
+        match check_read_only(q) {
+            Err(SqlError::Refused(m)) => assert!(m.contains(class), "{q}: {m}"),
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+    assert!(check_read_only("SELECT * FROM readings").is_ok());
+    assert!(check_read_only("WITH x AS (SELECT 1) SELECT * FROM x").is_ok());
+    // Reading files by path is not possible either.
+    let f = archived(None);
+    let err = f.runtime.block_on(sql(&f, SqlLimits::default()).query("SELECT * FROM '/etc/passwd'")).unwrap_err();
+    assert!(matches!(err, SqlError::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn bad_sql_gets_datafusions_message() {
+    let f = archived(None);
+    let err = f.runtime.block_on(sql(&f, SqlLimits::default()).query("SELECT nope FROM readings")).unwrap_err();
+    assert!(matches!(&err, SqlError::Invalid(m) if m.contains("nope")), "{err:?}");
+    let err = f.runtime.block_on(sql(&f, SqlLimits::default()).query("SELEC 1")).unwrap_err();
+    assert!(matches!(err, SqlError::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn limits_are_enforced() {
+    let f = archived(None);
+    let few_rows = SqlLimits { max_rows: 3, ..SqlLimits::default() };
+    let err = f.runtime.block_on(sql(&f, few_rows.clone()).query("SELECT * FROM readings")).unwrap_err();
+    assert!(matches!(err, SqlError::TooManyRows(3)), "{err:?}");
+    assert_eq!(f.runtime.block_on(sql(&f, few_rows).query("SELECT * FROM readings LIMIT 3")).unwrap().rows(), 3);
+    let no_time = SqlLimits { timeout: Duration::from_nanos(1), ..SqlLimits::default() };
+    let slow = "SELECT count(*) FROM generate_series(1, 100000000) a";
+    let err = f.runtime.block_on(sql(&f, no_time).query(slow)).unwrap_err();
+    assert!(matches!(err, SqlError::Timeout(_)), "{err:?}");
+    // A tiny memory pool: the query spills or fails cleanly, it never takes the process down.
+    let tiny = SqlLimits { memory_bytes: 64 << 10, ..SqlLimits::default() };
+    let big_sort = "SELECT a FROM generate_series(1, 300000) AS t(a) ORDER BY a DESC LIMIT 1";
+    match f.runtime.block_on(sql(&f, tiny).query(big_sort)) {
+        Ok(r) => assert_eq!(r.batches[0].column(0).as_primitive::<Int64Type>().value(0), 300000),
+        Err(SqlError::Memory(m)) => assert!(!m.is_empty()),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn an_empty_archive_answers_zero() {
+    let f = fixture(&[], None);
+    assert_eq!(single_i64(&run(&f, "SELECT count(*) FROM readings")), 0);
+    let all = run(&f, "SELECT * FROM readings");
+    assert_eq!(all.rows(), 0);
+    let names: Vec<&str> = all.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["device", "sensor", "value", "timestamp", "date"]);
+}

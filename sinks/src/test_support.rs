@@ -1,0 +1,112 @@
+//! Test fixtures shared by the archive and SQL tests: a WAL with given readings, an archive, an archiver run.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStoreExt;
+use tokio::sync::watch;
+use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
+use weir_pipeline::wal::record::encode_batch;
+use weir_pipeline::wal::{Wal, WalOptions};
+
+use crate::archive::{ArchiveError, ArchiveLocation, Archiver, ArchiverOptions, checkpoint_path, utc_date};
+use crate::part::{read_parquet, sort_for_archive};
+
+/// (device, sensor index, micros, value)
+pub type Input = (u8, u16, i64, f64);
+pub const DEVICES: [&str; 3] = ["default", "truck-1", "weather-ü"];
+
+pub struct Fixture {
+    pub _dir: tempfile::TempDir,
+    pub wal_dir: PathBuf,
+    pub checkpoint: PathBuf,
+    pub location: ArchiveLocation,
+    pub durable: watch::Receiver<u64>,
+    pub last: u64,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+pub fn fixture(records: &[Vec<Input>], url: Option<&str>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let sensors = SensorSet::default();
+    let (wal, _) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
+    let appender = wal.appender();
+    let mut last = 0;
+    for record in records {
+        let mut batch = ReadingBatch::new(&sensors);
+        let mut interner = DeviceInterner::default();
+        for &(d, sensor, micros, value) in record {
+            let device = interner.intern(&mut batch.devices, DEVICES[d as usize]);
+            batch.rows.push(Row { sensor, device, micros, value });
+        }
+        let mut payload = Vec::new();
+        encode_batch(&batch, &mut payload);
+        last = appender.append_blocking(payload).unwrap();
+    }
+    let durable = appender.watch_durable();
+    wal.close();
+    let archive_url = match url {
+        Some(u) => u.to_owned(),
+        None => url::Url::from_directory_path(dir.path().join("archive")).unwrap().to_string(),
+    };
+    Fixture {
+        checkpoint: checkpoint_path(dir.path()),
+        location: ArchiveLocation::open(&archive_url).unwrap(),
+        wal_dir,
+        durable,
+        last,
+        runtime: tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap(),
+        _dir: dir,
+    }
+}
+
+impl Fixture {
+    /// Runs the archiver until it has committed everything (or failed), then stops it.
+    pub fn archive(&self, options: ArchiverOptions) -> Result<(), ArchiveError> {
+        let archiver = Archiver::start(
+            self.wal_dir.clone(),
+            self.durable.clone(),
+            self.location.clone(),
+            self.checkpoint.clone(),
+            options,
+            self.runtime.handle().clone(),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while archiver.progress.committed.load(Ordering::Acquire) < self.last && !archiver.is_finished() {
+            assert!(Instant::now() < deadline, "archiver made no progress");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        archiver.stop()
+    }
+
+    pub fn contents(&self) -> Vec<(String, String, i64, u64)> {
+        let parts = self.runtime.block_on(self.location.list_parts()).unwrap();
+        let mut out = Vec::new();
+        for part in parts {
+            let bytes =
+                self.runtime.block_on(async { self.location.store.get(&part.path).await?.bytes().await }).unwrap();
+            let rows = read_parquet(bytes).unwrap();
+            let mut sorted = rows.clone();
+            sort_for_archive(&mut sorted);
+            assert_eq!(rows, sorted, "rows sorted by (sensor, device, timestamp) in {}", part.path);
+            for r in rows {
+                assert_eq!(utc_date(r.micros), part.date, "partitioned by event date");
+                out.push((r.device, r.sensor, r.micros, r.value.to_bits()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Small flushes (many parts) and a horizon longer than the test data spans, so deduplication is exact.
+pub fn small_flushes() -> ArchiverOptions {
+    ArchiverOptions {
+        flush_rows: 7,
+        flush_age: Duration::from_millis(1),
+        dedup_horizon: Duration::from_secs(30 * 86_400),
+        ..ArchiverOptions::default()
+    }
+}
