@@ -7,4 +7,5 @@ pub mod auth;
 pub mod commands;
 pub mod ingest;
 pub mod server;
+pub mod sql;
 pub mod stats;

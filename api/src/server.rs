@@ -10,6 +10,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeys, require_api_key};
 use crate::ingest::{IngestService, ingest};
+use crate::sql::SqlService;
 use crate::stats::{StatsService, compat, v1};
 
 /// What every handler can reach.
@@ -17,6 +18,7 @@ use crate::stats::{StatsService, compat, v1};
 pub struct AppState {
     pub ingest: Arc<IngestService>,
     pub stats: Arc<StatsService>,
+    pub sql: Arc<SqlService>,
     pub keys: ApiKeys,
 }
 
@@ -31,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/series", get(v1::series))
         .route("/api/v1/latest", get(v1::latest))
         .route("/api/v1/devices", get(v1::devices))
+        .route("/api/v1/sql", post(crate::sql::sql))
         .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_api_key));
     authenticated
         .with_state(state)

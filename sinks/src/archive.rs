@@ -23,6 +23,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
 use weir_operators::{DeviceId, FirstWriteFilter, Reading, SeriesKey};
+use weir_pipeline::reading::ReadingBatch;
 use weir_pipeline::wal::WalReader;
 use weir_pipeline::wal::record::decode_batch;
 
@@ -157,7 +158,7 @@ pub struct ArchiverOptions {
 impl Default for ArchiverOptions {
     fn default() -> Self {
         ArchiverOptions {
-            flush_rows: 1_000_000,
+            flush_rows: 100_000,
             flush_age: Duration::from_secs(10),
             dedup_horizon: Duration::from_secs(48 * 3600),
             idle: Duration::from_millis(5),
@@ -173,8 +174,8 @@ pub struct ArchiveProgress {
     pub committed: AtomicU64,
     /// Last WAL position read (committed, or buffered below).
     pub read_through: AtomicU64,
-    /// First-written readings read but not yet flushed, by record.
-    pub unflushed: Mutex<Vec<Arc<Vec<ArchivedReading>>>>,
+    /// First-written readings read but not yet flushed, one compact batch (24 bytes a reading) per record.
+    pub unflushed: Mutex<Vec<Arc<ReadingBatch>>>,
     /// Held (shared) by queries from their snapshot of `unflushed` to their end; held (exclusive) by a flush while it
     /// makes parts visible and drops their readings from `unflushed`.
     pub visibility: tokio::sync::RwLock<()>,
@@ -182,7 +183,7 @@ pub struct ArchiveProgress {
 
 impl ArchiveProgress {
     /// The unflushed readings, as of now.
-    pub fn unflushed_snapshot(&self) -> Vec<Arc<Vec<ArchivedReading>>> {
+    pub fn unflushed_snapshot(&self) -> Vec<Arc<ReadingBatch>> {
         self.unflushed.lock().map(|u| u.clone()).unwrap_or_default()
     }
 }
@@ -358,10 +359,10 @@ impl ArchiverLoop {
     }
 
     /// The readings of one record that are the first writes of their key, in archive form.
-    fn first_writes(&mut self, position: u64, payload: &[u8]) -> Vec<ArchivedReading> {
-        let Ok(batch) = decode_batch(payload) else {
+    fn first_writes(&mut self, position: u64, payload: &[u8]) -> ReadingBatch {
+        let Ok(mut batch) = decode_batch(payload) else {
             tracing::error!(position, "skipping an unreadable WAL record in the archive");
-            return Vec::new();
+            return ReadingBatch { sensors: Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() };
         };
         let filter = self.filter.as_mut().expect("set in run");
         let next_sensor = self.sensors.len() as u16;
@@ -372,32 +373,22 @@ impl ArchiverLoop {
             .map(|(i, s)| *self.sensors.entry(s.clone()).or_insert(next_sensor + i as u16))
             .collect();
         let device_ids: Vec<DeviceId> = batch.devices.iter().map(|d| DeviceId::of(d)).collect();
-        let mut out = Vec::new();
-        for (i, row) in batch.rows.iter().enumerate() {
+        let mut index = 0u32;
+        batch.rows.retain(|row| {
             let series = SeriesKey { device: device_ids[row.device as usize], sensor: sensor_ids[row.sensor as usize] };
-            let reading =
-                Reading { series, micros: row.micros, value: row.value, seq: Reading::seq_of(position, i as u32) };
-            if filter.admit(&reading) {
-                out.push(ArchivedReading {
-                    device: batch.devices[row.device as usize].to_string(),
-                    sensor: batch.sensors[row.sensor as usize].to_string(),
-                    value: row.value,
-                    micros: row.micros,
-                });
-            }
-        }
-        out
+            let seq = Reading::seq_of(position, index);
+            index += 1;
+            filter.admit(&Reading { series, micros: row.micros, value: row.value, seq })
+        });
+        batch
     }
 
     /// Writes the buffered readings of records `first..=last` as one part per UTC date, then commits `last`.
     fn flush(&mut self, first: u64, last: u64) -> Result<(), ArchiveError> {
-        let buffered: Vec<Arc<Vec<ArchivedReading>>> =
-            self.progress.unflushed.lock().map(|u| u.clone()).unwrap_or_default();
+        let buffered: Vec<Arc<ReadingBatch>> = self.progress.unflushed_snapshot();
         let mut by_date: BTreeMap<String, Vec<ArchivedReading>> = BTreeMap::new();
-        for record in &buffered {
-            for r in record.iter() {
-                by_date.entry(utc_date(r.micros)).or_default().push(r.clone());
-            }
+        for r in buffered.iter().flat_map(|b| archived_readings(b)) {
+            by_date.entry(utc_date(r.micros)).or_default().push(r);
         }
         let fault = self.options.fault.take();
         if fault == Some(FaultPoint::BeforeUpload) {
@@ -450,6 +441,16 @@ impl ArchiverLoop {
         }
         Ok(())
     }
+}
+
+/// The readings of a batch with their names resolved.
+pub fn archived_readings(batch: &ReadingBatch) -> impl Iterator<Item = ArchivedReading> + '_ {
+    batch.rows.iter().map(|row| ArchivedReading {
+        device: batch.devices[row.device as usize].to_string(),
+        sensor: batch.sensors[row.sensor as usize].to_string(),
+        value: row.value,
+        micros: row.micros,
+    })
 }
 
 /// `YYYY-MM-DD` of the UTC day holding `micros`.

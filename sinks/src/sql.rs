@@ -19,7 +19,9 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 
-use crate::archive::{ArchiveLocation, ArchiveProgress};
+use weir_pipeline::reading::ReadingBatch;
+
+use crate::archive::{ArchiveLocation, ArchiveProgress, archived_readings};
 use crate::part::{ArchivedReading, archive_schema, to_record_batch};
 
 /// Limits of one query.
@@ -158,7 +160,7 @@ impl SqlArchive {
     }
 
     /// A session with `archived`, `unflushed` and the `readings` view.
-    async fn context(&self, unflushed: &[Arc<Vec<ArchivedReading>>]) -> Result<SessionContext, SqlError> {
+    async fn context(&self, unflushed: &[Arc<ReadingBatch>]) -> Result<SessionContext, SqlError> {
         let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.limits.memory_bytes, 1.0).build_arc()?;
         let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         let url = &self.location.url;
@@ -176,7 +178,7 @@ impl SqlArchive {
         let table_schema = datafusion::datasource::TableProvider::schema(&archived);
         ctx.register_table("archived", Arc::new(archived))?;
 
-        let rows: Vec<ArchivedReading> = unflushed.iter().flat_map(|r| r.iter().cloned()).collect();
+        let rows: Vec<ArchivedReading> = unflushed.iter().flat_map(|b| archived_readings(b)).collect();
         let batch =
             with_date(&to_record_batch(&rows).map_err(|e| SqlError::Invalid(e.to_string()))?, &rows, &table_schema)?;
         ctx.register_table("unflushed", Arc::new(MemTable::try_new(table_schema, vec![vec![batch]])?))?;

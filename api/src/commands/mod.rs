@@ -1,6 +1,7 @@
 //! The `weir` subcommands: one module each, with its clap-derived arguments and its `run`.
 
 pub mod serve;
+pub mod sql;
 pub mod wal;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -27,6 +28,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the server: HTTP ingest into the durable log.
     Serve(serve::ServeArgs),
+    /// Run a read-only SQL query over the archive (through a running server, or directly).
+    Sql(sql::SqlArgs),
     /// Inspect the write-ahead log.
     #[command(subcommand)]
     Wal(wal::WalCommand),

@@ -16,7 +16,10 @@ use super::{parse_duration, parse_size};
 use crate::auth::ApiKeys;
 use crate::ingest::{IngestLimits, IngestService};
 use crate::server::{AppState, app};
+use crate::sql::SqlService;
 use crate::stats::StatsService;
+use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, checkpoint_path};
+use weir_sinks::sql::{SqlArchive, SqlLimits};
 
 /// Options of `weir serve`. Every flag can also be set by the environment variable named in its help.
 #[derive(Debug, Clone, Args)]
@@ -80,6 +83,53 @@ pub struct ServeArgs {
     /// Longest wait of a statistics request with `?after=` for the dataflow to catch up (503 beyond it).
     #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub read_wait: Duration,
+
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+}
+
+/// Where and how readings are archived and queried.
+#[derive(Debug, Clone, Args)]
+pub struct ArchiveArgs {
+    /// Archive location: a directory, `file:///abs/dir`, `memory:///`, `s3://bucket/prefix` (default: the
+    /// `archive/` directory inside --data-dir).
+    #[arg(long, env = "WEIR_ARCHIVE_URL")]
+    pub archive_url: Option<String>,
+
+    /// Write a Parquet part once this many readings wait for the archive.
+    #[arg(long, env = "WEIR_ARCHIVE_FLUSH_ROWS", default_value_t = 100_000)]
+    pub archive_flush_rows: usize,
+
+    /// Write a Parquet part once the oldest waiting reading is this old.
+    #[arg(long, env = "WEIR_ARCHIVE_FLUSH_AGE", default_value = "10s", value_parser = parse_duration)]
+    pub archive_flush_age: Duration,
+
+    /// Longest time one SQL query may run (408 beyond it).
+    #[arg(long, env = "WEIR_SQL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub sql_timeout: Duration,
+
+    /// Most rows a SQL result may have (400 beyond it: add a LIMIT).
+    #[arg(long, env = "WEIR_SQL_MAX_ROWS", default_value_t = 100_000)]
+    pub sql_max_rows: usize,
+
+    /// Memory one SQL query may use for sorts, joins and aggregations (it spills or fails cleanly beyond it).
+    #[arg(long, env = "WEIR_SQL_MEMORY", default_value = "512MiB", value_parser = parse_size)]
+    pub sql_memory: u64,
+}
+
+impl ArchiveArgs {
+    /// The archive URL, defaulting to `<data_dir>/archive`.
+    pub fn url(&self, data_dir: &std::path::Path) -> String {
+        self.archive_url.clone().unwrap_or_else(|| data_dir.join("archive").display().to_string())
+    }
+
+    pub fn sql_limits(&self) -> SqlLimits {
+        SqlLimits {
+            timeout: self.sql_timeout,
+            max_rows: self.sql_max_rows,
+            memory_bytes: usize::try_from(self.sql_memory).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -127,8 +177,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     tracing::info!(workers = args.workers, "statistics dataflow started; it replays the write-ahead log first");
     let stats = Arc::new(StatsService::new(engine, sensors.clone(), args.read_wait, log.clone()));
+    let archive_url = args.archive.url(&args.data_dir);
+    let location = ArchiveLocation::open(&archive_url).with_context(|| "--archive-url / WEIR_ARCHIVE_URL")?;
+    let archiver = Archiver::start(
+        wal_dir.clone(),
+        log.watch_durable(),
+        location.clone(),
+        checkpoint_path(&args.data_dir),
+        ArchiverOptions {
+            flush_rows: args.archive.archive_flush_rows.max(1),
+            flush_age: args.archive.archive_flush_age,
+            dedup_horizon: args.dedup_horizon,
+            ..ArchiverOptions::default()
+        },
+        tokio::runtime::Handle::current(),
+    )?;
+    tracing::info!(archive = %location.url, "archiver started");
+    let sql = Arc::new(SqlService::new(
+        SqlArchive::new(location, Some(archiver.progress.clone()), args.archive.sql_limits()),
+        archiver.progress.clone(),
+        log.clone(),
+        args.read_wait,
+    ));
     let ingest = Arc::new(IngestService::new(Decoder::new(sensors), limits, log));
-    let state = AppState { ingest, stats: stats.clone(), keys };
+    let state = AppState { ingest, stats: stats.clone(), sql, keys };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -139,10 +211,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("weir listening on http://{addr}");
 
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")?;
-    tracing::info!("shutting down: stopping the statistics dataflow and closing the write-ahead log");
+    tracing::info!("shutting down: stopping the statistics, flushing the archive, closing the write-ahead log");
     tokio::task::spawn_blocking(move || {
         if let Some(stats) = Arc::into_inner(stats) {
             stats.stop();
+        }
+        if let Err(e) = archiver.stop() {
+            tracing::error!(error = %e, "the archiver stopped with an error; it resumes from its checkpoint at the next start");
         }
         wal.close();
     })

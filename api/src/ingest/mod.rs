@@ -352,7 +352,16 @@ mod tests {
         .unwrap();
         let stats =
             crate::stats::StatsService::new(engine, SensorSet::default(), Duration::from_secs(1), Arc::new(FullLog));
-        let state = AppState { ingest: Arc::new(service), stats: Arc::new(stats), keys: ApiKeys::default() };
+        let location = weir_sinks::archive::ArchiveLocation::open("memory:///").unwrap();
+        let progress = Arc::new(weir_sinks::archive::ArchiveProgress::default());
+        let archive = weir_sinks::sql::SqlArchive::new(location, Some(progress.clone()), Default::default());
+        let sql = crate::sql::SqlService::new(archive, progress, Arc::new(FullLog), Duration::from_secs(1));
+        let state = AppState {
+            ingest: Arc::new(service),
+            stats: Arc::new(stats),
+            sql: Arc::new(sql),
+            keys: ApiKeys::default(),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });

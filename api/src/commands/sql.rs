@@ -1,0 +1,83 @@
+//! `weir sql "SELECT …"`: query a running server (`--url`) or an archive directly (`--archive`), print the result.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use weir_sinks::archive::ArchiveLocation;
+use weir_sinks::sql::{SqlArchive, SqlLimits, SqlResult};
+
+use crate::sql::{ARROW_STREAM, SqlFormat, encode};
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The query, e.g. "SELECT sensor, count(*) FROM readings GROUP BY sensor".
+    pub query: String,
+
+    /// The running Weir to ask.
+    #[arg(long, env = "WEIR_URL", default_value = "http://127.0.0.1:8080", conflicts_with = "archive")]
+    pub url: String,
+
+    /// Query this archive directly, with no server (a directory, `file:///…`, `s3://…`).
+    #[arg(long, env = "WEIR_ARCHIVE_URL")]
+    pub archive: Option<String>,
+
+    /// API key for --url (sent as the basic-auth username).
+    #[arg(long, env = "WEIR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Output format.
+    #[arg(long, env = "WEIR_SQL_FORMAT", value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
+    let result = match &args.archive {
+        Some(url) => {
+            let location = ArchiveLocation::open(url).with_context(|| format!("cannot open the archive {url}"))?;
+            SqlArchive::new(location, None, SqlLimits::default()).query(&args.query).await?
+        }
+        None => remote(&args).await?,
+    };
+    let text = match args.format {
+        OutputFormat::Table => arrow::util::pretty::pretty_format_batches(&result.batches)?.to_string() + "\n",
+        OutputFormat::Csv => String::from_utf8(encode(&result, SqlFormat::Csv)?.0)?,
+        OutputFormat::Json => String::from_utf8(encode(&result, SqlFormat::Json)?.0)? + "\n",
+    };
+    print!("{text}");
+    Ok(())
+}
+
+async fn remote(args: &SqlArgs) -> anyhow::Result<SqlResult> {
+    let url = format!("{}/api/v1/sql", args.url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("accept", ARROW_STREAM)
+        .body(args.query.clone());
+    if let Some(key) = &args.api_key {
+        request = request.basic_auth(key, None::<&str>);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach Weir at {url}; is `weir serve` running? (or use --archive)"))?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(String::from))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        anyhow::bail!("{status}: {message}");
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(SqlResult { schema, batches })
+}
