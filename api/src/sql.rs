@@ -140,7 +140,10 @@ pub async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         {
             Some(s) => s,
             None => {
-                return error(StatusCode::BAD_REQUEST, "send {\"sql\": \"SELECT ...\"} or the SQL as text/plain".into());
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "send {\"sql\": \"SELECT ...\"} or the SQL as text/plain".into(),
+                );
             }
         }
     } else {

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod part;
+pub mod seal;
 pub mod sql;
 #[cfg(test)]
 mod test_support;

@@ -1,0 +1,241 @@
+//! Sealing a day: compact its parts into one sorted, deduplicated Parquet file and write the replaced system's
+//! dump, `dumps/YYYY-MM-DD.json.gz`.
+//!
+//! The same parts always seal to the same bytes (Parquet and dump), so sealing is idempotent. Readings that arrive
+//! late for a sealed day land in new parts (their WAL positions are higher than the sealed file's), and the next
+//! seal merges them in and writes both files again; the journal `seals/YYYY-MM-DD.json` counts them.
+//!
+//! Deduplication across parts is exact, whatever the age: parts are read in WAL-position order and the first row
+//! of each (device, sensor, timestamp) wins. Crash safety: the merged file is staged, then — under the visibility
+//! lock queries hold — the journal records what it replaces, the file moves into place and the replaced parts are
+//! deleted; [`finish_interrupted_seals`] completes a seal that a crash interrupted.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::archive::{ArchiveError, ArchiveLocation, ArchiveProgress, PartName};
+use crate::part::{ArchivedReading, read_parquet, sort_for_archive, write_parquet};
+
+/// The record of a day's seals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealRecord {
+    pub date: String,
+    /// Readings in the sealed file.
+    pub readings: u64,
+    /// Readings that arrived after the day was first sealed, over all reseals.
+    pub late_readings: u64,
+    /// The WAL position range the sealed file covers.
+    pub first: u64,
+    pub last: u64,
+    /// Parts being replaced by an unfinished seal (empty once done).
+    #[serde(default)]
+    pub replacing: Vec<String>,
+}
+
+/// What one seal did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealOutcome {
+    pub record: SealRecord,
+    pub parts_merged: usize,
+    pub sealed: Path,
+    pub dump: Path,
+    /// Whether anything changed (false: the day was already sealed with these parts).
+    pub changed: bool,
+}
+
+fn journal_path(location: &ArchiveLocation, date: &str) -> Path {
+    location.root.clone().join("seals").join(format!("{date}.json"))
+}
+
+/// The dump's path for `date` under `root`.
+pub fn dump_path(root: &Path, date: &str) -> Path {
+    root.clone().join("dumps").join(format!("{date}.json.gz"))
+}
+
+async fn read_journal(location: &ArchiveLocation, date: &str) -> Result<Option<SealRecord>, ArchiveError> {
+    match location.store.get(&journal_path(location, date)).await {
+        Ok(r) => {
+            let bytes = r.bytes().await?;
+            Ok(serde_json::from_slice(&bytes).ok())
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write_journal(location: &ArchiveLocation, record: &SealRecord) -> Result<(), ArchiveError> {
+    let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+    location.store.put(&journal_path(location, &record.date), PutPayload::from(bytes)).await?;
+    Ok(())
+}
+
+/// Every seal record, for the `seals` SQL table.
+pub async fn seal_records(location: &ArchiveLocation) -> Result<Vec<SealRecord>, ArchiveError> {
+    use futures_util::TryStreamExt;
+    let prefix = location.root.clone().join("seals");
+    let metas: Vec<_> = location.store.list(Some(&prefix)).try_collect().await?;
+    let mut out = Vec::new();
+    for m in metas {
+        let bytes = location.store.get(&m.location).await?.bytes().await?;
+        if let Ok(r) = serde_json::from_slice::<SealRecord>(&bytes) {
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.date.cmp(&b.date));
+    Ok(out)
+}
+
+/// Seals `date`: merges its parts into one, writes the dump (to `dump_root`, default the archive root), and returns
+/// what it did. `progress` (the running archiver's) provides the lock that keeps queries consistent.
+pub async fn seal_day(
+    location: &ArchiveLocation,
+    date: &str,
+    progress: Option<&Arc<ArchiveProgress>>,
+    dump_to: Option<&ArchiveLocation>,
+) -> Result<SealOutcome, ArchiveError> {
+    let previous = read_journal(location, date).await?;
+    let mut parts: Vec<PartName> = location.list_parts().await?.into_iter().filter(|p| p.date == date).collect();
+    parts.sort_by_key(|p| (p.first, p.last));
+    let dump_root = dump_to.unwrap_or(location);
+    let dump = dump_path(&dump_root.root, date);
+    if parts.is_empty() {
+        return Err(ArchiveError::Url {
+            url: location.url.to_string(),
+            reason: format!("no readings archived for {date}"),
+        });
+    }
+    // First row of each key in WAL order wins. Rows from parts written after the last seal are late.
+    let sealed_through = previous.as_ref().map(|p| p.last);
+    let mut seen = HashSet::new();
+    let mut rows: Vec<ArchivedReading> = Vec::new();
+    let mut late_now = 0u64;
+    for part in &parts {
+        let bytes = location.store.get(&part.path).await?.bytes().await?;
+        let late = sealed_through.is_some_and(|through| part.first > through);
+        for r in read_parquet(bytes)? {
+            if seen.insert((r.device.clone(), r.sensor.clone(), r.micros)) {
+                late_now += u64::from(late);
+                rows.push(r);
+            }
+        }
+    }
+    sort_for_archive(&mut rows);
+    let first = parts[0].first;
+    let last = parts.iter().map(|p| p.last).max().unwrap_or(first);
+    let sealed = location.part_path(date, first, last);
+    let late_readings = previous.as_ref().map_or(0, |p| p.late_readings) + late_now;
+    let replacing: Vec<Path> = parts.iter().map(|p| p.path.clone()).filter(|p| *p != sealed).collect();
+    let record = SealRecord {
+        date: date.to_owned(),
+        readings: rows.len() as u64,
+        late_readings,
+        first,
+        last,
+        replacing: replacing.iter().map(|p| p.to_string()).collect(),
+    };
+    let parquet = write_parquet(&rows)?;
+    let dump_bytes = dump_gzip(&rows);
+
+    let changed = !(replacing.is_empty() && previous.as_ref().is_some_and(|p| p.first == first && p.last == last));
+    // Stage, then swap under the lock queries hold.
+    let staged = location.root.clone().join("staging").join(format!("seal-{date}.parquet"));
+    location.store.put(&staged, PutPayload::from(parquet)).await?;
+    dump_root.store.put(&dump, PutPayload::from(dump_bytes)).await?;
+    {
+        let _visible = match progress {
+            Some(p) => Some(p.visibility.write().await),
+            None => None,
+        };
+        write_journal(location, &record).await?;
+        location.store.rename(&staged, &sealed).await?;
+        for old in &replacing {
+            location.store.delete(old).await?;
+        }
+    }
+    let done = SealRecord { replacing: Vec::new(), ..record };
+    write_journal(location, &done).await?;
+    Ok(SealOutcome { record: done, parts_merged: parts.len(), sealed, dump, changed })
+}
+
+/// Completes seals that a crash interrupted: deletes the parts their journal says they replace.
+pub async fn finish_interrupted_seals(location: &ArchiveLocation) -> Result<(), ArchiveError> {
+    for record in seal_records(location).await? {
+        if record.replacing.is_empty() {
+            continue;
+        }
+        let sealed = location.part_path(&record.date, record.first, record.last);
+        if location.store.head(&sealed).await.is_err() {
+            let staged = location.root.clone().join("staging").join(format!("seal-{}.parquet", record.date));
+            if location.store.head(&staged).await.is_ok() {
+                location.store.rename(&staged, &sealed).await?;
+            } else {
+                // The merged file never made it: keep the parts, forget the unfinished seal.
+                write_journal(location, &SealRecord { replacing: Vec::new(), ..record }).await?;
+                continue;
+            }
+        }
+        for old in &record.replacing {
+            match location.store.delete(&Path::from(old.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        write_journal(location, &SealRecord { replacing: Vec::new(), ..record }).await?;
+    }
+    Ok(())
+}
+
+/// The dump: gzip NDJSON in the ingest shape, sorted by timestamp (then sensor and device, so it is deterministic).
+pub fn dump_gzip(rows: &[ArchivedReading]) -> Vec<u8> {
+    let mut sorted: Vec<&ArchivedReading> = rows.iter().collect();
+    sorted.sort_by(|a, b| (a.micros, &a.sensor, &a.device).cmp(&(b.micros, &b.sensor, &b.device)));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for r in sorted {
+        let mut line = serde_json::json!({
+            "sensor": r.sensor,
+            "value": r.value,
+            "timestamp": weir_pipeline::decode::format_timestamp(r.micros),
+        });
+        if r.device != weir_pipeline::reading::DEFAULT_DEVICE {
+            line["device"] = serde_json::Value::String(r.device.clone());
+        }
+        let _ = serde_json::to_writer(&mut gz, &line);
+        let _ = gz.write_all(b"\n");
+    }
+    gz.finish().unwrap_or_default()
+}
+
+/// Days that are due for a seal: over for `grace` already, with parts not yet merged into a sealed file.
+pub async fn days_due(
+    location: &ArchiveLocation,
+    now_micros: i64,
+    grace_micros: i64,
+) -> Result<Vec<String>, ArchiveError> {
+    let parts = location.list_parts().await?;
+    let mut dates: Vec<String> = parts.iter().map(|p| p.date.clone()).collect();
+    dates.sort();
+    dates.dedup();
+    let mut due = Vec::new();
+    for date in dates {
+        let Ok(day) = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d") else { continue };
+        let end = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros() + 86_400_000_000);
+        if end.is_none_or(|end| end + grace_micros > now_micros) {
+            continue;
+        }
+        let count = parts.iter().filter(|p| p.date == date).count();
+        let journal = read_journal(location, &date).await?;
+        let sealed_alone = count == 1 && journal.is_some();
+        if !sealed_alone {
+            due.push(date);
+        }
+    }
+    Ok(due)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! Sealing: merge, dedup across parts, idempotence to the byte, late readings, the dump's lines, crash recovery.
+
+use std::io::Read;
+
+use object_store::ObjectStoreExt;
+
+use super::*;
+
+const DAY: &str = "2026-11-19";
+const T: i64 = 1_795_046_400_000_000; // 2026-11-19T00:00:00Z
+
+fn r(device: &str, sensor: &str, secs: i64, value: f64) -> ArchivedReading {
+    ArchivedReading { device: device.into(), sensor: sensor.into(), value, micros: T + secs * 1_000_000 }
+}
+
+struct Store {
+    location: ArchiveLocation,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Store {
+    fn new() -> Store {
+        Store {
+            location: ArchiveLocation::open("memory:///").unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        }
+    }
+    fn put_part(&self, first: u64, last: u64, mut rows: Vec<ArchivedReading>) {
+        sort_for_archive(&mut rows);
+        let path = self.location.part_path(DAY, first, last);
+        self.rt.block_on(self.location.store.put(&path, PutPayload::from(write_parquet(&rows).unwrap()))).unwrap();
+    }
+    fn get(&self, path: &Path) -> Vec<u8> {
+        self.rt.block_on(async { self.location.store.get(path).await.unwrap().bytes().await.unwrap() }).to_vec()
+    }
+    fn seal(&self) -> SealOutcome {
+        self.rt.block_on(seal_day(&self.location, DAY, None, None)).unwrap()
+    }
+    fn parts(&self) -> Vec<PartName> {
+        self.rt.block_on(self.location.list_parts()).unwrap()
+    }
+    fn dump_lines(&self) -> Vec<serde_json::Value> {
+        let gz = self.get(&dump_path(&self.location.root, DAY));
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+#[test]
+fn sealing_merges_parts_keeps_first_writes_and_is_byte_identical_when_repeated() {
+    let s = Store::new();
+    s.put_part(1, 4, vec![r("default", "speed", 30, 1.0), r("truck-7", "fuel", 10, 2.0)]);
+    // A later part repeats a key with another value (a duplicate older than the live horizon): the first wins.
+    s.put_part(5, 9, vec![r("default", "speed", 30, 99.0), r("default", "speed", 20, 3.0)]);
+    let first = s.seal();
+    assert_eq!(first.parts_merged, 2);
+    assert_eq!(first.record.readings, 3);
+    assert_eq!(first.record.late_readings, 0);
+    let parts = s.parts();
+    assert_eq!(parts.len(), 1, "one file for the day");
+    assert_eq!((parts[0].first, parts[0].last), (1, 9));
+    let sealed = s.get(&parts[0].path);
+    let rows = read_parquet(sealed.clone().into()).unwrap();
+    assert_eq!(rows.iter().map(|r| r.value).collect::<Vec<_>>(), vec![2.0, 3.0, 1.0], "sorted by sensor, device, time");
+    let dump = s.get(&dump_path(&s.location.root, DAY));
+
+    let again = s.seal();
+    assert!(!again.changed);
+    assert_eq!(s.get(&s.parts()[0].path), sealed, "same Parquet bytes");
+    assert_eq!(s.get(&dump_path(&s.location.root, DAY)), dump, "same dump bytes");
+}
+
+#[test]
+fn the_dump_is_the_replaced_systems_format_sorted_by_timestamp() {
+    let s = Store::new();
+    s.put_part(
+        1,
+        1,
+        vec![r("default", "speed", 30, 55.5), r("truck-7", "fuel", 10, 2.0), r("default", "fuel", 20, 12.0)],
+    );
+    s.seal();
+    let lines = s.dump_lines();
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({"sensor": "fuel", "value": 2.0, "timestamp": "2026-11-19T00:00:10Z", "device": "truck-7"}),
+            serde_json::json!({"sensor": "fuel", "value": 12.0, "timestamp": "2026-11-19T00:00:20Z"}),
+            serde_json::json!({"sensor": "speed", "value": 55.5, "timestamp": "2026-11-19T00:00:30Z"}),
+        ]
+    );
+}
+
+#[test]
+fn late_readings_are_merged_in_by_a_new_seal_and_counted() {
+    let s = Store::new();
+    s.put_part(1, 3, vec![r("default", "speed", 1, 1.0), r("default", "speed", 2, 2.0)]);
+    s.seal();
+    // Late: two new readings and one duplicate of a sealed key.
+    s.put_part(
+        10,
+        12,
+        vec![r("default", "speed", 3, 3.0), r("default", "fuel", 1, 4.0), r("default", "speed", 1, 9.0)],
+    );
+    let resealed = s.seal();
+    assert!(resealed.changed);
+    assert_eq!(resealed.record.readings, 4);
+    assert_eq!(resealed.record.late_readings, 2);
+    assert_eq!(s.parts().len(), 1);
+    assert_eq!(s.dump_lines().len(), 4);
+    let records = s.rt.block_on(seal_records(&s.location)).unwrap();
+    assert_eq!(records[0].late_readings, 2);
+}
+
+#[test]
+fn an_interrupted_seal_is_finished_at_the_next_start() {
+    let s = Store::new();
+    s.put_part(1, 2, vec![r("default", "speed", 1, 1.0)]);
+    s.put_part(3, 4, vec![r("default", "speed", 2, 2.0)]);
+    // Simulate a crash after the journal and the staged file, before the swap.
+    let sealed = s.location.part_path(DAY, 1, 4);
+    let staged = s.location.root.clone().join("staging").join(format!("seal-{DAY}.parquet"));
+    let mut rows = vec![r("default", "speed", 1, 1.0), r("default", "speed", 2, 2.0)];
+    sort_for_archive(&mut rows);
+    s.rt.block_on(s.location.store.put(&staged, PutPayload::from(write_parquet(&rows).unwrap()))).unwrap();
+    let record = SealRecord {
+        date: DAY.into(),
+        readings: 2,
+        late_readings: 0,
+        first: 1,
+        last: 4,
+        replacing: vec![s.location.part_path(DAY, 1, 2).to_string(), s.location.part_path(DAY, 3, 4).to_string()],
+    };
+    s.rt.block_on(write_journal(&s.location, &record)).unwrap();
+    s.rt.block_on(finish_interrupted_seals(&s.location)).unwrap();
+    let parts = s.parts();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].path, sealed);
+    assert_eq!(read_parquet(s.get(&sealed).into()).unwrap(), rows);
+}
+
+#[test]
+fn days_are_due_after_their_end_plus_grace() {
+    let s = Store::new();
+    s.put_part(1, 1, vec![r("default", "speed", 1, 1.0)]);
+    let hour = 3_600_000_000;
+    let end_of_day = T + 24 * hour;
+    assert!(s.rt.block_on(days_due(&s.location, end_of_day + hour / 2, hour)).unwrap().is_empty());
+    assert_eq!(s.rt.block_on(days_due(&s.location, end_of_day + 2 * hour, hour)).unwrap(), vec![DAY.to_string()]);
+    s.seal();
+    assert!(s.rt.block_on(days_due(&s.location, end_of_day + 2 * hour, hour)).unwrap().is_empty(), "sealed");
+}
