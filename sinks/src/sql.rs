@@ -182,6 +182,7 @@ impl SqlArchive {
         let batch =
             with_date(&to_record_batch(&rows).map_err(|e| SqlError::Invalid(e.to_string()))?, &rows, &table_schema)?;
         ctx.register_table("unflushed", Arc::new(MemTable::try_new(table_schema, vec![vec![batch]])?))?;
+        ctx.register_table("seals", Arc::new(seals_table(&self.location).await?))?;
         ctx.sql(
             "CREATE VIEW readings AS \
              SELECT device, sensor, value, timestamp, date FROM archived \
@@ -190,6 +191,25 @@ impl SqlArchive {
         .await?;
         Ok(ctx)
     }
+}
+
+/// `seals (date, readings, late_readings)`: one row per sealed day, from the seal journal.
+async fn seals_table(location: &ArchiveLocation) -> Result<MemTable, SqlError> {
+    use arrow::array::UInt64Array;
+    use arrow::datatypes::DataType;
+    let records = crate::seal::seal_records(location).await.map_err(|e| SqlError::Invalid(e.to_string()))?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("date", DataType::Utf8, false),
+        Field::new("readings", DataType::UInt64, false),
+        Field::new("late_readings", DataType::UInt64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.date.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(records.iter().map(|r| r.readings))),
+        Arc::new(UInt64Array::from_iter_values(records.iter().map(|r| r.late_readings))),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| SqlError::Invalid(e.to_string()))?;
+    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
 }
 
 /// `batch` with a `date` column appended, typed as the listing table types it.

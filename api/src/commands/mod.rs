@@ -1,5 +1,6 @@
 //! The `weir` subcommands: one module each, with its clap-derived arguments and its `run`.
 
+pub mod dump;
 pub mod serve;
 pub mod sql;
 pub mod wal;
@@ -27,7 +28,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: HTTP ingest into the durable log.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Seal a UTC day of the archive now and write its dump `dumps/YYYY-MM-DD.json.gz`.
+    Dump(dump::DumpArgs),
     /// Run a read-only SQL query over the archive (through a running server, or directly).
     Sql(sql::SqlArgs),
     /// Inspect the write-ahead log.

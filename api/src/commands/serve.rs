@@ -19,6 +19,7 @@ use crate::server::{AppState, app};
 use crate::sql::SqlService;
 use crate::stats::StatsService;
 use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, checkpoint_path};
+use weir_sinks::seal::{days_due, finish_interrupted_seals, seal_day};
 use weir_sinks::sql::{SqlArchive, SqlLimits};
 
 /// Options of `weir serve`. Every flag can also be set by the environment variable named in its help.
@@ -104,6 +105,14 @@ pub struct ArchiveArgs {
     #[arg(long, env = "WEIR_ARCHIVE_FLUSH_AGE", default_value = "10s", value_parser = parse_duration)]
     pub archive_flush_age: Duration,
 
+    /// How long after the end of a UTC day its parts are sealed into one file and its dump is written.
+    #[arg(long, env = "WEIR_SEAL_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub seal_grace: Duration,
+
+    /// How often Weir looks for days to seal.
+    #[arg(long, env = "WEIR_SEAL_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub seal_interval: Duration,
+
     /// Longest time one SQL query may run (408 beyond it).
     #[arg(long, env = "WEIR_SQL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub sql_timeout: Duration,
@@ -179,6 +188,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stats = Arc::new(StatsService::new(engine, sensors.clone(), args.read_wait, log.clone()));
     let archive_url = args.archive.url(&args.data_dir);
     let location = ArchiveLocation::open(&archive_url).with_context(|| "--archive-url / WEIR_ARCHIVE_URL")?;
+    finish_interrupted_seals(&location).await.context("finishing an interrupted seal")?;
     let archiver = Archiver::start(
         wal_dir.clone(),
         log.watch_durable(),
@@ -193,6 +203,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::runtime::Handle::current(),
     )?;
     tracing::info!(archive = %location.url, "archiver started");
+    let sealer = tokio::spawn(seal_due_days(
+        location.clone(),
+        archiver.progress.clone(),
+        args.archive.seal_grace,
+        args.archive.seal_interval,
+    ));
     let sql = Arc::new(SqlService::new(
         SqlArchive::new(location, Some(archiver.progress.clone()), args.archive.sql_limits()),
         archiver.progress.clone(),
@@ -211,6 +227,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("weir listening on http://{addr}");
 
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")?;
+    sealer.abort();
     tracing::info!("shutting down: stopping the statistics, flushing the archive, closing the write-ahead log");
     tokio::task::spawn_blocking(move || {
         if let Some(stats) = Arc::into_inner(stats) {
@@ -225,6 +242,38 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .context("shutting down")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Seals every day that has been over for `grace`, every `interval`.
+async fn seal_due_days(
+    location: ArchiveLocation,
+    progress: Arc<weir_sinks::archive::ArchiveProgress>,
+    grace: Duration,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        let now = chrono::Utc::now().timestamp_micros();
+        let grace = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+        let due = match days_due(&location, now, grace).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the archive to find days to seal");
+                continue;
+            }
+        };
+        for date in due {
+            let started = std::time::Instant::now();
+            match seal_day(&location, &date, Some(&progress), None).await {
+                Ok(o) => tracing::info!(
+                    %date, readings = o.record.readings, late = o.record.late_readings, parts = o.parts_merged,
+                    took_ms = started.elapsed().as_millis() as u64, "sealed a day and wrote its dump"
+                ),
+                Err(e) => tracing::warn!(%date, error = %e, "sealing failed; it is retried"),
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,116 @@
+//! Daily seal and dumps through the real binary: automatic after the grace period, again for late readings,
+//! on demand with `weir dump`, and the late counts queryable in SQL.
+
+mod support;
+
+use std::io::Read;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+fn dump_lines(path: &std::path::Path) -> Vec<Value> {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_string(&mut text).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+async fn ingest(s: &Server, lines: &[Value]) {
+    let body: Vec<String> = lines.iter().map(Value::to_string).collect();
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .body(body.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn past_days_are_sealed_with_a_dump_and_resealed_for_late_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &["--archive-flush-age", "20ms", "--seal-interval", "50ms", "--seal-grace", "1h"]);
+    ingest(
+        &s,
+        &[
+            json!({"sensor": "speed", "value": 55.5, "timestamp": "2026-11-19T10:00:00Z"}),
+            json!({"sensor": "fuel", "value": 12.0, "timestamp": "2026-11-19T09:00:00+01:00", "device": "truck-7"}),
+            json!({"sensor": "speed", "value": 99.0, "timestamp": "2026-11-19T10:00:00Z"}), // duplicate: first wins
+        ],
+    )
+    .await;
+    let dump = data.join("archive/dumps/2026-11-19.json.gz");
+    wait_for("the dump", || dump.exists());
+    assert_eq!(
+        dump_lines(&dump),
+        vec![
+            json!({"sensor": "fuel", "value": 12.0, "timestamp": "2026-11-19T08:00:00Z", "device": "truck-7"}),
+            json!({"sensor": "speed", "value": 55.5, "timestamp": "2026-11-19T10:00:00Z"}),
+        ]
+    );
+    // A device replays a late reading for the sealed day: the day is sealed again, the late reading counted.
+    ingest(&s, &[json!({"sensor": "speed", "value": 1.0, "timestamp": "2026-11-19T00:00:01Z"})]).await;
+    wait_for("the reseal", || dump_lines(&dump).len() == 3);
+    let day_dir = data.join("archive/readings/date=2026-11-19");
+    wait_for("one sealed file", || std::fs::read_dir(&day_dir).unwrap().count() == 1);
+    let r = client()
+        .post(format!("{}/api/v1/sql", s.url))
+        .body("SELECT date, readings, late_readings FROM seals")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([{"date": "2026-11-19", "readings": 3, "late_readings": 1}]));
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn weir_dump_seals_a_day_on_demand_and_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Today's readings are not sealed automatically (the day is not over), so `weir dump` does it.
+    let today = chrono_like(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 0);
+    let date = &today[..10];
+    let s = Server::start(&data, &["--archive-flush-age", "20ms"]);
+    ingest(
+        &s,
+        &[
+            json!({"sensor": "speed", "value": 1.5, "timestamp": today}),
+            json!({"sensor": "fuel", "value": 2.5, "timestamp": today, "device": "d"}),
+        ],
+    )
+    .await;
+    assert!(s.stop().success());
+    let out_dir = dir.path().join("out");
+    let run = || {
+        let out = Command::new(BIN)
+            .args(["dump", "--date", date, "--data-dir"])
+            .arg(&data)
+            .arg("--to")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    assert!(first.contains("2 readings"), "{first}");
+    let dump = out_dir.join(format!("dumps/{date}.json.gz"));
+    let bytes = std::fs::read(&dump).unwrap();
+    assert_eq!(dump_lines(&dump).len(), 2);
+    run();
+    assert_eq!(std::fs::read(&dump).unwrap(), bytes, "the same day dumps to the same bytes");
+    let out = Command::new(BIN).args(["dump", "--date", "2026-13-40", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("YYYY-MM-DD"));
+}
