@@ -51,7 +51,8 @@ async fn acknowledged_readings_survive_kill_9_exactly_once() {
         eprintln!("round {round}: killed after {after_ms} ms with {before} readings acknowledged so far");
     }
     let s = Server::start(&data, &[]);
-    assert!(s.stop().success(), "clean shutdown exits 0");
+    let log = s.log.clone();
+    assert!(s.stop().success(), "clean shutdown exits 0; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
 
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 1000, "the test acknowledged too little to mean anything: {}", acked.len());

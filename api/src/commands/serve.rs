@@ -222,11 +222,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--listen / WEIR_LISTEN)", args.listen))?;
     let addr = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "weir is serving");
     // Scripts and tests read this line to learn the port.
     println!("weir listening on http://{addr}");
 
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")?;
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
     sealer.abort();
     tracing::info!("shutting down: stopping the statistics, flushing the archive, closing the write-ahead log");
     tokio::task::spawn_blocking(move || {
@@ -276,25 +277,16 @@ async fn seal_due_days(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when it is first polled,
+/// so a signal that arrives right after start-up is not lost (and does not kill the process uncleanly).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => tracing::info!("SIGINT received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
             _ = term.recv() => tracing::info!("SIGTERM received"),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
 }

@@ -154,13 +154,15 @@ pub struct WalReader {
     dir: PathBuf,
     next_position: u64,
     current: Option<SegmentReader>,
+    /// First position of the segment `current` reads.
+    current_first: u64,
     payload: Vec<u8>,
 }
 
 impl WalReader {
     /// A reader that returns records with position ≥ `from` (1 = everything).
     pub fn new(dir: impl Into<PathBuf>, from: u64) -> Self {
-        WalReader { dir: dir.into(), next_position: from.max(1), current: None, payload: Vec::new() }
+        WalReader { dir: dir.into(), next_position: from.max(1), current: None, current_first: 0, payload: Vec::new() }
     }
 
     /// The next record, `Ok(None)` when no further intact record exists yet.
@@ -186,8 +188,12 @@ impl WalReader {
                 Ok(None) | Err(_) => {
                     // The end of what this segment holds now: go on in the next segment if it exists, otherwise
                     // stay here (the reader rewound to the record start) and try again later.
+                    // (A segment that starts where this one ended; not this one itself, which may be a fresh
+                    // segment whose first record is not written yet.)
                     let segments = segment::list_segments(&self.dir).map_err(io_err(&self.dir))?;
-                    if segments.iter().any(|s| s.first_position == self.next_position) {
+                    if self.current_first != self.next_position
+                        && segments.iter().any(|s| s.first_position == self.next_position)
+                    {
                         self.current = None;
                         continue;
                     }
@@ -218,6 +224,7 @@ impl WalReader {
             }
         }
         self.current = Some(reader);
+        self.current_first = seg.first_position;
         Ok(true)
     }
 }

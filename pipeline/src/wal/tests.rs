@@ -154,3 +154,21 @@ fn unsupported_format_version_is_a_clear_error() {
     let msg = Wal::open(dir.path(), WalOptions::default()).err().expect("refused").to_string();
     assert!(msg.contains("version 9 is not supported"), "{msg}");
 }
+
+/// Right after a segment roll the newest segment holds only its header: a reader must stop there, not spin.
+#[test]
+fn reader_stops_at_a_fresh_empty_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions { segment_bytes: 1, ..WalOptions::default() }).unwrap();
+    for s in 0..3 {
+        wal.appender().append_blocking(payload(s)).unwrap();
+    }
+    wal.close();
+    let segments = segment::list_segments(dir.path()).unwrap();
+    assert_eq!(segments.len(), 4, "every append rolled, the last segment is empty");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_path_buf();
+    std::thread::spawn(move || tx.send(read_all(&path).len()).unwrap());
+    let read = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the reader returned");
+    assert_eq!(read, 3);
+}
