@@ -27,6 +27,10 @@ pub struct SqlArgs {
     /// Output format.
     #[arg(long, env = "WEIR_SQL_FORMAT", value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+
+    /// Print the query's time and row count to stderr.
+    #[arg(long)]
+    pub timing: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,6 +41,7 @@ pub enum OutputFormat {
 }
 
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let result = match &args.archive {
         Some(url) => {
             let location = ArchiveLocation::open(url).with_context(|| format!("cannot open the archive {url}"))?;
@@ -44,6 +49,9 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
         }
         None => remote(&args).await?,
     };
+    if args.timing {
+        eprintln!("{} rows in {:.2} ms", result.rows(), started.elapsed().as_secs_f64() * 1e3);
+    }
     let text = match args.format {
         OutputFormat::Table => arrow::util::pretty::pretty_format_batches(&result.batches)?.to_string() + "\n",
         OutputFormat::Csv => String::from_utf8(encode(&result, SqlFormat::Csv)?.0)?,

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One day of generated readings through a real Weir, sealed into one Parquet file; then the same queries over that
+# file with Weir (DataFusion, `weir sql --archive --timing`) and with DuckDB (Python package, installed if missing),
+# both timed in-process, best of 5. Prints archive bytes per reading, seal time and per-query times with ratios.
+#
+#   benches/sql-vs-duckdb.sh            # READINGS=2000000 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}"
+READINGS="${READINGS:-2000000}"
+DAY=2026-11-18   # the generator's day
+cargo build --release -q -p weir-api -p weir-benches --bins
+BIN="$CARGO_TARGET_DIR/release"
+python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install --quiet duckdb
+
+WORK="$(mktemp -d)"
+trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+"$BIN/weir" serve --data-dir "$WORK/data" --listen 127.0.0.1:0 --archive-flush-age 1s >"$WORK/out" 2>"$WORK/err" &
+PID=$!
+for _ in $(seq 100); do grep -q "listening on" "$WORK/out" && break; sleep 0.1; done
+URL="$(sed -n 's/^weir listening on //p' "$WORK/out")"
+"$BIN/weir-loadgen" --url "$URL" --count "$READINGS" --batch 10000 --connections 4 >/dev/null 2>&1
+kill -TERM "$PID"; wait "$PID" || true
+
+start=$(date +%s.%N)
+"$BIN/weir" dump --date "$DAY" --data-dir "$WORK/data"
+seal_s=$(echo "$(date +%s.%N) - $start" | bc)
+FILE="$(ls "$WORK"/data/archive/readings/date=$DAY/*.parquet)"
+BYTES=$(stat -c %s "$FILE")
+echo "readings: $READINGS; sealed file: $BYTES bytes = $(echo "scale=2; $BYTES / $READINGS" | bc) bytes per reading; seal (weir dump, process included): ${seal_s}s"
+
+ARCHIVE="$WORK/data/archive"
+QUERIES=(
+  "SELECT floor(extract(epoch FROM timestamp) / 900) AS bucket, avg(value) AS mean FROM readings WHERE sensor = 'speed' AND date = '$DAY' GROUP BY bucket ORDER BY bucket"
+  "SELECT sensor, count(*) AS n, min(value) AS lo, max(value) AS hi, avg(value) AS mean FROM readings WHERE date = '$DAY' GROUP BY sensor ORDER BY sensor"
+  "SELECT device, sensor, max(timestamp) AS newest FROM readings GROUP BY device, sensor ORDER BY device, sensor LIMIT 1000"
+)
+printf '%-6s %12s %12s %8s\n' query weir_ms duckdb_ms ratio
+i=0
+for q in "${QUERIES[@]}"; do
+  i=$((i + 1))
+  best_weir=999999
+  for _ in 1 2 3 4 5; do
+    ms=$("$BIN/weir" sql --archive "$ARCHIVE" --format csv --timing "$q" 2>&1 >/dev/null | sed -n 's/.* rows in \([0-9.]*\) ms/\1/p')
+    best_weir=$(echo "if ($ms < $best_weir) $ms else $best_weir" | bc)
+  done
+  best_duck=$(python3 - "$ARCHIVE" "$q" <<'PY'
+import sys, time, duckdb
+archive, q = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.sql(f"CREATE VIEW readings AS SELECT * FROM read_parquet('{archive}/readings/**/*.parquet', hive_partitioning=true)")
+best = 1e9
+for _ in range(5):
+    t = time.perf_counter(); con.sql(q).fetchall(); best = min(best, (time.perf_counter() - t) * 1e3)
+print(f"{best:.2f}")
+PY
+)
+  printf '%-6s %12s %12s %8s\n' "Q$i" "$best_weir" "$best_duck" "$(echo "scale=2; $best_weir / $best_duck" | bc)"
+done
