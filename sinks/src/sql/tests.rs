@@ -56,6 +56,17 @@ fn counts_and_aggregates_match_the_input() {
 }
 
 #[test]
+fn time_functions_are_available() {
+    let f = archived(None);
+    let q = "SELECT date_bin(INTERVAL '15 minutes', timestamp) AS bucket, count(*) AS n, round(avg(value), 2) AS mean \
+             FROM readings WHERE sensor = 'speed' AND date = '2026-11-19' GROUP BY bucket ORDER BY bucket";
+    let r = run(&f, q);
+    assert_eq!(r.rows(), 1);
+    let e = run(&f, "SELECT floor(extract(epoch FROM timestamp) / 900) AS b FROM readings LIMIT 1");
+    assert_eq!(e.rows(), 1);
+}
+
+#[test]
 fn the_date_partition_filters() {
     let f = archived(None);
     assert_eq!(single_i64(&run(&f, "SELECT count(*) FROM readings WHERE date = '2026-11-20'")), 2);
