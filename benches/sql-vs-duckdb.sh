@@ -11,7 +11,7 @@ READINGS="${READINGS:-2000000}"
 DAY=2026-11-18   # the generator's day
 cargo build --release -q -p weir-api -p weir-benches --bins
 BIN="$CARGO_TARGET_DIR/release"
-python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install --quiet duckdb
+python3 -c 'import duckdb, pytz' 2>/dev/null || python3 -m pip install --quiet duckdb pytz
 
 WORK="$(mktemp -d)"
 trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
