@@ -18,7 +18,7 @@ async fn post(
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
-    req.send().await.unwrap()
+    req.send().await.unwrap_or_else(|e| panic!("POST /ingest{query}: {e:?}"))
 }
 
 fn position(r: &reqwest::Response) -> u64 {

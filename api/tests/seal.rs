@@ -17,15 +17,7 @@ fn dump_lines(path: &std::path::Path) -> Vec<Value> {
 }
 
 async fn ingest(s: &Server, lines: &[Value]) {
-    let body: Vec<String> = lines.iter().map(Value::to_string).collect();
-    let r = client()
-        .post(format!("{}/ingest", s.url))
-        .header("content-type", NDJSON)
-        .body(body.join("\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    ingest_lines(s, &lines.iter().map(Value::to_string).collect::<Vec<_>>()).await;
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

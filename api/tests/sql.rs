@@ -9,18 +9,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::*;
 
-async fn ingest(s: &Server, lines: &[String]) -> u64 {
-    let r = client()
-        .post(format!("{}/ingest", s.url))
-        .header("content-type", NDJSON)
-        .body(lines.join("\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["weir-position"].to_str().unwrap().parse().unwrap()
-}
-
 async fn sql(s: &Server, query: &str, accept: &str) -> reqwest::Response {
     client()
         .post(format!("{}/api/v1/sql", s.url))
@@ -44,7 +32,7 @@ async fn sql_answers_in_json_csv_and_arrow_and_sees_unflushed_readings() {
     let dir = tempfile::tempdir().unwrap();
     // Parts are flushed only after an hour: every answer here comes from unflushed readings, then from Parquet.
     let s = Server::start(dir.path(), &["--archive-flush-age", "1h"]);
-    ingest(&s, &readings()).await;
+    ingest_lines(&s, &readings()).await;
     let r = sql(
         &s,
         "SELECT sensor, count(*) AS n, sum(value) AS total FROM readings GROUP BY sensor ORDER BY sensor",
@@ -112,7 +100,7 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 async fn refusals_errors_and_the_cli_against_a_server() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &["--sql-max-rows", "10", "--archive-flush-age", "50ms"]);
-    ingest(&s, &readings()).await;
+    ingest_lines(&s, &readings()).await;
     for (q, needle) in [
         ("DROP TABLE readings", "read-only"),
         ("INSERT INTO readings VALUES ('a','b',1.0,now(),'d')", "read-only"),
@@ -150,7 +138,7 @@ async fn the_archive_holds_every_acknowledged_reading_once_across_kill_9() {
         for _ in 0..20 {
             let lines: Vec<String> = (next..next + 25).map(|n| reading("speed", n, Some("k9"))).collect();
             next += 25;
-            ingest(&s, &lines).await;
+            ingest_lines(&s, &lines).await;
             acknowledged += 25;
         }
         tokio::time::sleep(Duration::from_millis(10 * round)).await;

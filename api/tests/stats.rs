@@ -6,18 +6,6 @@ mod support;
 use serde_json::{Value, json};
 use support::*;
 
-async fn ingest(s: &Server, lines: &[String]) -> u64 {
-    let r = client()
-        .post(format!("{}/ingest", s.url))
-        .header("content-type", NDJSON)
-        .body(lines.join("\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    r.headers()["weir-position"].to_str().unwrap().parse().unwrap()
-}
-
 async fn get(s: &Server, path: &str) -> (u16, Value) {
     let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();
     let status = r.status().as_u16();
@@ -138,8 +126,8 @@ async fn every_endpoint_answers_from_the_dataflow_and_again_after_restart() {
     let (_, v) = get(&s, "/api/status").await;
     assert_eq!(v, json!({"lastIngestTimestamp": "0001-01-01T00:00:00Z"}));
 
-    ingest(&s, &first_batch()).await;
-    let position = ingest(&s, &late_batch()).await;
+    ingest_lines(&s, &first_batch()).await;
+    let position = ingest_lines(&s, &late_batch()).await;
     check_answers(&s, position).await;
     assert!(s.stop().success());
 

@@ -11,29 +11,13 @@ pub fn ndjson_body(count: usize, devices: usize) -> String {
         let device = n % devices.max(1);
         let sensor = SENSORS[(n / devices.max(1)) % SENSORS.len()];
         let ms = start + (n / (devices.max(1) * SENSORS.len())) as i64 * 100;
-        let (secs, millis) = (ms / 1000, ms % 1000);
-        let t = chrono_free_rfc3339(secs, millis);
+        let t = weir_pipeline::decode::format_timestamp(ms * 1000);
         let value = (n as f64 * 0.37).sin() * 100.0;
         out.push_str(&format!(
             "{{\"sensor\":\"{sensor}\",\"value\":{value:.3},\"timestamp\":\"{t}\",\"device\":\"vehicle-{device:05}\"}}\n"
         ));
     }
     out
-}
-
-fn chrono_free_rfc3339(secs: i64, millis: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// A WAL with `count` generated readings in records of `per_record`, for the statistics benchmarks.

@@ -61,6 +61,21 @@ impl BodySource {
         BodySource { inner, seen: 0, limit }
     }
 
+    /// Reads and discards what is left of the body, at most `max_bytes` within `max_time`, so that a client still
+    /// sending after an early answer (413, 408) reads that answer rather than a reset connection.
+    pub async fn drain(&mut self, max_bytes: u64, max_time: std::time::Duration) {
+        self.limit = u64::MAX;
+        let start = self.seen;
+        let _ = tokio::time::timeout(max_time, async {
+            while self.seen - start < max_bytes {
+                if !matches!(self.next_chunk().await, Ok(Some(_))) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     /// The next chunk of decoded body bytes; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
         let chunk = match &mut self.inner {

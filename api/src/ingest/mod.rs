@@ -91,7 +91,7 @@ impl IngestService {
 
     /// Reads `source` to its end and stores its valid readings. With `atomic`, nothing is stored unless every line
     /// is valid (the valid readings are then held in memory until the end and written as one record).
-    pub async fn ingest(&self, mut source: BodySource, atomic: bool) -> IngestOutcome {
+    pub async fn ingest(&self, source: &mut BodySource, atomic: bool) -> IngestOutcome {
         let deadline = Instant::now() + self.limits.max_request_time;
         let mut decoder = BodyDecoder::new(self.decoder.clone(), self.limits.decode.clone());
         let mut held = ReadingBatch::new(self.decoder.sensors());
@@ -232,7 +232,14 @@ pub async fn ingest(
     {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, BodyError::TooLarge { limit }.to_string());
     }
-    let outcome = service.ingest(BodySource::new(body, coding, limit), params.atomic).await;
+    let mut source = BodySource::new(body, coding, limit);
+    let outcome = service.ingest(&mut source, params.atomic).await;
+    if matches!(
+        outcome.failure,
+        Some(IngestFailure::Body(BodyError::TooLarge { .. })) | Some(IngestFailure::Timeout(_))
+    ) {
+        source.drain(16 << 20, Duration::from_secs(1)).await;
+    }
     respond(outcome, params, service.durable_position())
 }
 

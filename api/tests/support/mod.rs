@@ -131,20 +131,9 @@ pub fn reading(sensor: &str, n: u64, device: Option<&str>) -> String {
     }
 }
 
-/// RFC 3339 UTC text for seconds + microseconds since the epoch (civil-from-days, no dependency).
+/// RFC 3339 UTC text for seconds + microseconds since the epoch.
 pub fn chrono_like(secs: u64, micros: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    weir_pipeline::decode::format_timestamp((secs * 1_000_000 + micros) as i64)
 }
 
 pub fn client() -> reqwest::Client {
@@ -152,3 +141,18 @@ pub fn client() -> reqwest::Client {
 }
 
 pub const NDJSON: &str = "application/stream+json";
+
+/// Posts `lines` as one NDJSON body, expects 200, and returns the `Weir-Position`.
+pub async fn ingest_lines(s: &Server, lines: &[String]) -> u64 {
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    let position = r.headers().get("weir-position").and_then(|v| v.to_str().ok()?.parse().ok());
+    let status = r.status();
+    assert_eq!(status, 200, "{:?}", r.text().await);
+    position.expect("a Weir-Position header")
+}
