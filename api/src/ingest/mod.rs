@@ -30,6 +30,11 @@ use body::{BodyError, BodySource, Coding};
 /// The response header that carries the WAL position of an acknowledged request.
 pub const POSITION_HEADER: &str = "weir-position";
 
+/// After an early 413/408, at most this much of the rest of the body is read away (and for at most
+/// [`DRAIN_TIME`]), so that a client still sending reads the answer instead of a reset connection.
+const DRAIN_BYTES: u64 = 16 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// Content types `POST /ingest` accepts.
 pub const ACCEPTED_CONTENT_TYPES: [&str; 2] = ["application/stream+json", "application/x-ndjson"];
 
@@ -230,6 +235,10 @@ pub async fn ingest(
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit
     {
+        // Read a small excess away so the client gets the 413 rather than a broken pipe; a large one is cut off.
+        if len - limit <= DRAIN_BYTES {
+            BodySource::new(body, Coding::Identity, u64::MAX).drain(DRAIN_BYTES, DRAIN_TIME).await;
+        }
         return plain(StatusCode::PAYLOAD_TOO_LARGE, BodyError::TooLarge { limit }.to_string());
     }
     let mut source = BodySource::new(body, coding, limit);
@@ -238,7 +247,7 @@ pub async fn ingest(
         outcome.failure,
         Some(IngestFailure::Body(BodyError::TooLarge { .. })) | Some(IngestFailure::Timeout(_))
     ) {
-        source.drain(16 << 20, Duration::from_secs(1)).await;
+        source.drain(DRAIN_BYTES, DRAIN_TIME).await;
     }
     respond(outcome, params, service.durable_position())
 }
