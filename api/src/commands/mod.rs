@@ -9,7 +9,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Weir: a stream-processing engine for sensor telemetry.
 #[derive(Debug, Parser)]
-#[command(name = "weir", version, about, propagate_version = true)]
+#[command(
+    name = "weir",
+    version,
+    about = "Weir: a stream-processing engine for sensor telemetry",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, global = true, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -27,7 +32,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server: HTTP ingest into the durable log.
+    /// Run the server: HTTP ingest, live statistics, the archive and SQL.
     Serve(Box<serve::ServeArgs>),
     /// Seal a UTC day of the archive now and write its dump `dumps/YYYY-MM-DD.json.gz`.
     Dump(dump::DumpArgs),
