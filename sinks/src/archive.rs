@@ -46,6 +46,9 @@ pub enum ArchiveError {
     Injected(FaultPoint),
 }
 
+/// Environment variables handed to cloud object stores as configuration.
+const CLOUD_ENV_PREFIXES: [&str; 3] = ["AWS_", "GOOGLE_", "AZURE_"];
+
 /// Where the archive lives.
 #[derive(Clone, Debug)]
 pub struct ArchiveLocation {
@@ -57,7 +60,7 @@ pub struct ArchiveLocation {
 }
 
 impl ArchiveLocation {
-    /// Opens `url`: `file:///abs/dir`, `memory:///`, or (when built with those backends) `s3://`, `gs://`, `az://`.
+    /// Opens `url`: `file:///abs/dir`, `memory:///`, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
     /// A plain path is taken as a local directory.
     pub fn open(url: &str) -> Result<Self, ArchiveError> {
         let err = |reason: String| ArchiveError::Url { url: url.to_owned(), reason };
@@ -76,7 +79,10 @@ impl ArchiveLocation {
             std::fs::create_dir_all(dir.join("readings"))
                 .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let (store, root) = object_store::parse_url(&parsed).map_err(|e| err(e.to_string()))?;
+        // Cloud stores take their credentials, region and endpoint from the usual environment variables
+        // (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …).
+        let from_env = std::env::vars().filter(|(k, _)| CLOUD_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
+        let (store, root) = object_store::parse_url_opts(&parsed, from_env).map_err(|e| err(e.to_string()))?;
         Ok(ArchiveLocation { store: Arc::from(store), root, url: parsed })
     }
 
