@@ -26,7 +26,7 @@ use weir_operators::{DeviceId, Reading, SeriesKey};
 
 pub use query::{Answer, Query, WorkerTraces};
 
-use crate::reading::SensorSet;
+use crate::reading::{ReadingBatch, SensorSet};
 use crate::wal::WalReader;
 use crate::wal::record::decode_batch;
 
@@ -51,6 +51,25 @@ impl Default for StatsOptions {
             idle_park: Duration::from_millis(1),
             feed_limit: 16_384,
         }
+    }
+}
+
+/// A snapshot's readings: batches with the last log position each covers, in non-decreasing positions.
+pub type Snapshot = Box<dyn Iterator<Item = (u64, ReadingBatch)> + Send>;
+
+/// Readings the statistics start from instead of the log's first record: a snapshot of everything the log held
+/// through `through`, already deduplicated (the archive, once the log before it has been deleted).
+pub struct StartFrom {
+    /// The last log position the snapshot covers; the log is read after it.
+    pub through: u64,
+    /// The snapshot's readings.
+    pub snapshot: Snapshot,
+}
+
+impl StartFrom {
+    /// No snapshot: the whole log, from position 1.
+    pub fn log_start() -> StartFrom {
+        StartFrom { through: 0, snapshot: Box::new(std::iter::empty()) }
     }
 }
 
@@ -92,13 +111,32 @@ impl StatsEngine {
         sensors: SensorSet,
         options: StatsOptions,
     ) -> Result<StatsEngine, StartError> {
+        StatsEngine::start_from(wal_dir, durable, sensors, options, StartFrom::log_start())
+    }
+
+    /// Like [`StatsEngine::start`], but first feeds `start.snapshot` and then reads the log after `start.through`.
+    pub fn start_from(
+        wal_dir: PathBuf,
+        durable: watch::Receiver<u64>,
+        sensors: SensorSet,
+        options: StatsOptions,
+        start: StartFrom,
+    ) -> Result<StatsEngine, StartError> {
         let workers = options.workers.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel()).unzip();
         let receivers = Arc::new(Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>()));
         let processed = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
         let stop = Arc::new(AtomicBool::new(false));
-        let context =
-            WorkerContext { wal_dir, durable, sensors, options, processed: processed.clone(), stop: stop.clone() };
+        let context = WorkerContext {
+            wal_dir,
+            durable,
+            sensors,
+            options,
+            processed: processed.clone(),
+            stop: stop.clone(),
+            start_through: start.through,
+            snapshot: Mutex::new(Some(start.snapshot)),
+        };
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let requests = receivers.lock().expect("not poisoned")[worker.index()].take().expect("one per worker");
             run_worker(worker, &context, requests);
@@ -160,6 +198,9 @@ struct WorkerContext {
     options: StatsOptions,
     processed: Arc<Vec<AtomicU64>>,
     stop: Arc<AtomicBool>,
+    start_through: u64,
+    /// Taken by the feeding worker.
+    snapshot: Mutex<Option<Snapshot>>,
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests: mpsc::Receiver<Request>) {
@@ -171,7 +212,16 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests
     // The first worker of the process reads this process's log and feeds it; the others close their inputs (their
     // work arrives through the exchanges). One feeder keeps the log's order without any coordination.
     let mut feed = if index == 0 {
-        Some(LogFeed { readings, names, feeder: Feeder::new(&ctx.sensors), reader: WalReader::new(&ctx.wal_dir, 1) })
+        Some(LogFeed {
+            readings,
+            names,
+            feeder: Feeder::new(&ctx.sensors),
+            reader: WalReader::new(&ctx.wal_dir, ctx.start_through + 1),
+            // A snapshot through position 0 holds nothing.
+            snapshot: ctx.snapshot.lock().expect("not poisoned").take().filter(|_| ctx.start_through > 0),
+            snapshot_through: ctx.start_through,
+            snapshot_time: 1,
+        })
     } else {
         drop(readings);
         names.close();
@@ -227,6 +277,11 @@ struct LogFeed {
     names: InputSession<u64, (DeviceId, String), isize>,
     feeder: Feeder,
     reader: WalReader,
+    /// Fed before the log, while it lasts.
+    snapshot: Option<Snapshot>,
+    snapshot_through: u64,
+    /// The inputs' time while the snapshot is fed.
+    snapshot_time: u64,
 }
 
 impl LogFeed {
@@ -235,6 +290,9 @@ impl LogFeed {
     /// operator orders readings by `seq` (their write order), so a round is one update per window, not one per
     /// record.
     fn round(&mut self, durable: u64, mut read_through: u64, limit: usize) -> u64 {
+        if self.snapshot.is_some() {
+            return self.snapshot_round(limit);
+        }
         let mut fed = 0usize;
         let mut started = false;
         while fed < limit {
@@ -265,6 +323,38 @@ impl LogFeed {
     }
 }
 
+impl LogFeed {
+    /// Feeds snapshot batches up to about `limit` readings, each at the time of the last position it covers
+    /// (never going back, never past the snapshot's `through`), then advances the inputs so that the flow control
+    /// has something to wait for; returns the position the dataflow must pass before the next round. Once the
+    /// snapshot is exhausted the inputs move past `through` and the log takes over.
+    fn snapshot_round(&mut self, limit: usize) -> u64 {
+        let through = self.snapshot_through;
+        let mut time = self.snapshot_time;
+        let mut fed = 0usize;
+        let snapshot = self.snapshot.as_mut().expect("checked by the caller");
+        while fed < limit {
+            let Some((last, batch)) = snapshot.next() else {
+                self.snapshot = None;
+                break;
+            };
+            time = last.clamp(time, through);
+            self.readings.advance_to(time);
+            self.names.advance_to(time);
+            let (readings, names) = (&mut self.readings, &mut self.names);
+            fed += self.feeder.feed_batch(time, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
+        }
+        // Batches covering `through` itself may still follow, so the inputs stop there until the snapshot ends.
+        let next = if self.snapshot.is_none() { through + 1 } else { (time + 1).min(through) };
+        self.snapshot_time = next;
+        self.readings.advance_to(next);
+        self.names.advance_to(next);
+        self.readings.flush();
+        self.names.flush();
+        next - 1
+    }
+}
+
 /// Turns WAL records into dataflow readings: sensor names to configured indexes, device names to ids.
 struct Feeder {
     sensors: HashMap<Box<str>, u16>,
@@ -286,13 +376,23 @@ impl Feeder {
         send: &mut impl FnMut(Reading),
         name: &mut impl FnMut((DeviceId, String)),
     ) -> usize {
-        let batch = match decode_batch(payload) {
-            Ok(b) => b,
+        match decode_batch(payload) {
+            Ok(batch) => self.feed_batch(position, &batch, send, name),
             Err(e) => {
                 tracing::error!(position, error = %e, "skipping an unreadable WAL record in the statistics");
-                return 0;
+                0
             }
-        };
+        }
+    }
+
+    /// Sends the readings of one batch, written at `position`; returns how many.
+    fn feed_batch(
+        &mut self,
+        position: u64,
+        batch: &ReadingBatch,
+        send: &mut impl FnMut(Reading),
+        name: &mut impl FnMut((DeviceId, String)),
+    ) -> usize {
         let sensor_index: Vec<Option<u16>> = batch
             .sensors
             .iter()

@@ -83,6 +83,11 @@ pub enum WalError {
     Segment { path: PathBuf, source: SegmentOpenError },
     #[error("WAL segments are not contiguous: {path} starts at position {found}, expected {expected}")]
     Gap { path: PathBuf, found: u64, expected: u64 },
+    #[error(
+        "the WAL no longer holds position {wanted}: it starts at {first} (earlier segments were deleted once \
+         archived); the archive checkpoint in the data directory says how far the archive goes"
+    )]
+    Trimmed { wanted: u64, first: u64 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -148,6 +153,31 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(dir))
 }
 
+/// The first position the log in `dir` still holds (1 for a log that was never trimmed or is empty).
+pub fn first_position(dir: &Path) -> Result<u64, WalError> {
+    let segments = segment::list_segments(dir).map_err(io_err(dir))?;
+    Ok(segments.first().map_or(1, |s| s.first_position))
+}
+
+/// Deletes the segments whose records all have positions ≤ `position` (archived, and processed by the
+/// statistics), never the last segment, which the writer may be appending to. Returns the deleted files.
+pub fn trim_through(dir: &Path, position: u64) -> Result<Vec<PathBuf>, WalError> {
+    let segments = segment::list_segments(dir).map_err(io_err(dir))?;
+    let mut deleted = Vec::new();
+    for pair in segments.windows(2) {
+        // A segment ends just before the next one starts.
+        if pair[1].first_position > position.saturating_add(1) {
+            break;
+        }
+        std::fs::remove_file(&pair[0].path).map_err(io_err(&pair[0].path))?;
+        deleted.push(pair[0].path.clone());
+    }
+    if !deleted.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(deleted)
+}
+
 /// Reads records in position order, from a given position on, without modifying anything. It stops at the end of
 /// what is intact, so it can read a log another process is writing.
 pub struct WalReader {
@@ -211,6 +241,9 @@ impl WalReader {
     /// Opens the segment holding `next_position` and skips to it; `false` when there is none yet.
     fn open_segment(&mut self) -> Result<bool, WalError> {
         let segments = segment::list_segments(&self.dir).map_err(io_err(&self.dir))?;
+        if let Some(first) = segments.first().filter(|s| s.first_position > self.next_position) {
+            return Err(WalError::Trimmed { wanted: self.next_position, first: first.first_position });
+        }
         let Some(seg) = segments.iter().rev().find(|s| s.first_position <= self.next_position) else {
             return Ok(false);
         };

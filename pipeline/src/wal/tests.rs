@@ -172,3 +172,37 @@ fn reader_stops_at_a_fresh_empty_segment() {
     let read = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the reader returned");
     assert_eq!(read, 3);
 }
+
+#[test]
+fn trimming_deletes_only_whole_segments_through_the_position_and_never_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    let a = wal.appender();
+    for s in 0..40 {
+        a.append_blocking(payload(s)).unwrap();
+    }
+    let before = segment::list_segments(dir.path()).unwrap();
+    assert!(before.len() > 4);
+    // Through a position in the middle of the third segment: the first two go, the third stays.
+    let cut = before[2].first_position;
+    let deleted = trim_through(dir.path(), cut).unwrap();
+    assert_eq!(deleted, vec![before[0].path.clone(), before[1].path.clone()]);
+    assert_eq!(first_position(dir.path()).unwrap(), before[2].first_position);
+    // Everything after the cut is still readable, and the writer goes on.
+    let mut r = WalReader::new(dir.path(), cut + 1);
+    let rest: Vec<u64> = std::iter::from_fn(|| r.next_record().unwrap().map(|(p, _)| p)).collect();
+    assert_eq!(rest, (cut + 1..=40).collect::<Vec<_>>());
+    assert_eq!(a.append_blocking(payload(41)).unwrap(), 41);
+    // Trimming through everything keeps the last segment.
+    trim_through(dir.path(), u64::MAX).unwrap();
+    assert_eq!(segment::list_segments(dir.path()).unwrap().len(), 1);
+    wal.close();
+    // A trimmed log reopens (it starts past 1) and continues its positions.
+    let (wal, rec) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(rec.last_position, 41);
+    assert_eq!(wal.appender().append_blocking(payload(42)).unwrap(), 42);
+    wal.close();
+    // Asking for a deleted position is an error that says so, not an endless wait.
+    let err = WalReader::new(dir.path(), 1).next_record().unwrap_err();
+    assert!(matches!(err, WalError::Trimmed { wanted: 1, .. }), "{err}");
+}
