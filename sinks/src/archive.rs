@@ -10,8 +10,9 @@
 //!   `staging/` is emptied and parts that begin after the committed position (moved but never committed) are
 //!   deleted; the flush is done again from the log.
 //! - Deduplication is the live statistics' rule (first write of device, sensor, timestamp wins, within the same
-//!   horizon); on start the filter is rebuilt by replaying the log up to the committed position, so it is the same
-//!   filter the statistics have. WAL segments are not deleted yet, so that replay is always possible.
+//!   horizon); on start the filter is rebuilt from the archive's committed parts ([`ArchiveSnapshot`]), which hold
+//!   exactly the readings replaying the log to the committed position would admit, so the log before it may be
+//!   deleted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path as FsPath, PathBuf};
@@ -28,6 +29,7 @@ use weir_pipeline::wal::WalReader;
 use weir_pipeline::wal::record::decode_batch;
 
 use crate::part::{ArchivedReading, PartError, sort_for_archive, write_parquet};
+use crate::snapshot::ArchiveSnapshot;
 
 /// Why archiving failed.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +187,9 @@ pub struct ArchiveProgress {
     /// Held (shared) by queries from their snapshot of `unflushed` to their end; held (exclusive) by a flush while it
     /// makes parts visible and drops their readings from `unflushed`.
     pub visibility: tokio::sync::RwLock<()>,
+    /// Set once the archiver has rebuilt its dedup filter from the archive and reads the log; until then nothing
+    /// may replace the parts it is reading (the sealer waits for this).
+    pub started: AtomicBool,
 }
 
 impl ArchiveProgress {
@@ -316,12 +321,16 @@ impl ArchiverLoop {
         self.remove_uncommitted_parts(committed)?;
         let horizon = i64::try_from(self.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
         self.filter = Some(FirstWriteFilter::new(horizon));
-        // Rebuild the dedup filter from the log up to the committed position.
-        let mut reader = WalReader::new(&self.wal_dir, 1);
-        while let Some((position, payload)) = reader.next_record_through(committed)? {
-            let payload = payload.to_vec();
-            self.first_writes(position, &payload);
+        // Rebuild the dedup filter from the archive itself: the log before `committed` may have been deleted.
+        let snapshot = self.runtime.block_on(ArchiveSnapshot::open(&self.location, committed, self.runtime.clone()))?;
+        let parts = snapshot.parts();
+        for item in snapshot {
+            let (last, batch) = item?;
+            self.admit(last, batch);
         }
+        tracing::debug!(parts, committed, "archive dedup filter rebuilt from the archive");
+        self.progress.started.store(true, Ordering::Release);
+        let mut reader = WalReader::new(&self.wal_dir, committed + 1);
         self.progress.committed.store(committed, Ordering::Release);
         self.progress.read_through.store(committed, Ordering::Release);
 
@@ -366,10 +375,17 @@ impl ArchiverLoop {
 
     /// The readings of one record that are the first writes of their key, in archive form.
     fn first_writes(&mut self, position: u64, payload: &[u8]) -> ReadingBatch {
-        let Ok(mut batch) = decode_batch(payload) else {
-            tracing::error!(position, "skipping an unreadable WAL record in the archive");
-            return ReadingBatch { sensors: Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() };
-        };
+        match decode_batch(payload) {
+            Ok(batch) => self.admit(position, batch),
+            Err(e) => {
+                tracing::error!(position, error = %e, "skipping an unreadable WAL record in the archive");
+                ReadingBatch { sensors: Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() }
+            }
+        }
+    }
+
+    /// Keeps the readings of `batch` (written at `position`) that are the first writes of their key.
+    fn admit(&mut self, position: u64, mut batch: ReadingBatch) -> ReadingBatch {
         let filter = self.filter.as_mut().expect("set in run");
         let next_sensor = self.sensors.len() as u16;
         let sensor_ids: Vec<u16> = batch
@@ -464,6 +480,11 @@ pub fn utc_date(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
         .map(|t| t.date_naive().format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| "out-of-range".into())
+}
+
+/// The last WAL position the archive holds, as its checkpoint at `path` records it (0 when there is none yet).
+pub fn read_checkpoint(path: &FsPath) -> Result<u64, ArchiveError> {
+    Checkpoint { path: path.to_path_buf() }.read()
 }
 
 /// The checkpoint file's conventional place in a data directory.

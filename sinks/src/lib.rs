@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod part;
 pub mod seal;
+pub mod snapshot;
 pub mod sql;
 #[cfg(test)]
 mod test_support;

@@ -11,6 +11,7 @@ use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use weir_pipeline::reading::{ReadingBatch, Row};
 
 /// The rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -113,6 +114,45 @@ pub fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<ArchivedReading>, PartErr
     Ok(out)
 }
 
+/// Reads a part as compact reading batches, one per Arrow batch: the dictionaries become the batch's name tables,
+/// so no name is copied per row. This is how the statistics and the archiver load the archive on start.
+pub fn read_parquet_batches(bytes: bytes::Bytes) -> Result<Vec<ReadingBatch>, PartError> {
+    use arrow::array::{Array, AsArray};
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let names = |i: usize, name: &'static str| -> Result<(Vec<Box<str>>, Vec<u32>), PartError> {
+            let dict = batch.column(i).as_dictionary_opt::<Int32Type>().ok_or(PartError::Column(name))?;
+            let values = dict.values().as_any().downcast_ref::<StringArray>().ok_or(PartError::Column(name))?;
+            let table = values.iter().map(|v| Box::from(v.unwrap_or_default())).collect();
+            let keys = dict.keys().iter().map(|k| k.unwrap_or_default() as u32).collect();
+            Ok((table, keys))
+        };
+        let (devices, device_keys) = names(0, "device")?;
+        let (sensors, sensor_keys) = names(1, "sensor")?;
+        if sensors.len() > usize::from(u16::MAX) {
+            return Err(PartError::Column("sensor"));
+        }
+        let values =
+            batch.column(2).as_primitive_opt::<arrow::datatypes::Float64Type>().ok_or(PartError::Column("value"))?;
+        let times = batch
+            .column(3)
+            .as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>()
+            .ok_or(PartError::Column("timestamp"))?;
+        let rows = (0..batch.num_rows())
+            .map(|i| Row {
+                sensor: sensor_keys[i] as u16,
+                device: device_keys[i],
+                micros: times.value(i),
+                value: values.value(i),
+            })
+            .collect();
+        out.push(ReadingBatch { sensors: Arc::from(sensors), devices, rows });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,7 +175,21 @@ mod tests {
         let readings = sample();
         let bytes = write_parquet(&readings).unwrap();
         assert_eq!(&bytes[..4], b"PAR1");
-        assert_eq!(read_parquet(bytes.into()).unwrap(), readings);
+        assert_eq!(read_parquet(bytes.clone().into()).unwrap(), readings);
+        // The same rows as compact batches.
+        let batches = read_parquet_batches(bytes.into()).unwrap();
+        let rows: Vec<ArchivedReading> = batches
+            .iter()
+            .flat_map(|b| {
+                b.rows.iter().map(|r| ArchivedReading {
+                    device: b.devices[r.device as usize].to_string(),
+                    sensor: b.sensors[r.sensor as usize].to_string(),
+                    value: r.value,
+                    micros: r.micros,
+                })
+            })
+            .collect();
+        assert_eq!(rows, readings);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::Args;
 use weir_pipeline::decode::Decoder;
 use weir_pipeline::ingest::DecodeLimits;
 use weir_pipeline::reading::{DEFAULT_SENSORS, SensorSet};
-use weir_pipeline::stats::{StatsEngine, StatsOptions};
+use weir_pipeline::stats::{StartFrom, StatsEngine, StatsOptions};
 use weir_pipeline::wal::{Wal, WalOptions};
 
 use super::{parse_duration, parse_size};
@@ -18,8 +18,9 @@ use crate::ingest::{IngestLimits, IngestService};
 use crate::server::{AppState, app};
 use crate::sql::SqlService;
 use crate::stats::StatsService;
-use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, checkpoint_path};
+use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, checkpoint_path, read_checkpoint};
 use weir_sinks::seal::{days_due, finish_interrupted_seals, seal_day};
+use weir_sinks::snapshot::ArchiveSnapshot;
 use weir_sinks::sql::{SqlArchive, SqlLimits};
 
 /// Options of `weir serve`. Every flag can also be set by the environment variable named in its help.
@@ -84,6 +85,11 @@ pub struct ServeArgs {
     /// Longest wait of a statistics request with `?after=` for the dataflow to catch up (503 beyond it).
     #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub read_wait: Duration,
+
+    /// Keep WAL segments after their readings are archived (default: delete them; the statistics then start
+    /// from the archive).
+    #[arg(long, env = "WEIR_KEEP_ARCHIVED_WAL")]
+    pub keep_archived_wal: bool,
 
     #[command(flatten)]
     pub archive: ArchiveArgs,
@@ -178,22 +184,49 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         queue_timeout: args.ingest_queue_timeout,
     };
     let log = Arc::new(wal.appender());
-    let engine = StatsEngine::start(
+    let archive_url = args.archive.url(&args.data_dir);
+    let location = ArchiveLocation::open(&archive_url).with_context(|| "--archive-url / WEIR_ARCHIVE_URL")?;
+    finish_interrupted_seals(&location).await.context("finishing an interrupted seal")?;
+    let checkpoint = checkpoint_path(&args.data_dir);
+    let archived = read_checkpoint(&checkpoint)?;
+    let wal_first = weir_pipeline::wal::first_position(&wal_dir)?;
+    if wal_first > archived + 1 {
+        anyhow::bail!(
+            "the write-ahead log starts at position {wal_first}, but the archive checkpoint {} says the archive holds \
+             only positions up to {archived}: positions {}..{} are in neither. Restore the checkpoint file (or the \
+             data directory) from a backup",
+            checkpoint.display(),
+            archived + 1,
+            wal_first - 1
+        );
+    }
+    // The statistics start from the archive (what the log held through the checkpoint, deduplicated), then read
+    // the log after it; so the log before the checkpoint may be deleted.
+    let snapshot = ArchiveSnapshot::open(&location, archived, tokio::runtime::Handle::current())
+        .await
+        .context("cannot list the archive to load the statistics")?;
+    tracing::info!(parts = snapshot.parts(), archived_through = archived, "statistics start from the archive");
+    let snapshot = snapshot.filter_map(|item| {
+        item.map_err(|e| tracing::error!(error = %e, "an archive part could not be read; the statistics leave it out"))
+            .ok()
+    });
+    let engine = StatsEngine::start_from(
         wal_dir.clone(),
         log.watch_durable(),
         sensors.clone(),
         StatsOptions { workers: args.workers as usize, dedup_horizon: args.dedup_horizon, ..StatsOptions::default() },
+        StartFrom { through: archived, snapshot: Box::new(snapshot) },
     )?;
-    tracing::info!(workers = args.workers, "statistics dataflow started; it replays the write-ahead log first");
+    tracing::info!(
+        workers = args.workers,
+        "statistics dataflow started; it loads the archive and replays the log after it first"
+    );
     let stats = Arc::new(StatsService::new(engine, sensors.clone(), args.read_wait, log.clone()));
-    let archive_url = args.archive.url(&args.data_dir);
-    let location = ArchiveLocation::open(&archive_url).with_context(|| "--archive-url / WEIR_ARCHIVE_URL")?;
-    finish_interrupted_seals(&location).await.context("finishing an interrupted seal")?;
     let archiver = Archiver::start(
         wal_dir.clone(),
         log.watch_durable(),
         location.clone(),
-        checkpoint_path(&args.data_dir),
+        checkpoint,
         ArchiverOptions {
             flush_rows: args.archive.archive_flush_rows.max(1),
             flush_age: args.archive.archive_flush_age,
@@ -203,12 +236,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::runtime::Handle::current(),
     )?;
     tracing::info!(archive = %location.url, "archiver started");
+    // Sealing replaces parts, so it waits until the statistics and the archiver have read the archive at start.
+    let loaded = {
+        let (stats, progress) = (stats.clone(), archiver.progress.clone());
+        move || progress.started.load(std::sync::atomic::Ordering::Acquire) && stats.processed_position() >= archived
+    };
     let sealer = tokio::spawn(seal_due_days(
         location.clone(),
         archiver.progress.clone(),
         args.archive.seal_grace,
         args.archive.seal_interval,
+        loaded.clone(),
     ));
+    let trimmer = (!args.keep_archived_wal)
+        .then(|| tokio::spawn(trim_archived_wal(wal_dir.clone(), archiver.progress.clone(), stats.clone(), loaded)));
     let sql = Arc::new(SqlService::new(
         SqlArchive::new(location, Some(archiver.progress.clone()), args.archive.sql_limits()),
         archiver.progress.clone(),
@@ -228,7 +269,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("weir listening on http://{addr}");
 
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+    // Both hold the statistics; wait until they are gone so the engine can be stopped below.
     sealer.abort();
+    let _ = sealer.await;
+    if let Some(t) = trimmer {
+        t.abort();
+        let _ = t.await;
+    }
     tracing::info!("shutting down: stopping the statistics, flushing the archive, closing the write-ahead log");
     tokio::task::spawn_blocking(move || {
         if let Some(stats) = Arc::into_inner(stats) {
@@ -251,10 +298,14 @@ async fn seal_due_days(
     progress: Arc<weir_sinks::archive::ArchiveProgress>,
     grace: Duration,
     interval: Duration,
+    loaded: impl Fn() -> bool,
 ) {
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
     loop {
         tick.tick().await;
+        if !loaded() {
+            continue;
+        }
         let now = chrono::Utc::now().timestamp_micros();
         let grace = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
         let due = match days_due(&location, now, grace).await {
@@ -273,6 +324,33 @@ async fn seal_due_days(
                 ),
                 Err(e) => tracing::warn!(%date, error = %e, "sealing failed; it is retried"),
             }
+        }
+    }
+}
+
+/// Deletes WAL segments once every reading in them is archived and processed by the statistics (which, like the
+/// archiver, start from the archive, so they never need those segments again).
+async fn trim_archived_wal(
+    wal_dir: PathBuf,
+    progress: Arc<weir_sinks::archive::ArchiveProgress>,
+    stats: Arc<StatsService>,
+    loaded: impl Fn() -> bool,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !loaded() {
+            continue;
+        }
+        let through = progress.committed.load(std::sync::atomic::Ordering::Acquire).min(stats.processed_position());
+        let dir = wal_dir.clone();
+        match tokio::task::spawn_blocking(move || weir_pipeline::wal::trim_through(&dir, through)).await {
+            Ok(Ok(deleted)) if !deleted.is_empty() => {
+                tracing::info!(segments = deleted.len(), through, "deleted archived WAL segments")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete archived WAL segments; retrying"),
+            Err(e) => tracing::warn!(error = %e, "WAL trimming task failed"),
         }
     }
 }

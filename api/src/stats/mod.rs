@@ -99,6 +99,11 @@ impl StatsService {
     }
 
     /// Stops the dataflow.
+    /// The last log position the statistics have processed.
+    pub fn processed_position(&self) -> u64 {
+        self.engine.processed_position()
+    }
+
     pub fn stop(self) {
         self.engine.stop();
     }

@@ -115,6 +115,14 @@ impl Wal {
         let (segments, recovery) = recover(&dir)?;
         let next_position = recovery.last_position + 1;
         let (file, size) = match segments.last() {
+            // A full last segment (from a run with a smaller --wal-segment-bytes, or one that was full when the
+            // process stopped) is left closed, so it can be trimmed once archived.
+            Some(last)
+                if last.first_position < next_position
+                    && std::fs::metadata(&last.path).map_err(io_err(&last.path))?.len() >= options.segment_bytes =>
+            {
+                create_segment(&dir, next_position)?
+            }
             Some(last) => {
                 let file = OpenOptions::new().append(true).open(&last.path).map_err(io_err(&last.path))?;
                 let size = file.metadata().map_err(io_err(&last.path))?.len();
