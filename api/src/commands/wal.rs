@@ -22,9 +22,9 @@ pub struct DumpArgs {
     #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
     pub data_dir: PathBuf,
 
-    /// First log position to print.
-    #[arg(long, env = "WEIR_WAL_FROM", default_value_t = 1)]
-    pub from: u64,
+    /// First log position to print (default: the first the log still holds; archived segments are deleted).
+    #[arg(long, env = "WEIR_WAL_FROM")]
+    pub from: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -45,7 +45,11 @@ pub fn run(command: WalCommand) -> anyhow::Result<()> {
 fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let dir = args.data_dir.join("wal");
     anyhow::ensure!(dir.is_dir(), "no write-ahead log at {}: is --data-dir right?", dir.display());
-    let mut reader = WalReader::new(&dir, args.from);
+    let from = match args.from {
+        Some(from) => from,
+        None => weir_pipeline::wal::first_position(&dir)?,
+    };
+    let mut reader = WalReader::new(&dir, from);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     while let Some((position, payload)) = reader.next_record()? {
