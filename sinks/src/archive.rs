@@ -364,7 +364,8 @@ impl ArchiverLoop {
                 rows = 0;
                 oldest = None;
             }
-            if stopping {
+            // Stopping: go on until the whole durable log is read and flushed.
+            if stopping && !read_any {
                 return Ok(());
             }
             if !read_any {

@@ -31,6 +31,11 @@ pub struct SqlArgs {
     /// Print the query's time and row count to stderr.
     #[arg(long)]
     pub timing: bool,
+
+    /// Run the query this many times (for benchmarking; with --timing each run's time is printed, and the result
+    /// of the last run).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,17 +46,26 @@ pub enum OutputFormat {
 }
 
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let result = match &args.archive {
+    let archive = match &args.archive {
         Some(url) => {
             let location = ArchiveLocation::open(url).with_context(|| format!("cannot open the archive {url}"))?;
-            SqlArchive::new(location, None, SqlLimits::default()).query(&args.query).await?
+            Some(SqlArchive::new(location, None, SqlLimits::default()))
         }
-        None => remote(&args).await?,
+        None => None,
     };
-    if args.timing {
-        eprintln!("{} rows in {:.2} ms", result.rows(), started.elapsed().as_secs_f64() * 1e3);
+    let mut result = None;
+    for _ in 0..args.repeat {
+        let started = std::time::Instant::now();
+        let r = match &archive {
+            Some(archive) => archive.query(&args.query).await?,
+            None => remote(&args).await?,
+        };
+        if args.timing {
+            eprintln!("{} rows in {:.2} ms", r.rows(), started.elapsed().as_secs_f64() * 1e3);
+        }
+        result = Some(r);
     }
+    let result = result.expect("at least one run");
     let text = match args.format {
         OutputFormat::Table => arrow::util::pretty::pretty_format_batches(&result.batches)?.to_string() + "\n",
         OutputFormat::Csv => String::from_utf8(encode(&result, SqlFormat::Csv)?.0)?,

@@ -125,3 +125,24 @@ fn memory_store_and_part_names() {
         ]
     );
 }
+
+#[test]
+fn stopping_flushes_the_whole_durable_log_not_just_one_flush() {
+    let t = 1_795_000_000_000_000;
+    // 40 records of one reading each, flushes of 7 readings, no age trigger: several flushes are needed at stop.
+    let records: Vec<Vec<Input>> = (0..40).map(|i| vec![(0, 0, t + i, i as f64)]).collect();
+    let f = fixture(&records, None);
+    let options = ArchiverOptions { flush_rows: 7, flush_age: Duration::from_secs(3600), ..small_flushes() };
+    let archiver = Archiver::start(
+        f.wal_dir.clone(),
+        f.durable.clone(),
+        f.location.clone(),
+        f.checkpoint.clone(),
+        options,
+        f.runtime.handle().clone(),
+    )
+    .unwrap();
+    archiver.stop().unwrap();
+    assert_eq!(Checkpoint { path: f.checkpoint.clone() }.read().unwrap(), f.last);
+    assert_eq!(f.contents(), model(&records));
+}
