@@ -20,34 +20,44 @@ pub fn ndjson_body(count: usize, devices: usize) -> String {
     out
 }
 
-/// A WAL with `count` generated readings in records of `per_record`, for the statistics benchmarks.
-pub fn wal_with_readings(dir: &std::path::Path, count: usize, per_record: usize, devices: usize) -> u64 {
+/// `count` generated readings as encoded WAL record payloads of `per_record` readings each.
+pub fn record_payloads(count: usize, per_record: usize, devices: usize) -> Vec<Vec<u8>> {
     use weir_pipeline::decode::Decoder;
     use weir_pipeline::ingest::{BodyDecoder, DecodeLimits};
     use weir_pipeline::reading::SensorSet;
     use weir_pipeline::wal::record::encode_batch;
-    use weir_pipeline::wal::{Wal, WalOptions};
 
     let body = ndjson_body(count, devices);
     let limits = DecodeLimits { batch_rows: per_record, ..DecodeLimits::default() };
     let mut decoder = BodyDecoder::new(Decoder::new(SensorSet::default()), limits);
-    let (wal, _) = Wal::open(dir, WalOptions::default()).expect("WAL opens");
-    let appender = wal.appender();
-    let mut last = 0;
-    let mut append = |batch: weir_pipeline::reading::ReadingBatch| {
+    let mut payloads = Vec::new();
+    let mut encode = |batch: weir_pipeline::reading::ReadingBatch| {
         let mut payload = Vec::new();
         encode_batch(&batch, &mut payload);
-        last = appender.append_blocking(payload).expect("append");
+        payloads.push(payload);
     };
     for chunk in body.as_bytes().chunks(1 << 16) {
         decoder.feed(chunk);
         while let Some(batch) = decoder.take_full_batch() {
-            append(batch);
+            encode(batch);
         }
     }
     decoder.finish();
     if let Some(batch) = decoder.take_batch() {
-        append(batch);
+        encode(batch);
+    }
+    payloads
+}
+
+/// A WAL with `count` generated readings in records of `per_record`, for the statistics benchmarks.
+pub fn wal_with_readings(dir: &std::path::Path, count: usize, per_record: usize, devices: usize) -> u64 {
+    use weir_pipeline::wal::{Wal, WalOptions};
+
+    let (wal, _) = Wal::open(dir, WalOptions::default()).expect("WAL opens");
+    let appender = wal.appender();
+    let mut last = 0;
+    for payload in record_payloads(count, per_record, devices) {
+        last = appender.append_blocking(payload).expect("append");
     }
     wal.close();
     last
