@@ -11,7 +11,9 @@
 # Installs what it needs: PostgreSQL from Debian (apt-get, as root or with sudo) when no server binaries are found,
 # DuckDB from PyPI (inside sql-vs-duckdb.sh). Builds Weir in release mode.
 #
-#   benches/compare.sh                 # READINGS=1000000 CLIENTS=8 PG_SECONDS=20 SQL_READINGS=2000000
+#   benches/compare.sh      # READINGS=1000000 CLIENTS=8 PG_SECONDS=20 FRESH_SECONDS=30 SQL_READINGS=2000000
+#
+# It ends with the table at the top of benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}"
@@ -74,19 +76,34 @@ echo "   $PG_BATCH readings/s"
 # --- Weir ---------------------------------------------------------------------------------------------------------
 cargo build --release -q -p weir-api -p weir-benches --bins
 BIN="$CARGO_TARGET_DIR/release"
-echo "== ingest: Weir POST /ingest, NDJSON, 1000 readings per request, $CLIENTS connections, $READINGS readings"
-"$BIN/weir" serve --data-dir "$WORK/weir" --listen 127.0.0.1:0 >"$WORK/weir.out" 2>"$WORK/weir.err" &
-WEIR_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$WORK/weir.out" && break; sleep 0.1; done
-URL="$(sed -n 's/^weir listening on //p' "$WORK/weir.out")"
-"$BIN/weir-loadgen" --url "$URL" --count "$READINGS" --batch 1000 --connections "$CLIENTS" --json >"$WORK/loadgen.json"
-WEIR=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["readings_per_second"]))' "$WORK/loadgen.json")
-kill -TERM "$WEIR_PID"; wait "$WEIR_PID" || true; WEIR_PID=""
-echo "   $WEIR readings/s"
+echo "== ingest: Weir POST /ingest, NDJSON, 1000 readings per request, $CLIENTS connections, $READINGS readings (fresh weir)"
+"$BIN/weir-loadgen" --spawn --weir-bin "$BIN/weir" --count "$READINGS" --batch 1000 --connections "$CLIENTS" --json \
+  >"$WORK/max.json" 2>/dev/null
+field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval("d"+sys.argv[2]); print(round(v, 1) if isinstance(v, float) else v)' "$@"; }
+WEIR=$(field "$WORK/max.json" '["readings_per_second"]')
+echo "   $WEIR readings/s, ack p99 $(field "$WORK/max.json" '["latency_ms"]["p99"]') ms"
+HALF=$(python3 -c "print(int($WEIR / 2))")
+echo "== freshness: Weir at half that rate ($HALF readings/s) for ${FRESH_SECONDS:-30}s (fresh weir)"
+"$BIN/weir-loadgen" --spawn --weir-bin "$BIN/weir" --duration "${FRESH_SECONDS:-30}s" --rate "$HALF" --batch 1000 \
+  --connections "$CLIENTS" --json >"$WORK/half.json" 2>/dev/null
+FRESH_P50=$(field "$WORK/half.json" '["freshness_ms"]["p50"]')
+FRESH_P99=$(field "$WORK/half.json" '["freshness_ms"]["p99"]')
+RSS=$(field "$WORK/half.json" '["weir"]["rss_max_mib"]')
+echo "   freshness p50 $FRESH_P50 ms, p99 $FRESH_P99 ms; weir peak RSS $RSS MiB"
 echo
 printf "ingest ratios (Weir / PostgreSQL): per-reading %.1fx, vs server-side batches %.1fx\n" \
   "$(echo "$WEIR / $PG_ONE" | bc -l)" "$(echo "$WEIR / $PG_BATCH" | bc -l)"
 echo
 
 # --- SQL ----------------------------------------------------------------------------------------------------------
-READINGS="$SQL_READINGS" benches/sql-vs-duckdb.sh
+READINGS="$SQL_READINGS" benches/sql-vs-duckdb.sh | tee "$WORK/sql.txt"
+
+# --- The table at the top of benches/RESULTS.md ---------------------------------------------------------------------
+ratio() { sed -n "s/^$1 .* \([0-9.]*\)\$/\1/p" "$WORK/sql.txt"; }
+echo
+echo "| $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(date -u +%F), commit $(git rev-parse --short HEAD) | readings/s ingested (fsync on) | freshness p50 / p99 at half rate | Weir peak RSS | SQL time vs DuckDB (Q1 / Q2 / Q3) |"
+echo "|---|---|---|---|---|"
+printf "| Weir | %.0f | %s / %s ms | %s MiB | %s / %s / %s |\n" "$WEIR" "$FRESH_P50" "$FRESH_P99" "$RSS" "$(ratio Q1)" "$(ratio Q2)" "$(ratio Q3)"
+printf "| PostgreSQL, one INSERT per reading | %.0f | — | — | — |\n" "$PG_ONE"
+printf "| PostgreSQL, 1000-row INSERTs | %.0f | — | — | — |\n" "$PG_BATCH"
+echo "| DuckDB | — | — | — | 1.0 |"

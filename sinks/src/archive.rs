@@ -409,16 +409,18 @@ impl ArchiverLoop {
     /// Writes the buffered readings of records `first..=last` as one part per UTC date, then commits `last`.
     fn flush(&mut self, first: u64, last: u64) -> Result<(), ArchiveError> {
         let buffered: Vec<Arc<ReadingBatch>> = self.progress.unflushed_snapshot();
-        let mut by_date: BTreeMap<String, Vec<ArchivedReading>> = BTreeMap::new();
+        // Grouped by day number, the date text made once per day (formatting it per reading showed in profiles).
+        let mut by_day: BTreeMap<i64, Vec<ArchivedReading>> = BTreeMap::new();
         for r in buffered.iter().flat_map(|b| archived_readings(b)) {
-            by_date.entry(utc_date(r.micros)).or_default().push(r);
+            by_day.entry(r.micros.div_euclid(DAY_MICROS)).or_default().push(r);
         }
+        let by_date = by_day.into_iter().map(|(day, readings)| (utc_date(day * DAY_MICROS), readings));
         let fault = self.options.fault.take();
         if fault == Some(FaultPoint::BeforeUpload) {
             return Err(ArchiveError::Injected(FaultPoint::BeforeUpload));
         }
         let mut staged = Vec::new();
-        for (i, (date, mut readings)) in by_date.into_iter().enumerate() {
+        for (i, (date, mut readings)) in by_date.enumerate() {
             sort_for_archive(&mut readings);
             let bytes = write_parquet(&readings)?;
             let staging = self.location.staging_path(&date, first, last);
@@ -475,6 +477,9 @@ pub fn archived_readings(batch: &ReadingBatch) -> impl Iterator<Item = ArchivedR
         micros: row.micros,
     })
 }
+
+/// Microseconds in a UTC day.
+const DAY_MICROS: i64 = 86_400_000_000;
 
 /// `YYYY-MM-DD` of the UTC day holding `micros`.
 pub fn utc_date(micros: i64) -> String {
