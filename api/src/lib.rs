@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod commands;
+pub mod health;
 pub mod ingest;
 pub mod server;
 pub mod sql;

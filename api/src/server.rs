@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeys, require_api_key};
+use crate::health::{Readiness, healthz, readyz};
 use crate::ingest::{IngestService, ingest};
 use crate::sql::SqlService;
 use crate::stats::{StatsService, compat, v1};
@@ -20,6 +21,7 @@ pub struct AppState {
     pub stats: Arc<StatsService>,
     pub sql: Arc<SqlService>,
     pub keys: ApiKeys,
+    pub readiness: Arc<Readiness>,
 }
 
 /// The router, without a socket, so tests can drive it directly.
@@ -36,6 +38,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/sql", post(crate::sql::sql))
         .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_api_key));
     authenticated
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
         // Bodies are streamed and limited by the ingest service itself.
         .layer(DefaultBodyLimit::disable())

@@ -257,7 +257,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.read_wait,
     ));
     let ingest = Arc::new(IngestService::new(Decoder::new(sensors), limits, log));
-    let state = AppState { ingest, stats: stats.clone(), sql, keys };
+    let readiness =
+        Arc::new(crate::health::Readiness { log_at_start: recovery.last_position, archive: archiver.progress.clone() });
+    let state = AppState { ingest, stats: stats.clone(), sql, keys, readiness };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

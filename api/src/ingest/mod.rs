@@ -371,12 +371,14 @@ mod tests {
         let location = weir_sinks::archive::ArchiveLocation::open("memory:///").unwrap();
         let progress = Arc::new(weir_sinks::archive::ArchiveProgress::default());
         let archive = weir_sinks::sql::SqlArchive::new(location, Some(progress.clone()), Default::default());
+        let readiness = Arc::new(crate::health::Readiness { log_at_start: 0, archive: progress.clone() });
         let sql = crate::sql::SqlService::new(archive, progress, Arc::new(FullLog), Duration::from_secs(1));
         let state = AppState {
             ingest: Arc::new(service),
             stats: Arc::new(stats),
             sql: Arc::new(sql),
             keys: ApiKeys::default(),
+            readiness,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
