@@ -40,6 +40,7 @@ pub fn app(state: AppState) -> Router {
     authenticated
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::metrics))
         .with_state(state)
         // Bodies are streamed and limited by the ingest service itself.
         .layer(DefaultBodyLimit::disable())

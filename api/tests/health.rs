@@ -53,3 +53,42 @@ async fn health_and_readiness_need_no_key_and_readiness_follows_replay() {
     assert_eq!(wait_ready(&s).await, json!({"ready": true}));
     assert!(s.stop().success());
 }
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_what_ingest_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--api-key", "k1"]);
+    let scrape = || async {
+        let r = client().get(format!("{}/metrics", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "no key needed");
+        r.text().await.unwrap()
+    };
+    let before = scrape().await;
+    let post = |body: String| {
+        client()
+            .post(format!("{}/ingest", s.url))
+            .basic_auth("k1", None::<&str>)
+            .header("content-type", NDJSON)
+            .body(body)
+            .send()
+    };
+    let good: Vec<String> = (0..1234).map(|n| reading("speed", n, None)).collect();
+    assert_eq!(post(good.join("\n")).await.unwrap().status(), 200);
+    let mixed = format!("{}\nnot json\n{}", reading("fuel", 1, None), reading("fuel", 2, None));
+    assert_eq!(post(mixed).await.unwrap().status(), 400);
+    let after = scrape().await;
+    let moved = |name: &str| metric(&after, name) - metric(&before, name);
+    assert_eq!(moved("weir_readings_accepted_total"), 1236.0, "{after}");
+    assert_eq!(moved("weir_readings_rejected_total"), 1.0);
+    assert_eq!(moved("weir_ingest_requests_total{status=\"200\"}"), 1.0);
+    assert_eq!(moved("weir_ingest_requests_total{status=\"400\"}"), 1.0);
+    assert!(metric(&after, "weir_process_resident_memory_bytes") > 1e6);
+    assert!(s.stop().success());
+}

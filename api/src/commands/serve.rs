@@ -148,6 +148,7 @@ impl ArchiveArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::metrics::handle();
     let sensors = SensorSet::new(&args.sensors).context("--sensors / WEIR_SENSORS")?;
     let keys = ApiKeys::new(args.api_keys.iter().cloned());
     if !keys.enabled() {

@@ -249,7 +249,11 @@ pub async fn ingest(
     ) {
         source.drain(DRAIN_BYTES, DRAIN_TIME).await;
     }
-    respond(outcome, params, service.durable_position())
+    metrics::counter!("weir_readings_accepted_total").increment(outcome.accepted);
+    metrics::counter!("weir_readings_rejected_total").increment(outcome.rejected);
+    let response = respond(outcome, params, service.durable_position());
+    metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
+    response
 }
 
 fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64) -> Response {
