@@ -82,36 +82,9 @@ pub fn write_parquet(readings: &[ArchivedReading]) -> Result<Vec<u8>, PartError>
     Ok(out)
 }
 
-/// Reads a part back with the parquet crate's own reader (no DataFusion).
+/// Reads a part back with the parquet crate's own reader (no DataFusion), one owned row per reading.
 pub fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<ArchivedReading>, PartError> {
-    use arrow::array::{Array, AsArray};
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        let strings = |i: usize, name: &'static str| -> Result<Vec<String>, PartError> {
-            let dict = batch.column(i).as_dictionary_opt::<Int32Type>().ok_or(PartError::Column(name))?;
-            let values = dict.values().as_any().downcast_ref::<StringArray>().ok_or(PartError::Column(name))?;
-            Ok(dict.keys().iter().map(|k| values.value(k.unwrap_or_default() as usize).to_owned()).collect())
-        };
-        let devices = strings(0, "device")?;
-        let sensors = strings(1, "sensor")?;
-        let values =
-            batch.column(2).as_primitive_opt::<arrow::datatypes::Float64Type>().ok_or(PartError::Column("value"))?;
-        let times = batch
-            .column(3)
-            .as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>()
-            .ok_or(PartError::Column("timestamp"))?;
-        for i in 0..batch.num_rows() {
-            out.push(ArchivedReading {
-                device: devices[i].clone(),
-                sensor: sensors[i].clone(),
-                value: values.value(i),
-                micros: times.value(i),
-            });
-        }
-    }
-    Ok(out)
+    Ok(read_parquet_batches(bytes)?.iter().flat_map(crate::archive::archived_readings).collect())
 }
 
 /// Reads a part as compact reading batches, one per Arrow batch: the dictionaries become the batch's name tables,
@@ -178,17 +151,7 @@ mod tests {
         assert_eq!(read_parquet(bytes.clone().into()).unwrap(), readings);
         // The same rows as compact batches.
         let batches = read_parquet_batches(bytes.into()).unwrap();
-        let rows: Vec<ArchivedReading> = batches
-            .iter()
-            .flat_map(|b| {
-                b.rows.iter().map(|r| ArchivedReading {
-                    device: b.devices[r.device as usize].to_string(),
-                    sensor: b.sensors[r.sensor as usize].to_string(),
-                    value: r.value,
-                    micros: r.micros,
-                })
-            })
-            .collect();
+        let rows: Vec<ArchivedReading> = batches.iter().flat_map(crate::archive::archived_readings).collect();
         assert_eq!(rows, readings);
     }
 

@@ -30,7 +30,7 @@ impl ArchiveSnapshot {
         runtime: tokio::runtime::Handle,
     ) -> Result<ArchiveSnapshot, ArchiveError> {
         let mut parts: Vec<PartName> =
-            location.list_parts().await?.into_iter().filter(|p| p.first <= committed && p.last <= committed).collect();
+            location.list_parts().await?.into_iter().filter(|p| p.last <= committed).collect();
         parts.sort_by(|a, b| (a.last, a.first, &a.date).cmp(&(b.last, b.first, &b.date)));
         Ok(ArchiveSnapshot {
             location: location.clone(),
