@@ -8,6 +8,7 @@ pub mod commands;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod requests;
 pub mod server;
 pub mod sql;
 pub mod stats;

@@ -1,17 +1,33 @@
 //! `GET /metrics`: Prometheus text format, from the `metrics` facade (so libraries and handlers record with
 //! `metrics::counter!` and friends, and only this module knows about the exporter). No authentication.
+//!
+//! Events (readings, requests, fsyncs, parts) are counted where they happen; states (positions, lag, WAL size,
+//! RSS) are read at scrape time by [`EngineGauges`].
 
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::server::AppState;
+
+/// Histogram buckets of every `…_seconds` metric: 100 µs to 60 s.
+const SECONDS_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0];
 
 /// The process-wide recorder's handle, installed on first use.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder is installed already; then this handle renders nothing.
         let _ = metrics::set_global_recorder(recorder);
@@ -20,29 +36,128 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Every metric Weir exports, with its help text (the README lists the same).
+pub const METRICS: &[(&str, &str)] = &[
+    ("weir_readings_received_total", "Lines holding a reading received by ingest, valid or not"),
+    ("weir_readings_accepted_total", "Readings acknowledged (durable in the WAL)"),
+    ("weir_readings_rejected_total", "Lines rejected by ingest, by reason (undecodable, invalid, too_long)"),
+    ("weir_readings_deduplicated_total", "Readings dropped by the archive as repeats of an earlier write"),
+    ("weir_ingest_requests_total", "Ingest requests that reached the decoder, by HTTP status"),
+    ("weir_ingest_body_bytes_total", "Ingest body bytes read, after gzip decoding"),
+    ("weir_http_requests_total", "HTTP requests, by route and status"),
+    ("weir_http_request_duration_seconds", "HTTP request latency, by route and status"),
+    ("weir_wal_appends_total", "Records appended to the write-ahead log"),
+    ("weir_wal_fsyncs_total", "Group commits (one fdatasync each)"),
+    ("weir_wal_written_bytes_total", "Bytes written to the write-ahead log"),
+    ("weir_wal_fsync_duration_seconds", "Time of one group commit: write plus fdatasync"),
+    ("weir_wal_bytes", "Size of the write-ahead log's segments on disk"),
+    ("weir_wal_durable_position", "Last durable (acknowledgeable) WAL position"),
+    ("weir_dataflow_processed_position", "Last WAL position the live statistics have processed"),
+    ("weir_dataflow_lag_positions", "WAL records durable but not yet in the live statistics"),
+    ("weir_dataflow_lag_seconds", "How long the oldest record not yet in the statistics has been durable"),
+    ("weir_archive_parts_total", "Parquet parts written to the archive"),
+    ("weir_archive_bytes_total", "Bytes of Parquet parts written to the archive"),
+    ("weir_archive_readings_total", "Readings written to the archive"),
+    ("weir_archive_committed_position", "Last WAL position covered by the archive checkpoint"),
+    ("weir_seal_runs_total", "Day seals, by result (ok, error)"),
+    ("weir_seal_duration_seconds", "Time to seal one day and write its dump"),
+    ("weir_late_readings_total", "Readings that arrived for a day after it was sealed (merged by a reseal)"),
+    ("weir_sql_queries_total", "SQL queries, by result (ok, error, timeout, busy)"),
+    ("weir_sql_query_duration_seconds", "SQL query time, including waiting for the archive to catch up"),
+    ("weir_process_resident_memory_bytes", "Resident memory of the process"),
+];
+
 fn describe() {
-    metrics::describe_counter!("weir_readings_accepted_total", "Readings acknowledged (durable in the WAL)");
-    metrics::describe_counter!("weir_readings_rejected_total", "Lines rejected by ingest (invalid or undecodable)");
-    metrics::describe_counter!("weir_ingest_requests_total", "Ingest requests, by HTTP status");
+    for (name, help) in METRICS {
+        if name.ends_with("_seconds") {
+            metrics::describe_histogram!(*name, *help);
+        } else if name.ends_with("_total") {
+            metrics::describe_counter!(*name, *help);
+        } else {
+            metrics::describe_gauge!(*name, *help);
+        }
+    }
 }
 
-pub async fn metrics() -> impl IntoResponse {
-    let mut text = handle().render();
-    text.push_str(&process_rss());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+/// Values read at scrape time. The dataflow lag in seconds comes from samples of the durable position (taken by
+/// [`EngineGauges::sample`], every 100 ms in `weir serve`): the lag is the age of the oldest sample the statistics
+/// have not reached yet, so it is exact to the sampling interval.
+pub struct EngineGauges {
+    wal_dir: Option<PathBuf>,
+    durable_since: Mutex<VecDeque<(u64, Instant)>>,
 }
 
-/// `weir_process_resident_memory_bytes`, read from /proc at scrape time.
-fn process_rss() -> String {
-    let pages: Option<u64> = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse().ok()));
-    match pages {
-        Some(p) => format!(
-            "# HELP weir_process_resident_memory_bytes Resident memory of the process\n\
-             # TYPE weir_process_resident_memory_bytes gauge\nweir_process_resident_memory_bytes {}\n",
-            p * 4096
-        ),
-        None => String::new(),
+impl EngineGauges {
+    pub fn new(wal_dir: Option<PathBuf>) -> Self {
+        EngineGauges { wal_dir, durable_since: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Notes that `durable` is durable now (if it is new) and forgets samples the statistics have processed.
+    pub fn sample(&self, durable: u64, processed: u64) {
+        self.sample_at(durable, processed, Instant::now());
+    }
+
+    fn sample_at(&self, durable: u64, processed: u64, now: Instant) {
+        let Ok(mut samples) = self.durable_since.lock() else { return };
+        while samples.front().is_some_and(|&(p, _)| p <= processed) {
+            samples.pop_front();
+        }
+        if durable > processed && samples.back().is_none_or(|&(p, _)| p < durable) {
+            samples.push_back((durable, now));
+        }
+    }
+
+    /// Seconds since the oldest durable position the statistics have not processed was first seen.
+    fn lag_seconds(&self, processed: u64, now: Instant) -> f64 {
+        let Ok(samples) = self.durable_since.lock() else { return 0.0 };
+        samples.iter().find(|&&(p, _)| p > processed).map_or(0.0, |&(_, t)| now.duration_since(t).as_secs_f64())
+    }
+
+    fn wal_bytes(&self) -> Option<u64> {
+        let entries = std::fs::read_dir(self.wal_dir.as_ref()?).ok()?;
+        Some(entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let durable = state.ingest.durable_position();
+    let processed = state.stats.processed_position();
+    let gauges = state.gauges.clone();
+    gauges.sample(durable, processed);
+    metrics::gauge!("weir_wal_durable_position").set(durable as f64);
+    metrics::gauge!("weir_dataflow_processed_position").set(processed as f64);
+    metrics::gauge!("weir_dataflow_lag_positions").set(durable.saturating_sub(processed) as f64);
+    metrics::gauge!("weir_dataflow_lag_seconds").set(gauges.lag_seconds(processed, Instant::now()));
+    if let Ok(Some(bytes)) = tokio::task::spawn_blocking(move || gauges.wal_bytes()).await {
+        metrics::gauge!("weir_wal_bytes").set(bytes as f64);
+    }
+    if let Some(rss) = process_rss_bytes() {
+        metrics::gauge!("weir_process_resident_memory_bytes").set(rss as f64);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle().render())
+}
+
+/// Resident memory, from /proc (Linux).
+fn process_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_unprocessed_durable_position() {
+        let g = EngineGauges::new(None);
+        let t0 = Instant::now();
+        g.sample_at(5, 0, t0);
+        g.sample_at(9, 0, t0 + Duration::from_secs(2));
+        assert_eq!(g.lag_seconds(0, t0 + Duration::from_secs(3)), 3.0);
+        assert_eq!(g.lag_seconds(5, t0 + Duration::from_secs(3)), 1.0, "5 processed: 9 is the oldest left");
+        g.sample_at(9, 9, t0 + Duration::from_secs(4));
+        assert_eq!(g.lag_seconds(9, t0 + Duration::from_secs(4)), 0.0);
     }
 }

@@ -6,11 +6,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
-use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeys, require_api_key};
 use crate::health::{Readiness, healthz, readyz};
 use crate::ingest::{IngestService, ingest};
+use crate::metrics::EngineGauges;
 use crate::sql::SqlService;
 use crate::stats::{StatsService, compat, v1};
 
@@ -22,6 +22,7 @@ pub struct AppState {
     pub sql: Arc<SqlService>,
     pub keys: ApiKeys,
     pub readiness: Arc<Readiness>,
+    pub gauges: Arc<EngineGauges>,
 }
 
 /// The router, without a socket, so tests can drive it directly.
@@ -44,5 +45,5 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
         // Bodies are streamed and limited by the ingest service itself.
         .layer(DefaultBodyLimit::disable())
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(crate::requests::observe))
 }

@@ -40,6 +40,20 @@ impl SqlService {
 
     /// Runs `sql` over every reading acknowledged before now.
     pub async fn query(&self, sql: &str) -> Result<SqlResult, Response> {
+        let started = std::time::Instant::now();
+        let result = self.query_unmeasured(sql).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(r) if r.status() == StatusCode::REQUEST_TIMEOUT => "timeout",
+            Err(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => "busy",
+            Err(_) => "error",
+        };
+        metrics::counter!("weir_sql_queries_total", "result" => outcome).increment(1);
+        metrics::histogram!("weir_sql_query_duration_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn query_unmeasured(&self, sql: &str) -> Result<SqlResult, Response> {
         let acknowledged = self.log.durable_position();
         let deadline = tokio::time::Instant::now() + self.catch_up_wait;
         while self.progress.read_through.load(Ordering::Acquire) < acknowledged {

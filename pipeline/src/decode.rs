@@ -25,6 +25,19 @@ pub enum LineErrorKind {
     Undecodable,
     /// The line decoded but the reading is not valid.
     Invalid,
+    /// The line is longer than the limit (and was not read).
+    TooLong,
+}
+
+impl LineErrorKind {
+    /// A short stable name, for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineErrorKind::Undecodable => "undecodable",
+            LineErrorKind::Invalid => "invalid",
+            LineErrorKind::TooLong => "too_long",
+        }
+    }
 }
 
 /// Why one line was rejected.
@@ -44,7 +57,10 @@ impl LineError {
     }
     /// The error for a line longer than the limit.
     pub fn too_long(len: u64, max: usize) -> Self {
-        LineError::undecodable(format!("line too long: {len} bytes, the limit is {max} bytes (--max-line-bytes)"))
+        LineError {
+            kind: LineErrorKind::TooLong,
+            message: format!("line too long: {len} bytes, the limit is {max} bytes (--max-line-bytes)"),
+        }
     }
 }
 

@@ -44,6 +44,37 @@ pub struct Rejections {
     pub errors: Vec<LineReport>,
     /// Number of rejected lines, including those beyond the report limit.
     pub rejected: u64,
+    /// `rejected`, split by reason.
+    #[serde(skip)]
+    pub by_reason: RejectionCounts,
+}
+
+/// Rejected lines counted by [`LineErrorKind`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RejectionCounts {
+    pub undecodable: u64,
+    pub invalid: u64,
+    pub too_long: u64,
+}
+
+impl RejectionCounts {
+    fn count(&mut self, kind: LineErrorKind) {
+        match kind {
+            LineErrorKind::Undecodable => self.undecodable += 1,
+            LineErrorKind::Invalid => self.invalid += 1,
+            LineErrorKind::TooLong => self.too_long += 1,
+        }
+    }
+
+    /// `(reason, count)` for every reason, in a fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = (LineErrorKind, u64)> {
+        [
+            (LineErrorKind::Undecodable, self.undecodable),
+            (LineErrorKind::Invalid, self.invalid),
+            (LineErrorKind::TooLong, self.too_long),
+        ]
+        .into_iter()
+    }
 }
 
 /// Decodes a body incrementally.
@@ -136,6 +167,7 @@ fn handle_line(
         Ok(()) => *decoded += 1,
         Err((error, text)) => {
             rejections.rejected += 1;
+            rejections.by_reason.count(error.kind);
             if rejections.errors.len() < limits.max_reported_errors {
                 rejections.errors.push(LineReport { line: number, error: error.message });
                 if error.kind == LineErrorKind::Invalid
@@ -182,6 +214,7 @@ mod tests {
         assert!(r.errors[2].error.contains("line too long: 300 bytes"));
         assert_eq!(r.invalid.len(), 1);
         assert!(r.invalid[0].get().contains("warp"));
+        assert_eq!(r.by_reason, RejectionCounts { undecodable: 1, invalid: 1, too_long: 1 });
     }
 
     #[test]

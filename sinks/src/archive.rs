@@ -377,7 +377,12 @@ impl ArchiverLoop {
     /// The readings of one record that are the first writes of their key, in archive form.
     fn first_writes(&mut self, position: u64, payload: &[u8]) -> ReadingBatch {
         match decode_batch(payload) {
-            Ok(batch) => self.admit(position, batch),
+            Ok(batch) => {
+                let written = batch.len() as u64;
+                let admitted = self.admit(position, batch);
+                metrics::counter!("weir_readings_deduplicated_total").increment(written - admitted.len() as u64);
+                admitted
+            }
             Err(e) => {
                 tracing::error!(position, error = %e, "skipping an unreadable WAL record in the archive");
                 ReadingBatch { sensors: Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() }
@@ -420,9 +425,12 @@ impl ArchiverLoop {
             return Err(ArchiveError::Injected(FaultPoint::BeforeUpload));
         }
         let mut staged = Vec::new();
+        let (mut part_bytes, mut part_readings) = (0u64, 0u64);
         for (i, (date, mut readings)) in by_date.enumerate() {
             sort_for_archive(&mut readings);
             let bytes = write_parquet(&readings)?;
+            part_bytes += bytes.len() as u64;
+            part_readings += readings.len() as u64;
             let staging = self.location.staging_path(&date, first, last);
             self.runtime.block_on(self.location.store.put(&staging, PutPayload::from(bytes)))?;
             staged.push((staging, self.location.part_path(&date, first, last)));
@@ -443,6 +451,10 @@ impl ArchiverLoop {
         }
         self.checkpoint.write(last)?;
         self.progress.committed.store(last, Ordering::Release);
+        metrics::counter!("weir_archive_parts_total").increment(staged.len() as u64);
+        metrics::counter!("weir_archive_bytes_total").increment(part_bytes);
+        metrics::counter!("weir_archive_readings_total").increment(part_readings);
+        metrics::gauge!("weir_archive_committed_position").set(last as f64);
         if let Ok(mut u) = self.progress.unflushed.lock() {
             u.drain(..buffered.len());
         }

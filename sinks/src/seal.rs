@@ -46,6 +46,8 @@ pub struct SealOutcome {
     pub dump: Path,
     /// Whether anything changed (false: the day was already sealed with these parts).
     pub changed: bool,
+    /// Late readings merged by this seal (the record's `late_readings` counts all of the day's).
+    pub late_now: u64,
 }
 
 fn journal_path(location: &ArchiveLocation, date: &str) -> Path {
@@ -160,7 +162,7 @@ pub async fn seal_day(
     }
     let done = SealRecord { replacing: Vec::new(), ..record };
     write_journal(location, &done).await?;
-    Ok(SealOutcome { record: done, parts_merged: parts.len(), sealed, dump, changed })
+    Ok(SealOutcome { record: done, parts_merged: parts.len(), sealed, dump, changed, late_now })
 }
 
 /// Completes seals that a crash interrupted: deletes the parts their journal says they replace.

@@ -258,9 +258,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.read_wait,
     ));
     let ingest = Arc::new(IngestService::new(Decoder::new(sensors), limits, log));
+
     let readiness =
         Arc::new(crate::health::Readiness { log_at_start: recovery.last_position, archive: archiver.progress.clone() });
-    let state = AppState { ingest, stats: stats.clone(), sql, keys, readiness };
+    let gauges = Arc::new(crate::metrics::EngineGauges::new(Some(wal_dir.clone())));
+    let sampler = tokio::spawn(sample_dataflow_lag(gauges.clone(), ingest.clone(), stats.clone()));
+    let state = AppState { ingest, stats: stats.clone(), sql, keys, readiness, gauges };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -275,6 +278,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Both hold the statistics; wait until they are gone so the engine can be stopped below.
     sealer.abort();
     let _ = sealer.await;
+    sampler.abort();
+    let _ = sampler.await;
     if let Some(t) = trimmer {
         t.abort();
         let _ = t.await;
@@ -320,14 +325,36 @@ async fn seal_due_days(
         };
         for date in due {
             let started = std::time::Instant::now();
-            match seal_day(&location, &date, Some(&progress), None).await {
-                Ok(o) => tracing::info!(
-                    %date, readings = o.record.readings, late = o.record.late_readings, parts = o.parts_merged,
-                    took_ms = started.elapsed().as_millis() as u64, "sealed a day and wrote its dump"
-                ),
-                Err(e) => tracing::warn!(%date, error = %e, "sealing failed; it is retried"),
+            let result = seal_day(&location, &date, Some(&progress), None).await;
+            metrics::histogram!("weir_seal_duration_seconds").record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(o) => {
+                    metrics::counter!("weir_seal_runs_total", "result" => "ok").increment(1);
+                    metrics::counter!("weir_late_readings_total").increment(o.late_now);
+                    tracing::info!(
+                        %date, readings = o.record.readings, late = o.record.late_readings, parts = o.parts_merged,
+                        took_ms = started.elapsed().as_millis() as u64, "sealed a day and wrote its dump"
+                    )
+                }
+                Err(e) => {
+                    metrics::counter!("weir_seal_runs_total", "result" => "error").increment(1);
+                    tracing::warn!(%date, error = %e, "sealing failed; it is retried")
+                }
             }
         }
+    }
+}
+
+/// Samples the durable position every 100 ms for `weir_dataflow_lag_seconds`.
+async fn sample_dataflow_lag(
+    gauges: Arc<crate::metrics::EngineGauges>,
+    ingest: Arc<IngestService>,
+    stats: Arc<StatsService>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        gauges.sample(ingest.durable_position(), stats.processed_position());
     }
 }
 

@@ -76,6 +76,11 @@ impl BodySource {
         .await;
     }
 
+    /// Body bytes read so far, after gzip decoding.
+    pub fn bytes_read(&self) -> u64 {
+        self.seen
+    }
+
     /// The next chunk of decoded body bytes; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
         let chunk = match &mut self.inner {

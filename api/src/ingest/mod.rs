@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio::time::Instant;
 use weir_pipeline::decode::Decoder;
-use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport};
+use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport, RejectionCounts};
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch};
 use weir_pipeline::wal::record::encode_batch;
 
@@ -74,6 +74,10 @@ pub struct IngestOutcome {
     /// WAL position of the last record written for this request, if any.
     pub position: Option<u64>,
     pub rejected: u64,
+    /// `rejected` by reason.
+    pub rejected_by_reason: RejectionCounts,
+    /// Lines that held a reading, valid or not (blank lines are not counted).
+    pub received: u64,
     pub errors: Vec<LineReport>,
     pub invalid: Vec<Box<RawValue>>,
     /// Set when reading or storing stopped early; `accepted` still counts what was made durable before.
@@ -163,11 +167,14 @@ impl IngestService {
                 }
             }
         }
+        let decoded = decoder.decoded();
         let rejections = decoder.into_rejections();
         IngestOutcome {
             accepted,
             position,
             rejected: rejections.rejected,
+            rejected_by_reason: rejections.by_reason,
+            received: decoded + rejections.rejected,
             errors: rejections.errors,
             invalid: rejections.invalid,
             failure,
@@ -249,11 +256,21 @@ pub async fn ingest(
     ) {
         source.drain(DRAIN_BYTES, DRAIN_TIME).await;
     }
-    metrics::counter!("weir_readings_accepted_total").increment(outcome.accepted);
-    metrics::counter!("weir_readings_rejected_total").increment(outcome.rejected);
+    record_metrics(&outcome, source.bytes_read());
+    tracing::Span::current().record("readings", outcome.accepted);
     let response = respond(outcome, params, service.durable_position());
     metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
     response
+}
+
+fn record_metrics(outcome: &IngestOutcome, body_bytes: u64) {
+    metrics::counter!("weir_ingest_body_bytes_total").increment(body_bytes);
+    metrics::counter!("weir_readings_received_total").increment(outcome.received);
+    metrics::counter!("weir_readings_accepted_total").increment(outcome.accepted);
+    for (reason, count) in outcome.rejected_by_reason.iter() {
+        // Every reason is registered (with 0) so dashboards see the series before the first rejection.
+        metrics::counter!("weir_readings_rejected_total", "reason" => reason.as_str()).increment(count);
+    }
 }
 
 fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64) -> Response {
@@ -383,6 +400,7 @@ mod tests {
             sql: Arc::new(sql),
             keys: ApiKeys::default(),
             readiness,
+            gauges: Arc::new(crate::metrics::EngineGauges::new(None)),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -238,7 +238,9 @@ impl Writer {
             }
             return;
         }
+        let started = std::time::Instant::now();
         let result = self.file.write_all(buf).and_then(|()| self.file.sync_data());
+        metrics::histogram!("weir_wal_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
         if let Err(e) = result {
             let reason: Arc<str> = format!("write or fsync of {} failed: {e}", self.dir.display()).into();
             tracing::error!(%reason, "write-ahead log failed; no further readings will be acknowledged");
@@ -254,6 +256,9 @@ impl Writer {
         // Publish the durable position before anyone hears of it, so a client that holds a position always finds
         // the log at least that far.
         self.durable.send_replace(self.next_position - 1);
+        metrics::counter!("weir_wal_appends_total").increment(waiters.len() as u64);
+        metrics::counter!("weir_wal_fsyncs_total").increment(1);
+        metrics::counter!("weir_wal_written_bytes_total").increment(buf.len() as u64);
         for (position, w) in (first..).zip(waiters.drain(..)) {
             let _ = w.send(Ok(position));
         }
