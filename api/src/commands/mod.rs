@@ -1,5 +1,6 @@
 //! The `weir` subcommands: one module each, with its clap-derived arguments and its `run`.
 
+pub mod config;
 pub mod dump;
 pub mod serve;
 pub mod sql;
@@ -41,6 +42,9 @@ pub enum Command {
     /// Inspect the write-ahead log.
     #[command(subcommand)]
     Wal(wal::WalCommand),
+    /// Check or print a configuration file for `weir serve --config`.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Parses sizes such as `65536`, `64KiB`, `1GiB`, `10MB`.

@@ -26,6 +26,11 @@ use weir_sinks::sql::{SqlArchive, SqlLimits};
 /// Options of `weir serve`. Every flag can also be set by the environment variable named in its help.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// A TOML file with settings (keys: these flags' long names). Flags and WEIR_* variables override it; see
+    /// `weir config example`. Default: none.
+    #[arg(long, env = "WEIR_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on for HTTP (`host:port`; port 0 picks a free port).
     #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -78,7 +83,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,
 
-    /// Deduplication is exact for duplicates within this much event time behind each device's newest reading.
+    /// Deduplication is exact for duplicates within this much event time behind each series' newest reading.
     #[arg(long, env = "WEIR_DEDUP_HORIZON", default_value = "48h", value_parser = parse_duration)]
     pub dedup_horizon: Duration,
 
@@ -156,8 +161,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no API key configured (--api-key / WEIR_API_KEYS): authentication is OFF, anyone who can reach this port can write"
         );
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    weir_pipeline::data_dir::check_or_stamp(&args.data_dir)?;
     let wal_dir = args.data_dir.join("wal");
     let options = WalOptions {
         segment_bytes: args.wal_segment_bytes,

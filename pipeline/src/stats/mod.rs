@@ -35,7 +35,7 @@ use crate::wal::record::decode_batch;
 pub struct StatsOptions {
     /// Timely workers (threads).
     pub workers: usize,
-    /// Deduplication is exact for duplicates within this much event time behind a device's newest reading.
+    /// Deduplication is exact for duplicates within this much event time behind its series' newest reading.
     pub dedup_horizon: Duration,
     /// How long an idle worker sleeps before it looks at the log again.
     pub idle_park: Duration,
