@@ -12,21 +12,6 @@ async fn post(s: &Server, body: String) -> reqwest::Response {
     client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON).body(body).send().await.unwrap()
 }
 
-/// An ingest request whose body is sent in parts: the returned sender feeds it; dropping it ends the body.
-fn streaming_post(
-    url: String,
-) -> (tokio::sync::mpsc::Sender<String>, tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(4);
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk.into_bytes()), rx))
-    });
-    let request = client()
-        .post(format!("{url}/ingest?verbose=true"))
-        .header("content-type", NDJSON)
-        .body(reqwest::Body::wrap_stream(body));
-    (tx, tokio::spawn(request.send()))
-}
-
 async fn counts(s: &Server) -> (u64, u64, u64) {
     let r = client()
         .post(format!("{}/api/v1/sql", s.url))

@@ -175,3 +175,18 @@ pub async fn ingest_lines(s: &Server, lines: &[String]) -> u64 {
     assert_eq!(status, 200, "{:?}", r.text().await);
     position.expect("a Weir-Position header")
 }
+
+/// An ingest request whose body is sent in parts: the returned sender feeds it; dropping it ends the body.
+pub fn streaming_post(
+    url: String,
+) -> (tokio::sync::mpsc::Sender<String>, tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(4);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk.into_bytes()), rx))
+    });
+    let request = client()
+        .post(format!("{url}/ingest?verbose=true"))
+        .header("content-type", NDJSON)
+        .body(reqwest::Body::wrap_stream(body));
+    (tx, tokio::spawn(request.send()))
+}
