@@ -7,6 +7,7 @@ pub mod auth;
 pub mod commands;
 pub mod health;
 pub mod ingest;
+pub mod listen;
 pub mod metrics;
 pub mod requests;
 pub mod server;

@@ -10,7 +10,9 @@ use reqwest::Method;
 use serde_json::Value;
 use support::*;
 
-const ARGS: [&str; 10] = [
+const ARGS: [&str; 12] = [
+    "--header-timeout",
+    "1s",
     "--max-line-bytes",
     "4KiB",
     "--max-body-bytes",
@@ -235,5 +237,24 @@ async fn a_slow_body_is_cut_off_with_408_and_the_server_goes_on() {
     drop(body);
     ingest_lines(&s, &[reading("speed", 2, None)]).await;
     assert_eq!(count(&s).await, 1, "the cut-off request stored nothing it did not acknowledge");
+    assert!(s.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_trickling_headers_is_disconnected_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &ARGS);
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled.write_all(b"POST /ingest HTTP/1.1\r\nHost: weir\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", started.elapsed());
+    // Others are served meanwhile and after.
+    ingest_lines(&s, &[reading("speed", 1, None)]).await;
+    assert_eq!(count(&s).await, 1);
     assert!(s.stop().success());
 }

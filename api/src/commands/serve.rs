@@ -1,6 +1,5 @@
 //! `weir serve`: open the data directory, recover the log, and serve HTTP until SIGINT/SIGTERM.
 
-use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +90,10 @@ pub struct ServeArgs {
     /// Longest wait of a statistics request with `?after=` for the dataflow to catch up (503 beyond it).
     #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub read_wait: Duration,
+
+    /// A client must send a request's headers within this time, or its connection is closed (slow-loris guard).
+    #[arg(long, env = "WEIR_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
 
     /// On SIGTERM/SIGINT, how long requests already being served may take to finish before they are cut off
     /// (a cut-off request was never acknowledged, so nothing acknowledged is lost).
@@ -284,27 +287,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Scripts and tests read this line to learn the port.
     println!("weir listening on http://{addr}");
 
-    // On the signal: stop accepting, let the requests in flight finish, but no longer than --shutdown-timeout.
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let signalled = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown.await;
-            stopping.notify_one();
-        }
-    };
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signalled).into_future();
-    let deadline = async {
-        stopping.notified().await;
-        tokio::time::sleep(args.shutdown_timeout).await;
-    };
-    tokio::select! {
-        served = server => served.context("HTTP server failed")?,
-        () = deadline => tracing::warn!(
-            timeout = ?args.shutdown_timeout,
-            "requests still in flight after --shutdown-timeout; closing them unacknowledged"
-        ),
-    }
+    let limits =
+        crate::listen::HttpLimits { header_timeout: args.header_timeout, shutdown_timeout: args.shutdown_timeout };
+    crate::listen::serve(listener, app(state), limits, shutdown).await;
     // Both hold the statistics; wait until they are gone so the engine can be stopped below.
     sealer.abort();
     let _ = sealer.await;
