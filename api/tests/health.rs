@@ -106,7 +106,9 @@ async fn metrics_count_what_ingest_did() {
     .join("\n");
     assert_eq!(post(mixed.clone()).await.unwrap().status(), 400);
     // 100 readings sent again: acknowledged (and logged), dropped by deduplication.
-    let again = good[..100].join("\n");
+    // ... and one new reading older than the newest of its series (late: out of order).
+    let late = format!(r#"{{"sensor":"speed","value":7,"timestamp":"{}"}}"#, chrono_like(1_795_000_000, 4500));
+    let again = format!("{}\n{late}", good[..100].join("\n"));
     assert_eq!(post(again.clone()).await.unwrap().status(), 200);
     let sql =
         |q: &'static str| client().post(format!("{}/api/v1/sql", s.url)).basic_auth("k1", None::<&str>).body(q).send();
@@ -121,21 +123,22 @@ async fn metrics_count_what_ingest_did() {
         let text = scrape().await;
         let archived =
             metric_sum(&text, "weir_archive_readings_total") - metric_sum(&before, "weir_archive_readings_total");
-        if archived >= 1236.0 {
+        if archived >= 1237.0 {
             break text;
         }
         assert!(Instant::now() < deadline, "the archive never caught up:\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let moved = |name: &str| metric_sum(&after, name) - metric_sum(&before, name);
-    assert_eq!(moved("weir_readings_received_total"), 1234.0 + 5.0 + 100.0, "{after}");
-    assert_eq!(moved("weir_readings_accepted_total"), 1236.0 + 100.0);
+    assert_eq!(moved("weir_readings_received_total"), 1234.0 + 5.0 + 101.0, "{after}");
+    assert_eq!(moved("weir_readings_accepted_total"), 1236.0 + 101.0);
+    assert_eq!(moved("weir_readings_late_total"), 1.0);
     assert_eq!(moved("weir_readings_rejected_total"), 3.0);
     for reason in ["undecodable", "invalid", "too_long"] {
         assert_eq!(moved(&format!("weir_readings_rejected_total{{reason=\"{reason}\"}}")), 1.0, "{reason}");
     }
     assert_eq!(moved("weir_readings_deduplicated_total"), 100.0);
-    assert_eq!(moved("weir_archive_readings_total"), 1236.0);
+    assert_eq!(moved("weir_archive_readings_total"), 1237.0);
     assert!(moved("weir_archive_parts_total") >= 1.0 && moved("weir_archive_bytes_total") > 1000.0);
     let body_bytes = (good.join("\n").len() + mixed.len() + again.len()) as f64;
     assert_eq!(moved("weir_ingest_body_bytes_total"), body_bytes);
@@ -164,4 +167,33 @@ async fn metrics_count_what_ingest_did() {
     assert!(ingest_lines.iter().all(|l| l.contains("route=/ingest") && l.contains("readings=")), "{log}");
     assert!(ingest_lines.iter().any(|l| l.contains("status=400") && l.contains(" INFO ")), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_each_request_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--log-format", "json"]);
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .header("x-request-id", "json-log-7")
+        .body(reading("speed", 1, None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log_path = s.log.clone();
+    assert!(s.stop().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["span"]["id"] == "json-log-7" && l["fields"]["message"] == "request finished")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(finished["level"], "INFO");
+    assert_eq!(finished["span"]["route"], "/ingest");
+    assert_eq!(finished["span"]["status"], 200);
+    assert_eq!(finished["span"]["readings"], 1);
+    assert!(finished["span"]["duration_ms"].as_f64().is_some());
 }

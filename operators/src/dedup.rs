@@ -32,6 +32,7 @@ type SeriesMap<V> = std::collections::HashMap<SeriesKey, V, foldhash::fast::Rand
 pub struct FirstWriteFilter {
     horizon_micros: i64,
     series: SeriesMap<SeriesTimestamps>,
+    late: u64,
 }
 
 /// One series' remembered timestamps: `in_order` is strictly increasing and ends at the newest timestamp seen;
@@ -64,7 +65,7 @@ impl SeriesTimestamps {
 impl FirstWriteFilter {
     /// A filter that is exact for duplicates within `horizon_micros` of event time behind each series' newest.
     pub fn new(horizon_micros: i64) -> Self {
-        FirstWriteFilter { horizon_micros: horizon_micros.max(0), series: SeriesMap::default() }
+        FirstWriteFilter { horizon_micros: horizon_micros.max(0), series: SeriesMap::default(), late: 0 }
     }
 
     /// Whether `r` is the first reading with its key; remembers it.
@@ -79,10 +80,15 @@ impl FirstWriteFilter {
         if r.micros == newest {
             return false;
         }
-        if r.micros < newest.saturating_sub(self.horizon_micros) {
-            return true;
-        }
-        series.in_order.binary_search(&r.micros).is_err() && series.late.insert(r.micros)
+        let admitted = r.micros < newest.saturating_sub(self.horizon_micros)
+            || (series.in_order.binary_search(&r.micros).is_err() && series.late.insert(r.micros));
+        self.late += u64::from(admitted);
+        admitted
+    }
+
+    /// Readings admitted although their series already had a newer one (they arrived out of order).
+    pub fn late_admitted(&self) -> u64 {
+        self.late
     }
 
     /// Keys remembered, over all series.
@@ -228,6 +234,7 @@ mod tests {
             assert!(f.admit(&r(1, 0, t, 0)));
         }
         assert!(f.admit(&r(1, 0, 150, 1)), "late but new");
+        assert_eq!(f.late_admitted(), 1);
         assert!(!f.admit(&r(1, 0, 150, 2)), "late duplicate of a late reading");
         assert!(!f.admit(&r(1, 0, 200, 3)), "late duplicate of an in-order reading");
         assert!(!f.admit(&r(1, 0, 300, 4)), "duplicate of the newest");

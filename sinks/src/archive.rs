@@ -379,8 +379,11 @@ impl ArchiverLoop {
         match decode_batch(payload) {
             Ok(batch) => {
                 let written = batch.len() as u64;
+                let late_before = self.filter.as_ref().map_or(0, |f| f.late_admitted());
                 let admitted = self.admit(position, batch);
+                let late = self.filter.as_ref().map_or(0, |f| f.late_admitted()) - late_before;
                 metrics::counter!("weir_readings_deduplicated_total").increment(written - admitted.len() as u64);
+                metrics::counter!("weir_readings_late_total").increment(late);
                 admitted
             }
             Err(e) => {

@@ -345,7 +345,7 @@ async fn seal_due_days(
             match result {
                 Ok(o) => {
                     metrics::counter!("weir_seal_runs_total", "result" => "ok").increment(1);
-                    metrics::counter!("weir_late_readings_total").increment(o.late_now);
+                    metrics::counter!("weir_seal_late_readings_total").increment(o.late_now);
                     tracing::info!(
                         %date, readings = o.record.readings, late = o.record.late_readings, parts = o.parts_merged,
                         took_ms = started.elapsed().as_millis() as u64, "sealed a day and wrote its dump"
