@@ -1,39 +1,47 @@
 //! Running the statistics dataflow: timely workers that tail the WAL, and the queries they answer.
 //!
-//! The first worker tails the log and feeds its records in rounds, each round at the logical time of its first
-//! record's position; the other workers close their inputs and receive their share through the dataflow's exchanges
-//! (by device for dedup, by window/series key for the arrangements). Workers share no memory, so the same code runs
-//! when timely spreads them over several processes (each process would feed its own log).
+//! The first worker of each process tails that process's log and feeds it in rounds (see [`feed`]); the other
+//! workers receive their share through the dataflow's exchanges (by device for dedup, by window/series key for the
+//! arrangements). Workers share no memory, so the same code runs when timely spreads them over several processes
+//! ([`crate::cluster`]): each process feeds its own log, and every reading reaches the worker that owns its device,
+//! wherever it runs.
 //!
-//! A query goes to every worker; each answers from its own arrangements once it has processed the requested log
-//! position (`after`), and the parts are merged.
+//! A query enters at the asking process and goes to every worker of the cluster (see [`answers`]); each answers
+//! from its own arrangements once it has processed the requested log position, and the parts are merged.
 
+mod answers;
+mod feed;
+mod positions;
 mod query;
 
-use std::collections::{HashMap, HashSet};
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use differential_dataflow::input::InputSession;
 use differential_dataflow::trace::TraceReader;
 use timely::dataflow::InputHandleVec;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Inspect, Probe};
 use timely::progress::frontier::AntichainRef;
 use tokio::sync::{oneshot, watch};
 use weir_operators::stats::{StatsDataflow, stats_dataflow};
-use weir_operators::{DeviceId, Reading, SeriesKey};
 
 pub use query::{Answer, Query, WorkerTraces};
 
+use crate::cluster::{ClusterConfig, ClusterError};
 use crate::reading::{ReadingBatch, SensorSet};
 use crate::wal::WalReader;
-use crate::wal::record::decode_batch;
+use answers::{QueryRequest, Waiting, now_micros, query_dataflow};
+use feed::{Feeder, LogFeed, Mark, RoundClock};
+use positions::Positions;
 
 /// How the statistics run.
 #[derive(Debug, Clone)]
 pub struct StatsOptions {
-    /// Timely workers (threads).
+    /// Timely workers (threads) in this process.
     pub workers: usize,
     /// Deduplication is exact for duplicates within this much event time behind its series' newest reading.
     pub dedup_horizon: Duration,
@@ -41,6 +49,8 @@ pub struct StatsOptions {
     pub idle_park: Duration,
     /// At most this many readings are fed in before the dataflow is stepped.
     pub feed_limit: usize,
+    /// The cluster this process is part of; `None`: a single process.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for StatsOptions {
@@ -50,7 +60,18 @@ impl Default for StatsOptions {
             dedup_horizon: Duration::from_secs(48 * 3600),
             idle_park: Duration::from_millis(1),
             feed_limit: 16_384,
+            cluster: None,
         }
+    }
+}
+
+impl StatsOptions {
+    fn process(&self) -> u32 {
+        self.cluster.as_ref().map_or(0, |c| c.process as u32)
+    }
+
+    fn processes(&self) -> usize {
+        self.cluster.as_ref().map_or(1, |c| c.processes())
     }
 }
 
@@ -84,19 +105,29 @@ pub enum QueryError {
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the statistics dataflow: {0}")]
-pub struct StartError(String);
+pub enum StartError {
+    #[error("cannot start the statistics dataflow: {0}")]
+    Timely(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
 
+/// A query handed to this process's feeding worker.
 struct Request {
     query: Query,
+    process: u32,
     after: u64,
+    deadline_micros: u64,
     reply: oneshot::Sender<Answer>,
 }
 
 /// The running statistics dataflow.
 pub struct StatsEngine {
-    senders: Vec<mpsc::Sender<Request>>,
+    /// To this process's feeding worker, which puts queries into the query dataflow.
+    sender: Mutex<mpsc::Sender<Request>>,
+    /// Per local worker, the last position of this process's log it knows processed.
     processed: Arc<Vec<AtomicU64>>,
+    process: u32,
     stop: Arc<AtomicBool>,
     /// In a mutex only to make the engine `Sync` (the guards are not); touched once, at stop.
     guards: Mutex<Option<timely::communication::initialize::WorkerGuards<()>>>,
@@ -115,6 +146,7 @@ impl StatsEngine {
     }
 
     /// Like [`StatsEngine::start`], but first feeds `start.snapshot` and then reads the log after `start.through`.
+    /// In a cluster this waits (bounded) for the other processes to connect.
     pub fn start_from(
         wal_dir: PathBuf,
         durable: watch::Receiver<u64>,
@@ -123,10 +155,11 @@ impl StatsEngine {
         start: StartFrom,
     ) -> Result<StatsEngine, StartError> {
         let workers = options.workers.max(1);
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel()).unzip();
-        let receivers = Arc::new(Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>()));
+        let (sender, requests) = mpsc::channel();
         let processed = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
         let stop = Arc::new(AtomicBool::new(false));
+        let process = options.process();
+        let cluster = options.cluster.clone();
         let context = WorkerContext {
             wal_dir,
             durable,
@@ -136,37 +169,35 @@ impl StatsEngine {
             stop: stop.clone(),
             start_through: start.through,
             snapshot: Mutex::new(Some(start.snapshot)),
+            requests: Mutex::new(Some(requests)),
         };
-        let guards = timely::execute(timely::Config::process(workers), move |worker| {
-            let requests = receivers.lock().expect("not poisoned")[worker.index()].take().expect("one per worker");
-            run_worker(worker, &context, requests);
-        })
-        .map_err(StartError)?;
-        Ok(StatsEngine { senders, processed, stop, guards: Mutex::new(Some(guards)) })
+        let run = move |worker: &mut timely::worker::Worker| run_worker(worker, &context);
+        let guards = match cluster {
+            None => timely::execute(timely::Config::process(workers), run).map_err(StartError::Timely)?,
+            Some(cluster) => cluster.execute(workers, run)?,
+        };
+        Ok(StatsEngine { sender: Mutex::new(sender), processed, process, stop, guards: Mutex::new(Some(guards)) })
     }
 
-    /// The last log position every worker has processed.
+    /// The last position of this process's log that every local worker has processed.
     pub fn processed_position(&self) -> u64 {
         self.processed.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0)
     }
 
-    /// Answers `query` once the statistics include log position `after` (0: at once), waiting at most `wait`.
+    /// Answers `query` once the statistics include this process's log position `after` (0: at once), waiting at
+    /// most `wait`.
     pub async fn query(&self, query: Query, after: u64, wait: Duration) -> Result<Answer, QueryError> {
-        let mut replies = Vec::with_capacity(self.senders.len());
-        for sender in &self.senders {
-            let (reply, rx) = oneshot::channel();
-            sender.send(Request { query: query.clone(), after, reply }).map_err(|_| QueryError::Stopped)?;
-            replies.push(rx);
-        }
-        let gather = async {
-            let mut parts = Vec::with_capacity(replies.len());
-            for rx in replies {
-                parts.push(rx.await.map_err(|_| QueryError::Stopped)?);
-            }
-            Answer::merge(parts).ok_or(QueryError::Stopped)
-        };
-        match tokio::time::timeout(wait, gather).await {
-            Ok(answer) => answer,
+        self.query_at(query, self.process, after, wait).await
+    }
+
+    /// Answers `query` once the statistics include log position `after` of `process`, waiting at most `wait`.
+    pub async fn query_at(&self, query: Query, process: u32, after: u64, wait: Duration) -> Result<Answer, QueryError> {
+        let (reply, answer) = oneshot::channel();
+        let deadline_micros = now_micros() + wait.as_micros() as u64;
+        let request = Request { query, process, after, deadline_micros, reply };
+        self.sender.lock().map_err(|_| QueryError::Stopped)?.send(request).map_err(|_| QueryError::Stopped)?;
+        match tokio::time::timeout(wait, answer).await {
+            Ok(answer) => answer.map_err(|_| QueryError::Stopped),
             Err(_) => Err(QueryError::NotYet { after, waited: wait, processed: self.processed_position() }),
         }
     }
@@ -201,42 +232,125 @@ struct WorkerContext {
     start_through: u64,
     /// Taken by the feeding worker.
     snapshot: Mutex<Option<Snapshot>>,
+    /// Taken by the feeding worker.
+    requests: Mutex<Option<mpsc::Receiver<Request>>>,
 }
 
-fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests: mpsc::Receiver<Request>) {
-    let index = worker.index();
+fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
+    let workers = ctx.options.workers.max(1);
+    let local = worker.index() % workers;
     let horizon = i64::try_from(ctx.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
-    let StatsDataflow { readings, names, windows, latest, device_names, probe } =
-        worker.dataflow(|scope| stats_dataflow(scope, horizon));
-    let mut traces = WorkerTraces { windows, latest, names: device_names };
-    // The first worker of the process reads this process's log and feeds it; the others close their inputs (their
-    // work arrives through the exchanges). One feeder keeps the log's order without any coordination.
-    let mut feed = if index == 0 {
+    let positions = Rc::new(RefCell::new(Positions::new(ctx.options.processes())));
+    let marks_in = positions.clone();
+    let (dataflow, marks) = worker.dataflow(|scope| {
+        let dataflow = stats_dataflow(scope, horizon);
+        // Marks go to every worker; each counts one once its frontier passes the mark's time.
+        let mut marks: InputHandleVec<u64, Mark> = InputHandleVec::new();
+        marks
+            .to_stream(scope)
+            .broadcast()
+            .inspect_core(move |event| {
+                if let Ok((stamp, marks)) = event {
+                    let time = stamp.iter().copied().min().unwrap_or(0);
+                    let mut positions = marks_in.borrow_mut();
+                    for mark in marks {
+                        positions.receive(time, *mark);
+                    }
+                }
+            })
+            .probe_with(&dataflow.probe);
+        (dataflow, marks)
+    });
+    let StatsDataflow { readings, names, windows, latest, device_names, probe } = dataflow;
+    let traces = Rc::new(RefCell::new(WorkerTraces { windows, latest, names: device_names }));
+    let waiting = Rc::new(RefCell::new(Waiting::default()));
+    let (queries, _query_probe) =
+        worker.dataflow(|scope| query_dataflow(scope, traces.clone(), positions.clone(), waiting.clone()));
+
+    // The first worker of each process reads this process's log and feeds it, and takes this process's queries;
+    // the others close their inputs (their work arrives through the exchanges).
+    let mut requests = None;
+    let mut feed = if local == 0 {
+        requests = ctx.requests.lock().expect("not poisoned").take();
+        let snapshot = ctx.snapshot.lock().expect("not poisoned").take().filter(|_| ctx.start_through > 0);
         Some(LogFeed {
+            process: ctx.options.process(),
             readings,
             names,
+            marks,
             feeder: Feeder::new(&ctx.sensors),
             reader: WalReader::new(&ctx.wal_dir, ctx.start_through + 1),
-            // A snapshot through position 0 holds nothing.
-            snapshot: ctx.snapshot.lock().expect("not poisoned").take().filter(|_| ctx.start_through > 0),
+            read_through: if snapshot.is_some() { 0 } else { ctx.start_through },
+            snapshot,
             snapshot_through: ctx.start_through,
-            snapshot_time: 1,
         })
     } else {
         drop(readings);
         names.close();
+        marks.close();
         None
     };
-    let mut read_through = 0u64;
-    let mut pending: Vec<Request> = Vec::new();
+    // A feeder with nothing to read still marks where it starts, so its process's position is known.
+    if let Some(f) = feed.as_mut()
+        && f.snapshot.is_none()
+        && f.read_through > 0
+    {
+        f.marks.send((f.process, f.read_through));
+    }
+    let mut queries = if feed.is_some() {
+        Some(queries)
+    } else {
+        queries.close();
+        None
+    };
+    let mut clock = RoundClock::default();
+    let mut next_query = 0u64;
+    let mut fed_until = 0;
+    // In a cluster an idle feeder still lets time pass (every `idle_park`), so that the other processes' rounds
+    // complete; alone, it feeds a round only when there is something to read.
+    let in_cluster = ctx.options.processes() > 1;
+    let mut last_tick = std::time::Instant::now();
     loop {
         if let Some(feed) = feed.as_mut() {
-            read_through = feed.round(*ctx.durable.borrow(), read_through, ctx.options.feed_limit);
+            let durable = *ctx.durable.borrow();
+            let has_data = feed.snapshot.is_some() || durable > feed.read_through;
+            if has_data || (in_cluster && last_tick.elapsed() >= ctx.options.idle_park) {
+                let time = clock.next();
+                if feed.round(time, durable, ctx.options.feed_limit) > 0 {
+                    fed_until = time + 1;
+                }
+                last_tick = std::time::Instant::now();
+            }
+            if let (Some(queries), Some(requests)) = (queries.as_mut(), requests.as_ref()) {
+                let mut waiting = waiting.borrow_mut();
+                let mut asked = false;
+                for r in requests.try_iter() {
+                    if !asked {
+                        queries.advance_to(clock.next());
+                        asked = true;
+                    }
+                    next_query += 1;
+                    waiting.insert(next_query, r.reply, r.deadline_micros);
+                    queries.send(QueryRequest {
+                        id: next_query,
+                        requester: worker.index(),
+                        process: r.process,
+                        after: r.after,
+                        deadline_micros: r.deadline_micros,
+                        query: r.query,
+                    });
+                }
+                if asked {
+                    waiting.expire(now_micros());
+                    queries.advance_to(clock.next());
+                    queries.flush();
+                }
+            }
         }
         // Flow control: work the fed readings through before reading more, so nothing queues up in the dataflow
         // (memory stays at one round of `feed_limit` readings) however far behind the log the statistics are.
-        if feed.is_some() && probe.less_than(&(read_through + 1)) {
-            worker.step_while(|| probe.less_than(&(read_through + 1)) && !ctx.stop.load(Ordering::Relaxed));
+        if feed.is_some() && probe.less_than(&fed_until) {
+            worker.step_while(|| probe.less_than(&fed_until) && !ctx.stop.load(Ordering::Relaxed));
         } else {
             worker.step_or_park(Some(ctx.options.idle_park));
         }
@@ -245,6 +359,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests
         let frontier = probe.with_frontier(|f| f.first().copied());
         if let Some(f) = frontier {
             let bound = [f];
+            let mut traces = traces.borrow_mut();
             traces.windows.set_logical_compaction(AntichainRef::new(&bound));
             traces.windows.set_physical_compaction(AntichainRef::new(&bound));
             traces.latest.set_logical_compaction(AntichainRef::new(&bound));
@@ -252,172 +367,13 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext, requests
             traces.names.set_logical_compaction(AntichainRef::new(&bound));
             traces.names.set_physical_compaction(AntichainRef::new(&bound));
         }
-        let processed = frontier.map_or(u64::MAX, |f| f.saturating_sub(1));
-        ctx.processed[index].store(processed, Ordering::Release);
-
-        pending.extend(requests.try_iter());
-        pending.retain_mut(|request| {
-            if request.after > processed {
-                return !request.reply.is_closed();
-            }
-            let answer = traces.answer(&request.query);
-            let reply = std::mem::replace(&mut request.reply, oneshot::channel().0);
-            let _ = reply.send(answer);
-            false
-        });
+        let mut positions = positions.borrow_mut();
+        positions.advance(frontier);
+        ctx.processed[local].store(positions.processed(ctx.options.process()), Ordering::Release);
+        drop(positions);
         if ctx.stop.load(Ordering::Acquire) {
             break;
         }
-    }
-}
-
-/// The feeding end of the dataflow: the log reader and the inputs it writes to.
-struct LogFeed {
-    readings: InputHandleVec<u64, Reading>,
-    names: InputSession<u64, (DeviceId, String), isize>,
-    feeder: Feeder,
-    reader: WalReader,
-    /// Fed before the log, while it lasts.
-    snapshot: Option<Snapshot>,
-    snapshot_through: u64,
-    /// The inputs' time while the snapshot is fed.
-    snapshot_time: u64,
-}
-
-impl LogFeed {
-    /// Feeds durable records after `read_through`, up to about `limit` readings, and advances the inputs past them;
-    /// returns the new `read_through`. All records of one round share the logical time of the first: the dedup
-    /// operator orders readings by `seq` (their write order), so a round is one update per window, not one per
-    /// record.
-    fn round(&mut self, durable: u64, mut read_through: u64, limit: usize) -> u64 {
-        if self.snapshot.is_some() {
-            return self.snapshot_round(limit);
-        }
-        let mut fed = 0usize;
-        let mut started = false;
-        while fed < limit {
-            match self.reader.next_record_through(durable) {
-                Ok(Some((position, payload))) => {
-                    if !started {
-                        self.readings.advance_to(position);
-                        self.names.advance_to(position);
-                        started = true;
-                    }
-                    read_through = position;
-                    let (readings, names) = (&mut self.readings, &mut self.names);
-                    fed += self.feeder.feed(position, payload, &mut |r| readings.send(r), &mut |n| names.insert(n));
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "statistics cannot read the write-ahead log");
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
-                }
-            }
-        }
-        self.readings.advance_to(read_through + 1);
-        self.names.advance_to(read_through + 1);
-        self.readings.flush();
-        self.names.flush();
-        read_through
-    }
-}
-
-impl LogFeed {
-    /// Feeds snapshot batches up to about `limit` readings, each at the time of the last position it covers
-    /// (never going back, never past the snapshot's `through`), then advances the inputs so that the flow control
-    /// has something to wait for; returns the position the dataflow must pass before the next round. Once the
-    /// snapshot is exhausted the inputs move past `through` and the log takes over.
-    fn snapshot_round(&mut self, limit: usize) -> u64 {
-        let through = self.snapshot_through;
-        let mut time = self.snapshot_time;
-        let mut fed = 0usize;
-        let snapshot = self.snapshot.as_mut().expect("checked by the caller");
-        while fed < limit {
-            let Some((last, batch)) = snapshot.next() else {
-                self.snapshot = None;
-                break;
-            };
-            time = last.clamp(time, through);
-            self.readings.advance_to(time);
-            self.names.advance_to(time);
-            let (readings, names) = (&mut self.readings, &mut self.names);
-            fed += self.feeder.feed_batch(time, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
-        }
-        // Batches covering `through` itself may still follow, so the inputs stop there until the snapshot ends.
-        let next = if self.snapshot.is_none() { through + 1 } else { (time + 1).min(through) };
-        self.snapshot_time = next;
-        self.readings.advance_to(next);
-        self.names.advance_to(next);
-        self.readings.flush();
-        self.names.flush();
-        next - 1
-    }
-}
-
-/// Turns WAL records into dataflow readings: sensor names to configured indexes, device names to ids.
-struct Feeder {
-    sensors: HashMap<Box<str>, u16>,
-    named: HashSet<DeviceId>,
-    unknown_sensors_logged: HashSet<Box<str>>,
-}
-
-impl Feeder {
-    fn new(sensors: &SensorSet) -> Self {
-        let sensors = sensors.names().iter().enumerate().map(|(i, n)| (n.clone(), i as u16)).collect();
-        Feeder { sensors, named: HashSet::new(), unknown_sensors_logged: HashSet::new() }
-    }
-
-    /// Sends the readings of one record; returns how many.
-    fn feed(
-        &mut self,
-        position: u64,
-        payload: &[u8],
-        send: &mut impl FnMut(Reading),
-        name: &mut impl FnMut((DeviceId, String)),
-    ) -> usize {
-        match decode_batch(payload) {
-            Ok(batch) => self.feed_batch(position, &batch, send, name),
-            Err(e) => {
-                tracing::error!(position, error = %e, "skipping an unreadable WAL record in the statistics");
-                0
-            }
-        }
-    }
-
-    /// Sends the readings of one batch, written at `position`; returns how many.
-    fn feed_batch(
-        &mut self,
-        position: u64,
-        batch: &ReadingBatch,
-        send: &mut impl FnMut(Reading),
-        name: &mut impl FnMut((DeviceId, String)),
-    ) -> usize {
-        let sensor_index: Vec<Option<u16>> = batch
-            .sensors
-            .iter()
-            .map(|s| {
-                let index = self.sensors.get(s).copied();
-                if index.is_none() && self.unknown_sensors_logged.insert(s.clone()) {
-                    tracing::warn!(sensor = %s, "the log holds readings of a sensor that is no longer configured; they are left out of the statistics");
-                }
-                index
-            })
-            .collect();
-        let devices: Vec<DeviceId> = batch.devices.iter().map(|d| DeviceId::of(d)).collect();
-        for (id, device) in devices.iter().zip(&batch.devices) {
-            if self.named.insert(*id) {
-                name((*id, device.to_string()));
-            }
-        }
-        let mut sent = 0;
-        for (i, row) in batch.rows.iter().enumerate() {
-            let Some(sensor) = sensor_index[row.sensor as usize] else { continue };
-            let series = SeriesKey { device: devices[row.device as usize], sensor };
-            send(Reading { series, micros: row.micros, value: row.value, seq: Reading::seq_of(position, i as u32) });
-            sent += 1;
-        }
-        sent
     }
 }
 

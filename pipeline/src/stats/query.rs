@@ -8,7 +8,7 @@ use weir_operators::stats::NamesTrace;
 use weir_operators::{DeviceId, Latest, LatestTrace, SeriesKey, Width, WindowAgg, WindowKey, WindowTrace};
 
 /// A question for the statistics.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Query {
     /// The windows of one series and width whose start is in `[from, to)` (microseconds).
     Series { series: SeriesKey, width: Width, from: i64, to: i64 },
@@ -19,7 +19,7 @@ pub enum Query {
 }
 
 /// An answer, merged over all workers and sorted by key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     Windows(Vec<(WindowKey, WindowAgg)>),
     Latest(Vec<(SeriesKey, Latest)>),

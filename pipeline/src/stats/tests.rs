@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use weir_operators::{Latest, Width, WindowAgg, WindowKey};
+use weir_operators::{DeviceId, Latest, SeriesKey, Width, WindowAgg, WindowKey};
 
 use super::*;
 use crate::reading::{DeviceInterner, ReadingBatch, Row};

@@ -1,0 +1,142 @@
+//! Answering queries across every worker of the cluster, through a small dataflow of its own.
+//!
+//! The process that receives a query feeds it into the query input; it is broadcast to every worker (in every
+//! process), each answers from its own arrangements once it has processed the requested log position, and the
+//! fragments are exchanged back to the asking worker, which merges them once all have arrived. With one process
+//! this is the same path, just without the network.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Capability, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle, Scope};
+use tokio::sync::oneshot;
+use weir_operators::Time;
+
+use super::positions::Positions;
+use super::query::{Answer, Query, WorkerTraces};
+
+/// A query on its way to every worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryRequest {
+    /// Unique on the asking worker.
+    pub id: u64,
+    /// The asking worker (global index), where the fragments go.
+    pub requester: usize,
+    /// Answer once `process`'s log has been processed through `after`.
+    pub process: u32,
+    pub after: u64,
+    /// Wall-clock microseconds after which the asker has given up.
+    pub deadline_micros: u64,
+    pub query: Query,
+}
+
+/// One worker's part of an answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fragment {
+    pub id: u64,
+    pub requester: usize,
+    pub answer: Answer,
+}
+
+/// Queries this worker asked, waiting for their fragments.
+#[derive(Default)]
+pub struct Waiting {
+    replies: HashMap<u64, (oneshot::Sender<Answer>, Vec<Answer>, u64)>,
+}
+
+impl Waiting {
+    pub fn insert(&mut self, id: u64, reply: oneshot::Sender<Answer>, deadline_micros: u64) {
+        self.replies.insert(id, (reply, Vec::new(), deadline_micros));
+    }
+
+    /// Drops queries whose asker has given up.
+    pub fn expire(&mut self, now_micros: u64) {
+        self.replies.retain(|_, (reply, _, deadline)| *deadline >= now_micros && !reply.is_closed());
+    }
+}
+
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Builds the query dataflow in `scope`; returns its input (fed by the asking worker) and its probe.
+pub fn query_dataflow(
+    scope: Scope<'_, Time>,
+    traces: Rc<RefCell<WorkerTraces>>,
+    positions: Rc<RefCell<Positions>>,
+    waiting: Rc<RefCell<Waiting>>,
+) -> (InputHandleVec<Time, QueryRequest>, ProbeHandle<Time>) {
+    let mut input = InputHandleVec::new();
+    let probe = ProbeHandle::new();
+    let peers = scope.peers();
+    let requests = input.to_stream(scope).broadcast();
+    let activator_scope = scope;
+    let fragments = requests.unary::<CapacityContainerBuilder<Vec<Fragment>>, _, _, _>(
+        Pipeline,
+        "AnswerQueries",
+        move |_capability, info| {
+            let activator = activator_scope.activator_for(info.address);
+            let mut pending: Vec<(Capability<Time>, QueryRequest)> = Vec::new();
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        for request in batch.drain(..) {
+                            if let Some(cap) = cap.retain_least(output.output_index()) {
+                                pending.push((cap, request));
+                            }
+                        }
+                    }
+                });
+                let now = now_micros();
+                let positions = positions.borrow();
+                pending.retain(|(cap, request)| {
+                    if now > request.deadline_micros {
+                        return false;
+                    }
+                    if positions.processed(request.process) < request.after {
+                        return true;
+                    }
+                    let answer = traces.borrow_mut().answer(&request.query);
+                    let fragment = Fragment { id: request.id, requester: request.requester, answer };
+                    output.session(cap).give(fragment);
+                    false
+                });
+                if !pending.is_empty() {
+                    activator.activate_after(Duration::from_millis(1));
+                }
+            }
+        },
+    );
+    fragments
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|f: &Fragment| f.requester as u64),
+            "GatherFragments",
+            move |_capability, _info| {
+                move |input, _output| {
+                    input.for_each(|_cap, data| {
+                        let mut waiting = waiting.borrow_mut();
+                        for fragment in data.drain(..) {
+                            let Some((_, parts, _)) = waiting.replies.get_mut(&fragment.id) else { continue };
+                            parts.push(fragment.answer);
+                            if parts.len() == peers {
+                                let (reply, parts, _) = waiting.replies.remove(&fragment.id).expect("present");
+                                if let Some(answer) = Answer::merge(parts) {
+                                    let _ = reply.send(answer);
+                                }
+                            }
+                        }
+                    });
+                }
+            },
+        )
+        .probe_with(&probe);
+    (input, probe)
+}

@@ -1,0 +1,182 @@
+//! The feeding end of the dataflow: the first worker of each process reads that process's log (after a snapshot,
+//! if any) and feeds it in rounds.
+//!
+//! A round's logical time comes from a [`RoundClock`]: the feeder's clock in microseconds, never going back. Every
+//! feeder of a cluster advances its inputs with its clock even when idle, so the frontier moves with time and a
+//! round is complete once every process's clock has passed it. Each round also sends a *mark* — (process, last log
+//! position fed) — so that every worker learns which log positions of which process a completed time covers.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use differential_dataflow::input::InputSession;
+use timely::dataflow::InputHandleVec;
+use weir_operators::{DeviceId, Reading, SeriesKey, Time};
+
+use super::Snapshot;
+use crate::reading::{ReadingBatch, SensorSet};
+use crate::wal::WalReader;
+use crate::wal::record::decode_batch;
+
+/// A position mark: `(process, position)` — the process's log has been fed through `position`.
+pub type Mark = (u32, u64);
+
+/// Logical times for rounds: microseconds since the Unix epoch, strictly increasing.
+#[derive(Debug, Default)]
+pub struct RoundClock {
+    last: Time,
+}
+
+impl RoundClock {
+    /// The time of the next round.
+    pub fn next(&mut self) -> Time {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX - 1));
+        self.last = now.max(self.last + 1);
+        self.last
+    }
+}
+
+/// The inputs of one process's feeder and what it reads.
+pub struct LogFeed {
+    pub process: u32,
+    pub readings: InputHandleVec<Time, Reading>,
+    pub names: InputSession<Time, (DeviceId, String), isize>,
+    pub marks: InputHandleVec<Time, Mark>,
+    pub feeder: Feeder,
+    pub reader: WalReader,
+    /// Fed before the log, while it lasts.
+    pub snapshot: Option<Snapshot>,
+    /// The last log position the snapshot covers.
+    pub snapshot_through: u64,
+    /// The last log position fed (from the snapshot or the log).
+    pub read_through: u64,
+}
+
+impl LogFeed {
+    /// Feeds one round at `time`: snapshot batches while the snapshot lasts, else durable log records after
+    /// `read_through`, up to about `limit` readings; then a mark, and the inputs advance past `time`. Returns the
+    /// number of readings fed.
+    pub fn round(&mut self, time: Time, durable: u64, limit: usize) -> usize {
+        self.readings.advance_to(time);
+        self.names.advance_to(time);
+        self.marks.advance_to(time);
+        let before = self.read_through;
+        let fed = if self.snapshot.is_some() { self.snapshot_round(limit) } else { self.log_round(durable, limit) };
+        if self.read_through != before || fed > 0 {
+            self.marks.send((self.process, self.read_through));
+        }
+        self.readings.advance_to(time + 1);
+        self.names.advance_to(time + 1);
+        self.marks.advance_to(time + 1);
+        self.readings.flush();
+        self.names.flush();
+        self.marks.flush();
+        fed
+    }
+
+    fn log_round(&mut self, durable: u64, limit: usize) -> usize {
+        let mut fed = 0usize;
+        while fed < limit {
+            match self.reader.next_record_through(durable) {
+                Ok(Some((position, payload))) => {
+                    self.read_through = position;
+                    let (readings, names) = (&mut self.readings, &mut self.names);
+                    fed += self.feeder.feed(position, payload, &mut |r| readings.send(r), &mut |n| names.insert(n));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "statistics cannot read the write-ahead log");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+        fed
+    }
+
+    /// Feeds snapshot batches up to about `limit` readings. The mark moves to the snapshot's `through` only once
+    /// the snapshot is exhausted: until then no log position counts as processed.
+    fn snapshot_round(&mut self, limit: usize) -> usize {
+        let mut fed = 0usize;
+        let snapshot = self.snapshot.as_mut().expect("checked by the caller");
+        while fed < limit {
+            let Some((last, batch)) = snapshot.next() else {
+                self.snapshot = None;
+                self.read_through = self.snapshot_through;
+                break;
+            };
+            let position = last.min(self.snapshot_through);
+            let (readings, names) = (&mut self.readings, &mut self.names);
+            fed += self.feeder.feed_batch(position, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
+        }
+        fed
+    }
+}
+
+/// Turns WAL records into dataflow readings: sensor names to configured indexes, device names to ids.
+pub struct Feeder {
+    sensors: HashMap<Box<str>, u16>,
+    named: HashSet<DeviceId>,
+    unknown_sensors_logged: HashSet<Box<str>>,
+}
+
+impl Feeder {
+    pub fn new(sensors: &SensorSet) -> Self {
+        let sensors = sensors.names().iter().enumerate().map(|(i, n)| (n.clone(), i as u16)).collect();
+        Feeder { sensors, named: HashSet::new(), unknown_sensors_logged: HashSet::new() }
+    }
+
+    /// Sends the readings of one record; returns how many.
+    fn feed(
+        &mut self,
+        position: u64,
+        payload: &[u8],
+        send: &mut impl FnMut(Reading),
+        name: &mut impl FnMut((DeviceId, String)),
+    ) -> usize {
+        match decode_batch(payload) {
+            Ok(batch) => self.feed_batch(position, &batch, send, name),
+            Err(e) => {
+                tracing::error!(position, error = %e, "skipping an unreadable WAL record in the statistics");
+                0
+            }
+        }
+    }
+
+    /// Sends the readings of one batch, written at `position`; returns how many.
+    pub fn feed_batch(
+        &mut self,
+        position: u64,
+        batch: &ReadingBatch,
+        send: &mut impl FnMut(Reading),
+        name: &mut impl FnMut((DeviceId, String)),
+    ) -> usize {
+        let sensor_index: Vec<Option<u16>> = batch
+            .sensors
+            .iter()
+            .map(|s| {
+                let index = self.sensors.get(s).copied();
+                if index.is_none() && self.unknown_sensors_logged.insert(s.clone()) {
+                    tracing::warn!(sensor = %s, "the log holds readings of a sensor that is no longer configured; they are left out of the statistics");
+                }
+                index
+            })
+            .collect();
+        let devices: Vec<DeviceId> = batch.devices.iter().map(|d| DeviceId::of(d)).collect();
+        for (id, device) in devices.iter().zip(&batch.devices) {
+            if self.named.insert(*id) {
+                name((*id, device.to_string()));
+            }
+        }
+        let mut sent = 0;
+        for (i, row) in batch.rows.iter().enumerate() {
+            let Some(sensor) = sensor_index[row.sensor as usize] else { continue };
+            let series = SeriesKey { device: devices[row.device as usize], sensor };
+            send(Reading { series, micros: row.micros, value: row.value, seq: Reading::seq_of(position, i as u32) });
+            sent += 1;
+        }
+        sent
+    }
+}

@@ -1,0 +1,65 @@
+//! Which log positions of which process the statistics have processed, as one worker knows it.
+//!
+//! Every feeder sends a mark `(process, position)` with each round; marks are broadcast to every worker. A mark
+//! counts once the worker's frontier has passed its time: then everything fed up to it, in every process, has gone
+//! through the dataflow.
+
+use weir_operators::Time;
+
+use super::feed::Mark;
+
+#[derive(Debug, Default)]
+pub struct Positions {
+    /// Marks whose time the frontier has not passed yet.
+    pending: Vec<(Time, Mark)>,
+    /// Per process, the last position known processed.
+    processed: Vec<u64>,
+}
+
+impl Positions {
+    pub fn new(processes: usize) -> Self {
+        Positions { pending: Vec::new(), processed: vec![0; processes] }
+    }
+
+    pub fn receive(&mut self, time: Time, mark: Mark) {
+        self.pending.push((time, mark));
+    }
+
+    /// Counts every mark before `frontier` (`None`: the dataflow is complete, every mark counts).
+    pub fn advance(&mut self, frontier: Option<Time>) {
+        let processed = &mut self.processed;
+        self.pending.retain(|&(time, (process, position))| {
+            if frontier.is_some_and(|f| time >= f) {
+                return true;
+            }
+            if let Some(p) = processed.get_mut(process as usize) {
+                *p = (*p).max(position);
+            }
+            false
+        });
+    }
+
+    /// The last position of `process` known processed (0 for an unknown process).
+    pub fn processed(&self, process: u32) -> u64 {
+        self.processed.get(process as usize).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_counts_once_the_frontier_passes_its_time() {
+        let mut p = Positions::new(2);
+        p.receive(10, (0, 5));
+        p.receive(12, (1, 7));
+        p.receive(15, (0, 9));
+        p.advance(Some(11));
+        assert_eq!((p.processed(0), p.processed(1)), (5, 0));
+        p.advance(Some(15));
+        assert_eq!((p.processed(0), p.processed(1)), (5, 7));
+        p.advance(None);
+        assert_eq!((p.processed(0), p.processed(1), p.processed(9)), (9, 7, 0));
+    }
+}
