@@ -202,16 +202,23 @@ impl StatsEngine {
         }
     }
 
-    /// Stops the workers and waits for them.
+    /// Stops the workers and waits for them (at most 10 s: in a cluster, a peer that is gone can keep timely's
+    /// network threads waiting; the process is stopping anyway).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
         let guards = self.guards.lock().map(|mut g| g.take()).unwrap_or(None);
-        if let Some(guards) = guards {
+        let Some(guards) = guards else { return };
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
             for result in guards.join() {
                 if let Err(e) = result {
                     tracing::error!(error = %e, "statistics worker failed");
                 }
             }
+            let _ = done.send(());
+        });
+        if finished.recv_timeout(Duration::from_secs(10)).is_err() {
+            tracing::warn!("the statistics workers did not stop within 10 s; leaving them");
         }
     }
 }
@@ -219,6 +226,10 @@ impl StatsEngine {
 impl Drop for StatsEngine {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        // Dropping the guards joins the threads; never block a drop on that.
+        if let Some(guards) = self.guards.lock().ok().and_then(|mut g| g.take()) {
+            std::thread::spawn(move || drop(guards));
+        }
     }
 }
 
@@ -374,6 +385,11 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         if ctx.stop.load(Ordering::Acquire) {
             break;
         }
+    }
+    // Stopping does not wait for the dataflows to drain: in a cluster the other processes' inputs may stay open
+    // (or be gone). What matters is durable in the log and the archive; the statistics are rebuilt at start.
+    for dataflow in worker.installed_dataflows() {
+        worker.drop_dataflow(dataflow);
     }
 }
 

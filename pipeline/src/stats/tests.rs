@@ -236,3 +236,117 @@ fn first_write_wins_across_records_whatever_the_value() {
     assert_eq!((minute.count, minute.sum()), (2, 3.0));
     assert_eq!(latest[0].1.value, 2.0);
 }
+
+/// Everything a user can ask of one engine, once `waits` (process, position) are all processed.
+fn read_all(
+    engine: &StatsEngine,
+    waits: &[(u32, u64)],
+) -> (Vec<(WindowKey, WindowAgg)>, Vec<(SeriesKey, Latest)>, Vec<(DeviceId, String)>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait = Duration::from_secs(30);
+    for &(process, position) in waits {
+        rt.block_on(engine.query_at(Query::Devices, process, position, wait)).unwrap();
+    }
+    let Answer::Latest(latest) = rt.block_on(engine.query(Query::Latest { device: None }, 0, wait)).unwrap() else {
+        panic!()
+    };
+    let Answer::Devices(devices) = rt.block_on(engine.query(Query::Devices, 0, wait)).unwrap() else { panic!() };
+    let mut windows = Vec::new();
+    for (series, _) in &latest {
+        for width in Width::ALL {
+            let q = Query::Series { series: *series, width, from: i64::MIN, to: i64::MAX };
+            let Answer::Windows(w) = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
+            windows.extend(w);
+        }
+    }
+    (windows, latest, devices)
+}
+
+type Everything = (Vec<(WindowKey, WindowAgg)>, Vec<(SeriesKey, Latest)>, Vec<(DeviceId, String)>);
+
+/// The answers with the write order (`seq`: log positions, which differ between one log and three) left out.
+fn without_seq((mut windows, mut latest, devices): Everything) -> Everything {
+    for (_, w) in &mut windows {
+        w.first.seq = 0;
+        w.last.seq = 0;
+    }
+    for (_, l) in &mut latest {
+        l.seq = 0;
+    }
+    (windows, latest, devices)
+}
+
+/// Three processes (threads here, each with its own log and two workers, joined by timely's cluster runtime over
+/// loopback) each get a share of the records; every process answers what one process given all of them answers.
+/// Duplicates carry the same value, so which process's write is first does not matter.
+fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
+    use crate::cluster::ClusterConfig;
+    let records: Vec<Vec<Input>> = records
+        .iter()
+        .map(|r| r.iter().map(|&(d, s, t, _)| (d, s, t, f64::from(d) + f64::from(s) + (t % 1000) as f64)).collect())
+        .collect();
+    let single = run_engine(&records, 1);
+    let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addresses: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    drop(listeners);
+    let sensors = SensorSet::default();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut lasts = Vec::new();
+    let mut wals = Vec::new();
+    for (p, dir) in dirs.iter().enumerate() {
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let appender = wal.appender();
+        let mut last = 0;
+        for record in records.iter().skip(p).step_by(3) {
+            let mut payload = Vec::new();
+            encode_batch(&batch_of(record, &sensors), &mut payload);
+            last = appender.append_blocking(payload).unwrap();
+        }
+        lasts.push((p as u32, last));
+        wals.push((wal, appender));
+    }
+    let engines: Vec<StatsEngine> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|p| {
+                let cluster = ClusterConfig {
+                    process: p,
+                    addresses: addresses.clone(),
+                    connect_timeout: Duration::from_secs(30),
+                };
+                let options = StatsOptions {
+                    workers: 2,
+                    dedup_horizon: Duration::from_secs(100 * 365 * 86_400),
+                    cluster: Some(cluster),
+                    ..StatsOptions::default()
+                };
+                let (dir, durable) = (dirs[p].path().to_path_buf(), wals[p].1.watch_durable());
+                let sensors = sensors.clone();
+                scope.spawn(move || StatsEngine::start(dir, durable, sensors, options).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answers: Vec<_> = engines.iter().map(|engine| without_seq(read_all(engine, &lasts))).collect();
+    // A timely cluster stops as a whole.
+    std::thread::scope(|scope| {
+        for engine in engines {
+            scope.spawn(move || engine.stop());
+        }
+    });
+    let single = without_seq(single);
+    for (p, got) in answers.iter().enumerate() {
+        prop_assert_eq!(&got.0, &single.0, "windows at process {}", p);
+        prop_assert_eq!(&got.1, &single.1, "latest at process {}", p);
+        prop_assert_eq!(&got.2, &single.2, "devices at process {}", p);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn three_processes_answer_like_one(records in records_strategy()) {
+        check_cluster(&records)?;
+    }
+}
