@@ -9,6 +9,7 @@ pub mod health;
 pub mod ingest;
 pub mod listen;
 pub mod metrics;
+pub mod position;
 pub mod requests;
 pub mod server;
 pub mod sql;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use weir_pipeline::cluster::ClusterConfig;
 use weir_pipeline::decode::Decoder;
 use weir_pipeline::ingest::DecodeLimits;
 use weir_pipeline::reading::{DEFAULT_SENSORS, SensorSet};
@@ -82,6 +83,19 @@ pub struct ServeArgs {
     /// Timely worker threads of the statistics dataflow (results are the same for any number).
     #[arg(long, env = "WEIR_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,
+
+    /// Run as one process of a cluster: a file listing every process's timely address (`host:port`, one per line;
+    /// these are the processes' connections to each other, not HTTP). Needs --process. Default: no cluster.
+    #[arg(long, env = "WEIR_CLUSTER", requires = "process")]
+    pub cluster: Option<PathBuf>,
+
+    /// This process's line in the --cluster file, counting from 0.
+    #[arg(long, env = "WEIR_PROCESS", requires = "cluster")]
+    pub process: Option<u32>,
+
+    /// How long a cluster process waits at start for the other processes of the --cluster file.
+    #[arg(long, env = "WEIR_CLUSTER_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub cluster_connect_timeout: Duration,
 
     /// Deduplication is exact for duplicates within this much event time behind each series' newest reading.
     #[arg(long, env = "WEIR_DEDUP_HORIZON", default_value = "48h", value_parser = parse_duration)]
@@ -198,7 +212,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         queue_timeout: args.ingest_queue_timeout,
     };
     let log = Arc::new(wal.appender());
-    let archive_url = args.archive.url(&args.data_dir);
+    let cluster = match (&args.cluster, args.process) {
+        (Some(path), Some(process)) => Some(
+            ClusterConfig::from_hosts_file(path, process as usize, args.cluster_connect_timeout)
+                .context("--cluster / WEIR_CLUSTER")?,
+        ),
+        _ => None,
+    };
+    if let Some(c) = &cluster {
+        stop_with_the_cluster();
+        tracing::info!(process = c.process, processes = c.processes(), "running as one process of a cluster");
+    }
+    // In a cluster every process archives its own log: under its own prefix of a shared archive URL.
+    let archive_url = match (&cluster, &args.archive.archive_url) {
+        (Some(c), Some(url)) => format!("{}/process-{}", url.trim_end_matches('/'), c.process),
+        _ => args.archive.url(&args.data_dir),
+    };
     let location = ArchiveLocation::open(&archive_url).with_context(|| "--archive-url / WEIR_ARCHIVE_URL")?;
     finish_interrupted_seals(&location).await.context("finishing an interrupted seal")?;
     let checkpoint = checkpoint_path(&args.data_dir);
@@ -224,18 +253,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         item.map_err(|e| tracing::error!(error = %e, "an archive part could not be read; the statistics leave it out"))
             .ok()
     });
-    let engine = StatsEngine::start_from(
-        wal_dir.clone(),
-        log.watch_durable(),
-        sensors.clone(),
-        StatsOptions { workers: args.workers as usize, dedup_horizon: args.dedup_horizon, ..StatsOptions::default() },
-        StartFrom { through: archived, snapshot: Box::new(snapshot) },
-    )?;
+    let options = StatsOptions {
+        workers: args.workers as usize,
+        dedup_horizon: args.dedup_horizon,
+        cluster: cluster.clone(),
+        ..StatsOptions::default()
+    };
+    // In a cluster this waits (bounded by --cluster-connect-timeout) for the other processes.
+    let engine = tokio::task::block_in_place(|| {
+        StatsEngine::start_from(
+            wal_dir.clone(),
+            log.watch_durable(),
+            sensors.clone(),
+            options,
+            StartFrom { through: archived, snapshot: Box::new(snapshot) },
+        )
+    })?;
     tracing::info!(
         workers = args.workers,
         "statistics dataflow started; it loads the archive and replays the log after it first"
     );
-    let stats = Arc::new(StatsService::new(engine, sensors.clone(), args.read_wait, log.clone()));
+    let (process, processes) = cluster.as_ref().map_or((0, 1), |c| (c.process as u32, c.processes()));
+    let stats = Arc::new(
+        StatsService::new(engine, sensors.clone(), args.read_wait, log.clone()).in_cluster(process, processes),
+    );
     let archiver = Archiver::start(
         wal_dir.clone(),
         log.watch_durable(),
@@ -270,7 +311,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         log.clone(),
         args.read_wait,
     ));
-    let ingest = Arc::new(IngestService::new(Decoder::new(sensors), limits, log));
+    let mut ingest = IngestService::new(Decoder::new(sensors), limits, log);
+    if cluster.is_some() {
+        ingest = ingest.in_cluster(process);
+    }
+    let ingest = Arc::new(ingest);
 
     let readiness =
         Arc::new(crate::health::Readiness { log_at_start: recovery.last_position, archive: archiver.progress.clone() });
@@ -358,6 +403,22 @@ async fn seal_due_days(
             }
         }
     }
+}
+
+/// A timely cluster stops as a whole: when a peer process dies, timely's network threads panic. Weir then exits
+/// (status 70) instead of serving statistics that can no longer make progress; restart every process, and each
+/// recovers from its own log.
+fn stop_with_the_cluster() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        tracing::error!(
+            panic = %info,
+            "a thread failed in cluster mode (a peer process is probably gone); the cluster stops as a whole: \
+             exiting so that every process can be restarted"
+        );
+        std::process::exit(70);
+    }));
 }
 
 /// Samples the durable position every 100 ms for `weir_dataflow_lag_seconds`.

@@ -54,6 +54,8 @@ pub struct IngestService {
     decoder: Decoder,
     limits: IngestLimits,
     log: Arc<dyn ReadingLog>,
+    /// In a cluster, this process's index: positions are then written `PROCESS:POS`.
+    process: Option<u32>,
 }
 
 /// How a request ended when it could not be read or stored to its end.
@@ -86,7 +88,13 @@ pub struct IngestOutcome {
 
 impl IngestService {
     pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
-        IngestService { decoder, limits, log }
+        IngestService { decoder, limits, log, process: None }
+    }
+
+    /// The same, for process `process` of a cluster.
+    pub fn in_cluster(mut self, process: u32) -> Self {
+        self.process = Some(process);
+        self
     }
 
     pub fn limits(&self) -> &IngestLimits {
@@ -221,6 +229,9 @@ struct RejectedBody<'a> {
 struct VerboseBody {
     accepted: u64,
     position: u64,
+    /// In a cluster: the process whose log `position` is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<u32>,
 }
 
 /// `POST /ingest`.
@@ -258,7 +269,7 @@ pub async fn ingest(
     }
     record_metrics(&outcome, source.bytes_read());
     tracing::Span::current().record("readings", outcome.accepted);
-    let response = respond(outcome, params, service.durable_position());
+    let response = respond(outcome, params, service.durable_position(), service.process);
     metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
     response
 }
@@ -273,7 +284,7 @@ fn record_metrics(outcome: &IngestOutcome, body_bytes: u64) {
     }
 }
 
-fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64) -> Response {
+fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64, process: Option<u32>) -> Response {
     let status = match &outcome.failure {
         None if outcome.rejected == 0 => StatusCode::OK,
         None => StatusCode::BAD_REQUEST,
@@ -286,7 +297,7 @@ fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64) -> Respon
     let position = outcome.position.unwrap_or(durable);
     let mut response = if status == StatusCode::OK {
         if params.verbose {
-            axum::Json(VerboseBody { accepted: outcome.accepted, position }).into_response()
+            axum::Json(VerboseBody { accepted: outcome.accepted, position, process }).into_response()
         } else {
             json_response(StatusCode::OK, "{}".to_owned())
         }
@@ -301,6 +312,7 @@ fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64) -> Respon
         let text = serde_json::to_string(&body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         json_response(status, text)
     };
+    let position = crate::position::LogPosition { process, position };
     if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
         response.headers_mut().insert(POSITION_HEADER, v);
     }

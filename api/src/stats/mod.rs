@@ -19,9 +19,14 @@ use weir_pipeline::reading::{DEFAULT_DEVICE, SensorSet};
 use weir_pipeline::stats::{Answer, Query, QueryError, StatsEngine};
 use weir_pipeline::wal::ReadingLog;
 
+use crate::position::LogPosition;
+
 /// Answers statistics questions for the HTTP handlers.
 pub struct StatsService {
     engine: StatsEngine,
+    /// This process's index in its cluster (0 alone) and the cluster's size.
+    process: u32,
+    processes: usize,
     sensors: SensorSet,
     /// Longest wait for `after=` before 503.
     read_wait: Duration,
@@ -60,32 +65,56 @@ impl From<QueryError> for ApiError {
 /// `?after=<Weir-Position>`: answer only once the statistics include that log position.
 #[derive(Debug, Default, Deserialize)]
 pub struct After {
-    pub after: Option<u64>,
+    pub after: Option<LogPosition>,
 }
 
 impl StatsService {
     pub fn new(engine: StatsEngine, sensors: SensorSet, read_wait: Duration, log: Arc<dyn ReadingLog>) -> Self {
-        StatsService { engine, sensors, read_wait, log }
+        StatsService { engine, process: 0, processes: 1, sensors, read_wait, log }
+    }
+
+    /// The same, for process `process` of a cluster of `processes`.
+    pub fn in_cluster(mut self, process: u32, processes: usize) -> Self {
+        self.process = process;
+        self.processes = processes;
+        self
     }
 
     pub fn sensors(&self) -> &SensorSet {
         &self.sensors
     }
 
-    /// Asks `query`, after log position `after` (checked against what is durable).
-    pub async fn ask(&self, query: Query, after: Option<u64>) -> Result<Answer, ApiError> {
-        let after = after.unwrap_or(0);
-        let durable = self.log.durable_position();
-        if after > durable {
-            return Err(ApiError::bad_request(format!(
-                "after={after} is beyond the last acknowledged log position {durable}; pass the Weir-Position of an ingest response"
-            )));
+    /// Asks `query`, after log position `after` (checked against what is durable when it is this process's).
+    pub async fn ask(&self, query: Query, after: Option<LogPosition>) -> Result<Answer, ApiError> {
+        let after = after.unwrap_or(LogPosition { process: None, position: 0 });
+        match after.process {
+            Some(p) if p != self.process => {
+                if p as usize >= self.processes {
+                    return Err(ApiError::bad_request(format!(
+                        "after={after}: there is no process {p} in this cluster of {} processes",
+                        self.processes
+                    )));
+                }
+                Ok(self.engine.query_at(query, p, after.position, self.read_wait).await?)
+            }
+            _ => {
+                let durable = self.log.durable_position();
+                if after.position > durable {
+                    return Err(ApiError::bad_request(format!(
+                        "after={after} is beyond the last acknowledged log position {durable}; pass the Weir-Position of an ingest response"
+                    )));
+                }
+                Ok(self.engine.query(query, after.position, self.read_wait).await?)
+            }
         }
-        Ok(self.engine.query(query, after, self.read_wait).await?)
     }
 
     /// The latest value of each sensor of `device`, by sensor index.
-    pub async fn latest_of(&self, device: &str, after: Option<u64>) -> Result<Vec<(SeriesKey, Latest)>, ApiError> {
+    pub async fn latest_of(
+        &self,
+        device: &str,
+        after: Option<LogPosition>,
+    ) -> Result<Vec<(SeriesKey, Latest)>, ApiError> {
         match self.ask(Query::Latest { device: Some(DeviceId::of(device)) }, after).await? {
             Answer::Latest(l) => Ok(l),
             _ => Ok(Vec::new()),

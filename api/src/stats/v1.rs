@@ -26,7 +26,7 @@ pub struct SeriesParams {
     from: Option<String>,
     to: Option<String>,
     format: Option<String>,
-    after: Option<u64>,
+    after: Option<crate::position::LogPosition>,
 }
 
 /// One window with all its statistics.
@@ -142,7 +142,7 @@ fn csv_field(text: &str) -> String {
 #[derive(Debug, Deserialize)]
 pub struct LatestParams {
     device: Option<String>,
-    after: Option<u64>,
+    after: Option<crate::position::LogPosition>,
 }
 
 /// `GET /api/v1/latest?device=`: every sensor's latest value and timestamp for a device (default device when
@@ -166,7 +166,7 @@ pub async fn latest(
 
 #[derive(Debug, Deserialize)]
 pub struct DevicesParams {
-    after: Option<u64>,
+    after: Option<crate::position::LogPosition>,
 }
 
 /// `GET /api/v1/devices`: every device with its number of sensors and newest reading timestamp.
