@@ -405,13 +405,18 @@ async fn seal_due_days(
     }
 }
 
-/// A timely cluster stops as a whole: when a peer process dies, timely's network threads panic. Weir then exits
+/// A timely cluster stops as a whole: when a peer process dies, timely's network threads panic (and a worker that
+/// panics leaves the cluster's progress stuck). On a panic in a `timely:` thread Weir then exits
 /// (status 70) instead of serving statistics that can no longer make progress; restart every process, and each
 /// recovers from its own log.
 fn stop_with_the_cluster() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
+        let timely = std::thread::current().name().is_some_and(|n| n.starts_with("timely:"));
+        if !timely {
+            return;
+        }
         tracing::error!(
             panic = %info,
             "a thread failed in cluster mode (a peer process is probably gone); the cluster stops as a whole: \
