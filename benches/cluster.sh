@@ -71,8 +71,8 @@ for n in $PROCESSES; do
     p99s+=("$(field "$WORK/fresh-$n-$i.json" '["freshness_ms"]["p99"]')")
   done
   stop_cluster
-  p50=$(python3 -c "print(round(max([${p50s[*]// /,}]), 1))")
-  p99=$(python3 -c "print(round(max([${p99s[*]// /,}]), 1))")
+  p50=$(python3 -c "print(round(max([$(IFS=,; echo "${p50s[*]}")]), 1))")
+  p99=$(python3 -c "print(round(max([$(IFS=,; echo "${p99s[*]}")]), 1))")
   printf '| %s | %.0f | %.0f | %s / %s |\n' "$n" "$total" "$acked" "$p50" "$p99"
 done
 echo
