@@ -162,7 +162,8 @@ impl SqlArchive {
     /// A session with `archived`, `unflushed` and the `readings` view.
     async fn context(&self, unflushed: &[Arc<ReadingBatch>]) -> Result<SessionContext, SqlError> {
         let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.limits.memory_bytes, 1.0).build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+        let config = SessionConfig::from_env().unwrap_or_default();
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         let url = &self.location.url;
         let base = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority()))
             .map_err(|e| SqlError::Invalid(e.to_string()))?;
