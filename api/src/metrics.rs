@@ -68,12 +68,25 @@ pub const METRICS: &[(&str, &str)] = &[
     ("weir_process_resident_memory_bytes", "Resident memory of the process"),
 ];
 
+/// Counters that always carry labels.
+const LABELLED: [&str; 5] = [
+    "weir_readings_rejected_total",
+    "weir_ingest_requests_total",
+    "weir_http_requests_total",
+    "weir_seal_runs_total",
+    "weir_sql_queries_total",
+];
+
 fn describe() {
     for (name, help) in METRICS {
         if name.ends_with("_seconds") {
             metrics::describe_histogram!(*name, *help);
         } else if name.ends_with("_total") {
             metrics::describe_counter!(*name, *help);
+            // Unlabelled counters exist from the start, at 0 (labelled ones appear with their first label set).
+            if !LABELLED.contains(name) {
+                metrics::counter!(*name).increment(0);
+            }
         } else {
             metrics::describe_gauge!(*name, *help);
         }
