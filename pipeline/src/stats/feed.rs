@@ -76,6 +76,16 @@ impl LogFeed {
         fed
     }
 
+    /// Moves the inputs to `time` without feeding anything: lets time pass for the rest of the cluster.
+    pub fn advance(&mut self, time: Time) {
+        self.readings.advance_to(time);
+        self.names.advance_to(time);
+        self.marks.advance_to(time);
+        self.readings.flush();
+        self.names.flush();
+        self.marks.flush();
+    }
+
     fn log_round(&mut self, durable: u64, limit: usize) -> usize {
         let mut fed = 0usize;
         while fed < limit {

@@ -360,8 +360,16 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         }
         // Flow control: work the fed readings through before reading more, so nothing queues up in the dataflow
         // (memory stays at one round of `feed_limit` readings) however far behind the log the statistics are.
-        if feed.is_some() && probe.less_than(&fed_until) {
-            worker.step_while(|| probe.less_than(&fed_until) && !ctx.stop.load(Ordering::Relaxed));
+        if let Some(feed) = feed.as_mut().filter(|_| probe.less_than(&fed_until)) {
+            // Meanwhile time goes on for the other processes: their rounds complete once ours has passed them.
+            let mut ticked = std::time::Instant::now();
+            worker.step_while(|| {
+                if in_cluster && ticked.elapsed() >= ctx.options.idle_park {
+                    feed.advance(clock.next());
+                    ticked = std::time::Instant::now();
+                }
+                probe.less_than(&fed_until) && !ctx.stop.load(Ordering::Relaxed)
+            });
         } else {
             worker.step_or_park(Some(ctx.options.idle_park));
         }
