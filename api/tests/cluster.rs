@@ -156,3 +156,22 @@ async fn after_a_kill_9_the_cluster_stops_and_restarts_with_every_reading_once()
         s.kill9();
     }
 }
+
+#[test]
+fn a_process_whose_peers_never_come_gives_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), 3);
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--process", "0", "--cluster-connect-timeout", "2s"])
+        .arg("--cluster")
+        .arg(&hosts)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("waiting for cluster peers") || stderr.contains("joining the cluster"), "{stderr}");
+    assert!(stderr.contains("still missing process 1 at") && stderr.contains("process 2 at"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
