@@ -160,10 +160,11 @@ async fn after_a_kill_9_the_cluster_stops_and_restarts_with_every_reading_once()
 #[test]
 fn a_process_whose_peers_never_come_gives_up_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let hosts = hosts_file(dir.path(), 3);
+    // The hosts given inline this time (`--cluster-hosts`, also WEIR_CLUSTER_HOSTS) instead of a file.
+    let hosts = free_addresses(3).join(",");
     let out = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--process", "0", "--cluster-connect-timeout", "2s"])
-        .arg("--cluster")
+        .arg("--cluster-hosts")
         .arg(&hosts)
         .arg("--data-dir")
         .arg(dir.path().join("data"))

@@ -51,15 +51,24 @@ impl ClusterConfig {
     pub fn from_hosts_file(path: &Path, process: usize, connect_timeout: Duration) -> Result<Self, ClusterError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ClusterError::HostsFile { path: path.to_path_buf(), source })?;
-        let addresses = parse_hosts(&text);
+        Self::parse(&text, process, connect_timeout, path)
+    }
+
+    /// The same from the text itself (e.g. `--cluster-hosts`, one `host:port` per line).
+    pub fn from_hosts(text: &str, process: usize, connect_timeout: Duration) -> Result<Self, ClusterError> {
+        Self::parse(text, process, connect_timeout, Path::new("--cluster-hosts"))
+    }
+
+    fn parse(text: &str, process: usize, connect_timeout: Duration, source: &Path) -> Result<Self, ClusterError> {
+        let addresses = parse_hosts(text);
         if addresses.is_empty() {
-            return Err(ClusterError::NoHosts { path: path.to_path_buf() });
+            return Err(ClusterError::NoHosts { path: source.to_path_buf() });
         }
         if process >= addresses.len() {
             return Err(ClusterError::ProcessOutOfRange {
                 process,
                 processes: addresses.len(),
-                path: path.to_path_buf(),
+                path: source.to_path_buf(),
             });
         }
         Ok(ClusterConfig { process, addresses, connect_timeout })
@@ -177,6 +186,10 @@ mod tests {
         assert!(e.contains("--process 2 is out of range") && e.contains("0 to 1"), "{e}");
         std::fs::write(&path, "# nobody\n").unwrap();
         assert!(matches!(ClusterConfig::from_hosts_file(&path, 0, Duration::ZERO), Err(ClusterError::NoHosts { .. })));
+        let inline = ClusterConfig::from_hosts("a:1\nb:2\nc:3", 2, Duration::ZERO).unwrap();
+        assert_eq!((inline.process, inline.processes()), (2, 3));
+        let e = ClusterConfig::from_hosts("a:1", 1, Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("--cluster-hosts lists 1 processes"), "{e}");
     }
 
     fn free_addresses(n: usize) -> Vec<String> {

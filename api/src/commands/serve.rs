@@ -86,11 +86,15 @@ pub struct ServeArgs {
 
     /// Run as one process of a cluster: a file listing every process's timely address (`host:port`, one per line;
     /// these are the processes' connections to each other, not HTTP). Needs --process. Default: no cluster.
-    #[arg(long, env = "WEIR_CLUSTER", requires = "process")]
+    #[arg(long, env = "WEIR_CLUSTER", requires = "process", conflicts_with = "cluster_hosts")]
     pub cluster: Option<PathBuf>,
 
-    /// This process's line in the --cluster file, counting from 0.
-    #[arg(long, env = "WEIR_PROCESS", requires = "cluster")]
+    /// The same list given inline instead of a file: `host:port,host:port,...` in process order.
+    #[arg(long, env = "WEIR_CLUSTER_HOSTS", value_delimiter = ',', requires = "process")]
+    pub cluster_hosts: Vec<String>,
+
+    /// This process's line in the --cluster file (or place in --cluster-hosts), counting from 0.
+    #[arg(long, env = "WEIR_PROCESS")]
     pub process: Option<u32>,
 
     /// How long a cluster process waits at start for the other processes of the --cluster file.
@@ -212,11 +216,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         queue_timeout: args.ingest_queue_timeout,
     };
     let log = Arc::new(wal.appender());
-    let cluster = match (&args.cluster, args.process) {
-        (Some(path), Some(process)) => Some(
+    let cluster = match (&args.cluster, args.cluster_hosts.is_empty(), args.process) {
+        (Some(path), _, Some(process)) => Some(
             ClusterConfig::from_hosts_file(path, process as usize, args.cluster_connect_timeout)
                 .context("--cluster / WEIR_CLUSTER")?,
         ),
+        (None, false, Some(process)) => Some(
+            ClusterConfig::from_hosts(
+                args.cluster_hosts.join("\n").as_str(),
+                process as usize,
+                args.cluster_connect_timeout,
+            )
+            .context("--cluster-hosts / WEIR_CLUSTER_HOSTS")?,
+        ),
+        (None, true, Some(_)) => anyhow::bail!("--process needs --cluster FILE or --cluster-hosts HOST:PORT,..."),
         _ => None,
     };
     if let Some(c) = &cluster {
