@@ -93,7 +93,7 @@ impl ConfigFile {
             let arg = by_name[name.as_str()];
             match command_line_values(arg, value) {
                 Ok(texts) => {
-                    if let Err(e) = check_with_flag_parser(arg, &name, &texts) {
+                    if let Err(e) = check_with_flag_parser(arg, &texts) {
                         problems.push(format!("{key} = {value}: {}", first_line(&e.to_string())));
                     }
                     values.insert(name, texts);
@@ -137,11 +137,17 @@ impl ConfigFile {
     }
 }
 
-/// Runs `texts` through the flag's own parser (alone, without its environment variable).
-fn check_with_flag_parser(arg: &Arg, name: &str, texts: &[String]) -> Result<(), clap::Error> {
-    let alone = clap::Command::new("weir-config").no_binary_name(true).arg(arg.clone().env(None));
-    let argv = texts.iter().map(|t| if takes_no_value(arg) { format!("--{name}") } else { format!("--{name}={t}") });
-    alone.try_get_matches_from(argv).map(|_| ())
+/// Runs `texts` through the flag's own parser (alone: a bare copy without its environment variable or relations
+/// to other flags, given each value as a positional argument). Switches were checked as booleans already.
+fn check_with_flag_parser(arg: &Arg, texts: &[String]) -> Result<(), clap::Error> {
+    if takes_no_value(arg) {
+        return Ok(());
+    }
+    for text in texts {
+        let bare = Arg::new(arg.get_id().clone()).value_parser(arg.get_value_parser().clone());
+        clap::Command::new("weir-config").no_binary_name(true).arg(bare).try_get_matches_from([text])?;
+    }
+    Ok(())
 }
 
 /// A TOML value as the flag's text values (several for an array; none for `false` of a switch).
