@@ -171,6 +171,13 @@ fn parse_hosts(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `n` loopback addresses that were free a moment ago, for tests.
+#[cfg(test)]
+pub(crate) fn free_addresses(n: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,11 +197,6 @@ mod tests {
         assert_eq!((inline.process, inline.processes()), (2, 3));
         let e = ClusterConfig::from_hosts("a:1", 1, Duration::ZERO).unwrap_err().to_string();
         assert!(e.contains("--cluster-hosts lists 1 processes"), "{e}");
-    }
-
-    fn free_addresses(n: usize) -> Vec<String> {
-        let listeners: Vec<_> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
     }
 
     #[test]

@@ -75,15 +75,24 @@ pub fn check_or_stamp(dir: &Path) -> Result<(), DataDirError> {
     }
 }
 
-/// Writes the stamp atomically: a temporary file, fsync, rename, fsync of the directory.
+/// Writes the stamp atomically.
 fn write_stamp(dir: &Path) -> std::io::Result<()> {
+    write_atomically(&dir.join(STAMP_FILE), format!("{STAMP_PREFIX}{DATA_FORMAT}\n").as_bytes())
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old or the new content, never a mix: a
+/// temporary file beside it, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = dir.join(format!("{STAMP_FILE}.tmp"));
+    let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{STAMP_PREFIX}{DATA_FORMAT}\n").as_bytes())?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(STAMP_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

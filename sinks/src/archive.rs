@@ -221,17 +221,9 @@ impl Checkpoint {
 
     /// Replaces the checkpoint atomically: a crash leaves the old or the new one, never a mix.
     fn write(&self, position: u64) -> Result<(), ArchiveError> {
-        use std::io::Write;
-        let err = |source| ArchiveError::Checkpoint { path: self.path.clone(), source };
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(format!("{{\"archived_through\":{position}}}\n").as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        }
-        Ok(())
+        let text = format!("{{\"archived_through\":{position}}}\n");
+        weir_pipeline::data_dir::write_atomically(&self.path, text.as_bytes())
+            .map_err(|source| ArchiveError::Checkpoint { path: self.path.clone(), source })
     }
 }
 

@@ -216,22 +216,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         queue_timeout: args.ingest_queue_timeout,
     };
     let log = Arc::new(wal.appender());
-    let cluster = match (&args.cluster, args.cluster_hosts.is_empty(), args.process) {
-        (Some(path), _, Some(process)) => Some(
-            ClusterConfig::from_hosts_file(path, process as usize, args.cluster_connect_timeout)
-                .context("--cluster / WEIR_CLUSTER")?,
-        ),
-        (None, false, Some(process)) => Some(
-            ClusterConfig::from_hosts(
-                args.cluster_hosts.join("\n").as_str(),
-                process as usize,
-                args.cluster_connect_timeout,
-            )
-            .context("--cluster-hosts / WEIR_CLUSTER_HOSTS")?,
-        ),
-        (None, true, Some(_)) => anyhow::bail!("--process needs --cluster FILE or --cluster-hosts HOST:PORT,..."),
-        _ => None,
-    };
+    let cluster = cluster_config(&args)?;
     if let Some(c) = &cluster {
         stop_with_the_cluster();
         tracing::info!(process = c.process, processes = c.processes(), "running as one process of a cluster");
@@ -416,6 +401,26 @@ async fn seal_due_days(
             }
         }
     }
+}
+
+/// Where this process sits in its cluster (`--cluster FILE` or `--cluster-hosts`, with `--process`), if anywhere.
+fn cluster_config(args: &ServeArgs) -> anyhow::Result<Option<ClusterConfig>> {
+    Ok(match (&args.cluster, args.cluster_hosts.is_empty(), args.process) {
+        (Some(path), _, Some(process)) => Some(
+            ClusterConfig::from_hosts_file(path, process as usize, args.cluster_connect_timeout)
+                .context("--cluster / WEIR_CLUSTER")?,
+        ),
+        (None, false, Some(process)) => Some(
+            ClusterConfig::from_hosts(
+                args.cluster_hosts.join("\n").as_str(),
+                process as usize,
+                args.cluster_connect_timeout,
+            )
+            .context("--cluster-hosts / WEIR_CLUSTER_HOSTS")?,
+        ),
+        (None, true, Some(_)) => anyhow::bail!("--process needs --cluster FILE or --cluster-hosts HOST:PORT,..."),
+        _ => None,
+    })
 }
 
 /// A timely cluster stops as a whole: when a peer process dies, timely's network threads panic (and a worker that

@@ -59,31 +59,35 @@ impl LogFeed {
     /// `read_through`, up to about `limit` readings; then a mark, and the inputs advance past `time`. Returns the
     /// number of readings fed.
     pub fn round(&mut self, time: Time, durable: u64, limit: usize) -> usize {
-        self.readings.advance_to(time);
-        self.names.advance_to(time);
-        self.marks.advance_to(time);
+        self.move_to(time);
         let before = self.read_through;
         let fed = if self.snapshot.is_some() { self.snapshot_round(limit) } else { self.log_round(durable, limit) };
-        if self.read_through != before || fed > 0 {
+        if self.read_through != before {
             self.marks.send((self.process, self.read_through));
         }
-        self.readings.advance_to(time + 1);
-        self.names.advance_to(time + 1);
-        self.marks.advance_to(time + 1);
-        self.readings.flush();
-        self.names.flush();
-        self.marks.flush();
+        self.advance(time + 1);
         fed
+    }
+
+    /// A feeder with nothing to read yet still marks where it starts, so its process's position is known.
+    pub fn mark_start(&mut self) {
+        if self.snapshot.is_none() && self.read_through > 0 {
+            self.marks.send((self.process, self.read_through));
+        }
     }
 
     /// Moves the inputs to `time` without feeding anything: lets time pass for the rest of the cluster.
     pub fn advance(&mut self, time: Time) {
-        self.readings.advance_to(time);
-        self.names.advance_to(time);
-        self.marks.advance_to(time);
+        self.move_to(time);
         self.readings.flush();
         self.names.flush();
         self.marks.flush();
+    }
+
+    fn move_to(&mut self, time: Time) {
+        self.readings.advance_to(time);
+        self.names.advance_to(time);
+        self.marks.advance_to(time);
     }
 
     fn log_round(&mut self, durable: u64, limit: usize) -> usize {

@@ -301,12 +301,8 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         marks.close();
         None
     };
-    // A feeder with nothing to read still marks where it starts, so its process's position is known.
-    if let Some(f) = feed.as_mut()
-        && f.snapshot.is_none()
-        && f.read_through > 0
-    {
-        f.marks.send((f.process, f.read_through));
+    if let Some(feed) = feed.as_mut() {
+        feed.mark_start();
     }
     let mut queries = if feed.is_some() {
         Some(queries)
@@ -333,29 +329,8 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
                 last_tick = std::time::Instant::now();
             }
             if let (Some(queries), Some(requests)) = (queries.as_mut(), requests.as_ref()) {
-                let mut waiting = waiting.borrow_mut();
-                let mut asked = false;
-                for r in requests.try_iter() {
-                    if !asked {
-                        queries.advance_to(clock.next());
-                        asked = true;
-                    }
-                    next_query += 1;
-                    waiting.insert(next_query, r.reply, r.deadline_micros);
-                    queries.send(QueryRequest {
-                        id: next_query,
-                        requester: worker.index(),
-                        process: r.process,
-                        after: r.after,
-                        deadline_micros: r.deadline_micros,
-                        query: r.query,
-                    });
-                }
-                if asked {
-                    waiting.expire(now_micros());
-                    queries.advance_to(clock.next());
-                    queries.flush();
-                }
+                let requester = worker.index();
+                submit_queries(requests, queries, &mut waiting.borrow_mut(), &mut clock, &mut next_query, requester);
             }
         }
         // Flow control: work the fed readings through before reading more, so nothing queues up in the dataflow
@@ -398,6 +373,40 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     // (or be gone). What matters is durable in the log and the archive; the statistics are rebuilt at start.
     for dataflow in worker.installed_dataflows() {
         worker.drop_dataflow(dataflow);
+    }
+}
+
+/// Puts the queries asked of this process into the query dataflow (at one new time), remembering where each
+/// answer goes.
+fn submit_queries(
+    requests: &mpsc::Receiver<Request>,
+    queries: &mut InputHandleVec<u64, QueryRequest>,
+    waiting: &mut Waiting,
+    clock: &mut RoundClock,
+    next_query: &mut u64,
+    requester: usize,
+) {
+    let mut asked = false;
+    for r in requests.try_iter() {
+        if !asked {
+            queries.advance_to(clock.next());
+            asked = true;
+        }
+        *next_query += 1;
+        waiting.insert(*next_query, r.reply, r.deadline_micros);
+        queries.send(QueryRequest {
+            id: *next_query,
+            requester,
+            process: r.process,
+            after: r.after,
+            deadline_micros: r.deadline_micros,
+            query: r.query,
+        });
+    }
+    if asked {
+        waiting.expire(now_micros());
+        queries.advance_to(clock.next());
+        queries.flush();
     }
 }
 

@@ -286,9 +286,7 @@ fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
         .map(|r| r.iter().map(|&(d, s, t, _)| (d, s, t, f64::from(d) + f64::from(s) + (t % 1000) as f64)).collect())
         .collect();
     let single = run_engine(&records, 1);
-    let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let addresses: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-    drop(listeners);
+    let addresses = crate::cluster::free_addresses(3);
     let sensors = SensorSet::default();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut lasts = Vec::new();
