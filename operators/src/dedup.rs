@@ -21,6 +21,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::model::{Reading, SeriesKey, Time};
@@ -97,17 +98,36 @@ impl FirstWriteFilter {
     }
 }
 
-/// `dedup_first_write`: readings in (as written, possibly with duplicates), each key's first-written reading out.
+/// A reading the filter dropped: the logical time it was fed at and its `seq` (log position and index in the
+/// record). In a cluster the time says which process fed it (see `weir-pipeline`'s round clock), so the verdict can
+/// go back to that process's archiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Rejected {
+    pub time: Time,
+    pub seq: u64,
+}
+
+/// What [`dedup_first_write`] produces.
+pub struct Deduplicated<'scope> {
+    /// Each key's first-written reading, with multiplicity +1 at its record's time.
+    pub admitted: VecCollection<'scope, Time, Reading, isize>,
+    /// The duplicates, at their record's time (few: only readings whose key was already written).
+    pub rejected: Stream<'scope, Time, Vec<Rejected>>,
+}
+
+/// `dedup_first_write`: readings in (as written, possibly with duplicates), each key's first-written reading out,
+/// and the dropped duplicates beside it.
 ///
 /// In: a stream of [`Reading`]s at the time of their WAL record. Out: a collection of the readings that are the first
-/// of their (device, sensor, timestamp), each with multiplicity +1 at its record's time. Nothing is ever retracted.
+/// of their (device, sensor, timestamp), each with multiplicity +1 at its record's time (nothing is ever retracted),
+/// and a stream of the [`Rejected`] ones.
 pub fn dedup_first_write<'scope>(
     readings: Stream<'scope, Time, Vec<Reading>>,
     horizon_micros: i64,
-) -> VecCollection<'scope, Time, Reading, isize> {
+) -> Deduplicated<'scope> {
     let by_device = Exchange::new(|r: &Reading| r.series.device.0);
-    readings
-        .unary_frontier::<CapacityContainerBuilder<Vec<(Reading, Time, isize)>>, _, _, _>(
+    let verdicts = readings
+        .unary_frontier::<CapacityContainerBuilder<Vec<Result<(Reading, Time, isize), Rejected>>>, _, _, _>(
             by_device,
             "DedupFirstWrite",
             move |_capability, _info| {
@@ -134,14 +154,17 @@ pub fn dedup_first_write<'scope>(
                         let mut session = output.session(&cap);
                         for r in readings {
                             if filter.admit(&r) {
-                                session.give((r, time, 1isize));
+                                session.give(Ok((r, time, 1isize)));
+                            } else {
+                                session.give(Err(Rejected { time, seq: r.seq }));
                             }
                         }
                     }
                 }
             },
-        )
-        .as_collection()
+        );
+    let (admitted, rejected) = verdicts.ok_err::<Vec<_>, _, Vec<_>, _, _>(|v| v);
+    Deduplicated { admitted: admitted.as_collection(), rejected }
 }
 
 #[cfg(test)]
@@ -179,6 +202,7 @@ mod tests {
             let sink = sink.clone();
             worker.dataflow(|scope| {
                 dedup_first_write(input.to_stream(scope), 1_000_000)
+                    .admitted
                     .inspect(move |(r, time, diff)| sink.lock().unwrap().push((r.seq, r.value, *time, *diff)))
                     .inner
                     .probe_with(&probe);

@@ -4,9 +4,9 @@ use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use timely::dataflow::operators::Probe;
-use timely::dataflow::{InputHandleVec, ProbeHandle, Scope};
+use timely::dataflow::{InputHandleVec, ProbeHandle, Scope, Stream};
 
-use crate::dedup::dedup_first_write;
+use crate::dedup::{Deduplicated, Rejected, dedup_first_write};
 use crate::latest::{LatestTrace, latest_by_time};
 use crate::model::{DeviceId, Reading, Time};
 use crate::window::{WindowTrace, window_stats};
@@ -16,7 +16,7 @@ pub type NamesTrace = TraceAgent<KeySpine<(DeviceId, String), Time, isize>>;
 
 /// What a worker holds of one statistics dataflow: its inputs, its arrangements, and the probe that says how far it
 /// has processed.
-pub struct StatsDataflow {
+pub struct StatsDataflow<'scope> {
     /// Readings as written, at the time of their WAL record.
     pub readings: InputHandleVec<Time, Reading>,
     /// Device names, each inserted (at least) once.
@@ -24,16 +24,19 @@ pub struct StatsDataflow {
     pub windows: WindowTrace,
     pub latest: LatestTrace,
     pub device_names: NamesTrace,
+    /// The readings deduplication dropped, for the archive of the process that wrote them.
+    pub rejected: Stream<'scope, Time, Vec<Rejected>>,
     pub probe: ProbeHandle<Time>,
 }
 
 /// Builds the dataflow in `scope`: readings → `dedup_first_write` → `window_stats` and `latest_by_time`.
-pub fn stats_dataflow(scope: Scope<'_, Time>, horizon_micros: i64) -> StatsDataflow {
+pub fn stats_dataflow<'scope>(scope: Scope<'scope, Time>, horizon_micros: i64) -> StatsDataflow<'scope> {
     let mut readings = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let (names, name_collection) = scope.new_collection::<(DeviceId, String), isize>();
 
-    let deduplicated = dedup_first_write(readings.to_stream(scope), horizon_micros);
+    let Deduplicated { admitted: deduplicated, rejected } =
+        dedup_first_write(readings.to_stream(scope), horizon_micros);
     let windows = window_stats(deduplicated.clone());
     let latest = latest_by_time(deduplicated);
     let device_names = name_collection.arrange_by_self_named("DeviceNames");
@@ -47,6 +50,7 @@ pub fn stats_dataflow(scope: Scope<'_, Time>, horizon_micros: i64) -> StatsDataf
         windows: windows.trace,
         latest: latest.trace,
         device_names: device_names.trace,
+        rejected,
         probe,
     }
 }

@@ -21,20 +21,45 @@ use crate::wal::record::decode_batch;
 /// A position mark: `(process, position)` — the process's log has been fed through `position`.
 pub type Mark = (u32, u64);
 
-/// Logical times for rounds: microseconds since the Unix epoch, strictly increasing.
-#[derive(Debug, Default)]
+/// Logical times for rounds. Log rounds: the feeder's clock in microseconds since the Unix epoch, times the number
+/// of processes, plus this process's index — so a time says which process fed it (`time % processes`), and times
+/// of different processes never collide. Snapshot rounds (while `in_snapshot`): small times, below every log
+/// round's, so that in every process the archive is admitted before any log record. Strictly increasing.
+#[derive(Debug)]
 pub struct RoundClock {
     last: Time,
+    processes: u64,
+    /// Set while the feeder reads its snapshot.
+    pub in_snapshot: bool,
 }
 
+/// Times below this are snapshot rounds.
+pub const SNAPSHOT_TIMES: Time = 1 << 40;
+
 impl RoundClock {
+    pub fn new(process: u32, processes: usize) -> Self {
+        RoundClock { last: u64::from(process), processes: processes.max(1) as u64, in_snapshot: false }
+    }
+
     /// The time of the next round.
     pub fn next(&mut self) -> Time {
+        let n = self.processes;
+        if self.in_snapshot && self.last + n < SNAPSHOT_TIMES {
+            self.last += n;
+            return self.last;
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX - 1));
-        self.last = now.max(self.last + 1);
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / n - 1));
+        let process = self.last % n;
+        let at = now.saturating_mul(n).saturating_add(process);
+        self.last = at.max(self.last + n);
         self.last
+    }
+
+    /// Which process a time of a cluster of `processes` belongs to.
+    pub fn process_of(time: Time, processes: usize) -> u32 {
+        (time % processes.max(1) as u64) as u32
     }
 }
 

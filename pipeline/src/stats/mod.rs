@@ -13,6 +13,7 @@ mod answers;
 mod feed;
 mod positions;
 mod query;
+mod verdicts;
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ use crate::wal::WalReader;
 use answers::{QueryRequest, Waiting, now_micros, query_dataflow};
 use feed::{Feeder, LogFeed, Mark, RoundClock};
 use positions::Positions;
+use verdicts::rejected_to_their_process;
+pub use verdicts::{DedupVerdicts, Verdicts};
 
 /// How the statistics run.
 #[derive(Debug, Clone)]
@@ -129,6 +132,7 @@ pub struct StatsEngine {
     processed: Arc<Vec<AtomicU64>>,
     process: u32,
     stop: Arc<AtomicBool>,
+    verdicts: Arc<Verdicts>,
     /// In a mutex only to make the engine `Sync` (the guards are not); touched once, at stop.
     guards: Mutex<Option<timely::communication::initialize::WorkerGuards<()>>>,
 }
@@ -159,6 +163,7 @@ impl StatsEngine {
         let processed = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
         let stop = Arc::new(AtomicBool::new(false));
         let process = options.process();
+        let verdicts = Arc::new(Verdicts::new(processed.clone()));
         let cluster = options.cluster.clone();
         let context = WorkerContext {
             wal_dir,
@@ -170,13 +175,26 @@ impl StatsEngine {
             start_through: start.through,
             snapshot: Mutex::new(Some(start.snapshot)),
             requests: Mutex::new(Some(requests)),
+            verdicts: verdicts.clone(),
         };
         let run = move |worker: &mut timely::worker::Worker| run_worker(worker, &context);
         let guards = match cluster {
             None => timely::execute(timely::Config::process(workers), run).map_err(StartError::Timely)?,
             Some(cluster) => cluster.execute(workers, run)?,
         };
-        Ok(StatsEngine { sender: Mutex::new(sender), processed, process, stop, guards: Mutex::new(Some(guards)) })
+        Ok(StatsEngine {
+            sender: Mutex::new(sender),
+            processed,
+            process,
+            stop,
+            verdicts,
+            guards: Mutex::new(Some(guards)),
+        })
+    }
+
+    /// Which readings of this process's log deduplication dropped (what its archive must leave out).
+    pub fn verdicts(&self) -> Arc<Verdicts> {
+        self.verdicts.clone()
     }
 
     /// The last position of this process's log that every local worker has processed.
@@ -245,6 +263,8 @@ struct WorkerContext {
     snapshot: Mutex<Option<Snapshot>>,
     /// Taken by the feeding worker.
     requests: Mutex<Option<mpsc::Receiver<Request>>>,
+    /// Where the readings of this process's log that deduplication dropped are recorded.
+    verdicts: Arc<Verdicts>,
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
@@ -253,8 +273,12 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     let horizon = i64::try_from(ctx.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
     let positions = Rc::new(RefCell::new(Positions::new(ctx.options.processes())));
     let marks_in = positions.clone();
+    let processes = ctx.options.processes();
+    let verdicts = ctx.verdicts.clone();
     let (dataflow, marks) = worker.dataflow(|scope| {
-        let dataflow = stats_dataflow(scope, horizon);
+        let StatsDataflow { readings, names, windows, latest, device_names, rejected, probe } =
+            stats_dataflow(scope, horizon);
+        rejected_to_their_process(rejected, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
         let mut marks: InputHandleVec<u64, Mark> = InputHandleVec::new();
         marks
@@ -269,10 +293,10 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
                     }
                 }
             })
-            .probe_with(&dataflow.probe);
-        (dataflow, marks)
+            .probe_with(&probe);
+        ((readings, names, windows, latest, device_names, probe), marks)
     });
-    let StatsDataflow { readings, names, windows, latest, device_names, probe } = dataflow;
+    let (readings, names, windows, latest, device_names, probe) = dataflow;
     let traces = Rc::new(RefCell::new(WorkerTraces { windows, latest, names: device_names }));
     let waiting = Rc::new(RefCell::new(Waiting::default()));
     let (queries, _query_probe) =
@@ -310,7 +334,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         queries.close();
         None
     };
-    let mut clock = RoundClock::default();
+    let mut clock = RoundClock::new(ctx.options.process(), processes);
     let mut next_query = 0u64;
     let mut fed_until = 0;
     // In a cluster an idle feeder still lets time pass (every `idle_park`), so that the other processes' rounds
@@ -321,6 +345,8 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         if let Some(feed) = feed.as_mut() {
             let durable = *ctx.durable.borrow();
             let has_data = feed.snapshot.is_some() || durable > feed.read_through;
+            // Snapshot rounds take times below every log round's, in every process: the archive is admitted first.
+            clock.in_snapshot = feed.snapshot.is_some();
             if has_data || (in_cluster && last_tick.elapsed() >= ctx.options.idle_park) {
                 let time = clock.next();
                 if feed.round(time, durable, ctx.options.feed_limit) > 0 {

@@ -325,6 +325,31 @@ fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let answers: Vec<_> = engines.iter().map(|engine| without_seq(read_all(engine, &lasts))).collect();
+    // What each process's archive keeps of its own log (its records less the verdicts sent back to it): together,
+    // every key written anywhere exactly once.
+    let mut kept = Vec::new();
+    for (p, engine) in engines.iter().enumerate() {
+        let verdicts = engine.verdicts();
+        let started = std::time::Instant::now();
+        while verdicts.decided_through() < lasts[p].1 {
+            assert!(started.elapsed() < Duration::from_secs(30), "process {p} decided {}", verdicts.decided_through());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for (i, record) in records.iter().skip(p).step_by(3).enumerate() {
+            let rejected = verdicts.take_rejected(i as u64 + 1);
+            for (index, r) in record.iter().enumerate() {
+                if !rejected.contains(&(index as u32)) {
+                    kept.push((r.0, r.1, r.2));
+                }
+            }
+        }
+        prop_assert_eq!(verdicts.pending(), 0);
+    }
+    kept.sort();
+    let mut keys: Vec<_> = records.iter().flatten().map(|r| (r.0, r.1, r.2)).collect();
+    keys.sort();
+    keys.dedup();
+    prop_assert_eq!(kept, keys, "every key kept exactly once, by one process");
     // A timely cluster stops as a whole.
     std::thread::scope(|scope| {
         for engine in engines {
