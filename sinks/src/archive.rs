@@ -25,6 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
 use weir_operators::{DeviceId, FirstWriteFilter, Reading, SeriesKey};
 use weir_pipeline::reading::ReadingBatch;
+use weir_pipeline::stats::DedupVerdicts;
 use weir_pipeline::wal::WalReader;
 use weir_pipeline::wal::record::decode_batch;
 
@@ -59,6 +60,33 @@ pub struct ArchiveLocation {
     pub root: Path,
     /// The URL it was opened from (with a trailing `/`).
     pub url: url::Url,
+    /// Set when the archive is shared by the processes of a cluster: whose parts these are.
+    pub share: Option<ClusterShare>,
+}
+
+/// One process's share of an archive that every process of a cluster writes to.
+///
+/// Every process writes its own parts (`part-p<I>-<first>-<last>.parquet`: its own log positions, so names cannot
+/// collide) and stages them under its own `staging/process-<I>/`; the sealed file of a day (`sealed.parquet`) is
+/// written by the day's owner only ([`ClusterShare::owns_day`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterShare {
+    pub process: u32,
+    pub processes: u32,
+}
+
+impl ClusterShare {
+    /// Whether this process seals `date` (`YYYY-MM-DD`): days go round the processes, by day number.
+    pub fn owns_day(&self, date: &str) -> bool {
+        day_owner(date, self.processes) == Some(self.process)
+    }
+}
+
+/// The process of a `processes`-process cluster that seals `date`.
+pub fn day_owner(date: &str, processes: u32) -> Option<u32> {
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let number = day.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days();
+    Some(number.rem_euclid(i64::from(processes.max(1))) as u32)
 }
 
 impl ArchiveLocation {
@@ -85,25 +113,55 @@ impl ArchiveLocation {
         // (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …).
         let from_env = std::env::vars().filter(|(k, _)| CLOUD_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
         let (store, root) = object_store::parse_url_opts(&parsed, from_env).map_err(|e| err(e.to_string()))?;
-        Ok(ArchiveLocation { store: Arc::from(store), root, url: parsed })
+        Ok(ArchiveLocation { store: Arc::from(store), root, url: parsed, share: None })
+    }
+
+    /// This location as process `share.process` of a cluster sharing it.
+    pub fn shared_by(mut self, share: ClusterShare) -> Self {
+        self.share = Some(share);
+        self
+    }
+
+    fn part_file(&self, first: u64, last: u64) -> String {
+        match self.share {
+            None => format!("part-{first:020}-{last:020}.parquet"),
+            Some(share) => format!("part-p{}-{first:020}-{last:020}.parquet", share.process),
+        }
     }
 
     /// The object path of a part.
     pub fn part_path(&self, date: &str, first: u64, last: u64) -> Path {
-        self.root
-            .clone()
-            .join("readings")
-            .join(format!("date={date}"))
-            .join(format!("part-{first:020}-{last:020}.parquet"))
+        self.root.clone().join("readings").join(format!("date={date}")).join(self.part_file(first, last))
     }
 
-    /// Where a part waits between upload and commit (outside `readings/`, so no query sees it).
+    /// Where a day's sealed file lives: alone, a part named by the positions it covers; in a cluster,
+    /// `sealed.parquet` (it covers several processes' logs).
+    pub fn sealed_path(&self, date: &str, first: u64, last: u64) -> Path {
+        match self.share {
+            None => self.part_path(date, first, last),
+            Some(_) => self.root.clone().join("readings").join(format!("date={date}")).join("sealed.parquet"),
+        }
+    }
+
+    /// This process's staging area (outside `readings/`, so no query sees it; in a cluster, one per process).
+    pub fn staging_root(&self) -> Path {
+        match self.share {
+            None => self.root.clone().join("staging"),
+            Some(share) => self.root.clone().join("staging").join(format!("process-{}", share.process)),
+        }
+    }
+
+    /// Where a part waits between upload and commit.
     pub fn staging_path(&self, date: &str, first: u64, last: u64) -> Path {
-        self.root
-            .clone()
-            .join("staging")
-            .join(format!("date={date}"))
-            .join(format!("part-{first:020}-{last:020}.parquet"))
+        self.staging_root().join(format!("date={date}")).join(self.part_file(first, last))
+    }
+
+    /// Whether `part` is one of this process's own flushes (alone: every part).
+    pub fn is_own(&self, part: &PartName) -> bool {
+        match self.share {
+            None => true,
+            Some(share) => part.process == Some(share.process),
+        }
     }
 
     /// Every part under `readings/`, with the position range its name gives.
@@ -120,18 +178,39 @@ impl ArchiveLocation {
 pub struct PartName {
     pub path: Path,
     pub date: String,
+    /// The process whose log it covers, in a cluster's archive (`part-p<I>-…`); `None` alone.
+    pub process: Option<u32>,
+    /// A cluster's sealed file of the day (`sealed.parquet`: several logs, no position range).
+    pub sealed: bool,
     pub first: u64,
     pub last: u64,
 }
 
 impl PartName {
-    fn parse(path: &Path) -> Option<PartName> {
+    pub fn parse(path: &Path) -> Option<PartName> {
         let mut parts: Vec<String> = path.parts().map(|p| p.as_ref().to_owned()).collect();
         let file = parts.pop()?;
         let date = parts.pop()?.strip_prefix("date=")?.to_owned();
+        if file == "sealed.parquet" {
+            return Some(PartName { path: path.clone(), date, process: None, sealed: true, first: 0, last: 0 });
+        }
         let range = file.strip_prefix("part-")?.strip_suffix(".parquet")?;
+        let (process, range) = match range.strip_prefix('p') {
+            Some(rest) => {
+                let (process, range) = rest.split_once('-')?;
+                (Some(process.parse().ok()?), range)
+            }
+            None => (None, range),
+        };
         let (first, last) = range.split_once('-')?;
-        Some(PartName { path: path.clone(), date, first: first.parse().ok()?, last: last.parse().ok()? })
+        Some(PartName {
+            path: path.clone(),
+            date,
+            process,
+            sealed: false,
+            first: first.parse().ok()?,
+            last: last.parse().ok()?,
+        })
     }
 }
 
@@ -161,6 +240,9 @@ pub struct ArchiverOptions {
     pub idle: Duration,
     /// Test hook: fail at this point of the first flush.
     pub fault: Option<FaultPoint>,
+    /// In a cluster: the statistics' deduplication verdicts for this process's log. A record is archived once the
+    /// statistics have decided it, less the duplicates they dropped (the archiver then keeps no filter of its own).
+    pub verdicts: Option<Arc<dyn DedupVerdicts>>,
 }
 
 impl Default for ArchiverOptions {
@@ -171,6 +253,7 @@ impl Default for ArchiverOptions {
             dedup_horizon: Duration::from_secs(48 * 3600),
             idle: Duration::from_millis(5),
             fault: None,
+            verdicts: None,
         }
     }
 }
@@ -187,6 +270,9 @@ pub struct ArchiveProgress {
     /// Held (shared) by queries from their snapshot of `unflushed` to their end; held (exclusive) by a flush while it
     /// makes parts visible and drops their readings from `unflushed`.
     pub visibility: tokio::sync::RwLock<()>,
+    /// A flush of everything read is wanted as soon as the log has been read through this position (SQL in a
+    /// cluster asks for it, so that a query sees every process's readings acknowledged before it).
+    pub flush_requested: AtomicU64,
     /// Set once the archiver has rebuilt its dedup filter from the archive and reads the log; until then nothing
     /// may replace the parts it is reading (the sealer waits for this).
     pub started: AtomicBool,
@@ -311,16 +397,19 @@ impl ArchiverLoop {
     fn run(&mut self) -> Result<(), ArchiveError> {
         let committed = self.checkpoint.read()?;
         self.remove_uncommitted_parts(committed)?;
-        let horizon = i64::try_from(self.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
-        self.filter = Some(FirstWriteFilter::new(horizon));
-        // Rebuild the dedup filter from the archive itself: the log before `committed` may have been deleted.
-        let snapshot = self.runtime.block_on(ArchiveSnapshot::open(&self.location, committed, self.runtime.clone()))?;
-        let parts = snapshot.parts();
-        for item in snapshot {
-            let (last, batch) = item?;
-            self.admit(last, batch);
+        if self.options.verdicts.is_none() {
+            let horizon = i64::try_from(self.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
+            self.filter = Some(FirstWriteFilter::new(horizon));
+            // Rebuild the dedup filter from the archive itself: the log before `committed` may have been deleted.
+            let snapshot =
+                self.runtime.block_on(ArchiveSnapshot::open(&self.location, committed, self.runtime.clone()))?;
+            let parts = snapshot.parts();
+            for item in snapshot {
+                let (last, batch) = item?;
+                self.admit(last, batch);
+            }
+            tracing::debug!(parts, committed, "archive dedup filter rebuilt from the archive");
         }
-        tracing::debug!(parts, committed, "archive dedup filter rebuilt from the archive");
         self.progress.started.store(true, Ordering::Release);
         let mut reader = WalReader::new(&self.wal_dir, committed + 1);
         self.progress.committed.store(committed, Ordering::Release);
@@ -333,9 +422,12 @@ impl ArchiverLoop {
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             let durable = *self.durable.borrow();
+            // In a cluster, only what the statistics have decided (stopped statistics decide nothing more: what is
+            // left is archived after the next start).
+            let readable = self.options.verdicts.as_ref().map_or(durable, |v| durable.min(v.decided_through()));
             let mut read_any = false;
             while rows < self.options.flush_rows {
-                let Some((position, payload)) = reader.next_record_through(durable)? else { break };
+                let Some((position, payload)) = reader.next_record_through(readable)? else { break };
                 let payload = payload.to_vec();
                 let admitted = self.first_writes(position, &payload);
                 rows += admitted.len();
@@ -349,6 +441,7 @@ impl ArchiverLoop {
             }
             let due = rows >= self.options.flush_rows
                 || oldest.is_some_and(|t| t.elapsed() >= self.options.flush_age)
+                || self.progress.flush_requested.load(Ordering::Acquire) >= first
                 || (stopping && last >= first);
             if due && last >= first {
                 self.flush(first, last)?;
@@ -369,6 +462,16 @@ impl ArchiverLoop {
     /// The readings of one record that are the first writes of their key, in archive form.
     fn first_writes(&mut self, position: u64, payload: &[u8]) -> ReadingBatch {
         match decode_batch(payload) {
+            Ok(mut batch) if self.options.verdicts.is_some() => {
+                let rejected = self.options.verdicts.as_ref().map(|v| v.take_rejected(position)).unwrap_or_default();
+                let mut index = 0u32;
+                batch.rows.retain(|_| {
+                    index += 1;
+                    rejected.binary_search(&(index - 1)).is_err()
+                });
+                metrics::counter!("weir_readings_deduplicated_total").increment(rejected.len() as u64);
+                batch
+            }
             Ok(batch) => {
                 let written = batch.len() as u64;
                 let late_before = self.filter.as_ref().map_or(0, |f| f.late_admitted());
@@ -461,13 +564,13 @@ impl ArchiverLoop {
     /// the committed position.
     fn remove_uncommitted_parts(&self, committed: u64) -> Result<(), ArchiveError> {
         use futures_util::TryStreamExt;
-        let staging = self.location.root.clone().join("staging");
+        let staging = self.location.staging_root();
         let staged: Vec<_> = self.runtime.block_on(self.location.store.list(Some(&staging)).try_collect::<Vec<_>>())?;
         for meta in staged {
             self.runtime.block_on(self.location.store.delete(&meta.location))?;
         }
         let parts = self.runtime.block_on(self.location.list_parts())?;
-        for part in parts.into_iter().filter(|p| p.first > committed) {
+        for part in parts.into_iter().filter(|p| !p.sealed && self.location.is_own(p) && p.first > committed) {
             tracing::info!(part = %part.path, "removing a part of a flush that never committed");
             self.runtime.block_on(self.location.store.delete(&part.path))?;
         }

@@ -10,6 +10,7 @@
 //! lock queries hold — the journal records what it replaces, the file moves into place and the replaced parts are
 //! deleted; [`finish_interrupted_seals`] completes a seal that a crash interrupted.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -35,6 +36,10 @@ pub struct SealRecord {
     /// Parts being replaced by an unfinished seal (empty once done).
     #[serde(default)]
     pub replacing: Vec<String>,
+    /// In a cluster's archive: per process, the last log position of its parts in the sealed file (its parts that
+    /// start after it are late).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub through: BTreeMap<u32, u64>,
 }
 
 /// What one seal did.
@@ -100,9 +105,28 @@ pub async fn seal_day(
     progress: Option<&Arc<ArchiveProgress>>,
     dump_to: Option<&ArchiveLocation>,
 ) -> Result<SealOutcome, ArchiveError> {
+    seal_committed_day(location, date, progress, dump_to, None).await
+}
+
+/// Like [`seal_day`], for a cluster's archive: only the parts every process has committed are merged — process
+/// `q`'s parts through `committed[q]` (a part beyond it may belong to a flush that never commits) — with the day's
+/// sealed file.
+pub async fn seal_committed_day(
+    location: &ArchiveLocation,
+    date: &str,
+    progress: Option<&Arc<ArchiveProgress>>,
+    dump_to: Option<&ArchiveLocation>,
+    committed: Option<&BTreeMap<u32, u64>>,
+) -> Result<SealOutcome, ArchiveError> {
     let previous = read_journal(location, date).await?;
-    let mut parts: Vec<PartName> = location.list_parts().await?.into_iter().filter(|p| p.date == date).collect();
-    parts.sort_by_key(|p| (p.first, p.last));
+    let is_committed = |p: &PartName| match (committed, p.process) {
+        (Some(committed), Some(q)) => committed.get(&q).is_some_and(|&c| p.last <= c),
+        _ => true,
+    };
+    let mut parts: Vec<PartName> =
+        location.list_parts().await?.into_iter().filter(|p| p.date == date && is_committed(p)).collect();
+    // Write order: alone, the log's; in a cluster, the sealed file first, then each process's parts in its order.
+    parts.sort_by_key(|p| (!p.sealed, p.process, p.first, p.last));
     let dump_root = dump_to.unwrap_or(location);
     let dump = dump_path(&dump_root.root, date);
     if parts.is_empty() {
@@ -111,15 +135,20 @@ pub async fn seal_day(
             reason: format!("no readings archived for {date}"),
         });
     }
-    // First row of each key in WAL order wins. Rows from parts written after the last seal are late.
-    let sealed_through = previous.as_ref().map(|p| p.last);
+    // First row of each key in write order wins. Rows from parts written after the last seal are late.
+    let is_late = |part: &PartName| match (&previous, part.process) {
+        (None, _) => false,
+        (Some(_), None) if part.sealed => false,
+        (Some(previous), None) => part.first > previous.last,
+        (Some(previous), Some(q)) => part.first > previous.through.get(&q).copied().unwrap_or(0),
+    };
     // One stable sort by the archive's order (sensor, device, timestamp) keeps, among equal keys, the row of the
     // earliest part first; keeping the first of each run is first-write-wins. (A hash set of owned keys cost ~3×
     // more: hashing, and two string clones per row.)
     let mut rows: Vec<(ArchivedReading, bool)> = Vec::new();
     for part in &parts {
         let bytes = location.store.get(&part.path).await?.bytes().await?;
-        let late = sealed_through.is_some_and(|through| part.first > through);
+        let late = is_late(part);
         rows.extend(read_parquet(bytes)?.into_iter().map(|r| (r, late)));
     }
     rows.sort_by(|(a, _), (b, _)| (&a.sensor, &a.device, a.micros).cmp(&(&b.sensor, &b.device, b.micros)));
@@ -128,9 +157,17 @@ pub async fn seal_day(
     });
     let late_now = rows.iter().filter(|(_, late)| *late).count() as u64;
     let rows: Vec<ArchivedReading> = rows.into_iter().map(|(r, _)| r).collect();
-    let first = parts[0].first;
-    let last = parts.iter().map(|p| p.last).max().unwrap_or(first);
-    let sealed = location.part_path(date, first, last);
+    let ranged = parts.iter().filter(|p| !p.sealed);
+    let first = ranged.clone().map(|p| p.first).min().or(previous.as_ref().map(|p| p.first)).unwrap_or(0);
+    let last = ranged.clone().map(|p| p.last).max().unwrap_or(first).max(previous.as_ref().map_or(0, |p| p.last));
+    let mut through = previous.as_ref().map(|p| p.through.clone()).unwrap_or_default();
+    for part in ranged {
+        if let Some(q) = part.process {
+            let t = through.entry(q).or_insert(0);
+            *t = (*t).max(part.last);
+        }
+    }
+    let sealed = location.sealed_path(date, first, last);
     let late_readings = previous.as_ref().map_or(0, |p| p.late_readings) + late_now;
     let replacing: Vec<Path> = parts.iter().map(|p| p.path.clone()).filter(|p| *p != sealed).collect();
     let record = SealRecord {
@@ -140,13 +177,15 @@ pub async fn seal_day(
         first,
         last,
         replacing: replacing.iter().map(|p| p.to_string()).collect(),
+        through,
     };
     let parquet = write_parquet(&rows)?;
     let dump_bytes = dump_gzip(&rows);
 
-    let changed = !(replacing.is_empty() && previous.as_ref().is_some_and(|p| p.first == first && p.last == last));
+    let changed = !(replacing.is_empty()
+        && previous.as_ref().is_some_and(|p| location.share.is_some() || (p.first == first && p.last == last)));
     // Stage, then swap under the lock queries hold.
-    let staged = location.root.clone().join("staging").join(format!("seal-{date}.parquet"));
+    let staged = location.staging_root().join(format!("seal-{date}.parquet"));
     location.store.put(&staged, PutPayload::from(parquet)).await?;
     dump_root.store.put(&dump, PutPayload::from(dump_bytes)).await?;
     {
@@ -165,22 +204,22 @@ pub async fn seal_day(
     Ok(SealOutcome { record: done, parts_merged: parts.len(), sealed, dump, changed, late_now })
 }
 
-/// Completes seals that a crash interrupted: deletes the parts their journal says they replace.
+/// Completes seals that a crash interrupted: moves the merged file into place if it is still staged, then deletes
+/// the parts their journal says they replace. In a cluster, each process finishes the seals of the days it owns.
 pub async fn finish_interrupted_seals(location: &ArchiveLocation) -> Result<(), ArchiveError> {
     for record in seal_records(location).await? {
-        if record.replacing.is_empty() {
+        if record.replacing.is_empty() || location.share.is_some_and(|s| !s.owns_day(&record.date)) {
             continue;
         }
-        let sealed = location.part_path(&record.date, record.first, record.last);
-        if location.store.head(&sealed).await.is_err() {
-            let staged = location.root.clone().join("staging").join(format!("seal-{}.parquet", record.date));
-            if location.store.head(&staged).await.is_ok() {
-                location.store.rename(&staged, &sealed).await?;
-            } else {
-                // The merged file never made it: keep the parts, forget the unfinished seal.
-                write_journal(location, &SealRecord { replacing: Vec::new(), ..record }).await?;
-                continue;
-            }
+        let sealed = location.sealed_path(&record.date, record.first, record.last);
+        // The merged file is staged before the journal names what it replaces, and leaves staging only by the move.
+        let staged = location.staging_root().join(format!("seal-{}.parquet", record.date));
+        if location.store.head(&staged).await.is_ok() {
+            location.store.rename(&staged, &sealed).await?;
+        } else if location.store.head(&sealed).await.is_err() {
+            // The merged file never made it: keep the parts, forget the unfinished seal.
+            write_journal(location, &SealRecord { replacing: Vec::new(), ..record }).await?;
+            continue;
         }
         for old in &record.replacing {
             match location.store.delete(&Path::from(old.as_str())).await {
@@ -218,7 +257,8 @@ pub fn dump_gzip(rows: &[ArchivedReading]) -> Vec<u8> {
     gz.finish().unwrap_or_default()
 }
 
-/// Days that are due for a seal: over for `grace` already, with parts not yet merged into a sealed file.
+/// Days that are due for a seal: over for `grace` already, with parts not yet merged into a sealed file (in a
+/// cluster, of the days this process owns).
 pub async fn days_due(
     location: &ArchiveLocation,
     now_micros: i64,
@@ -230,6 +270,9 @@ pub async fn days_due(
     dates.dedup();
     let mut due = Vec::new();
     for date in dates {
+        if location.share.is_some_and(|s| !s.owns_day(&date)) {
+            continue;
+        }
         let Ok(day) = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d") else { continue };
         let end = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros() + 86_400_000_000);
         if end.is_none_or(|end| end + grace_micros > now_micros) {

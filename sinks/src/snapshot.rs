@@ -23,14 +23,20 @@ pub struct ArchiveSnapshot {
 
 impl ArchiveSnapshot {
     /// The parts holding readings through `committed` (a part starting after it belongs to a flush that never
-    /// committed). Reads happen on `runtime`, from a thread that is not one of its workers.
+    /// committed); in a cluster, this process's share of them. Reads happen on `runtime`, from a thread that is not one of its workers.
     pub async fn open(
         location: &ArchiveLocation,
         committed: u64,
         runtime: tokio::runtime::Handle,
     ) -> Result<ArchiveSnapshot, ArchiveError> {
-        let mut parts: Vec<PartName> =
-            location.list_parts().await?.into_iter().filter(|p| p.last <= committed).collect();
+        // In a cluster each process loads its own committed parts and the sealed files of the days it owns, so
+        // that together the processes load every archived reading once.
+        let mine = |p: &PartName| match location.share {
+            None => p.last <= committed,
+            Some(share) if p.sealed => share.owns_day(&p.date),
+            Some(_) => location.is_own(p) && p.last <= committed,
+        };
+        let mut parts: Vec<PartName> = location.list_parts().await?.into_iter().filter(mine).collect();
         parts.sort_by(|a, b| (a.last, a.first, &a.date).cmp(&(b.last, b.first, &b.date)));
         Ok(ArchiveSnapshot {
             location: location.clone(),

@@ -28,6 +28,12 @@ pub trait DedupVerdicts: Send + Sync {
     fn take_rejected(&self, position: u64) -> Vec<u32>;
 }
 
+impl std::fmt::Debug for dyn DedupVerdicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DedupVerdicts {{ decided_through: {} }}", self.decided_through())
+    }
+}
+
 /// The verdicts recorded at this process.
 #[derive(Debug)]
 pub struct Verdicts {

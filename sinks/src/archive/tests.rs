@@ -1,6 +1,6 @@
 //! The archive against the deduplicated input: exactly once, whatever the order, splits, duplicates and crashes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
@@ -144,5 +144,68 @@ fn stopping_flushes_the_whole_durable_log_not_just_one_flush() {
     .unwrap();
     archiver.stop().unwrap();
     assert_eq!(Checkpoint { path: f.checkpoint.clone() }.read().unwrap(), f.last);
+    assert_eq!(f.contents(), model(&records));
+}
+
+/// Verdicts as the statistics would give them: each record's readings whose key an earlier one wrote, decided up to
+/// a position the test moves.
+struct ModelVerdicts {
+    decided: AtomicU64,
+    rejected: Mutex<HashMap<u64, Vec<u32>>>,
+}
+
+impl DedupVerdicts for ModelVerdicts {
+    fn decided_through(&self) -> u64 {
+        self.decided.load(Ordering::Acquire)
+    }
+    fn take_rejected(&self, position: u64) -> Vec<u32> {
+        self.rejected.lock().unwrap().remove(&position).unwrap_or_default()
+    }
+}
+
+/// In a cluster the archiver keeps no filter of its own: it archives a record only once the statistics have
+/// decided it, leaves out the duplicates they dropped, and names its parts and staging after its process.
+#[test]
+fn with_verdicts_the_archiver_waits_for_them_and_keeps_what_the_statistics_admitted() {
+    let records: Vec<Vec<Input>> = (0..12)
+        .map(|i| vec![(0, 0, 20_000 * 86_400_000_000 + (i % 5) * 1_000_000, i as f64), (1, 1, i * 1_000_000, 1.0)])
+        .collect();
+    let mut seen = HashSet::new();
+    let mut rejected = HashMap::new();
+    for (i, record) in records.iter().enumerate() {
+        for (index, r) in record.iter().enumerate() {
+            if !seen.insert((r.0, r.1, r.2)) {
+                rejected.entry(i as u64 + 1).or_insert_with(Vec::new).push(index as u32);
+            }
+        }
+    }
+    let verdicts = Arc::new(ModelVerdicts { decided: AtomicU64::new(6), rejected: Mutex::new(rejected) });
+    let f = fixture(&records, None);
+    let location = f.location.clone().shared_by(ClusterShare { process: 1, processes: 3 });
+    let options = ArchiverOptions { verdicts: Some(verdicts.clone()), ..small_flushes() };
+    let archiver = Archiver::start(
+        f.wal_dir.clone(),
+        f.durable.clone(),
+        location.clone(),
+        f.checkpoint.clone(),
+        options,
+        f.runtime.handle().clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while archiver.progress.committed.load(Ordering::Acquire) < 6 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(archiver.progress.read_through.load(Ordering::Acquire), 6, "nothing read past the decided position");
+    verdicts.decided.store(f.last, Ordering::Release);
+    while archiver.progress.committed.load(Ordering::Acquire) < f.last {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    archiver.stop().unwrap();
+    let parts = f.runtime.block_on(location.list_parts()).unwrap();
+    assert!(parts.iter().all(|p| p.process == Some(1) && p.path.as_ref().contains("part-p1-")), "{parts:?}");
     assert_eq!(f.contents(), model(&records));
 }

@@ -131,6 +131,7 @@ fn an_interrupted_seal_is_finished_at_the_next_start() {
         first: 1,
         last: 4,
         replacing: vec![s.location.part_path(DAY, 1, 2).to_string(), s.location.part_path(DAY, 3, 4).to_string()],
+        through: BTreeMap::new(),
     };
     s.rt.block_on(write_journal(&s.location, &record)).unwrap();
     s.rt.block_on(finish_interrupted_seals(&s.location)).unwrap();
@@ -150,4 +151,61 @@ fn days_are_due_after_their_end_plus_grace() {
     assert_eq!(s.rt.block_on(days_due(&s.location, end_of_day + 2 * hour, hour)).unwrap(), vec![DAY.to_string()]);
     s.seal();
     assert!(s.rt.block_on(days_due(&s.location, end_of_day + 2 * hour, hour)).unwrap().is_empty(), "sealed");
+}
+
+/// A cluster's archive: three processes' parts in one store. Only the day's owner seals it, only committed parts
+/// are merged, the sealed file and dump equal those of one process given the same readings, and late parts of any
+/// process are merged by the next seal and counted.
+#[test]
+fn in_a_cluster_the_owner_seals_every_processs_committed_parts() {
+    use crate::archive::{ClusterShare, day_owner};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let shared = ArchiveLocation::open("memory:///").unwrap();
+    let owner = day_owner(DAY, 3).unwrap();
+    let at = |process: u32| shared.clone().shared_by(ClusterShare { process, processes: 3 });
+    let put = |location: &ArchiveLocation, first: u64, last: u64, mut rows: Vec<ArchivedReading>| {
+        sort_for_archive(&mut rows);
+        let path = location.part_path(DAY, first, last);
+        rt.block_on(location.store.put(&path, PutPayload::from(write_parquet(&rows).unwrap()))).unwrap();
+    };
+    let readings = [r("default", "speed", 1, 1.0), r("truck-7", "fuel", 2, 2.0), r("default", "speed", 3, 3.0)];
+    put(&at(0), 1, 1, vec![readings[0].clone()]);
+    put(&at(1), 1, 2, vec![readings[1].clone()]);
+    put(&at(2), 4, 4, vec![readings[2].clone()]);
+    // Process 2's flush of 5..=5 was moved but never committed: left out.
+    put(&at(2), 5, 5, vec![r("default", "speed", 9, 9.0)]);
+    let committed: BTreeMap<u32, u64> = [(0, 1), (1, 2), (2, 4)].into();
+
+    let hour = 3_600_000_000;
+    let later = T + 26 * hour;
+    for p in 0..3 {
+        let due = rt.block_on(days_due(&at(p), later, hour)).unwrap();
+        assert_eq!(due.is_empty(), p != owner, "only process {owner} seals {DAY}; process {p}: {due:?}");
+    }
+    let sealer = at(owner);
+    let outcome = rt.block_on(seal_committed_day(&sealer, DAY, None, None, Some(&committed))).unwrap();
+    assert_eq!((outcome.parts_merged, outcome.record.readings, outcome.late_now), (3, 3, 0));
+    assert_eq!(outcome.sealed, sealer.sealed_path(DAY, 0, 0));
+
+    // One process, the same readings: the same sealed rows and the same dump, byte for byte.
+    let single = Store::new();
+    single.put_part(1, 3, readings.to_vec());
+    let alone = single.seal();
+    let get = |location: &ArchiveLocation, path: &Path| {
+        rt.block_on(async { location.store.get(path).await.unwrap().bytes().await.unwrap() }).to_vec()
+    };
+    assert_eq!(get(&shared, &outcome.sealed), single.get(&alone.sealed), "sealed file");
+    assert_eq!(get(&shared, &outcome.dump), single.get(&alone.dump), "dump");
+    let left: Vec<PartName> = rt.block_on(shared.list_parts()).unwrap();
+    assert_eq!(left.len(), 2, "the sealed file and the uncommitted part: {left:?}");
+
+    // Process 2 commits 5..=5 and process 0 writes a late part: the next seal merges both and counts them late.
+    put(&at(0), 2, 2, vec![r("default", "speed", 10, 10.0)]);
+    let committed: BTreeMap<u32, u64> = [(0, 2), (1, 2), (2, 5)].into();
+    let again = rt.block_on(seal_committed_day(&sealer, DAY, None, None, Some(&committed))).unwrap();
+    assert_eq!((again.record.readings, again.late_now, again.record.late_readings), (5, 2, 2));
+    assert_eq!(rt.block_on(shared.list_parts()).unwrap().len(), 1);
+    let unchanged = rt.block_on(seal_committed_day(&sealer, DAY, None, None, Some(&committed))).unwrap();
+    assert!(!unchanged.changed);
+    assert_eq!(unchanged.record.late_readings, 2);
 }
