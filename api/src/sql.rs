@@ -13,6 +13,7 @@ use weir_sinks::archive::ArchiveProgress;
 use weir_sinks::sql::{SqlArchive, SqlError, SqlResult};
 
 use crate::server::AppState;
+use crate::stats::StatsService;
 
 /// The Arrow IPC stream media type.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -26,6 +27,8 @@ pub struct SqlService {
     log: Arc<dyn ReadingLog>,
     /// Longest wait for the archiver to have read everything acknowledged before the query started.
     catch_up_wait: Duration,
+    /// In a cluster: the statistics, through which every process is asked to flush before a query.
+    cluster: Option<Arc<StatsService>>,
 }
 
 impl SqlService {
@@ -35,7 +38,39 @@ impl SqlService {
         log: Arc<dyn ReadingLog>,
         catch_up_wait: Duration,
     ) -> Self {
-        SqlService { archive, progress, log, catch_up_wait }
+        SqlService { archive, progress, log, catch_up_wait, cluster: None }
+    }
+
+    /// In a cluster, a query first has every process flush what it acknowledged, and then reads the shared archive
+    /// only (its own archiver's unflushed readings are not the whole cluster's).
+    pub fn in_cluster(mut self, stats: Arc<StatsService>) -> Self {
+        self.cluster = Some(stats);
+        self
+    }
+
+    /// Waits until every process of the cluster has committed to the archive what its log held when asked.
+    async fn flush_cluster(&self, stats: &StatsService) -> Result<(), Response> {
+        let deadline = tokio::time::Instant::now() + self.catch_up_wait;
+        let unavailable = |e: String| error(StatusCode::SERVICE_UNAVAILABLE, e);
+        let targets = stats.archive_states(true).await.map_err(|e| unavailable(e.to_string()))?;
+        loop {
+            let states = stats.archive_states(false).await.map_err(|e| unavailable(e.to_string()))?;
+            let behind: Vec<String> = targets
+                .iter()
+                .filter(|t| states.iter().find(|s| s.process == t.process).is_none_or(|s| s.committed < t.durable))
+                .map(|t| format!("process {} (log position {})", t.process, t.durable))
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "the archive has not caught up with {} yet; retry",
+                    behind.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Runs `sql` over every reading acknowledged before now.
@@ -54,6 +89,11 @@ impl SqlService {
     }
 
     async fn query_unmeasured(&self, sql: &str) -> Result<SqlResult, Response> {
+        weir_sinks::sql::check_read_only(sql).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if let Some(stats) = &self.cluster {
+            self.flush_cluster(stats).await?;
+            return self.run(sql).await;
+        }
         let acknowledged = self.log.durable_position();
         let deadline = tokio::time::Instant::now() + self.catch_up_wait;
         while self.progress.read_through.load(Ordering::Acquire) < acknowledged {
@@ -65,6 +105,10 @@ impl SqlService {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        self.run(sql).await
+    }
+
+    async fn run(&self, sql: &str) -> Result<SqlResult, Response> {
         self.archive.query(sql).await.map_err(|e| {
             let status = match e {
                 SqlError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,

@@ -1,6 +1,8 @@
-//! Three `weir serve` processes on loopback joined by timely's cluster runtime: ingest spread over all three,
-//! every process answers like a single Weir given the same input; after a `kill -9` of one process the others
-//! stop too, and the restarted cluster has every acknowledged reading exactly once in its statistics.
+//! Three `weir serve` processes on loopback joined by timely's cluster runtime, sharing one archive: ingest spread
+//! over all three, every process answers statistics and SQL like a single Weir given the same input, and the days
+//! the cluster seals (each by its owner) have the same dump as the single Weir's; after a `kill -9` of one process
+//! the others stop too, and the restarted cluster has every acknowledged reading exactly once in its statistics
+//! and its archive.
 
 mod support;
 
@@ -15,14 +17,21 @@ fn free_addresses(n: usize) -> Vec<String> {
     listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
 }
 
-/// Starts every process of `hosts` at once (each waits for the others before it listens).
+/// Settings every Weir of these tests runs with, alone or in the cluster: quick seals of past days.
+const SETTINGS: [&str; 6] = ["--seal-grace", "1s", "--seal-interval", "200ms", "--archive-flush-age", "300ms"];
+
+/// Starts every process of `hosts` at once (each waits for the others before it listens), sharing the archive
+/// `root/archive`.
 fn start_cluster(root: &Path, hosts: &Path, n: usize) -> Vec<Server> {
+    let archive = root.join("archive").display().to_string();
     let handles: Vec<_> = (0..n)
         .map(|p| {
-            let (data, hosts) = (root.join(format!("data-{p}")), hosts.to_path_buf());
+            let (data, hosts, archive) = (root.join(format!("data-{p}")), hosts.to_path_buf(), archive.clone());
             std::thread::spawn(move || {
                 let process = p.to_string();
-                let args = ["--cluster", hosts.to_str().unwrap(), "--process", &process, "--workers", "2"];
+                let mut args = vec!["--cluster", hosts.to_str().unwrap(), "--process", &process, "--workers", "2"];
+                args.extend(["--archive-url", &archive]);
+                args.extend(SETTINGS);
                 Server::start(&data, &args)
             })
         })
@@ -30,11 +39,17 @@ fn start_cluster(root: &Path, hosts: &Path, n: usize) -> Vec<Server> {
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+fn start_single(root: &Path) -> Server {
+    Server::start(&root.join("single"), &SETTINGS)
+}
+
 /// Device `d`'s readings `range`, one per second.
 fn lines(d: usize, range: std::ops::Range<u64>) -> Vec<String> {
     range
         .map(|n| {
-            let t = chrono_like(1_795_000_000 + n, 0);
+            // Every ten minutes from the start of yesterday: 300 readings span yesterday (sealed at once), today
+            // and tomorrow (not sealed yet).
+            let t = chrono_like(start_of_yesterday() + n * 600, 0);
             let sensor = ["speed", "fuel"][(n % 2) as usize];
             format!(
                 r#"{{"sensor":"{sensor}","value":{},"timestamp":"{t}","device":"dev-{d}"}}"#,
@@ -44,6 +59,11 @@ fn lines(d: usize, range: std::ops::Range<u64>) -> Vec<String> {
         .collect()
 }
 
+fn start_of_yesterday() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    (now / 86_400 - 1) * 86_400
+}
+
 /// Posts `body` and returns the Weir-Position it was acknowledged at.
 async fn post(s: &Server, body: Vec<String>) -> String {
     let r = client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON).body(body.join("\n")).send();
@@ -51,6 +71,23 @@ async fn post(s: &Server, body: Vec<String>) -> String {
     assert_eq!(r.status(), 200);
     r.headers()["weir-position"].to_str().unwrap().to_owned()
 }
+
+async fn sql(s: &Server, query: &str) -> Value {
+    let r = client().post(format!("{}/api/v1/sql", s.url)).header("content-type", "text/plain").body(query.to_owned());
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{query}: {body}");
+    body
+}
+
+/// What SQL says of the whole archive.
+const QUERIES: [&str; 3] = [
+    "SELECT count(*) AS n FROM readings",
+    "SELECT device, sensor, date, count(*) AS n, sum(value) AS total, min(timestamp) AS first, max(timestamp) AS last \
+     FROM readings GROUP BY device, sensor, date ORDER BY device, sensor, date",
+    "SELECT count(*) AS n FROM (SELECT device, sensor, timestamp FROM readings GROUP BY device, sensor, timestamp)",
+];
 
 async fn get(s: &Server, path: &str) -> Value {
     let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();
@@ -72,7 +109,36 @@ async fn answers(s: &Server, positions: &[String], devices: usize) -> Vec<Value>
             out.push(get(s, &format!("/api/v1/series?sensor=speed&device=dev-{d}&window={window}")).await);
         }
     }
+    for query in QUERIES {
+        out.push(sql(s, query).await);
+    }
     out
+}
+
+/// Waits until every day before `today` in the archive is sealed alone (one file, its journal counting every
+/// reading of the day), then returns each such day's dump.
+async fn sealed_dumps(s: &Server, archive: &Path, today: &str) -> Vec<(String, Vec<u8>)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let days =
+            format!("SELECT date, count(*) AS n FROM readings WHERE date < '{today}' GROUP BY date ORDER BY date");
+        let days = sql(s, &days).await;
+        let seals = sql(s, "SELECT date, readings AS n FROM seals ORDER BY date").await;
+        let alone = days.as_array().unwrap().iter().all(|d| {
+            let dir = archive.join("readings").join(format!("date={}", d["date"].as_str().unwrap()));
+            std::fs::read_dir(dir).map(|entries| entries.count()).unwrap_or(0) == 1
+        });
+        if days == seals && alone {
+            let mut out = Vec::new();
+            for d in days.as_array().unwrap() {
+                let date = d["date"].as_str().unwrap();
+                out.push((date.to_owned(), std::fs::read(archive.join(format!("dumps/{date}.json.gz"))).unwrap()));
+            }
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "not sealed: {days} vs {seals}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Nine devices, each sent in three parts to three different processes; plus a repeat of one part elsewhere.
@@ -83,7 +149,9 @@ fn requests() -> Vec<(usize, Vec<String>)> {
             out.push(((d + c as usize) % 3, lines(d, c * 100..(c + 1) * 100)));
         }
     }
-    out.push((1, lines(4, 0..100)));
+    // Device 4's readings 150..250 (today and tomorrow: not sealed, so only the live dedup keeps them once) went
+    // to processes 2 and 0; a repeat at process 1 duplicates them across processes.
+    out.push((1, lines(4, 150..250)));
     out
 }
 
@@ -96,11 +164,15 @@ fn hosts_file(root: &Path, n: usize) -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_processes_answer_like_one() {
     let dir = tempfile::tempdir().unwrap();
-    let single = Server::start(&dir.path().join("single"), &[]);
+    let today = chrono_like(start_of_yesterday() + 86_400, 0)[..10].to_owned();
+    let single = start_single(dir.path());
     for (_, body) in requests() {
         post(&single, body).await;
     }
     let want = answers(&single, &[], 9).await;
+    assert_eq!(want[want.len() - 3], want[want.len() - 1], "each key once: {:?}", &want[want.len() - 3..]);
+    let single_dumps = sealed_dumps(&single, &dir.path().join("single/archive"), &today).await;
+    assert_eq!(single_dumps.len(), 1, "yesterday");
     assert!(single.stop().success());
 
     let cluster = start_cluster(dir.path(), &hosts_file(dir.path(), 3), 3);
@@ -111,6 +183,11 @@ async fn three_processes_answer_like_one() {
     assert!(positions.iter().all(|p| p.contains(':')), "a position names its process: {positions:?}");
     for (p, s) in cluster.iter().enumerate() {
         assert_eq!(answers(s, &positions, 9).await, want, "process {p}");
+    }
+    // Each day sealed by one process, from every process's parts: the dumps are the single Weir's, byte for byte.
+    assert_eq!(sealed_dumps(&cluster[0], &dir.path().join("archive"), &today).await, single_dumps);
+    for s in &cluster {
+        assert_eq!(answers(s, &[], 9).await, want, "after the seals");
     }
     // A position of another process is waited for too, and a process that does not exist is refused.
     let r = client().get(format!("{}/api/v1/devices?after=7:1", cluster[0].url)).send().await.unwrap();
@@ -144,7 +221,7 @@ async fn after_a_kill_9_the_cluster_stops_and_restarts_with_every_reading_once()
     for (p, body) in after {
         positions.push(post(&cluster[*p], body.clone()).await);
     }
-    let single = Server::start(&dir.path().join("single"), &[]);
+    let single = start_single(dir.path());
     for (_, body) in &all {
         post(&single, body.clone()).await;
     }
@@ -164,6 +241,8 @@ fn a_process_whose_peers_never_come_gives_up_with_a_clear_error() {
     let hosts = free_addresses(3).join(",");
     let out = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--process", "0", "--cluster-connect-timeout", "2s"])
+        .arg("--archive-url")
+        .arg(dir.path().join("archive"))
         .arg("--cluster-hosts")
         .arg(&hosts)
         .arg("--data-dir")
@@ -175,4 +254,18 @@ fn a_process_whose_peers_never_come_gives_up_with_a_clear_error() {
     assert!(stderr.contains("waiting for cluster peers") || stderr.contains("joining the cluster"), "{stderr}");
     assert!(stderr.contains("still missing process 1 at") && stderr.contains("process 2 at"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_cluster_without_a_shared_archive_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--process", "0", "--cluster-hosts", "127.0.0.1:1,127.0.0.1:2"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pass the same --archive-url"), "{stderr}");
 }

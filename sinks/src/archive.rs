@@ -285,6 +285,20 @@ impl ArchiveProgress {
     }
 }
 
+impl weir_pipeline::stats::ArchiveControl for ArchiveProgress {
+    fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    fn request_flush(&self, through: u64) {
+        self.flush_requested.fetch_max(through, Ordering::AcqRel);
+    }
+
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+}
+
 /// The committed position, stored next to the WAL.
 struct Checkpoint {
     path: PathBuf,

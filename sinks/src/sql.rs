@@ -129,8 +129,39 @@ impl SqlArchive {
     }
 
     /// Runs `sql` (one read-only query) and collects its result within the limits.
+    ///
+    /// With a running archiver in this process, its visibility lock keeps flushes and seals from changing the
+    /// parts under the query. Without one (a cluster, whose days are sealed by other processes, or `weir sql
+    /// --archive`), the query is optimistic: it waits while a seal is under way, and runs again when the seal
+    /// journals changed while it ran (a seal only swaps parts between two journal writes).
     pub async fn query(&self, sql: &str) -> Result<SqlResult, SqlError> {
         check_read_only(sql)?;
+        if self.progress.is_some() {
+            return self.query_once(sql).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        loop {
+            let before = self.seals().await?;
+            if before.iter().any(|r| !r.replacing.is_empty()) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(SqlError::Timeout(self.limits.timeout));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let result = self.query_once(sql).await;
+            if self.seals().await? == before {
+                return result;
+            }
+            tracing::debug!("a seal ran during the query; running it again");
+        }
+    }
+
+    async fn seals(&self) -> Result<Vec<crate::seal::SealRecord>, SqlError> {
+        crate::seal::seal_records(&self.location).await.map_err(|e| SqlError::Invalid(e.to_string()))
+    }
+
+    async fn query_once(&self, sql: &str) -> Result<SqlResult, SqlError> {
         let _visible = match &self.progress {
             Some(p) => Some(p.visibility.read().await),
             None => None,

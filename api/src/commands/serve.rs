@@ -1,5 +1,6 @@
 //! `weir serve`: open the data directory, recover the log, and serve HTTP until SIGINT/SIGTERM.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use crate::ingest::{IngestLimits, IngestService};
 use crate::server::{AppState, app};
 use crate::sql::SqlService;
 use crate::stats::StatsService;
-use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, checkpoint_path, read_checkpoint};
-use weir_sinks::seal::{days_due, finish_interrupted_seals, seal_day};
+use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, ClusterShare, checkpoint_path, read_checkpoint};
+use weir_sinks::seal::{days_due, finish_interrupted_seals, seal_committed_day};
 use weir_sinks::snapshot::ArchiveSnapshot;
 use weir_sinks::sql::{SqlArchive, SqlLimits};
 
@@ -221,12 +222,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         stop_with_the_cluster();
         tracing::info!(process = c.process, processes = c.processes(), "running as one process of a cluster");
     }
-    // In a cluster every process archives its own log: under its own prefix of a shared archive URL.
-    let archive_url = match (&cluster, &args.archive.archive_url) {
-        (Some(c), Some(url)) => format!("{}/process-{}", url.trim_end_matches('/'), c.process),
-        _ => args.archive.url(&args.data_dir),
-    };
-    let location = ArchiveLocation::open(&archive_url).with_context(|| "--archive-url / WEIR_ARCHIVE_URL")?;
+    // In a cluster every process archives its own log into one archive that all of them share.
+    let share = cluster.as_ref().map(|c| ClusterShare { process: c.process as u32, processes: c.processes() as u32 });
+    if share.is_some() && args.archive.archive_url.is_none() {
+        anyhow::bail!(
+            "a cluster needs one archive that every process shares: pass the same --archive-url (WEIR_ARCHIVE_URL) \
+             to every process, e.g. --archive-url file:///shared/weir-archive or s3://bucket/weir"
+        );
+    }
+    let mut location =
+        ArchiveLocation::open(&args.archive.url(&args.data_dir)).with_context(|| "--archive-url / WEIR_ARCHIVE_URL")?;
+    if let Some(share) = share {
+        location = location.shared_by(share);
+    }
     finish_interrupted_seals(&location).await.context("finishing an interrupted seal")?;
     let checkpoint = checkpoint_path(&args.data_dir);
     let archived = read_checkpoint(&checkpoint)?;
@@ -275,6 +283,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stats = Arc::new(
         StatsService::new(engine, sensors.clone(), args.read_wait, log.clone()).in_cluster(process, processes),
     );
+    let verdicts = share.map(|_| stats.engine().verdicts() as Arc<dyn weir_pipeline::stats::DedupVerdicts>);
     let archiver = Archiver::start(
         wal_dir.clone(),
         log.watch_durable(),
@@ -284,11 +293,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             flush_rows: args.archive.archive_flush_rows.max(1),
             flush_age: args.archive.archive_flush_age,
             dedup_horizon: args.dedup_horizon,
+            verdicts,
             ..ArchiverOptions::default()
         },
         tokio::runtime::Handle::current(),
     )?;
     tracing::info!(archive = %location.url, "archiver started");
+    stats.engine().attach_archive(archiver.progress.clone());
     // Sealing replaces parts, so it waits until the statistics and the archiver have read the archive at start.
     let loaded = {
         let (stats, progress) = (stats.clone(), archiver.progress.clone());
@@ -297,18 +308,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let sealer = tokio::spawn(seal_due_days(
         location.clone(),
         archiver.progress.clone(),
+        share.map(|_| stats.clone()),
         args.archive.seal_grace,
         args.archive.seal_interval,
         loaded.clone(),
     ));
     let trimmer = (!args.keep_archived_wal)
         .then(|| tokio::spawn(trim_archived_wal(wal_dir.clone(), archiver.progress.clone(), stats.clone(), loaded)));
-    let sql = Arc::new(SqlService::new(
-        SqlArchive::new(location, Some(archiver.progress.clone()), args.archive.sql_limits()),
+    // Alone, a query reads this archiver's unflushed readings beside the parts; in a cluster, every process flushes
+    // first and the query reads the shared archive only.
+    let local_progress = share.is_none().then(|| archiver.progress.clone());
+    let mut sql = SqlService::new(
+        SqlArchive::new(location, local_progress, args.archive.sql_limits()),
         archiver.progress.clone(),
         log.clone(),
         args.read_wait,
-    ));
+    );
+    if share.is_some() {
+        sql = sql.in_cluster(stats.clone());
+    }
+    let sql = Arc::new(sql);
     let mut ingest = IngestService::new(Decoder::new(sensors), limits, log);
     if cluster.is_some() {
         ingest = ingest.in_cluster(process);
@@ -362,6 +381,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn seal_due_days(
     location: ArchiveLocation,
     progress: Arc<weir_sinks::archive::ArchiveProgress>,
+    cluster: Option<Arc<StatsService>>,
     grace: Duration,
     interval: Duration,
     loaded: impl Fn() -> bool,
@@ -381,9 +401,24 @@ async fn seal_due_days(
                 continue;
             }
         };
+        // In a cluster: only once every process has loaded the archive, and only what every process committed.
+        let committed: Option<BTreeMap<u32, u64>> = match &cluster {
+            None => None,
+            Some(_) if due.is_empty() => None,
+            Some(stats) => match stats.archive_states(false).await {
+                Ok(states) if states.iter().all(|s| s.loaded) => {
+                    Some(states.iter().map(|s| (s.process, s.committed)).collect())
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask the cluster where its archive stands; sealing waits");
+                    continue;
+                }
+            },
+        };
         for date in due {
             let started = std::time::Instant::now();
-            let result = seal_day(&location, &date, Some(&progress), None).await;
+            let result = seal_committed_day(&location, &date, Some(&progress), None, committed.as_ref()).await;
             metrics::histogram!("weir_seal_duration_seconds").record(started.elapsed().as_secs_f64());
             match result {
                 Ok(o) => {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use weir_operators::{DeviceId, Latest, SeriesKey};
 use weir_pipeline::decode::format_timestamp;
 use weir_pipeline::reading::{DEFAULT_DEVICE, SensorSet};
-use weir_pipeline::stats::{Answer, Query, QueryError, StatsEngine};
+use weir_pipeline::stats::{Answer, ArchiveState, Query, QueryError, StatsEngine};
 use weir_pipeline::wal::ReadingLog;
 
 use crate::position::LogPosition;
@@ -127,7 +127,16 @@ impl StatsService {
         latest.iter().find(|(k, _)| k.sensor == index).map_or(0.0, |(_, l)| l.value)
     }
 
-    /// Stops the dataflow.
+    /// Where every process's archive stands (see [`StatsEngine::archive_states`]).
+    pub async fn archive_states(&self, flush: bool) -> Result<Vec<ArchiveState>, QueryError> {
+        self.engine.archive_states(flush, self.read_wait).await
+    }
+
+    /// The engine, to attach this process's archive to.
+    pub fn engine(&self) -> &StatsEngine {
+        &self.engine
+    }
+
     /// The last log position the statistics have processed.
     pub fn processed_position(&self) -> u64 {
         self.engine.processed_position()

@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,7 @@ use tokio::sync::oneshot;
 use weir_operators::Time;
 
 use super::positions::Positions;
-use super::query::{Answer, Query, WorkerTraces};
+use super::query::{Answer, ArchiveState, Query, WorkerTraces};
 
 /// A query on its way to every worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,12 +68,53 @@ pub fn now_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// What the archive of this process says about itself, through the hooks the archiver registers.
+pub trait ArchiveControl: Send + Sync {
+    /// The last log position whose readings are committed to the archive.
+    fn committed(&self) -> u64;
+    /// Asks for a flush of everything read, as soon as the log has been read through `through`.
+    fn request_flush(&self, through: u64);
+    /// Whether the archiver has started (loaded what it needs from the archive).
+    fn started(&self) -> bool;
+}
+
+/// Answers [`Query::Archive`] at a process's first worker (the others answer with nothing).
+pub struct ArchiveAnswerer {
+    pub process: u32,
+    pub first_worker: bool,
+    pub durable: tokio::sync::watch::Receiver<u64>,
+    /// Set once the archiver runs.
+    pub control: Arc<OnceLock<Arc<dyn ArchiveControl>>>,
+    /// The statistics have loaded the archive once this process's log is processed through here.
+    pub start_through: u64,
+}
+
+impl ArchiveAnswerer {
+    fn answer(&self, flush: bool, positions: &Positions) -> Answer {
+        if !self.first_worker {
+            return Answer::Archive(Vec::new());
+        }
+        let durable = *self.durable.borrow();
+        let control = self.control.get();
+        if flush && let Some(c) = control {
+            c.request_flush(durable);
+        }
+        Answer::Archive(vec![ArchiveState {
+            process: self.process,
+            durable,
+            committed: control.map_or(0, |c| c.committed()),
+            loaded: control.is_some_and(|c| c.started()) && positions.processed(self.process) >= self.start_through,
+        }])
+    }
+}
+
 /// Builds the query dataflow in `scope`; returns its input (fed by the asking worker) and its probe.
 pub fn query_dataflow(
     scope: Scope<'_, Time>,
     traces: Rc<RefCell<WorkerTraces>>,
     positions: Rc<RefCell<Positions>>,
     waiting: Rc<RefCell<Waiting>>,
+    archive: ArchiveAnswerer,
 ) -> (InputHandleVec<Time, QueryRequest>, ProbeHandle<Time>) {
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
@@ -104,7 +146,10 @@ pub fn query_dataflow(
                     if positions.processed(request.process) < request.after {
                         return true;
                     }
-                    let answer = traces.borrow_mut().answer(&request.query);
+                    let answer = match request.query {
+                        Query::Archive { flush } => archive.answer(flush, &positions),
+                        ref query => traces.borrow_mut().answer(query),
+                    };
                     let fragment = Fragment { id: request.id, requester: request.requester, answer };
                     output.session(cap).give(fragment);
                     false

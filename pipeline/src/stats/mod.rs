@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use differential_dataflow::trace::TraceReader;
@@ -30,12 +30,13 @@ use timely::progress::frontier::AntichainRef;
 use tokio::sync::{oneshot, watch};
 use weir_operators::stats::{StatsDataflow, stats_dataflow};
 
-pub use query::{Answer, Query, WorkerTraces};
+pub use answers::ArchiveControl;
+pub use query::{Answer, ArchiveState, Query, WorkerTraces};
 
 use crate::cluster::{ClusterConfig, ClusterError};
 use crate::reading::{ReadingBatch, SensorSet};
 use crate::wal::WalReader;
-use answers::{QueryRequest, Waiting, now_micros, query_dataflow};
+use answers::{ArchiveAnswerer, QueryRequest, Waiting, now_micros, query_dataflow};
 use feed::{Feeder, LogFeed, Mark, RoundClock};
 use positions::Positions;
 use verdicts::rejected_to_their_process;
@@ -133,6 +134,7 @@ pub struct StatsEngine {
     process: u32,
     stop: Arc<AtomicBool>,
     verdicts: Arc<Verdicts>,
+    archive: Arc<OnceLock<Arc<dyn ArchiveControl>>>,
     /// In a mutex only to make the engine `Sync` (the guards are not); touched once, at stop.
     guards: Mutex<Option<timely::communication::initialize::WorkerGuards<()>>>,
 }
@@ -164,6 +166,7 @@ impl StatsEngine {
         let stop = Arc::new(AtomicBool::new(false));
         let process = options.process();
         let verdicts = Arc::new(Verdicts::new(processed.clone()));
+        let archive = Arc::new(OnceLock::new());
         let cluster = options.cluster.clone();
         let context = WorkerContext {
             wal_dir,
@@ -176,6 +179,7 @@ impl StatsEngine {
             snapshot: Mutex::new(Some(start.snapshot)),
             requests: Mutex::new(Some(requests)),
             verdicts: verdicts.clone(),
+            archive: archive.clone(),
         };
         let run = move |worker: &mut timely::worker::Worker| run_worker(worker, &context);
         let guards = match cluster {
@@ -188,6 +192,7 @@ impl StatsEngine {
             process,
             stop,
             verdicts,
+            archive,
             guards: Mutex::new(Some(guards)),
         })
     }
@@ -195,6 +200,20 @@ impl StatsEngine {
     /// Which readings of this process's log deduplication dropped (what its archive must leave out).
     pub fn verdicts(&self) -> Arc<Verdicts> {
         self.verdicts.clone()
+    }
+
+    /// Lets the cluster ask this process's archive where it stands ([`Query::Archive`]); set once.
+    pub fn attach_archive(&self, control: Arc<dyn ArchiveControl>) {
+        let _ = self.archive.set(control);
+    }
+
+    /// Where every process's archive stands, from each process's first worker; with `flush`, each is asked to
+    /// flush what its log holds now.
+    pub async fn archive_states(&self, flush: bool, wait: Duration) -> Result<Vec<ArchiveState>, QueryError> {
+        match self.query(Query::Archive { flush }, 0, wait).await? {
+            Answer::Archive(states) => Ok(states),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// The last position of this process's log that every local worker has processed.
@@ -265,6 +284,8 @@ struct WorkerContext {
     requests: Mutex<Option<mpsc::Receiver<Request>>>,
     /// Where the readings of this process's log that deduplication dropped are recorded.
     verdicts: Arc<Verdicts>,
+    /// This process's archive, once its archiver runs.
+    archive: Arc<OnceLock<Arc<dyn ArchiveControl>>>,
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
@@ -299,8 +320,16 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     let (readings, names, windows, latest, device_names, probe) = dataflow;
     let traces = Rc::new(RefCell::new(WorkerTraces { windows, latest, names: device_names }));
     let waiting = Rc::new(RefCell::new(Waiting::default()));
-    let (queries, _query_probe) =
-        worker.dataflow(|scope| query_dataflow(scope, traces.clone(), positions.clone(), waiting.clone()));
+    let (queries, _query_probe) = worker.dataflow(|scope| {
+        let archive = ArchiveAnswerer {
+            process: ctx.options.process(),
+            first_worker: local == 0,
+            durable: ctx.durable.clone(),
+            control: ctx.archive.clone(),
+            start_through: ctx.start_through,
+        };
+        query_dataflow(scope, traces.clone(), positions.clone(), waiting.clone(), archive)
+    });
 
     // The first worker of each process reads this process's log and feeds it, and takes this process's queries;
     // the others close their inputs (their work arrives through the exchanges).

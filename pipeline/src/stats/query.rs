@@ -16,6 +16,22 @@ pub enum Query {
     Latest { device: Option<DeviceId> },
     /// Every device with its name.
     Devices,
+    /// Where each process's archive stands (answered by each process's first worker, not from the statistics);
+    /// with `flush`, each process is also asked to flush what its log holds now.
+    Archive { flush: bool },
+}
+
+/// One process's archive, as its first worker answers [`Query::Archive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ArchiveState {
+    pub process: u32,
+    /// The last position of its log acknowledged when it answered.
+    pub durable: u64,
+    /// The last position of its log whose readings are committed to the archive.
+    pub committed: u64,
+    /// Whether it has loaded the archive at start (statistics and archiver): until every process has, no day may
+    /// be sealed, because sealing replaces parts that a loading process may be reading.
+    pub loaded: bool,
 }
 
 /// An answer, merged over all workers and sorted by key.
@@ -24,6 +40,7 @@ pub enum Answer {
     Windows(Vec<(WindowKey, WindowAgg)>),
     Latest(Vec<(SeriesKey, Latest)>),
     Devices(Vec<(DeviceId, String)>),
+    Archive(Vec<ArchiveState>),
 }
 
 impl Answer {
@@ -36,6 +53,7 @@ impl Answer {
                 (Answer::Windows(a), Answer::Windows(b)) => a.extend(b),
                 (Answer::Latest(a), Answer::Latest(b)) => a.extend(b),
                 (Answer::Devices(a), Answer::Devices(b)) => a.extend(b),
+                (Answer::Archive(a), Answer::Archive(b)) => a.extend(b),
                 _ => {}
             }
         }
@@ -46,6 +64,7 @@ impl Answer {
                 a.sort();
                 a.dedup();
             }
+            Answer::Archive(a) => a.sort_by_key(|s| s.process),
         }
         Some(out)
     }
@@ -83,6 +102,8 @@ impl WorkerTraces {
                     scan!(self.names, &lower, |_: &(DeviceId, String)| true, 0isize);
                 Answer::Devices(names.into_iter().filter(|(_, n)| *n > 0).map(|(k, _)| k).collect())
             }
+            // Not the statistics' to answer: see `answers::ArchiveAnswerer`.
+            Query::Archive { .. } => Answer::Archive(Vec::new()),
         }
     }
 }
