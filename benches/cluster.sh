@@ -2,7 +2,7 @@
 # Throughput and freshness of a Weir cluster of 1, 2 and 3 processes on this machine (issue 7).
 #
 # For each N: N `weir serve` processes joined by timely's cluster runtime (N = 1: a plain single process), each with
-# its own data directory and HTTP port; N load generators, one per process, each with its own seed and event-time
+# its own data directory and HTTP port, all sharing one archive; N load generators, one per process, each with its own seed and event-time
 # range (so no reading is a duplicate of another's). Two runs per N: as fast as possible (READINGS in all), then a
 # fixed total RATE for FRESH_SECONDS with freshness probes (ack at one process → visible in its statistics).
 # On a 2-core machine every process and load generator shares the same two cores: the figures show the cluster's
@@ -30,7 +30,8 @@ start_cluster() { # N -> sets URLS
   for i in $(seq 0 $((n - 1))); do
     local port args=()
     port=$(free_port)
-    [ "$n" -gt 1 ] && args=(--cluster "$hosts" --process "$i")
+    # A cluster shares one archive.
+    [ "$n" -gt 1 ] && args=(--cluster "$hosts" --process "$i" --archive-url "$WORK/n$n-archive")
     "$BIN/weir" serve "${args[@]}" --listen "127.0.0.1:$port" --data-dir "$WORK/n$n-p$i" >"$WORK/n$n-p$i.log" 2>&1 &
     URLS+=("http://127.0.0.1:$port")
   done

@@ -189,6 +189,16 @@ async fn three_processes_answer_like_one() {
     for s in &cluster {
         assert_eq!(answers(s, &[], 9).await, want, "after the seals");
     }
+    // `weir dump` seals only a single Weir's archive: a cluster's days are its owners' to seal.
+    let yesterday = chrono_like(start_of_yesterday(), 0)[..10].to_owned();
+    let out = std::process::Command::new(BIN)
+        .args(["dump", "--date", &yesterday, "--archive"])
+        .arg(dir.path().join("archive"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is a cluster's archive"), "{stderr}");
     // A position of another process is waited for too, and a process that does not exist is refused.
     let r = client().get(format!("{}/api/v1/devices?after=7:1", cluster[0].url)).send().await.unwrap();
     assert_eq!(r.status(), 400);

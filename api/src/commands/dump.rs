@@ -39,6 +39,16 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
         Some(to) => Some(ArchiveLocation::open(to).with_context(|| format!("cannot open --to {to}"))?),
         None => None,
     };
+    // A cluster's days are sealed by their owner process, which knows what every process has committed; sealing
+    // here could merge a part whose flush never committed.
+    let parts = location.list_parts().await.with_context(|| format!("cannot list the archive {url}"))?;
+    if parts.iter().any(|p| p.date == date && (p.process.is_some() || p.sealed)) {
+        anyhow::bail!(
+            "{url} is a cluster's archive: its days are sealed, and their dumps written, by the day's owner process \
+             while the cluster runs ({date}'s dump, once sealed: dumps/{date}.json.gz); `weir dump` seals only the \
+             archive of a single Weir"
+        );
+    }
     let outcome = seal_day(&location, &date, None, target.as_ref()).await?;
     let base = target.as_ref().unwrap_or(&location).url.clone();
     println!(

@@ -235,6 +235,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(share) = share {
         location = location.shared_by(share);
     }
+    let parts = location.list_parts().await.context("cannot list the archive")?;
+    if let Some(foreign) = parts.iter().find(|p| share.is_some() != (p.process.is_some() || p.sealed)) {
+        anyhow::bail!(
+            "the archive {} holds {}, which a {} does not read: a single Weir's archive and a cluster's are not \
+             interchangeable; give this Weir its own --archive-url",
+            location.url,
+            foreign.path,
+            if share.is_some() { "cluster" } else { "single Weir" }
+        );
+    }
     finish_interrupted_seals(&location).await.context("finishing an interrupted seal")?;
     let checkpoint = checkpoint_path(&args.data_dir);
     let archived = read_checkpoint(&checkpoint)?;
