@@ -24,6 +24,11 @@ impl ApiKeys {
         !self.0.is_empty()
     }
 
+    /// Whether `key` is accepted (any key when authentication is off).
+    pub fn accepts(&self, key: &str) -> bool {
+        !self.enabled() || self.0.contains(key.trim())
+    }
+
     /// Checks the request's credentials; `Err` is the response to send.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
         if !self.enabled() {
@@ -39,7 +44,7 @@ impl ApiKeys {
 
 /// The username of an `Authorization: Basic` header, as Go's `Request.BasicAuth` reads it: base64 of
 /// `user:password`, with the colon required.
-fn basic_auth_username(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn basic_auth_username(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

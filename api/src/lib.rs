@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod commands;
+pub mod grpc;
 pub mod health;
 pub mod ingest;
 pub mod listen;
@@ -14,3 +15,4 @@ pub mod requests;
 pub mod server;
 pub mod sql;
 pub mod stats;
+pub mod subscribe;

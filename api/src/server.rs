@@ -37,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/latest", get(v1::latest))
         .route("/api/v1/devices", get(v1::devices))
         .route("/api/v1/sql", post(crate::sql::sql))
+        .route("/api/v1/subscribe", get(crate::subscribe::sse))
         .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_api_key));
     authenticated
         .route("/healthz", get(healthz))

@@ -8,8 +8,9 @@ use timely::dataflow::{InputHandleVec, ProbeHandle, Scope, Stream};
 
 use crate::dedup::{Deduplicated, Rejected, dedup_first_write};
 use crate::latest::{LatestTrace, latest_by_time};
+use crate::model::WindowKey;
 use crate::model::{DeviceId, Reading, Time};
-use crate::window::{WindowTrace, window_stats};
+use crate::window::{WindowAgg, WindowStats, WindowTrace, window_stats};
 
 /// The arrangement of device names: key `(DeviceId, name)`, a count as difference.
 pub type NamesTrace = TraceAgent<KeySpine<(DeviceId, String), Time, isize>>;
@@ -24,6 +25,8 @@ pub struct StatsDataflow<'scope> {
     pub windows: WindowTrace,
     pub latest: LatestTrace,
     pub device_names: NamesTrace,
+    /// The updates of window statistics, as they go into `windows` (for live subscriptions).
+    pub window_changes: Stream<'scope, Time, Vec<(WindowKey, Time, WindowAgg)>>,
     /// The readings deduplication dropped, for the archive of the process that wrote them.
     pub rejected: Stream<'scope, Time, Vec<Rejected>>,
     pub probe: ProbeHandle<Time>,
@@ -37,7 +40,7 @@ pub fn stats_dataflow<'scope>(scope: Scope<'scope, Time>, horizon_micros: i64) -
 
     let Deduplicated { admitted: deduplicated, rejected } =
         dedup_first_write(readings.to_stream(scope), horizon_micros);
-    let windows = window_stats(deduplicated.clone());
+    let WindowStats { arranged: windows, changes: window_changes } = window_stats(deduplicated.clone());
     let latest = latest_by_time(deduplicated);
     let device_names = name_collection.arrange_by_self_named("DeviceNames");
 
@@ -50,6 +53,7 @@ pub fn stats_dataflow<'scope>(scope: Scope<'scope, Time>, horizon_micros: i64) -
         windows: windows.trace,
         latest: latest.trace,
         device_names: device_names.trace,
+        window_changes,
         rejected,
         probe,
     }

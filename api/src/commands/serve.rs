@@ -110,6 +110,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub read_wait: Duration,
 
+    /// Where the gRPC API listens (`off`: no gRPC); port 0 picks a free port.
+    #[arg(long, env = "WEIR_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: String,
+
     /// A client must send a request's headers within this time, or its connection is closed (slow-loris guard).
     #[arg(long, env = "WEIR_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_timeout: Duration,
@@ -354,14 +358,49 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--listen / WEIR_LISTEN)", args.listen))?;
     let addr = listener.local_addr()?;
-    let shutdown = shutdown_signal()?;
+    let grpc_listener = match args.grpc_listen.as_str() {
+        "off" => None,
+        grpc => Some(tokio::net::TcpListener::bind(grpc).await.with_context(|| {
+            format!("cannot listen on {grpc} (--grpc-listen / WEIR_GRPC_LISTEN; `off` turns gRPC off)")
+        })?),
+    };
+    // One signal stops both servers.
+    let signal = shutdown_signal()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
+    let stopping = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "weir is serving");
-    // Scripts and tests read this line to learn the port.
+    // Scripts and tests read these lines to learn the ports.
     println!("weir listening on http://{addr}");
+    let grpc = match grpc_listener {
+        None => None,
+        Some(grpc_listener) => {
+            let grpc_addr = grpc_listener.local_addr()?;
+            println!("weir grpc listening on http://{grpc_addr}");
+            tracing::info!(%grpc_addr, "gRPC is serving (weir.v1.Weir, health, reflection)");
+            let service = crate::grpc::WeirGrpc::new(Arc::new(state.clone()), state.keys.clone());
+            let max_message = usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX);
+            let shutdown = stopping(stopped.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::grpc::serve(grpc_listener, service, max_message, shutdown).await {
+                    tracing::error!(error = %e, "the gRPC server stopped");
+                }
+            }))
+        }
+    };
 
     let limits =
         crate::listen::HttpLimits { header_timeout: args.header_timeout, shutdown_timeout: args.shutdown_timeout };
-    crate::listen::serve(listener, app(state), limits, shutdown).await;
+    crate::listen::serve(listener, app(state), limits, stopping(stopped)).await;
+    if let Some(grpc) = grpc {
+        // Streams in flight (subscriptions) end with the process; give unary calls the same bound as HTTP.
+        let _ = tokio::time::timeout(args.shutdown_timeout, grpc).await;
+    }
     // Both hold the statistics; wait until they are gone so the engine can be stopped below.
     sealer.abort();
     let _ = sealer.await;

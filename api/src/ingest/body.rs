@@ -37,7 +37,12 @@ pub struct BodySource {
 
 enum Inner {
     Plain(BodyDataStream),
-    Gzip { reader: Box<GzipReader>, buf: Vec<u8> },
+    /// A body already in memory (a gRPC batch), given out as one chunk.
+    Bytes(Option<Bytes>),
+    Gzip {
+        reader: Box<GzipReader>,
+        buf: Vec<u8>,
+    },
 }
 
 /// Marks I/O errors that came from the HTTP body rather than from gzip.
@@ -59,6 +64,11 @@ impl BodySource {
             }
         };
         BodySource { inner, seen: 0, limit }
+    }
+
+    /// A body already in memory.
+    pub fn from_bytes(bytes: Bytes, limit: u64) -> Self {
+        BodySource { inner: Inner::Bytes(Some(bytes)), seen: 0, limit }
     }
 
     /// Reads and discards what is left of the body, at most `max_bytes` within `max_time`, so that a client still
@@ -84,6 +94,7 @@ impl BodySource {
     /// The next chunk of decoded body bytes; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
         let chunk = match &mut self.inner {
+            Inner::Bytes(bytes) => bytes.take(),
             Inner::Plain(stream) => match stream.next().await {
                 None => None,
                 Some(Ok(bytes)) => Some(bytes),

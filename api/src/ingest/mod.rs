@@ -101,6 +101,11 @@ impl IngestService {
         &self.limits
     }
 
+    /// A log position of this process as clients see it (`POS`, or `PROCESS:POS` in a cluster).
+    pub fn position_text(&self, position: u64) -> String {
+        crate::position::LogPosition { process: self.process, position }.to_string()
+    }
+
     /// The durable WAL position.
     pub fn durable_position(&self) -> u64 {
         self.log.durable_position()
@@ -274,7 +279,7 @@ pub async fn ingest(
     response
 }
 
-fn record_metrics(outcome: &IngestOutcome, body_bytes: u64) {
+pub(crate) fn record_metrics(outcome: &IngestOutcome, body_bytes: u64) {
     metrics::counter!("weir_ingest_body_bytes_total").increment(body_bytes);
     metrics::counter!("weir_readings_received_total").increment(outcome.received);
     metrics::counter!("weir_readings_accepted_total").increment(outcome.accepted);

@@ -36,8 +36,8 @@ pub struct StatsService {
 /// An HTTP error with a message for the user.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    message: String,
+    pub status: StatusCode,
+    pub message: String,
 }
 
 impl ApiError {

@@ -8,11 +8,11 @@ use axum::extract::{Query as QueryParams, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use weir_operators::{DeviceId, SeriesKey, Width};
+use weir_operators::{DeviceId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::decode::parse_timestamp;
 use weir_pipeline::stats::{Answer, Query};
 
-use super::{ApiError, device_or_default, timestamp_text};
+use super::{ApiError, StatsService, device_or_default, timestamp_text};
 use crate::server::AppState;
 
 /// The most windows one `/api/v1/series` answer holds.
@@ -30,46 +30,94 @@ pub struct SeriesParams {
 }
 
 /// One window with all its statistics.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WindowRow {
-    start: String,
-    end: String,
-    count: i64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    mean: f64,
-    first: f64,
-    first_timestamp: String,
-    last: f64,
-    last_timestamp: String,
+    pub start: String,
+    pub end: String,
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub first: f64,
+    pub first_timestamp: String,
+    pub last: f64,
+    pub last_timestamp: String,
 }
 
-/// `GET /api/v1/series?sensor=&device=&window=1m|15m|1h|1d&from=&to=[&format=csv][&after=]`: the windows of one
-/// series whose start lies in `[from, to)` (RFC 3339; both optional).
-pub async fn series(
-    State(state): State<AppState>,
-    QueryParams(p): QueryParams<SeriesParams>,
-) -> Result<Response, ApiError> {
-    let stats = &state.stats;
-    let sensor = p.sensor.as_deref().ok_or_else(|| ApiError::bad_request("missing parameter sensor"))?;
-    let index = stats.sensors().index_of(sensor).ok_or_else(|| {
+impl WindowRow {
+    pub fn of(key: &WindowKey, w: &WindowAgg) -> WindowRow {
+        WindowRow {
+            start: timestamp_text(key.start),
+            end: timestamp_text(key.start + key.width.micros()),
+            count: w.count,
+            sum: w.sum(),
+            min: w.min,
+            max: w.max,
+            mean: w.mean(),
+            first: w.first.value,
+            first_timestamp: timestamp_text(w.first.micros),
+            last: w.last.value,
+            last_timestamp: timestamp_text(w.last.micros),
+        }
+    }
+}
+
+/// What `/api/v1/series` (and gRPC `Series`) is asked.
+#[derive(Debug, Default, Clone)]
+pub struct SeriesQuery {
+    pub sensor: Option<String>,
+    pub device: Option<String>,
+    pub window: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub after: Option<crate::position::LogPosition>,
+}
+
+/// The windows of one series.
+#[derive(Debug)]
+pub struct SeriesAnswer {
+    pub device: String,
+    pub sensor: String,
+    pub width: Width,
+    pub rows: Vec<WindowRow>,
+}
+
+/// A time bound given as RFC 3339 text.
+pub fn time_bound(name: &str, text: &Option<String>, default: i64) -> Result<i64, ApiError> {
+    match text.as_deref().filter(|t| !t.is_empty()) {
+        None => Ok(default),
+        Some(t) => parse_timestamp(t).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))),
+    }
+}
+
+/// A window width's name, checked.
+pub fn width_of(window: &str) -> Result<Width, ApiError> {
+    Width::parse(window)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown window {window:?}: use 1m, 15m, 1h or 1d")))
+}
+
+/// A sensor's index, checked.
+pub fn sensor_index(stats: &StatsService, sensor: &str) -> Result<u16, ApiError> {
+    stats.sensors().index_of(sensor).ok_or_else(|| {
         ApiError::bad_request(format!(
             "unknown sensor {sensor:?}; known sensors: {}",
             stats.sensors().names().join(", ")
         ))
-    })?;
-    let window = p.window.as_deref().unwrap_or("1m");
-    let width = Width::parse(window)
-        .ok_or_else(|| ApiError::bad_request(format!("unknown window {window:?}: use 1m, 15m, 1h or 1d")))?;
-    let bound = |name: &str, text: &Option<String>, default: i64| -> Result<i64, ApiError> {
-        match text {
-            None => Ok(default),
-            Some(t) => parse_timestamp(t).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))),
-        }
-    };
-    let from = bound("from", &p.from, i64::MIN)?;
-    let to = bound("to", &p.to, i64::MAX)?;
+    })
+}
+
+/// Answers a series query: the windows of one series whose start lies in `[from, to)`.
+pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<SeriesAnswer, ApiError> {
+    let sensor = p
+        .sensor
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing parameter sensor"))?;
+    let index = sensor_index(stats, sensor)?;
+    let width = width_of(p.window.as_deref().filter(|w| !w.is_empty()).unwrap_or("1m"))?;
+    let from = time_bound("from", &p.from, i64::MIN)?;
+    let to = time_bound("to", &p.to, i64::MAX)?;
     if from > to {
         return Err(ApiError::bad_request("from is after to"));
     }
@@ -85,22 +133,19 @@ pub async fn series(
             windows.len()
         )));
     }
-    let rows: Vec<WindowRow> = windows
-        .iter()
-        .map(|(k, w)| WindowRow {
-            start: timestamp_text(k.start),
-            end: timestamp_text(k.start + width.micros()),
-            count: w.count,
-            sum: w.sum(),
-            min: w.min,
-            max: w.max,
-            mean: w.mean(),
-            first: w.first.value,
-            first_timestamp: timestamp_text(w.first.micros),
-            last: w.last.value,
-            last_timestamp: timestamp_text(w.last.micros),
-        })
-        .collect();
+    let rows = windows.iter().map(|(k, w)| WindowRow::of(k, w)).collect();
+    Ok(SeriesAnswer { device, sensor: sensor.to_owned(), width, rows })
+}
+
+/// `GET /api/v1/series?sensor=&device=&window=1m|15m|1h|1d&from=&to=[&format=csv][&after=]`: the windows of one
+/// series whose start lies in `[from, to)` (RFC 3339; both optional).
+pub async fn series(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<SeriesParams>,
+) -> Result<Response, ApiError> {
+    let query =
+        SeriesQuery { sensor: p.sensor, device: p.device, window: p.window, from: p.from, to: p.to, after: p.after };
+    let SeriesAnswer { device, sensor, width, rows } = series_answer(&state.stats, &query).await?;
     match p.format.as_deref() {
         None | Some("json") => Ok(Json(serde_json::json!({
             "device": device, "sensor": sensor, "window": width.name(), "windows": rows,
@@ -145,23 +190,40 @@ pub struct LatestParams {
     after: Option<crate::position::LogPosition>,
 }
 
+/// One sensor's latest value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SensorValue {
+    pub sensor: String,
+    pub value: f64,
+    pub timestamp: String,
+}
+
+/// Every sensor's latest value of `device` (the default device when absent).
+pub async fn latest_answer(
+    stats: &StatsService,
+    device: &Option<String>,
+    after: Option<crate::position::LogPosition>,
+) -> Result<(String, Vec<SensorValue>), ApiError> {
+    let device = device_or_default(device);
+    let latest = stats.latest_of(device, after).await?;
+    let values = latest
+        .iter()
+        .filter_map(|(k, l)| {
+            let sensor = stats.sensors().name(k.sensor)?.to_owned();
+            Some(SensorValue { sensor, value: l.value, timestamp: timestamp_text(l.micros) })
+        })
+        .collect();
+    Ok((device.to_owned(), values))
+}
+
 /// `GET /api/v1/latest?device=`: every sensor's latest value and timestamp for a device (default device when
 /// absent).
 pub async fn latest(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<LatestParams>,
 ) -> Result<Response, ApiError> {
-    let stats = &state.stats;
-    let device = device_or_default(&p.device);
-    let latest = stats.latest_of(device, p.after).await?;
-    let sensors: Vec<serde_json::Value> = latest
-        .iter()
-        .filter_map(|(k, l)| {
-            let name = stats.sensors().name(k.sensor)?;
-            Some(serde_json::json!({ "sensor": name, "value": l.value, "timestamp": timestamp_text(l.micros) }))
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "device": device, "latest": sensors })).into_response())
+    let (device, latest) = latest_answer(&state.stats, &p.device, p.after).await?;
+    Ok(Json(serde_json::json!({ "device": device, "latest": latest })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_weir");
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// The gRPC address (`http://127.0.0.1:PORT`), unless started with `--grpc-listen off`.
+    pub grpc_url: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -26,7 +28,11 @@ impl Server {
         let log = data_dir.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir).args(args);
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
+        if !args.contains(&"--grpc-listen") {
+            cmd.args(["--grpc-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -38,6 +44,9 @@ impl Server {
                 if let Some(url) = line.strip_prefix("weir listening on ") {
                     let _ = tx.send(url.to_owned());
                 }
+                if let Some(url) = line.strip_prefix("weir grpc listening on ") {
+                    let _ = tx.send(format!("grpc {url}"));
+                }
             }
         });
         let url = match rx.recv_timeout(Duration::from_secs(30)) {
@@ -47,7 +56,9 @@ impl Server {
                 panic!("weir did not start; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
             }
         };
-        Server { child, url, data_dir: data_dir.to_path_buf(), log }
+        let grpc_url =
+            rx.recv_timeout(Duration::from_secs(2)).ok().and_then(|l| l.strip_prefix("grpc ").map(str::to_owned));
+        Server { child, url, grpc_url, data_dir: data_dir.to_path_buf(), log }
     }
 
     pub fn pid(&self) -> u32 {

@@ -21,6 +21,7 @@ use timely::dataflow::{InputHandleVec, ProbeHandle, Scope};
 use tokio::sync::oneshot;
 use weir_operators::Time;
 
+use super::changes::RecentChanges;
 use super::positions::Positions;
 use super::query::{Answer, ArchiveState, Query, WorkerTraces};
 
@@ -115,6 +116,7 @@ pub fn query_dataflow(
     positions: Rc<RefCell<Positions>>,
     waiting: Rc<RefCell<Waiting>>,
     archive: ArchiveAnswerer,
+    changes: Rc<RefCell<RecentChanges>>,
 ) -> (InputHandleVec<Time, QueryRequest>, ProbeHandle<Time>) {
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
@@ -148,6 +150,11 @@ pub fn query_dataflow(
                     }
                     let answer = match request.query {
                         Query::Archive { flush } => archive.answer(flush, &positions),
+                        Query::Changes { since, filter } => {
+                            let changed = changes.borrow_mut().changed_since(since, &filter);
+                            let windows = traces.borrow_mut().windows_at(&changed.keys);
+                            Answer::Changes { windows, through: changed.through, resync: changed.resync }
+                        }
                         ref query => traces.borrow_mut().answer(query),
                     };
                     let fragment = Fragment { id: request.id, requester: request.requester, answer };

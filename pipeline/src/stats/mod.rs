@@ -10,6 +10,7 @@
 //! from its own arrangements once it has processed the requested log position, and the parts are merged.
 
 mod answers;
+mod changes;
 mod feed;
 mod positions;
 mod query;
@@ -31,7 +32,8 @@ use tokio::sync::{oneshot, watch};
 use weir_operators::stats::{StatsDataflow, stats_dataflow};
 
 pub use answers::ArchiveControl;
-pub use query::{Answer, ArchiveState, Query, WorkerTraces};
+use changes::RecentChanges;
+pub use query::{Answer, ArchiveState, Query, WindowFilter, WorkerTraces};
 
 use crate::cluster::{ClusterConfig, ClusterError};
 use crate::reading::{ReadingBatch, SensorSet};
@@ -296,9 +298,19 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     let marks_in = positions.clone();
     let processes = ctx.options.processes();
     let verdicts = ctx.verdicts.clone();
+    let recent = Rc::new(RefCell::new(RecentChanges::default()));
+    let recent_in = recent.clone();
     let (dataflow, marks) = worker.dataflow(|scope| {
-        let StatsDataflow { readings, names, windows, latest, device_names, rejected, probe } =
+        let StatsDataflow { readings, names, windows, latest, device_names, window_changes, rejected, probe } =
             stats_dataflow(scope, horizon);
+        let recent = recent_in.clone();
+        window_changes
+            .inspect_core(move |event| {
+                if let Ok((_, updates)) = event {
+                    recent.borrow_mut().record(updates.iter().map(|(key, time, _)| (*time, *key)));
+                }
+            })
+            .probe_with(&probe);
         rejected_to_their_process(rejected, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
         let mut marks: InputHandleVec<u64, Mark> = InputHandleVec::new();
@@ -328,7 +340,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             control: ctx.archive.clone(),
             start_through: ctx.start_through,
         };
-        query_dataflow(scope, traces.clone(), positions.clone(), waiting.clone(), archive)
+        query_dataflow(scope, traces.clone(), positions.clone(), waiting.clone(), archive, recent.clone())
     });
 
     // The first worker of each process reads this process's log and feeds it, and takes this process's queries;
@@ -416,6 +428,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             traces.names.set_logical_compaction(AntichainRef::new(&bound));
             traces.names.set_physical_compaction(AntichainRef::new(&bound));
         }
+        recent.borrow_mut().frontier = frontier;
         let mut positions = positions.borrow_mut();
         positions.advance(frontier);
         ctx.processed[local].store(positions.processed(ctx.options.process()), Ordering::Release);

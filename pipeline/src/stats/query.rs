@@ -5,6 +5,8 @@ use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use timely::progress::Antichain;
 use weir_operators::stats::NamesTrace;
+
+pub use super::changes::WindowFilter;
 use weir_operators::{DeviceId, Latest, LatestTrace, SeriesKey, Width, WindowAgg, WindowKey, WindowTrace};
 
 /// A question for the statistics.
@@ -16,6 +18,9 @@ pub enum Query {
     Latest { device: Option<DeviceId> },
     /// Every device with its name.
     Devices,
+    /// The windows matching `filter` that changed at or after `since` (a live subscription's poll; `None`: a new
+    /// subscription asking where changes start).
+    Changes { since: Option<u64>, filter: WindowFilter },
     /// Where each process's archive stands (answered by each process's first worker, not from the statistics);
     /// with `flush`, each process is also asked to flush what its log holds now.
     Archive { flush: bool },
@@ -41,6 +46,13 @@ pub enum Answer {
     Latest(Vec<(SeriesKey, Latest)>),
     Devices(Vec<(DeviceId, String)>),
     Archive(Vec<ArchiveState>),
+    /// Changed windows with their current values; `through`: the next poll's `since`; `resync`: the changes no
+    /// longer reach back to `since`, take the whole state again.
+    Changes {
+        windows: Vec<(WindowKey, WindowAgg)>,
+        through: u64,
+        resync: bool,
+    },
 }
 
 impl Answer {
@@ -54,6 +66,14 @@ impl Answer {
                 (Answer::Latest(a), Answer::Latest(b)) => a.extend(b),
                 (Answer::Devices(a), Answer::Devices(b)) => a.extend(b),
                 (Answer::Archive(a), Answer::Archive(b)) => a.extend(b),
+                (
+                    Answer::Changes { windows, through, resync },
+                    Answer::Changes { windows: more, through: other, resync: behind },
+                ) => {
+                    windows.extend(more);
+                    *through = (*through).min(other);
+                    *resync |= behind;
+                }
                 _ => {}
             }
         }
@@ -65,6 +85,7 @@ impl Answer {
                 a.dedup();
             }
             Answer::Archive(a) => a.sort_by_key(|s| s.process),
+            Answer::Changes { windows, .. } => windows.sort_by_key(|(k, _)| *k),
         }
         Some(out)
     }
@@ -102,9 +123,36 @@ impl WorkerTraces {
                     scan!(self.names, &lower, |_: &(DeviceId, String)| true, 0isize);
                 Answer::Devices(names.into_iter().filter(|(_, n)| *n > 0).map(|(k, _)| k).collect())
             }
-            // Not the statistics' to answer: see `answers::ArchiveAnswerer`.
+            // Not the statistics' alone to answer: see `answers`.
             Query::Archive { .. } => Answer::Archive(Vec::new()),
+            Query::Changes { .. } => Answer::Changes { windows: Vec::new(), through: u64::MAX, resync: false },
         }
+    }
+}
+
+impl WorkerTraces {
+    /// The current statistics of each of `keys` (sorted) that this worker holds.
+    pub fn windows_at(&mut self, keys: &[WindowKey]) -> Vec<(WindowKey, WindowAgg)> {
+        let mut out = Vec::with_capacity(keys.len());
+        if let Some(spans) = self.windows.spans_through(Antichain::new().borrow()) {
+            let batches = spans.into_iter().filter_map(|s| s.inner).collect();
+            let (mut cursor, storage) = cursor_list(batches);
+            for key in keys {
+                cursor.seek_key(&storage, key);
+                if cursor.get_key(&storage) != Some(key) {
+                    continue;
+                }
+                let mut acc = WindowAgg::zero();
+                while cursor.val_valid(&storage) {
+                    cursor.map_times(&storage, |_time, diff| acc.plus_equals(diff));
+                    cursor.step_val(&storage);
+                }
+                if !acc.is_zero() {
+                    out.push((*key, acc));
+                }
+            }
+        }
+        out
     }
 }
 
