@@ -34,10 +34,12 @@ impl ApiKeys {
         if !self.enabled() {
             return Ok(());
         }
+        // A script (the dashboard) that says so gets no `WWW-Authenticate`: browsers would open their login dialog.
+        let challenge = !headers.contains_key("x-requested-with");
         match basic_auth_username(headers) {
-            None => Err(unauthorized("no credentials provided")),
+            None => Err(unauthorized("no credentials provided", challenge)),
             Some(key) if self.0.contains(&key) => Ok(()),
-            Some(_) => Err(unauthorized("invalid api key")),
+            Some(_) => Err(unauthorized("invalid api key", challenge)),
         }
     }
 }
@@ -56,8 +58,14 @@ pub(crate) fn basic_auth_username(headers: &HeaderMap) -> Option<String> {
     Some(user.to_owned())
 }
 
-fn unauthorized(message: &'static str) -> Response {
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"weir\"")], message).into_response()
+fn unauthorized(message: &'static str, challenge: bool) -> Response {
+    let mut response = (StatusCode::UNAUTHORIZED, message).into_response();
+    if challenge {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"weir\""));
+    }
+    response
 }
 
 /// Middleware that refuses requests without a valid API key.

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod commands;
+pub mod dashboard;
 pub mod grpc;
 pub mod health;
 pub mod ingest;

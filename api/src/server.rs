@@ -40,6 +40,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/subscribe", get(crate::subscribe::sse))
         .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_api_key));
     authenticated
+        .route("/", get(crate::dashboard::index))
+        .route("/dashboard/app.js", get(crate::dashboard::script))
+        .route("/dashboard/style.css", get(crate::dashboard::style))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::metrics))

@@ -21,8 +21,8 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::model::{Reading, SeriesKey, Time};
 
@@ -126,44 +126,51 @@ pub fn dedup_first_write<'scope>(
     horizon_micros: i64,
 ) -> Deduplicated<'scope> {
     let by_device = Exchange::new(|r: &Reading| r.series.device.0);
-    let verdicts = readings
-        .unary_frontier::<CapacityContainerBuilder<Vec<Result<(Reading, Time, isize), Rejected>>>, _, _, _>(
-            by_device,
-            "DedupFirstWrite",
-            move |_capability, _info| {
-                let mut filter = FirstWriteFilter::new(horizon_micros);
-                let mut stash: Vec<(Capability<Time>, Vec<Reading>)> = Vec::new();
-                move |(input, frontier), output| {
-                    input.for_each_stamp(|cap, data| {
-                        if let Some(cap) = cap.retain_least(output.output_index()) {
-                            let mut readings = Vec::new();
-                            for batch in data {
-                                readings.append(batch);
-                            }
-                            stash.push((cap, readings));
-                        }
-                    });
-                    // Admit complete times in time order, and within a time in write order.
-                    let (mut ready, waiting): (Vec<_>, Vec<_>) =
-                        stash.drain(..).partition(|(cap, _)| !frontier.frontier().less_equal(cap.time()));
-                    stash = waiting;
-                    ready.sort_by_key(|(cap, _)| *cap.time());
-                    for (cap, mut readings) in ready {
-                        readings.sort_unstable_by_key(|r| r.seq);
-                        let time = *cap.time();
-                        let mut session = output.session(&cap);
-                        for r in readings {
-                            if filter.admit(&r) {
-                                session.give(Ok((r, time, 1isize)));
-                            } else {
-                                session.give(Err(Rejected { time, seq: r.seq }));
-                            }
-                        }
+    // Two outputs of one operator: every admitted reading is handed on once, never copied into a second stream.
+    let mut builder = OperatorBuilder::new("DedupFirstWrite".to_owned(), readings.scope());
+    let mut input = builder.new_input(readings, by_device);
+    let (admitted_out, admitted) = builder.new_output::<Vec<(Reading, Time, isize)>>();
+    let (rejected_out, rejected) = builder.new_output::<Vec<Rejected>>();
+    let mut admitted_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<(Reading, Time, isize)>>>::from(admitted_out);
+    let mut rejected_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Rejected>>>::from(rejected_out);
+    builder.build(move |_capabilities| {
+        let mut filter = FirstWriteFilter::new(horizon_micros);
+        // Per logical time: a capability for each output and the readings.
+        let mut stash: Vec<(Capability<Time>, Capability<Time>, Vec<Reading>)> = Vec::new();
+        move |frontiers| {
+            input.for_each_stamp(|cap, data| {
+                if let (Some(admit), Some(reject)) = (cap.retain_least(0), cap.retain_least(1)) {
+                    let mut readings = Vec::new();
+                    for batch in data {
+                        readings.append(batch);
+                    }
+                    stash.push((admit, reject, readings));
+                }
+            });
+            // Admit complete times in time order, and within a time in write order.
+            let frontier = &frontiers[0];
+            let (mut ready, waiting): (Vec<_>, Vec<_>) =
+                stash.drain(..).partition(|(cap, _, _)| !frontier.frontier().less_equal(cap.time()));
+            stash = waiting;
+            ready.sort_by_key(|(cap, _, _)| *cap.time());
+            let mut admitted = admitted_out.activate();
+            let mut rejected = rejected_out.activate();
+            for (admit, reject, mut readings) in ready {
+                readings.sort_unstable_by_key(|r| r.seq);
+                let time = *admit.time();
+                let mut admitted = admitted.session(&admit);
+                let mut rejected = rejected.session(&reject);
+                for r in readings {
+                    if filter.admit(&r) {
+                        admitted.give((r, time, 1isize));
+                    } else {
+                        rejected.give(Rejected { time, seq: r.seq });
                     }
                 }
-            },
-        );
-    let (admitted, rejected) = verdicts.ok_err::<Vec<_>, _, Vec<_>, _, _>(|v| v);
+            }
+        }
+    });
     Deduplicated { admitted: admitted.as_collection(), rejected }
 }
 

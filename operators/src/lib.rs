@@ -21,4 +21,4 @@ pub mod window;
 pub use dedup::{Deduplicated, FirstWriteFilter, Rejected, dedup_first_write};
 pub use latest::{Latest, LatestTrace, latest_by_time};
 pub use model::{DeviceId, Reading, SeriesKey, Time, Width, WindowKey};
-pub use window::{Stamped, WindowAgg, WindowStats, WindowTrace, window_stats};
+pub use window::{Stamped, WindowAgg, WindowTrace, window_stats};

@@ -10,7 +10,7 @@ use crate::dedup::{Deduplicated, Rejected, dedup_first_write};
 use crate::latest::{LatestTrace, latest_by_time};
 use crate::model::WindowKey;
 use crate::model::{DeviceId, Reading, Time};
-use crate::window::{WindowAgg, WindowStats, WindowTrace, window_stats};
+use crate::window::{WindowAgg, WindowTrace, window_stats};
 
 /// The arrangement of device names: key `(DeviceId, name)`, a count as difference.
 pub type NamesTrace = TraceAgent<KeySpine<(DeviceId, String), Time, isize>>;
@@ -25,22 +25,25 @@ pub struct StatsDataflow<'scope> {
     pub windows: WindowTrace,
     pub latest: LatestTrace,
     pub device_names: NamesTrace,
-    /// The updates of window statistics, as they go into `windows` (for live subscriptions).
-    pub window_changes: Stream<'scope, Time, Vec<(WindowKey, Time, WindowAgg)>>,
     /// The readings deduplication dropped, for the archive of the process that wrote them.
     pub rejected: Stream<'scope, Time, Vec<Rejected>>,
     pub probe: ProbeHandle<Time>,
 }
 
 /// Builds the dataflow in `scope`: readings → `dedup_first_write` → `window_stats` and `latest_by_time`.
-pub fn stats_dataflow<'scope>(scope: Scope<'scope, Time>, horizon_micros: i64) -> StatsDataflow<'scope> {
+/// `on_window_updates` sees the updates going into the window arrangement (see [`window_stats`]).
+pub fn stats_dataflow<'scope>(
+    scope: Scope<'scope, Time>,
+    horizon_micros: i64,
+    on_window_updates: impl FnMut(&[(WindowKey, Time, WindowAgg)]) + 'static,
+) -> StatsDataflow<'scope> {
     let mut readings = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let (names, name_collection) = scope.new_collection::<(DeviceId, String), isize>();
 
     let Deduplicated { admitted: deduplicated, rejected } =
         dedup_first_write(readings.to_stream(scope), horizon_micros);
-    let WindowStats { arranged: windows, changes: window_changes } = window_stats(deduplicated.clone());
+    let windows = window_stats(deduplicated.clone(), on_window_updates);
     let latest = latest_by_time(deduplicated);
     let device_names = name_collection.arrange_by_self_named("DeviceNames");
 
@@ -53,7 +56,6 @@ pub fn stats_dataflow<'scope>(scope: Scope<'scope, Time>, horizon_micros: i64) -
         windows: windows.trace,
         latest: latest.trace,
         device_names: device_names.trace,
-        window_changes,
         rejected,
         probe,
     }

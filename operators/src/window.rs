@@ -5,13 +5,14 @@
 //! compacts its arrangement, so the arrangement holds one `WindowAgg` per window (plus not-yet-compacted updates),
 //! not one entry per reading, and a late reading simply adds into the window it belongs to.
 
+use differential_dataflow::AsCollection;
 use differential_dataflow::difference::{IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::operators::arrange::arrangement::Arranged;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{Collection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::Stream;
+use timely::dataflow::operators::Inspect;
 
 use crate::fold::fold_by_key;
 use crate::model::{Reading, Time, Width, WindowKey};
@@ -154,27 +155,30 @@ impl Ord for WindowAgg {
 /// The arrangement of window statistics: key [`WindowKey`], accumulated difference [`WindowAgg`].
 pub type WindowTrace = TraceAgent<KeySpine<WindowKey, Time, WindowAgg>>;
 
-/// What [`window_stats`] produces.
-pub struct WindowStats<'scope> {
-    /// Every window's statistics, arranged by key.
-    pub arranged: Arranged<'scope, WindowTrace>,
-    /// The updates going into the arrangement (one per window per record and worker): which windows changed when.
-    pub changes: Stream<'scope, Time, Vec<(WindowKey, Time, WindowAgg)>>,
-}
-
 /// `window_stats`: deduplicated readings in, window statistics out.
 ///
 /// In: a collection of [`Reading`]s (each present once). Out: an arrangement keyed by [`WindowKey`] — every
 /// 1-minute, 15-minute, 1-hour and 1-day UTC window of every series — whose accumulated difference is the window's
-/// [`WindowAgg`], and the stream of updates that built it. Windows are spread over workers by key.
-pub fn window_stats<'scope>(readings: VecCollection<'scope, Time, Reading, isize>) -> WindowStats<'scope> {
+/// [`WindowAgg`]. Windows are spread over workers by key. `on_updates` sees every batch of updates on its way into
+/// the arrangement (which windows changed when; for live subscriptions), without copying it.
+pub fn window_stats<'scope>(
+    readings: VecCollection<'scope, Time, Reading, isize>,
+    mut on_updates: impl FnMut(&[(WindowKey, Time, WindowAgg)]) + 'static,
+) -> Arranged<'scope, WindowTrace> {
     let windows: Collection<'scope, Time, Vec<(WindowKey, Time, WindowAgg)>> =
         fold_by_key(readings, "WindowStatsFold", |r: &Reading| {
             let agg = WindowAgg::of(r);
             Width::ALL.map(|width| (WindowKey { series: r.series, width, start: width.start_of(r.micros) }, agg))
         });
-    let changes = windows.inner.clone();
-    WindowStats { arranged: windows.arrange_by_self_named("WindowStats"), changes }
+    let windows = windows
+        .inner
+        .inspect_core(move |event| {
+            if let Ok((_, updates)) = event {
+                on_updates(updates);
+            }
+        })
+        .as_collection();
+    windows.arrange_by_self_named("WindowStats")
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use timely::dataflow::operators::{Inspect, Probe};
 use timely::progress::frontier::AntichainRef;
 use tokio::sync::{oneshot, watch};
 use weir_operators::stats::{StatsDataflow, stats_dataflow};
+use weir_operators::{WindowAgg, WindowKey};
 
 pub use answers::ArchiveControl;
 use changes::RecentChanges;
@@ -301,16 +302,12 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     let recent = Rc::new(RefCell::new(RecentChanges::default()));
     let recent_in = recent.clone();
     let (dataflow, marks) = worker.dataflow(|scope| {
-        let StatsDataflow { readings, names, windows, latest, device_names, window_changes, rejected, probe } =
-            stats_dataflow(scope, horizon);
         let recent = recent_in.clone();
-        window_changes
-            .inspect_core(move |event| {
-                if let Ok((_, updates)) = event {
-                    recent.borrow_mut().record(updates.iter().map(|(key, time, _)| (*time, *key)));
-                }
-            })
-            .probe_with(&probe);
+        let record_changes = move |updates: &[(WindowKey, u64, WindowAgg)]| {
+            recent.borrow_mut().record(updates.iter().map(|(key, time, _)| (*time, *key)));
+        };
+        let StatsDataflow { readings, names, windows, latest, device_names, rejected, probe } =
+            stats_dataflow(scope, horizon, record_changes);
         rejected_to_their_process(rejected, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
         let mut marks: InputHandleVec<u64, Mark> = InputHandleVec::new();
