@@ -279,3 +279,22 @@ fn a_cluster_without_a_shared_archive_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("pass the same --archive-url"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_weirs_archive_is_not_taken_for_a_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = start_single(dir.path());
+    post(&single, lines(0, 0..10)).await;
+    assert!(single.stop().success(), "stopping flushes the archive");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--process", "0"])
+        .args(["--cluster-hosts", "127.0.0.1:1,127.0.0.1:2", "--archive-url"])
+        .arg(dir.path().join("single/archive"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("are not interchangeable"), "{stderr}");
+}
