@@ -6,7 +6,7 @@
 //! someone has asked within [`TRACKING`], and keeps them for [`RETENTION`] of wall-clock time: a subscriber further
 //! behind is told to take the whole state again (`resync`).
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use weir_operators::{DeviceId, Time, Width, WindowKey};
@@ -32,11 +32,14 @@ impl WindowFilter {
     }
 }
 
-/// One worker's log of recent window changes.
+/// One worker's log of recent window changes: per window, its last update (so memory is bounded by the windows
+/// changed within [`RETENTION`], however fast they change).
 #[derive(Debug, Default)]
 pub struct RecentChanges {
-    /// (time of the update, window), in the order the updates arrived.
-    entries: VecDeque<(Time, WindowKey, Instant)>,
+    /// Window → (time of its last update, when it was recorded).
+    entries: HashMap<WindowKey, (Time, Instant)>,
+    /// When old entries were last dropped.
+    pruned: Option<Instant>,
     /// When a subscription last asked; changes are recorded until `TRACKING` after it.
     last_asked: Option<Instant>,
     /// Changes at or after this time are all recorded (while tracking).
@@ -47,7 +50,7 @@ pub struct RecentChanges {
 
 /// A worker's answer to a poll.
 pub struct ChangedSince {
-    /// Windows that changed at or after the asked time and before `through`.
+    /// Windows whose last update is at or after the asked time.
     pub keys: Vec<WindowKey>,
     /// The time the answer goes up to (this worker's frontier).
     pub through: Time,
@@ -69,10 +72,23 @@ impl RecentChanges {
             self.entries.clear();
             return;
         }
-        self.entries.extend(updates.map(|(t, k)| (t, k, now)));
-        while self.entries.front().is_some_and(|(_, _, at)| now.duration_since(*at) > RETENTION) {
-            let (time, ..) = self.entries.pop_front().expect("checked");
-            self.complete_from = self.complete_from.map(|c| c.max(time + 1));
+        for (time, key) in updates {
+            let entry = self.entries.entry(key).or_insert((time, now));
+            *entry = (entry.0.max(time), now);
+        }
+        if self.pruned.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
+            self.pruned = Some(now);
+            let mut dropped_through = None;
+            self.entries.retain(|_, (time, at)| {
+                let keep = now.duration_since(*at) <= RETENTION;
+                if !keep {
+                    dropped_through = dropped_through.max(Some(*time));
+                }
+                keep
+            });
+            if let Some(t) = dropped_through {
+                self.complete_from = self.complete_from.map(|c| c.max(t + 1));
+            }
         }
     }
 
@@ -90,14 +106,15 @@ impl RecentChanges {
         if self.complete_from.is_none_or(|c| c > since) {
             return ChangedSince { keys: Vec::new(), through, resync: true };
         }
+        // A window updated again at or after `through` is reported now and again by the next poll (same value or
+        // newer: the subscription sends only what differs).
         let mut keys: Vec<WindowKey> = self
             .entries
             .iter()
-            .filter(|(time, key, _)| *time >= since && *time < through && filter.matches(key))
-            .map(|(_, key, _)| *key)
+            .filter(|(key, (time, _))| *time >= since && filter.matches(key))
+            .map(|(key, _)| *key)
             .collect();
         keys.sort();
-        keys.dedup();
         ChangedSince { keys, through, resync: false }
     }
 }
@@ -123,9 +140,13 @@ mod tests {
         log.record([(12, key(1, 60))].into_iter());
         log.frontier = Some(12);
         let all = log.changed_since(Some(10), &WindowFilter::default());
-        assert_eq!((all.keys, all.through, all.resync), (vec![key(1, 0), key(2, 60)], 12, false));
-        log.frontier = Some(13);
+        assert_eq!((all.keys, all.through, all.resync), (vec![key(1, 0), key(1, 60), key(2, 60)], 12, false));
+        // A window changed again keeps one entry, at its last time.
+        log.record([(13, key(1, 0))].into_iter());
+        assert_eq!(log.entries.len(), 3);
+        assert_eq!(log.changed_since(Some(13), &WindowFilter::default()).keys, vec![key(1, 0)]);
+        log.frontier = Some(14);
         let device_1 = WindowFilter { device: Some(DeviceId(1)), ..WindowFilter::default() };
-        assert_eq!(log.changed_since(Some(12), &device_1).keys, vec![key(1, 60)]);
+        assert_eq!(log.changed_since(Some(12), &device_1).keys, vec![key(1, 0), key(1, 60)]);
     }
 }
