@@ -23,6 +23,8 @@ pub struct AppState {
     pub keys: ApiKeys,
     pub readiness: Arc<Readiness>,
     pub gauges: Arc<EngineGauges>,
+    /// Becomes `true` when the server is stopping: live feeds end then, so that shutdown need not wait for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The router, without a socket, so tests can drive it directly.

@@ -66,10 +66,12 @@ struct Subscription {
     newest: HashMap<(SeriesKey, Width), i64>,
 }
 
-/// Starts a subscription; its events arrive on the returned stream until the stream is dropped.
+/// Starts a subscription; its events arrive on the returned stream until the stream is dropped or `stopping`
+/// becomes true (the server is shutting down: the stream then ends).
 pub async fn subscribe(
     stats: Arc<StatsService>,
     params: SubscribeParams,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<ReceiverStream<WindowEvent>, ApiError> {
     let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
     let filter = WindowFilter {
@@ -84,15 +86,22 @@ pub async fn subscribe(
     let mut through = subscription.start().await?;
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
-        if subscription.send_state(&tx).await.is_err() {
-            return;
-        }
-        loop {
-            tokio::time::sleep(POLL).await;
-            match subscription.send_changes(&tx, through).await {
-                Ok(next) => through = next,
-                Err(Closed) => return,
+        let feed = async move {
+            if subscription.send_state(&tx).await.is_err() {
+                return;
             }
+            loop {
+                tokio::time::sleep(POLL).await;
+                match subscription.send_changes(&tx, through).await {
+                    Ok(next) => through = next,
+                    Err(Closed) => return,
+                }
+            }
+        };
+        // Dropping the feed drops the sender: the subscriber's stream ends.
+        tokio::select! {
+            () = feed => {}
+            _ = stopping.wait_for(|s| *s) => {}
         }
     });
     Ok(ReceiverStream::new(rx))
@@ -230,7 +239,7 @@ pub async fn sse(
     QueryParams(params): QueryParams<SubscribeParams>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
     use futures_util::StreamExt;
-    let events = subscribe(state.stats.clone(), params).await?;
+    let events = subscribe(state.stats.clone(), params, state.stopping.clone()).await?;
     let events = events.map(|e| {
         let data = match &e.window {
             None => "{}".to_owned(),

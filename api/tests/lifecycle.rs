@@ -100,3 +100,32 @@ async fn a_stalled_request_cannot_hold_up_shutdown_beyond_the_timeout() {
     assert_eq!(counts(&s).await, (100, 100, 100));
     assert!(s.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_live_feeds_end_at_sigterm_instead_of_holding_shutdown() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&dir.path().join("data"), &[]);
+    let line = r#"{"sensor":"speed","value":1,"timestamp":"2026-11-22T18:25:43Z"}"#;
+    assert_eq!(post(&s, line.to_owned()).await.status(), 200);
+    let sse = client().get(format!("{}/api/v1/subscribe", s.url)).send().await.unwrap();
+    let mut body = sse.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("event: ready") {
+        text.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+    }
+    let mut grpc = weir_api::grpc::proto::weir_client::WeirClient::connect(s.grpc_url.clone().unwrap()).await.unwrap();
+    let mut feed = grpc.subscribe(weir_api::grpc::proto::SubscribeRequest::default()).await.unwrap().into_inner();
+    feed.next().await.unwrap().unwrap();
+    let started = Instant::now();
+    s.sigterm();
+    // The default --shutdown-timeout is 30 s: exiting well before it means the feeds ended.
+    let status = s.wait_exit(Duration::from_secs(10)).expect("exits although two feeds are open");
+    assert!(status.success(), "{}", s.log_text());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    while let Some(chunk) = body.next().await {
+        if chunk.is_err() {
+            break;
+        }
+    }
+}

@@ -352,7 +352,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(crate::health::Readiness { log_at_start: recovery.last_position, archive: archiver.progress.clone() });
     let gauges = Arc::new(crate::metrics::EngineGauges::new(Some(wal_dir.clone())));
     let sampler = tokio::spawn(sample_dataflow_lag(gauges.clone(), ingest.clone(), stats.clone()));
-    let state = AppState { ingest, stats: stats.clone(), sql, keys, readiness, gauges };
+    // One signal stops both servers and ends the live feeds.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let state = AppState { ingest, stats: stats.clone(), sql, keys, readiness, gauges, stopping: stopped.clone() };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -364,9 +366,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             format!("cannot listen on {grpc} (--grpc-listen / WEIR_GRPC_LISTEN; `off` turns gRPC off)")
         })?),
     };
-    // One signal stops both servers.
     let signal = shutdown_signal()?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         signal.await;
         let _ = stop.send(true);
@@ -398,7 +398,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::listen::HttpLimits { header_timeout: args.header_timeout, shutdown_timeout: args.shutdown_timeout };
     crate::listen::serve(listener, app(state), limits, stopping(stopped)).await;
     if let Some(grpc) = grpc {
-        // Streams in flight (subscriptions) end with the process; give unary calls the same bound as HTTP.
+        // Subscriptions have ended with the stop signal; calls in flight get the same bound as HTTP requests.
         let _ = tokio::time::timeout(args.shutdown_timeout, grpc).await;
     }
     // Both hold the statistics; wait until they are gone so the engine can be stopped below.

@@ -188,7 +188,7 @@ impl Backend for AppState {
             window: Some(request.window),
             from: Some(request.from),
         };
-        let events = subscribe(self.stats.clone(), params).await?;
+        let events = subscribe(self.stats.clone(), params, self.stopping.clone()).await?;
         Ok(Box::pin(events.map(|e| {
             let (width, stats) = match e.window {
                 Some((width, row)) => (width.name().to_owned(), Some(window(row))),

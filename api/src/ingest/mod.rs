@@ -418,6 +418,7 @@ mod tests {
             keys: ApiKeys::default(),
             readiness,
             gauges: Arc::new(crate::metrics::EngineGauges::new(None)),
+            stopping: tokio::sync::watch::channel(false).1,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
