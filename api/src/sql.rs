@@ -89,8 +89,9 @@ impl SqlService {
     }
 
     async fn query_unmeasured(&self, sql: &str) -> Result<SqlResult, Response> {
-        weir_sinks::sql::check_read_only(sql).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
         if let Some(stats) = &self.cluster {
+            // Refuse what is not a read-only query before making every process flush for it.
+            weir_sinks::sql::check_read_only(sql).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
             self.flush_cluster(stats).await?;
             return self.run(sql).await;
         }
