@@ -8,11 +8,12 @@ use axum::middleware;
 use axum::routing::{get, post};
 
 use crate::auth::{ApiKeys, require_api_key};
-use crate::health::{Readiness, healthz, readyz};
+use crate::health::{healthz, readyz};
 use crate::ingest::{IngestService, ingest};
-use crate::metrics::EngineGauges;
-use crate::sql::SqlService;
-use crate::stats::{StatsService, compat, v1};
+use crate::node::sql::SqlService;
+use crate::node::stats::StatsService;
+use crate::node::{EngineGauges, Readiness};
+use crate::stats::{compat, v1};
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -18,10 +18,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use weir_operators::{DeviceId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::stats::{Answer, Query, WindowFilter};
 
-use crate::grpc::proto::UpdateKind;
+use crate::node::error::ServiceError;
+use crate::node::stats::StatsService;
 use crate::server::AppState;
 use crate::stats::v1::{WindowRow, sensor_index, time_bound, width_of};
-use crate::stats::{ApiError, StatsService};
 
 /// How often a subscription asks for changes.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -36,6 +36,32 @@ pub struct SubscribeParams {
     pub from: Option<String>,
 }
 
+/// What an event of a live feed says about its window. gRPC sends it as the proto's `UpdateKind` (same names), the
+/// HTTP feed as the event's name ([`UpdateKind::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// A window of the state when the subscription started.
+    Snapshot,
+    /// The state has been sent; changes follow.
+    Ready,
+    /// The newest window of its series changed (or a newer one began).
+    Update,
+    /// A window older than its series' newest changed: a late reading corrected it.
+    Correction,
+}
+
+impl UpdateKind {
+    /// The event's name in the HTTP feed.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateKind::Snapshot => "snapshot",
+            UpdateKind::Ready => "ready",
+            UpdateKind::Update => "update",
+            UpdateKind::Correction => "correction",
+        }
+    }
+}
+
 /// One event of a subscription.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowEvent {
@@ -45,13 +71,6 @@ pub struct WindowEvent {
     /// The window (`None` for `ready`).
     pub window: Option<(Width, WindowRow)>,
     pub replaces: bool,
-}
-
-impl WindowEvent {
-    /// The event's name in the HTTP feed: the proto's `UpdateKind` name, lower-cased without its prefix.
-    pub fn name(kind: UpdateKind) -> String {
-        kind.as_str_name().trim_start_matches("UPDATE_KIND_").to_ascii_lowercase()
-    }
 }
 
 /// A checked subscription request.
@@ -72,7 +91,7 @@ pub async fn subscribe(
     stats: Arc<StatsService>,
     params: SubscribeParams,
     mut stopping: tokio::sync::watch::Receiver<bool>,
-) -> Result<ReceiverStream<WindowEvent>, ApiError> {
+) -> Result<ReceiverStream<WindowEvent>, ServiceError> {
     let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
     let filter = WindowFilter {
         device: nonempty(&params.device).map(|d| DeviceId::of(&d)),
@@ -111,18 +130,18 @@ pub async fn subscribe(
 struct Closed;
 
 impl Subscription {
-    async fn changes(&self, since: Option<u64>) -> Result<(Vec<(WindowKey, WindowAgg)>, u64, bool), ApiError> {
+    async fn changes(&self, since: Option<u64>) -> Result<(Vec<(WindowKey, WindowAgg)>, u64, bool), ServiceError> {
         match self.stats.ask(Query::Changes { since, filter: self.filter }, None).await? {
             Answer::Changes { windows, through, resync } => Ok((windows, through, resync)),
             _ => Ok((Vec::new(), since.unwrap_or(0), false)),
         }
     }
 
-    async fn start(&mut self) -> Result<u64, ApiError> {
+    async fn start(&mut self) -> Result<u64, ServiceError> {
         Ok(self.changes(None).await?.1)
     }
 
-    async fn refresh_names(&mut self) -> Result<(), ApiError> {
+    async fn refresh_names(&mut self) -> Result<(), ServiceError> {
         if let Answer::Devices(names) = self.stats.ask(Query::Devices, None).await? {
             self.names = names.into_iter().collect();
         }
@@ -149,7 +168,7 @@ impl Subscription {
     }
 
     /// Every window matching the filter (from `from` on), by series and width.
-    async fn state(&mut self) -> Result<Vec<(WindowKey, WindowAgg)>, ApiError> {
+    async fn state(&mut self) -> Result<Vec<(WindowKey, WindowAgg)>, ServiceError> {
         self.refresh_names().await?;
         let series: Vec<SeriesKey> = match self.stats.ask(Query::Latest { device: self.filter.device }, None).await? {
             Answer::Latest(latest) => latest
@@ -237,7 +256,7 @@ impl Subscription {
 pub async fn sse(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<SubscribeParams>,
-) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>, ServiceError> {
     use futures_util::StreamExt;
     let events = subscribe(state.stats.clone(), params, state.stopping.clone()).await?;
     let events = events.map(|e| {
@@ -254,7 +273,7 @@ pub async fn sse(
                 value.to_string()
             }
         };
-        Ok(Event::default().event(WindowEvent::name(e.kind)).data(data))
+        Ok(Event::default().event(e.kind.name()).data(data))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
 }

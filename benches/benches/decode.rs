@@ -6,7 +6,6 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use weir_pipeline::decode::Decoder;
 use weir_pipeline::ingest::{BodyDecoder, DecodeLimits};
 use weir_pipeline::reading::SensorSet;
-use weir_pipeline::wal::record::encode_batch;
 
 const READINGS: usize = 100_000;
 const CHUNK: usize = 64 << 10;
@@ -30,21 +29,6 @@ fn decode(c: &mut Criterion) {
             d.finish();
             rows += d.take_batch().map_or(0, |b| b.len());
             assert_eq!(rows, READINGS);
-        })
-    });
-    group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("ndjson_to_wal_payloads/bytes", |b| {
-        let mut payload = Vec::new();
-        b.iter(|| {
-            let mut d = BodyDecoder::new(decoder.clone(), DecodeLimits::default());
-            for chunk in body.as_bytes().chunks(CHUNK) {
-                d.feed(chunk);
-                while let Some(batch) = d.take_full_batch() {
-                    payload.clear();
-                    encode_batch(&batch, &mut payload);
-                }
-            }
-            d.finish();
         })
     });
     group.finish();

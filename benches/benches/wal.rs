@@ -12,7 +12,7 @@ const READINGS_PER_RECORD: usize = 1000;
 const RECORDS: usize = 400;
 
 fn wal_append(c: &mut Criterion) {
-    let payloads = weir_benches::record_payloads(RECORDS * READINGS_PER_RECORD, READINGS_PER_RECORD, 1000);
+    let batches = weir_benches::record_batches(RECORDS * READINGS_PER_RECORD, READINGS_PER_RECORD, 1000);
     let mut group = c.benchmark_group("wal");
     group.sample_size(10);
     group.throughput(Throughput::Elements((RECORDS * READINGS_PER_RECORD) as u64));
@@ -25,11 +25,11 @@ fn wal_append(c: &mut Criterion) {
                     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
                     let started = Instant::now();
                     std::thread::scope(|s| {
-                        for chunk in payloads.chunks(RECORDS.div_ceil(appenders)) {
+                        for chunk in batches.chunks(RECORDS.div_ceil(appenders)) {
                             let appender = wal.appender();
                             s.spawn(move || {
                                 for p in chunk {
-                                    appender.append_blocking(p.clone()).unwrap();
+                                    appender.append_blocking(p).unwrap();
                                 }
                             });
                         }

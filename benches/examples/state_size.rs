@@ -52,7 +52,6 @@ fn main() {
     let readings = 200_000usize;
     let last = {
         use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
-        use weir_pipeline::wal::record::encode_batch;
         use weir_pipeline::wal::{Wal, WalOptions};
         let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
         let a = wal.appender();
@@ -63,9 +62,7 @@ fn main() {
             for &i in chunk {
                 b.rows.push(Row { sensor: 0, device, micros: i as i64 * 60_000_000, value: i as f64 });
             }
-            let mut payload = Vec::new();
-            encode_batch(&b, &mut payload);
-            last = a.append_blocking(payload).unwrap();
+            last = a.append_blocking(&b).unwrap();
         }
         wal.close();
         last

@@ -20,33 +20,25 @@ pub fn ndjson_body(count: usize, devices: usize) -> String {
     out
 }
 
-/// `count` generated readings as encoded WAL record payloads of `per_record` readings each.
-pub fn record_payloads(count: usize, per_record: usize, devices: usize) -> Vec<Vec<u8>> {
+/// `count` generated readings as WAL record batches of `per_record` readings each.
+pub fn record_batches(count: usize, per_record: usize, devices: usize) -> Vec<weir_pipeline::reading::ReadingBatch> {
     use weir_pipeline::decode::Decoder;
     use weir_pipeline::ingest::{BodyDecoder, DecodeLimits};
     use weir_pipeline::reading::SensorSet;
-    use weir_pipeline::wal::record::encode_batch;
 
     let body = ndjson_body(count, devices);
     let limits = DecodeLimits { batch_rows: per_record, ..DecodeLimits::default() };
     let mut decoder = BodyDecoder::new(Decoder::new(SensorSet::default()), limits);
-    let mut payloads = Vec::new();
-    let mut encode = |batch: weir_pipeline::reading::ReadingBatch| {
-        let mut payload = Vec::new();
-        encode_batch(&batch, &mut payload);
-        payloads.push(payload);
-    };
+    let mut batches = Vec::new();
     for chunk in body.as_bytes().chunks(1 << 16) {
         decoder.feed(chunk);
         while let Some(batch) = decoder.take_full_batch() {
-            encode(batch);
+            batches.push(batch);
         }
     }
     decoder.finish();
-    if let Some(batch) = decoder.take_batch() {
-        encode(batch);
-    }
-    payloads
+    batches.extend(decoder.take_batch());
+    batches
 }
 
 /// A WAL with `count` generated readings in records of `per_record`, for the statistics benchmarks.
@@ -56,8 +48,8 @@ pub fn wal_with_readings(dir: &std::path::Path, count: usize, per_record: usize,
     let (wal, _) = Wal::open(dir, WalOptions::default()).expect("WAL opens");
     let appender = wal.appender();
     let mut last = 0;
-    for payload in record_payloads(count, per_record, devices) {
-        last = appender.append_blocking(payload).expect("append");
+    for batch in record_batches(count, per_record, devices) {
+        last = appender.append_blocking(&batch).expect("append");
     }
     wal.close();
     last

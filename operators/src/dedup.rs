@@ -71,20 +71,28 @@ impl FirstWriteFilter {
 
     /// Whether `r` is the first reading with its key; remembers it.
     pub fn admit(&mut self, r: &Reading) -> bool {
+        self.check(r) != Admission::Duplicate
+    }
+
+    /// What becomes of `r`: the first of its key (in order, or late), or a duplicate; remembers it.
+    pub fn check(&mut self, r: &Reading) -> Admission {
         let series = self.series.entry(r.series).or_default();
         let newest = series.newest();
         if r.micros > newest {
             series.in_order.push_back(r.micros);
             series.expire(r.micros.saturating_sub(self.horizon_micros), self.horizon_micros / 8);
-            return true;
+            return Admission::InOrder;
         }
         if r.micros == newest {
-            return false;
+            return Admission::Duplicate;
         }
         let admitted = r.micros < newest.saturating_sub(self.horizon_micros)
             || (series.in_order.binary_search(&r.micros).is_err() && series.late.insert(r.micros));
-        self.late += u64::from(admitted);
-        admitted
+        if !admitted {
+            return Admission::Duplicate;
+        }
+        self.late += 1;
+        Admission::Late
     }
 
     /// Readings admitted although their series already had a newer one (they arrived out of order).
@@ -98,29 +106,44 @@ impl FirstWriteFilter {
     }
 }
 
-/// A reading the filter dropped: the logical time it was fed at and its `seq` (log position and index in the
-/// record). In a cluster the time says which process fed it (see `weir-pipeline`'s round clock), so the verdict can
-/// go back to that process's archiver.
+/// What the filter made of one reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub struct Rejected {
+pub enum Admission {
+    /// The first of its key, and the newest of its series.
+    InOrder,
+    /// The first of its key, although its series already had a newer reading (it arrived out of order).
+    Late,
+    /// Its key was already written: dropped.
+    Duplicate,
+}
+
+/// The verdict on a reading that was not simply admitted in order: the logical time it was fed at, its `seq` (log
+/// position and index in the record) and whether it was dropped as a duplicate or admitted late. In a cluster the
+/// time says which process fed it (see `weir-pipeline`'s round clock), so the verdict can go back to that process's
+/// archiver — the only deduplication the archive has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Verdict {
     pub time: Time,
     pub seq: u64,
+    /// [`Admission::Duplicate`] or [`Admission::Late`] (in-order admissions send no verdict).
+    pub admission: Admission,
 }
 
 /// What [`dedup_first_write`] produces.
 pub struct Deduplicated<'scope> {
     /// Each key's first-written reading, with multiplicity +1 at its record's time.
     pub admitted: VecCollection<'scope, Time, Reading, isize>,
-    /// The duplicates, at their record's time (few: only readings whose key was already written).
-    pub rejected: Stream<'scope, Time, Vec<Rejected>>,
+    /// The duplicates dropped and the late readings admitted, at their record's time (few: only readings whose
+    /// series already had their timestamp or a newer one).
+    pub verdicts: Stream<'scope, Time, Vec<Verdict>>,
 }
 
 /// `dedup_first_write`: readings in (as written, possibly with duplicates), each key's first-written reading out,
-/// and the dropped duplicates beside it.
+/// and the verdicts on the duplicates it dropped and the late readings it admitted beside it.
 ///
 /// In: a stream of [`Reading`]s at the time of their WAL record. Out: a collection of the readings that are the first
 /// of their (device, sensor, timestamp), each with multiplicity +1 at its record's time (nothing is ever retracted),
-/// and a stream of the [`Rejected`] ones.
+/// and a stream of [`Verdict`]s.
 pub fn dedup_first_write<'scope>(
     readings: Stream<'scope, Time, Vec<Reading>>,
     horizon_micros: i64,
@@ -130,22 +153,22 @@ pub fn dedup_first_write<'scope>(
     let mut builder = OperatorBuilder::new("DedupFirstWrite".to_owned(), readings.scope());
     let mut input = builder.new_input(readings, by_device);
     let (admitted_out, admitted) = builder.new_output::<Vec<(Reading, Time, isize)>>();
-    let (rejected_out, rejected) = builder.new_output::<Vec<Rejected>>();
+    let (verdicts_out, verdicts) = builder.new_output::<Vec<Verdict>>();
     let mut admitted_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<(Reading, Time, isize)>>>::from(admitted_out);
-    let mut rejected_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Rejected>>>::from(rejected_out);
+    let mut verdicts_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Verdict>>>::from(verdicts_out);
     builder.build(move |_capabilities| {
         let mut filter = FirstWriteFilter::new(horizon_micros);
         // Per logical time: a capability for each output and the readings.
         let mut stash: Vec<(Capability<Time>, Capability<Time>, Vec<Reading>)> = Vec::new();
         move |frontiers| {
             input.for_each_stamp(|cap, data| {
-                if let (Some(admit), Some(reject)) = (cap.retain_least(0), cap.retain_least(1)) {
+                if let (Some(admit), Some(judge)) = (cap.retain_least(0), cap.retain_least(1)) {
                     let mut readings = Vec::new();
                     for batch in data {
                         readings.append(batch);
                     }
-                    stash.push((admit, reject, readings));
+                    stash.push((admit, judge, readings));
                 }
             });
             // Admit complete times in time order, and within a time in write order.
@@ -155,23 +178,25 @@ pub fn dedup_first_write<'scope>(
             stash = waiting;
             ready.sort_by_key(|(cap, _, _)| *cap.time());
             let mut admitted = admitted_out.activate();
-            let mut rejected = rejected_out.activate();
-            for (admit, reject, mut readings) in ready {
+            let mut verdicts = verdicts_out.activate();
+            for (admit, judge, mut readings) in ready {
                 readings.sort_unstable_by_key(|r| r.seq);
                 let time = *admit.time();
                 let mut admitted = admitted.session(&admit);
-                let mut rejected = rejected.session(&reject);
+                let mut verdicts = verdicts.session(&judge);
                 for r in readings {
-                    if filter.admit(&r) {
+                    let admission = filter.check(&r);
+                    if admission != Admission::InOrder {
+                        verdicts.give(Verdict { time, seq: r.seq, admission });
+                    }
+                    if admission != Admission::Duplicate {
                         admitted.give((r, time, 1isize));
-                    } else {
-                        rejected.give(Rejected { time, seq: r.seq });
                     }
                 }
             }
         }
     });
-    Deduplicated { admitted: admitted.as_collection(), rejected }
+    Deduplicated { admitted: admitted.as_collection(), verdicts }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub mod model;
 pub mod stats;
 pub mod window;
 
-pub use dedup::{Deduplicated, FirstWriteFilter, Rejected, dedup_first_write};
+pub use dedup::{Admission, Deduplicated, FirstWriteFilter, Verdict, dedup_first_write};
 pub use latest::{Latest, LatestTrace, latest_by_time};
 pub use model::{DeviceId, Reading, SeriesKey, Time, Width, WindowKey};
 pub use window::{Stamped, WindowAgg, WindowTrace, window_stats};

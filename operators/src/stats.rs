@@ -6,7 +6,7 @@ use differential_dataflow::trace::implementations::KeySpine;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandleVec, ProbeHandle, Scope, Stream};
 
-use crate::dedup::{Deduplicated, Rejected, dedup_first_write};
+use crate::dedup::{Deduplicated, Verdict, dedup_first_write};
 use crate::latest::{LatestTrace, latest_by_time};
 use crate::model::WindowKey;
 use crate::model::{DeviceId, Reading, Time};
@@ -25,8 +25,9 @@ pub struct StatsDataflow<'scope> {
     pub windows: WindowTrace,
     pub latest: LatestTrace,
     pub device_names: NamesTrace,
-    /// The readings deduplication dropped, for the archive of the process that wrote them.
-    pub rejected: Stream<'scope, Time, Vec<Rejected>>,
+    /// Deduplication's verdicts (duplicates dropped, late readings admitted), for the archive of the process that
+    /// wrote them.
+    pub verdicts: Stream<'scope, Time, Vec<Verdict>>,
     pub probe: ProbeHandle<Time>,
 }
 
@@ -41,7 +42,7 @@ pub fn stats_dataflow<'scope>(
     let probe = ProbeHandle::new();
     let (names, name_collection) = scope.new_collection::<(DeviceId, String), isize>();
 
-    let Deduplicated { admitted: deduplicated, rejected } =
+    let Deduplicated { admitted: deduplicated, verdicts } =
         dedup_first_write(readings.to_stream(scope), horizon_micros);
     let windows = window_stats(deduplicated.clone(), on_window_updates);
     let latest = latest_by_time(deduplicated);
@@ -56,7 +57,7 @@ pub fn stats_dataflow<'scope>(
         windows: windows.trace,
         latest: latest.trace,
         device_names: device_names.trace,
-        rejected,
+        verdicts,
         probe,
     }
 }

@@ -77,6 +77,15 @@ struct WireReading<'a> {
     device: Option<Text<'a>>,
 }
 
+/// A reading's fields as sent, before validation (`None`: the field is missing).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReadingFields<'a> {
+    pub sensor: Option<&'a str>,
+    pub value: Option<f64>,
+    pub timestamp: Option<&'a str>,
+    pub device: Option<&'a str>,
+}
+
 /// A JSON string borrowed from the input, owned only when it contains escapes. (serde's own `Cow<str>` inside an
 /// `Option` always allocates.)
 struct Text<'a>(Cow<'a, str>);
@@ -137,21 +146,38 @@ impl Decoder {
             LineError::undecodable(format!("invalid UTF-8 at column {} (lines must be UTF-8)", e.valid_up_to() + 1))
         })?;
         let wire: WireReading<'_> = serde_json::from_str(text).map_err(json_error)?;
-        let sensor_name = wire.sensor.ok_or_else(|| LineError::invalid("missing field `sensor`"))?;
-        let sensor = self.sensors.index_of(&sensor_name).ok_or_else(|| {
+        let fields = ReadingFields {
+            sensor: wire.sensor.as_deref(),
+            value: wire.value,
+            timestamp: wire.timestamp.as_deref(),
+            device: wire.device.as_deref(),
+        };
+        self.validate_into(fields, batch, devices)
+    }
+
+    /// Validates a reading whose fields are already apart (gRPC sends them typed) with the same rules and error
+    /// texts as a line, and appends it to `batch` when valid.
+    pub fn validate_into(
+        &self,
+        fields: ReadingFields<'_>,
+        batch: &mut ReadingBatch,
+        devices: &mut DeviceInterner,
+    ) -> Result<(), LineError> {
+        let sensor_name = fields.sensor.ok_or_else(|| LineError::invalid("missing field `sensor`"))?;
+        let sensor = self.sensors.index_of(sensor_name).ok_or_else(|| {
             LineError::invalid(format!(
                 "unknown sensor {:?}; configured sensors: {}",
-                truncate(&sensor_name, 64),
+                truncate(sensor_name, 64),
                 self.sensors.names().join(", ")
             ))
         })?;
-        let value = wire.value.ok_or_else(|| LineError::invalid("missing field `value`"))?;
+        let value = fields.value.ok_or_else(|| LineError::invalid("missing field `value`"))?;
         if !value.is_finite() {
             return Err(LineError::invalid("value is not a finite number"));
         }
-        let timestamp = wire.timestamp.ok_or_else(|| LineError::invalid("missing field `timestamp`"))?;
-        let micros = parse_timestamp(&timestamp)?;
-        let device = match wire.device.as_deref() {
+        let timestamp = fields.timestamp.ok_or_else(|| LineError::invalid("missing field `timestamp`"))?;
+        let micros = parse_timestamp(timestamp)?;
+        let device = match fields.device {
             None => DEFAULT_DEVICE,
             Some("") => return Err(LineError::invalid("device is empty; omit the field for the default device")),
             Some(d) if d.len() > MAX_DEVICE_BYTES => {

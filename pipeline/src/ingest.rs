@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::decode::{Decoder, LineError, LineErrorKind};
+use crate::decode::{Decoder, LineError, LineErrorKind, ReadingFields};
 use crate::lines::{Line, LineSplitter};
 use crate::reading::{DeviceInterner, ReadingBatch};
 
@@ -113,6 +113,13 @@ impl BodyDecoder {
         splitter.finish(|n, line| handle_line(decoder, limits, batch, devices, rejections, decoded, n, line));
     }
 
+    /// Validates one reading given as fields (not as a line; gRPC sends them typed) with the same rules, counting
+    /// and reporting as a line: `number` is its 1-based place in the request.
+    pub fn push_reading(&mut self, number: u64, fields: ReadingFields<'_>) {
+        let result = self.decoder.validate_into(fields, &mut self.batch, &mut self.devices);
+        record(&mut self.rejections, &mut self.decoded, &self.limits, number, result.map_err(|e| (e, None)));
+    }
+
     /// The current batch if it has reached the batch size.
     pub fn take_full_batch(&mut self) -> Option<ReadingBatch> {
         (self.batch.len() >= self.limits.batch_rows).then(|| self.take_batch()).flatten()
@@ -163,6 +170,17 @@ fn handle_line(
         Line::Text(text) => decoder.decode_into(text, batch, devices).map_err(|e| (e, Some(text))),
         Line::TooLong { len } => Err((LineError::too_long(len, limits.max_line_bytes), None)),
     };
+    record(rejections, decoded, limits, number, result);
+}
+
+/// Counts a decoded reading, or records a rejected one (with its text, when it has one, among the invalid).
+fn record(
+    rejections: &mut Rejections,
+    decoded: &mut u64,
+    limits: &DecodeLimits,
+    number: u64,
+    result: Result<(), (LineError, Option<&[u8]>)>,
+) {
     match result {
         Ok(()) => *decoded += 1,
         Err((error, text)) => {

@@ -9,12 +9,12 @@
 //!   query therefore sees each reading once: in a committed part or in the unflushed buffer, never both. On start,
 //!   `staging/` is emptied and parts that begin after the committed position (moved but never committed) are
 //!   deleted; the flush is done again from the log.
-//! - Deduplication is the live statistics' rule (first write of device, sensor, timestamp wins, within the same
-//!   horizon); on start the filter is rebuilt from the archive's committed parts ([`ArchiveSnapshot`]), which hold
-//!   exactly the readings replaying the log to the committed position would admit, so the log before it may be
-//!   deleted.
+//! - The archiver does not deduplicate: the statistics' dedup operator decides, once, which readings are first
+//!   writes, and the archiver reads a record only once the statistics have decided it ([`DedupVerdicts`]), leaving
+//!   out the duplicates they dropped. Alone as in a cluster, one verdict: the archive and the live statistics
+//!   cannot disagree about which write came first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,14 +23,11 @@ use std::time::{Duration, Instant};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
-use weir_operators::{DeviceId, FirstWriteFilter, Reading, SeriesKey};
 use weir_pipeline::reading::ReadingBatch;
 use weir_pipeline::stats::DedupVerdicts;
 use weir_pipeline::wal::WalReader;
-use weir_pipeline::wal::record::decode_batch;
 
 use crate::part::{ArchivedReading, PartError, sort_for_archive, write_parquet};
-use crate::snapshot::ArchiveSnapshot;
 
 /// Why archiving failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +40,15 @@ pub enum ArchiveError {
     Part(#[from] PartError),
     #[error("archive checkpoint {path}: {source}")]
     Checkpoint { path: PathBuf, source: std::io::Error },
+    #[error(
+        "archive checkpoint {path} is not a checkpoint Weir wrote ({reason}); restore it from a backup, or delete \
+         the data directory's write-ahead log and archive together to start afresh"
+    )]
+    BadCheckpoint { path: PathBuf, reason: String },
+    #[error("cannot start the archiver thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the archiver thread panicked")]
+    Panicked,
     #[error("write-ahead log: {0}")]
     Wal(#[from] weir_pipeline::wal::WalError),
     #[error("injected fault: {0:?}")]
@@ -214,7 +220,7 @@ impl PartName {
     }
 }
 
-/// A point where tests make the archiver fail, as a crash there would.
+/// A point where tests make the archiver fail, as a crash there would (only test builds can inject one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultPoint {
     /// After reading a flush's records, before uploading anything.
@@ -234,15 +240,11 @@ pub struct ArchiverOptions {
     pub flush_rows: usize,
     /// Flush readings that have waited this long.
     pub flush_age: Duration,
-    /// The deduplication horizon (the statistics' one).
-    pub dedup_horizon: Duration,
     /// How long to sleep when the log has nothing new.
     pub idle: Duration,
     /// Test hook: fail at this point of the first flush.
+    #[cfg(test)]
     pub fault: Option<FaultPoint>,
-    /// In a cluster: the statistics' deduplication verdicts for this process's log. A record is archived once the
-    /// statistics have decided it, less the duplicates they dropped (the archiver then keeps no filter of its own).
-    pub verdicts: Option<Arc<dyn DedupVerdicts>>,
 }
 
 impl Default for ArchiverOptions {
@@ -250,10 +252,9 @@ impl Default for ArchiverOptions {
         ArchiverOptions {
             flush_rows: 100_000,
             flush_age: Duration::from_secs(10),
-            dedup_horizon: Duration::from_secs(48 * 3600),
             idle: Duration::from_millis(5),
+            #[cfg(test)]
             fault: None,
-            verdicts: None,
         }
     }
 }
@@ -273,8 +274,8 @@ pub struct ArchiveProgress {
     /// A flush of everything read is wanted as soon as the log has been read through this position (SQL in a
     /// cluster asks for it, so that a query sees every process's readings acknowledged before it).
     pub flush_requested: AtomicU64,
-    /// Set once the archiver has rebuilt its dedup filter from the archive and reads the log; until then nothing
-    /// may replace the parts it is reading (the sealer waits for this).
+    /// Set once the archiver has cleaned up after an interrupted flush and reads the log; until then nothing may
+    /// replace the parts it works on (the sealer waits for this).
     pub started: AtomicBool,
 }
 
@@ -299,21 +300,28 @@ impl weir_pipeline::stats::ArchiveControl for ArchiveProgress {
     }
 }
 
+/// The checkpoint file's contents: `{"archived_through": N}`. Every field is required and no other is allowed: a
+/// file that does not say exactly this is an error naming it, never read as position 0 (which would archive the
+/// whole log again, or worse, let the log before the real position be taken as missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointFile {
+    /// The last WAL position whose readings are in committed parts.
+    archived_through: u64,
+}
+
 /// The committed position, stored next to the WAL.
 struct Checkpoint {
     path: PathBuf,
 }
 
 impl Checkpoint {
+    /// The committed position; 0 when no checkpoint was ever written.
     fn read(&self) -> Result<u64, ArchiveError> {
         match std::fs::read_to_string(&self.path) {
-            Ok(text) => {
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ArchiveError::Checkpoint {
-                    path: self.path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-                Ok(v["archived_through"].as_u64().unwrap_or(0))
-            }
+            Ok(text) => serde_json::from_str::<CheckpointFile>(&text)
+                .map(|c| c.archived_through)
+                .map_err(|e| ArchiveError::BadCheckpoint { path: self.path.clone(), reason: e.to_string() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(source) => Err(ArchiveError::Checkpoint { path: self.path.clone(), source }),
         }
@@ -321,8 +329,10 @@ impl Checkpoint {
 
     /// Replaces the checkpoint atomically: a crash leaves the old or the new one, never a mix.
     fn write(&self, position: u64) -> Result<(), ArchiveError> {
-        let text = format!("{{\"archived_through\":{position}}}\n");
-        weir_pipeline::data_dir::write_atomically(&self.path, text.as_bytes())
+        let mut text = serde_json::to_vec(&CheckpointFile { archived_through: position })
+            .map_err(|e| ArchiveError::BadCheckpoint { path: self.path.clone(), reason: e.to_string() })?;
+        text.push(b'\n');
+        weir_pipeline::data_dir::write_atomically(&self.path, &text)
             .map_err(|source| ArchiveError::Checkpoint { path: self.path.clone(), source })
     }
 }
@@ -335,11 +345,13 @@ pub struct Archiver {
 }
 
 impl Archiver {
-    /// Starts archiving the WAL in `wal_dir` (never past `durable`) to `location`; progress is kept in
-    /// `checkpoint_path`. Store calls run on `runtime`.
+    /// Starts archiving the WAL in `wal_dir` (never past `durable`, nor past what `verdicts` has decided) to
+    /// `location`, leaving out the duplicates `verdicts` names; progress is kept in `checkpoint_path`. Store calls
+    /// run on `runtime`.
     pub fn start(
         wal_dir: PathBuf,
         durable: watch::Receiver<u64>,
+        verdicts: Arc<dyn DedupVerdicts>,
         location: ArchiveLocation,
         checkpoint_path: PathBuf,
         options: ArchiverOptions,
@@ -356,8 +368,7 @@ impl Archiver {
             runtime,
             progress: progress.clone(),
             stop: stop.clone(),
-            filter: None,
-            sensors: HashMap::new(),
+            verdicts,
         };
         let thread = std::thread::Builder::new()
             .name("weir-archiver".into())
@@ -368,7 +379,7 @@ impl Archiver {
                 }
                 result
             })
-            .map_err(|source| ArchiveError::Checkpoint { path: PathBuf::new(), source })?;
+            .map_err(ArchiveError::Thread)?;
         Ok(Archiver { progress, stop, thread: Some(thread) })
     }
 
@@ -377,7 +388,7 @@ impl Archiver {
         self.stop.store(true, Ordering::Release);
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(result)) => result,
-            Some(Err(_)) => Err(ArchiveError::Injected(FaultPoint::BeforeCommit)),
+            Some(Err(_)) => Err(ArchiveError::Panicked),
             None => Ok(()),
         }
     }
@@ -403,27 +414,13 @@ struct ArchiverLoop {
     runtime: tokio::runtime::Handle,
     progress: Arc<ArchiveProgress>,
     stop: Arc<AtomicBool>,
-    filter: Option<FirstWriteFilter>,
-    sensors: HashMap<Box<str>, u16>,
+    verdicts: Arc<dyn DedupVerdicts>,
 }
 
 impl ArchiverLoop {
     fn run(&mut self) -> Result<(), ArchiveError> {
         let committed = self.checkpoint.read()?;
         self.remove_uncommitted_parts(committed)?;
-        if self.options.verdicts.is_none() {
-            let horizon = i64::try_from(self.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
-            self.filter = Some(FirstWriteFilter::new(horizon));
-            // Rebuild the dedup filter from the archive itself: the log before `committed` may have been deleted.
-            let snapshot =
-                self.runtime.block_on(ArchiveSnapshot::open(&self.location, committed, self.runtime.clone()))?;
-            let parts = snapshot.parts();
-            for item in snapshot {
-                let (last, batch) = item?;
-                self.admit(last, batch);
-            }
-            tracing::debug!(parts, committed, "archive dedup filter rebuilt from the archive");
-        }
         self.progress.started.store(true, Ordering::Release);
         let mut reader = WalReader::new(&self.wal_dir, committed + 1);
         self.progress.committed.store(committed, Ordering::Release);
@@ -436,14 +433,13 @@ impl ArchiverLoop {
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             let durable = *self.durable.borrow();
-            // In a cluster, only what the statistics have decided (stopped statistics decide nothing more: what is
-            // left is archived after the next start).
-            let readable = self.options.verdicts.as_ref().map_or(durable, |v| durable.min(v.decided_through()));
+            // Only what the statistics have decided (stopped statistics decide nothing more: what is left is
+            // archived after the next start).
+            let readable = durable.min(self.verdicts.decided_through());
             let mut read_any = false;
             while rows < self.options.flush_rows {
-                let Some((position, payload)) = reader.next_record_through(readable)? else { break };
-                let payload = payload.to_vec();
-                let admitted = self.first_writes(position, &payload);
+                let Some((position, batch)) = reader.next_batch_through(readable)? else { break };
+                let admitted = self.first_writes(position, batch);
                 rows += admitted.len();
                 last = position;
                 read_any = true;
@@ -473,53 +469,17 @@ impl ArchiverLoop {
         }
     }
 
-    /// The readings of one record that are the first writes of their key, in archive form.
-    fn first_writes(&mut self, position: u64, payload: &[u8]) -> ReadingBatch {
-        match decode_batch(payload) {
-            Ok(mut batch) if self.options.verdicts.is_some() => {
-                let rejected = self.options.verdicts.as_ref().map(|v| v.take_rejected(position)).unwrap_or_default();
-                let mut index = 0u32;
-                batch.rows.retain(|_| {
-                    index += 1;
-                    rejected.binary_search(&(index - 1)).is_err()
-                });
-                metrics::counter!("weir_readings_deduplicated_total").increment(rejected.len() as u64);
-                batch
-            }
-            Ok(batch) => {
-                let written = batch.len() as u64;
-                let late_before = self.filter.as_ref().map_or(0, |f| f.late_admitted());
-                let admitted = self.admit(position, batch);
-                let late = self.filter.as_ref().map_or(0, |f| f.late_admitted()) - late_before;
-                metrics::counter!("weir_readings_deduplicated_total").increment(written - admitted.len() as u64);
-                metrics::counter!("weir_readings_late_total").increment(late);
-                admitted
-            }
-            Err(e) => {
-                tracing::error!(position, error = %e, "skipping an unreadable WAL record in the archive");
-                ReadingBatch { sensors: Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() }
-            }
+    /// The readings of one record that are the first writes of their key (the statistics' verdict), in archive
+    /// form.
+    fn first_writes(&mut self, position: u64, mut batch: ReadingBatch) -> ReadingBatch {
+        let rejected = self.verdicts.take_rejected(position);
+        if !rejected.is_empty() {
+            let mut index = 0u32;
+            batch.rows.retain(|_| {
+                index += 1;
+                rejected.binary_search(&(index - 1)).is_err()
+            });
         }
-    }
-
-    /// Keeps the readings of `batch` (written at `position`) that are the first writes of their key.
-    fn admit(&mut self, position: u64, mut batch: ReadingBatch) -> ReadingBatch {
-        let filter = self.filter.as_mut().expect("set in run");
-        let next_sensor = self.sensors.len() as u16;
-        let sensor_ids: Vec<u16> = batch
-            .sensors
-            .iter()
-            .enumerate()
-            .map(|(i, s)| *self.sensors.entry(s.clone()).or_insert(next_sensor + i as u16))
-            .collect();
-        let device_ids: Vec<DeviceId> = batch.devices.iter().map(|d| DeviceId::of(d)).collect();
-        let mut index = 0u32;
-        batch.rows.retain(|row| {
-            let series = SeriesKey { device: device_ids[row.device as usize], sensor: sensor_ids[row.sensor as usize] };
-            let seq = Reading::seq_of(position, index);
-            index += 1;
-            filter.admit(&Reading { series, micros: row.micros, value: row.value, seq })
-        });
         batch
     }
 
@@ -532,7 +492,10 @@ impl ArchiverLoop {
             by_day.entry(r.micros.div_euclid(DAY_MICROS)).or_default().push(r);
         }
         let by_date = by_day.into_iter().map(|(day, readings)| (utc_date(day * DAY_MICROS), readings));
+        #[cfg(test)]
         let fault = self.options.fault.take();
+        #[cfg(not(test))]
+        let fault: Option<FaultPoint> = None;
         if fault == Some(FaultPoint::BeforeUpload) {
             return Err(ArchiveError::Injected(FaultPoint::BeforeUpload));
         }

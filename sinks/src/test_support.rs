@@ -1,13 +1,15 @@
 //! Test fixtures shared by the archive and SQL tests: a WAL with given readings, an archive, an archiver run.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStoreExt;
 use tokio::sync::watch;
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
-use weir_pipeline::wal::record::encode_batch;
+use weir_pipeline::stats::DedupVerdicts;
 use weir_pipeline::wal::{Wal, WalOptions};
 
 use crate::archive::{ArchiveError, ArchiveLocation, Archiver, ArchiverOptions, checkpoint_path, utc_date};
@@ -25,6 +27,44 @@ pub struct Fixture {
     pub durable: watch::Receiver<u64>,
     pub last: u64,
     pub runtime: tokio::runtime::Runtime,
+    /// What the statistics would decide about these records.
+    pub verdicts: Arc<ModelVerdicts>,
+}
+
+/// Verdicts as the statistics give them (first write wins in log order), from a model: each record's readings whose
+/// key an earlier reading wrote, decided up to a position the test may move (everything by default).
+#[derive(Debug)]
+pub struct ModelVerdicts {
+    pub decided: AtomicU64,
+    pub rejected: Mutex<HashMap<u64, Vec<u32>>>,
+}
+
+impl ModelVerdicts {
+    /// The verdicts on `records`, written at positions 1, 2, ...
+    pub fn of(records: &[Vec<Input>]) -> Arc<ModelVerdicts> {
+        let mut seen = HashSet::new();
+        let mut rejected = HashMap::new();
+        for (i, record) in records.iter().enumerate() {
+            for (index, r) in record.iter().enumerate() {
+                if !seen.insert((r.0, r.1, r.2)) {
+                    rejected.entry(i as u64 + 1).or_insert_with(Vec::new).push(index as u32);
+                }
+            }
+        }
+        Arc::new(ModelVerdicts { decided: AtomicU64::new(u64::MAX), rejected: Mutex::new(rejected) })
+    }
+}
+
+impl DedupVerdicts for ModelVerdicts {
+    fn decided_through(&self) -> u64 {
+        self.decided.load(Ordering::Acquire)
+    }
+
+    /// Not forgotten once taken: a restarted archiver reads the records after its checkpoint again, as the
+    /// restarted statistics decide them again.
+    fn take_rejected(&self, position: u64) -> Vec<u32> {
+        self.rejected.lock().unwrap().get(&position).cloned().unwrap_or_default()
+    }
 }
 
 pub fn fixture(records: &[Vec<Input>], url: Option<&str>) -> Fixture {
@@ -41,9 +81,7 @@ pub fn fixture(records: &[Vec<Input>], url: Option<&str>) -> Fixture {
             let device = interner.intern(&mut batch.devices, DEVICES[d as usize]);
             batch.rows.push(Row { sensor, device, micros, value });
         }
-        let mut payload = Vec::new();
-        encode_batch(&batch, &mut payload);
-        last = appender.append_blocking(payload).unwrap();
+        last = appender.append_blocking(&batch).unwrap();
     }
     let durable = appender.watch_durable();
     wal.close();
@@ -58,6 +96,7 @@ pub fn fixture(records: &[Vec<Input>], url: Option<&str>) -> Fixture {
         durable,
         last,
         runtime: tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap(),
+        verdicts: ModelVerdicts::of(records),
         _dir: dir,
     }
 }
@@ -68,6 +107,7 @@ impl Fixture {
         let archiver = Archiver::start(
             self.wal_dir.clone(),
             self.durable.clone(),
+            self.verdicts.clone(),
             self.location.clone(),
             self.checkpoint.clone(),
             options,
@@ -101,12 +141,7 @@ impl Fixture {
     }
 }
 
-/// Small flushes (many parts) and a horizon longer than the test data spans, so deduplication is exact.
+/// Small flushes (many parts).
 pub fn small_flushes() -> ArchiverOptions {
-    ArchiverOptions {
-        flush_rows: 7,
-        flush_age: Duration::from_millis(1),
-        dedup_horizon: Duration::from_secs(30 * 86_400),
-        ..ArchiverOptions::default()
-    }
+    ArchiverOptions { flush_rows: 7, flush_age: Duration::from_millis(1), ..ArchiverOptions::default() }
 }

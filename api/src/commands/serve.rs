@@ -1,6 +1,6 @@
-//! `weir serve`: open the data directory, recover the log, and serve HTTP until SIGINT/SIGTERM.
+//! `weir serve`: parse the flags into a [`NodeConfig`], start the [`Node`], serve HTTP and gRPC over its services
+//! until SIGINT/SIGTERM, then shut the node down.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,22 +8,18 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use weir_pipeline::cluster::ClusterConfig;
-use weir_pipeline::decode::Decoder;
 use weir_pipeline::ingest::DecodeLimits;
 use weir_pipeline::reading::{DEFAULT_SENSORS, SensorSet};
-use weir_pipeline::stats::{StartFrom, StatsEngine, StatsOptions};
-use weir_pipeline::wal::{Wal, WalOptions};
+use weir_pipeline::stats::StatsOptions;
+use weir_pipeline::wal::WalOptions;
+use weir_sinks::archive::ArchiverOptions;
+use weir_sinks::sql::SqlLimits;
 
 use super::{parse_duration, parse_size};
 use crate::auth::ApiKeys;
-use crate::ingest::{IngestLimits, IngestService};
+use crate::ingest::IngestLimits;
+use crate::node::{Node, NodeConfig};
 use crate::server::{AppState, app};
-use crate::sql::SqlService;
-use crate::stats::StatsService;
-use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, ClusterShare, checkpoint_path, read_checkpoint};
-use weir_sinks::seal::{days_due, finish_interrupted_seals, seal_committed_day};
-use weir_sinks::snapshot::ArchiveSnapshot;
-use weir_sinks::sql::{SqlArchive, SqlLimits};
 
 /// Options of `weir serve`. Every flag can also be set by the environment variable named in its help.
 #[derive(Debug, Clone, Args)]
@@ -184,177 +180,90 @@ impl ArchiveArgs {
     }
 }
 
+impl ServeArgs {
+    /// The node's configuration from these flags (`--config`, flags and `WEIR_*` variables already merged).
+    pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
+        let sensors = SensorSet::new(&self.sensors).context("--sensors / WEIR_SENSORS")?;
+        let cluster = cluster_config(self)?;
+        Ok(NodeConfig {
+            data_dir: self.data_dir.clone(),
+            sensors,
+            wal: WalOptions {
+                segment_bytes: self.wal_segment_bytes,
+                queue_depth: self.wal_queue_depth as usize,
+                ..WalOptions::default()
+            },
+            ingest: IngestLimits {
+                decode: DecodeLimits {
+                    max_line_bytes: usize::try_from(self.max_line_bytes).unwrap_or(usize::MAX),
+                    max_reported_errors: self.max_reported_errors,
+                    batch_rows: self.batch_rows as usize,
+                },
+                max_body_bytes: self.max_body_bytes,
+                max_request_time: self.max_request_time,
+                queue_timeout: self.ingest_queue_timeout,
+            },
+            stats: StatsOptions {
+                workers: self.workers as usize,
+                dedup_horizon: self.dedup_horizon,
+                cluster,
+                ..StatsOptions::default()
+            },
+            read_wait: self.read_wait,
+            archive_url: self.archive.url(&self.data_dir),
+            archive_url_given: self.archive.archive_url.is_some(),
+            archiver: ArchiverOptions {
+                flush_rows: self.archive.archive_flush_rows.max(1),
+                flush_age: self.archive.archive_flush_age,
+                ..ArchiverOptions::default()
+            },
+            seal_grace: self.archive.seal_grace,
+            seal_interval: self.archive.seal_interval,
+            sql: self.archive.sql_limits(),
+            keep_archived_wal: self.keep_archived_wal,
+        })
+    }
+
+    /// `weir serve`'s defaults (what a bare `weir serve` runs with) on `data_dir`, ignoring the environment's
+    /// `WEIR_*` variables only where the caller overrides them; for tests that start a node in-process.
+    pub fn defaults(data_dir: &std::path::Path) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Bare {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut args = <Bare as clap::Parser>::parse_from(["weir-serve"]).serve;
+        args.data_dir = data_dir.to_path_buf();
+        args
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::metrics::handle();
-    let sensors = SensorSet::new(&args.sensors).context("--sensors / WEIR_SENSORS")?;
     let keys = ApiKeys::new(args.api_keys.iter().cloned());
     if !keys.enabled() {
         tracing::warn!(
             "no API key configured (--api-key / WEIR_API_KEYS): authentication is OFF, anyone who can reach this port can write"
         );
     }
-    weir_pipeline::data_dir::check_or_stamp(&args.data_dir)?;
-    let wal_dir = args.data_dir.join("wal");
-    let options = WalOptions {
-        segment_bytes: args.wal_segment_bytes,
-        queue_depth: args.wal_queue_depth as usize,
-        ..WalOptions::default()
-    };
-    let (wal, recovery) = Wal::open(&wal_dir, options)
-        .with_context(|| format!("cannot open the write-ahead log in {}", wal_dir.display()))?;
-    if let Some(t) = &recovery.truncated {
-        tracing::warn!(
-            file = %t.file.display(), offset = t.offset, bytes_removed = t.bytes_removed, reason = %t.reason,
-            "cut off a torn tail of the write-ahead log (a crash interrupted a write that was never acknowledged)"
-        );
-    }
-    tracing::info!(segments = recovery.segments, last_position = recovery.last_position, dir = %wal_dir.display(), "write-ahead log recovered");
-
-    let limits = IngestLimits {
-        decode: DecodeLimits {
-            max_line_bytes: usize::try_from(args.max_line_bytes).unwrap_or(usize::MAX),
-            max_reported_errors: args.max_reported_errors,
-            batch_rows: args.batch_rows as usize,
-        },
-        max_body_bytes: args.max_body_bytes,
-        max_request_time: args.max_request_time,
-        queue_timeout: args.ingest_queue_timeout,
-    };
-    let log = Arc::new(wal.appender());
-    let cluster = cluster_config(&args)?;
-    if let Some(c) = &cluster {
+    let config = args.node_config()?;
+    if let Some(c) = &config.stats.cluster {
         stop_with_the_cluster();
         tracing::info!(process = c.process, processes = c.processes(), "running as one process of a cluster");
     }
-    // In a cluster every process archives its own log into one archive that all of them share.
-    let share = cluster.as_ref().map(|c| ClusterShare { process: c.process as u32, processes: c.processes() as u32 });
-    if share.is_some() && args.archive.archive_url.is_none() {
-        anyhow::bail!(
-            "a cluster needs one archive that every process shares: pass the same --archive-url (WEIR_ARCHIVE_URL) \
-             to every process, e.g. --archive-url file:///shared/weir-archive or s3://bucket/weir"
-        );
-    }
-    let mut location =
-        ArchiveLocation::open(&args.archive.url(&args.data_dir)).with_context(|| "--archive-url / WEIR_ARCHIVE_URL")?;
-    if let Some(share) = share {
-        location = location.shared_by(share);
-    }
-    let parts = location.list_parts().await.context("cannot list the archive")?;
-    if let Some(foreign) = parts.iter().find(|p| share.is_some() != (p.process.is_some() || p.sealed)) {
-        anyhow::bail!(
-            "the archive {} holds {}, which a {} does not read: a single Weir's archive and a cluster's are not \
-             interchangeable; give this Weir its own --archive-url",
-            location.url,
-            foreign.path,
-            if share.is_some() { "cluster" } else { "single Weir" }
-        );
-    }
-    finish_interrupted_seals(&location).await.context("finishing an interrupted seal")?;
-    let checkpoint = checkpoint_path(&args.data_dir);
-    let archived = read_checkpoint(&checkpoint)?;
-    let wal_first = weir_pipeline::wal::first_position(&wal_dir)?;
-    if wal_first > archived + 1 {
-        anyhow::bail!(
-            "the write-ahead log starts at position {wal_first}, but the archive checkpoint {} says the archive holds \
-             only positions up to {archived}: positions {}..{} are in neither. Restore the checkpoint file (or the \
-             data directory) from a backup",
-            checkpoint.display(),
-            archived + 1,
-            wal_first - 1
-        );
-    }
-    // The statistics start from the archive (what the log held through the checkpoint, deduplicated), then read
-    // the log after it; so the log before the checkpoint may be deleted.
-    let snapshot = ArchiveSnapshot::open(&location, archived, tokio::runtime::Handle::current())
-        .await
-        .context("cannot list the archive to load the statistics")?;
-    tracing::info!(parts = snapshot.parts(), archived_through = archived, "statistics start from the archive");
-    let snapshot = snapshot.filter_map(|item| {
-        item.map_err(|e| tracing::error!(error = %e, "an archive part could not be read; the statistics leave it out"))
-            .ok()
-    });
-    let options = StatsOptions {
-        workers: args.workers as usize,
-        dedup_horizon: args.dedup_horizon,
-        cluster: cluster.clone(),
-        ..StatsOptions::default()
-    };
-    // In a cluster this waits (bounded by --cluster-connect-timeout) for the other processes.
-    let engine = tokio::task::block_in_place(|| {
-        StatsEngine::start_from(
-            wal_dir.clone(),
-            log.watch_durable(),
-            sensors.clone(),
-            options,
-            StartFrom { through: archived, snapshot: Box::new(snapshot) },
-        )
-    })?;
-    tracing::info!(
-        workers = args.workers,
-        "statistics dataflow started; it loads the archive and replays the log after it first"
-    );
-    let (process, processes) = cluster.as_ref().map_or((0, 1), |c| (c.process as u32, c.processes()));
-    let stats = Arc::new(
-        StatsService::new(engine, sensors.clone(), args.read_wait, log.clone()).in_cluster(process, processes),
-    );
-    let verdicts = share.map(|_| stats.engine().verdicts() as Arc<dyn weir_pipeline::stats::DedupVerdicts>);
-    let archiver = Archiver::start(
-        wal_dir.clone(),
-        log.watch_durable(),
-        location.clone(),
-        checkpoint,
-        ArchiverOptions {
-            flush_rows: args.archive.archive_flush_rows.max(1),
-            flush_age: args.archive.archive_flush_age,
-            dedup_horizon: args.dedup_horizon,
-            verdicts,
-            ..ArchiverOptions::default()
-        },
-        tokio::runtime::Handle::current(),
-    )?;
-    tracing::info!(archive = %location.url, "archiver started");
-    stats.engine().attach_archive(archiver.progress.clone());
-    // Sealing replaces parts, so it waits until the statistics and the archiver have read the archive at start.
-    let loaded = {
-        let (stats, progress) = (stats.clone(), archiver.progress.clone());
-        move || progress.started.load(std::sync::atomic::Ordering::Acquire) && stats.processed_position() >= archived
-    };
-    let sealer = tokio::spawn(seal_due_days(
-        location.clone(),
-        archiver.progress.clone(),
-        share.map(|_| stats.clone()),
-        args.archive.seal_grace,
-        args.archive.seal_interval,
-        loaded.clone(),
-    ));
-    let trimmer = (!args.keep_archived_wal)
-        .then(|| tokio::spawn(trim_archived_wal(wal_dir.clone(), archiver.progress.clone(), stats.clone(), loaded)));
-    // Alone, a query reads this archiver's unflushed readings beside the parts; in a cluster, every process flushes
-    // first and the query reads the shared archive only.
-    let local_progress = share.is_none().then(|| archiver.progress.clone());
-    let mut sql = SqlService::new(
-        SqlArchive::new(location, local_progress, args.archive.sql_limits()),
-        archiver.progress.clone(),
-        log.clone(),
-        args.read_wait,
-    );
-    if share.is_some() {
-        sql = sql.in_cluster(stats.clone());
-    }
-    let sql = Arc::new(sql);
-    let mut ingest = IngestService::new(Decoder::new(sensors), limits, log);
-    if cluster.is_some() {
-        ingest = ingest.in_cluster(process);
-    }
-    let ingest = Arc::new(ingest);
+    let node = Node::start(config).await?;
 
-    let readiness =
-        Arc::new(crate::health::Readiness { log_at_start: recovery.last_position, archive: archiver.progress.clone() });
-    let gauges = Arc::new(crate::metrics::EngineGauges::new(Some(wal_dir.clone())));
-    let sampler = tokio::spawn(sample_dataflow_lag(gauges.clone(), ingest.clone(), stats.clone()));
     // One signal stops both servers and ends the live feeds.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let state = AppState { ingest, stats: stats.clone(), sql, keys, readiness, gauges, stopping: stopped.clone() };
+    let state = AppState {
+        ingest: node.ingest().clone(),
+        stats: node.stats().clone(),
+        sql: node.sql().clone(),
+        keys,
+        readiness: node.readiness().clone(),
+        gauges: node.gauges().clone(),
+        stopping: stopped.clone(),
+    };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -401,90 +310,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Subscriptions have ended with the stop signal; calls in flight get the same bound as HTTP requests.
         let _ = tokio::time::timeout(args.shutdown_timeout, grpc).await;
     }
-    // Both hold the statistics; wait until they are gone so the engine can be stopped below.
-    sealer.abort();
-    let _ = sealer.await;
-    sampler.abort();
-    let _ = sampler.await;
-    if let Some(t) = trimmer {
-        t.abort();
-        let _ = t.await;
-    }
-    tracing::info!("shutting down: stopping the statistics, flushing the archive, closing the write-ahead log");
-    tokio::task::spawn_blocking(move || {
-        if let Some(stats) = Arc::into_inner(stats) {
-            stats.stop();
-        }
-        if let Err(e) = archiver.stop() {
-            tracing::error!(error = %e, "the archiver stopped with an error; it resumes from its checkpoint at the next start");
-        }
-        wal.close();
-    })
-    .await
-    .context("shutting down")?;
-    tracing::info!("stopped cleanly");
+    node.shutdown().await;
     Ok(())
-}
-
-/// Seals every day that has been over for `grace`, every `interval`.
-async fn seal_due_days(
-    location: ArchiveLocation,
-    progress: Arc<weir_sinks::archive::ArchiveProgress>,
-    cluster: Option<Arc<StatsService>>,
-    grace: Duration,
-    interval: Duration,
-    loaded: impl Fn() -> bool,
-) {
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
-    loop {
-        tick.tick().await;
-        if !loaded() {
-            continue;
-        }
-        let now = chrono::Utc::now().timestamp_micros();
-        let grace = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
-        let due = match days_due(&location, now, grace).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the archive to find days to seal");
-                continue;
-            }
-        };
-        // In a cluster: only once every process has loaded the archive, and only what every process committed.
-        let committed: Option<BTreeMap<u32, u64>> = match &cluster {
-            None => None,
-            Some(_) if due.is_empty() => None,
-            Some(stats) => match stats.archive_states(false).await {
-                Ok(states) if states.iter().all(|s| s.loaded) => {
-                    Some(states.iter().map(|s| (s.process, s.committed)).collect())
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot ask the cluster where its archive stands; sealing waits");
-                    continue;
-                }
-            },
-        };
-        for date in due {
-            let started = std::time::Instant::now();
-            let result = seal_committed_day(&location, &date, Some(&progress), None, committed.as_ref()).await;
-            metrics::histogram!("weir_seal_duration_seconds").record(started.elapsed().as_secs_f64());
-            match result {
-                Ok(o) => {
-                    metrics::counter!("weir_seal_runs_total", "result" => "ok").increment(1);
-                    metrics::counter!("weir_seal_late_readings_total").increment(o.late_now);
-                    tracing::info!(
-                        %date, readings = o.record.readings, late = o.record.late_readings, parts = o.parts_merged,
-                        took_ms = started.elapsed().as_millis() as u64, "sealed a day and wrote its dump"
-                    )
-                }
-                Err(e) => {
-                    metrics::counter!("weir_seal_runs_total", "result" => "error").increment(1);
-                    tracing::warn!(%date, error = %e, "sealing failed; it is retried")
-                }
-            }
-        }
-    }
 }
 
 /// Where this process sits in its cluster (`--cluster FILE` or `--cluster-hosts`, with `--process`), if anywhere.
@@ -526,46 +353,6 @@ fn stop_with_the_cluster() {
         );
         std::process::exit(70);
     }));
-}
-
-/// Samples the durable position every 100 ms for `weir_dataflow_lag_seconds`.
-async fn sample_dataflow_lag(
-    gauges: Arc<crate::metrics::EngineGauges>,
-    ingest: Arc<IngestService>,
-    stats: Arc<StatsService>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        gauges.sample(ingest.durable_position(), stats.processed_position());
-    }
-}
-
-/// Deletes WAL segments once every reading in them is archived and processed by the statistics (which, like the
-/// archiver, start from the archive, so they never need those segments again).
-async fn trim_archived_wal(
-    wal_dir: PathBuf,
-    progress: Arc<weir_sinks::archive::ArchiveProgress>,
-    stats: Arc<StatsService>,
-    loaded: impl Fn() -> bool,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if !loaded() {
-            continue;
-        }
-        let through = progress.committed.load(std::sync::atomic::Ordering::Acquire).min(stats.processed_position());
-        let dir = wal_dir.clone();
-        match tokio::task::spawn_blocking(move || weir_pipeline::wal::trim_through(&dir, through)).await {
-            Ok(Ok(deleted)) if !deleted.is_empty() => {
-                tracing::info!(segments = deleted.len(), through, "deleted archived WAL segments")
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete archived WAL segments; retrying"),
-            Err(e) => tracing::warn!(error = %e, "WAL trimming task failed"),
-        }
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when it is first polled,

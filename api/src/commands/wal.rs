@@ -3,12 +3,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use weir_pipeline::decode::format_timestamp;
 use weir_pipeline::wal::WalReader;
-use weir_pipeline::wal::record::decode_batch;
 
 #[derive(Debug, Subcommand)]
 pub enum WalCommand {
@@ -52,8 +50,7 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let mut reader = WalReader::new(&dir, from);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    while let Some((position, payload)) = reader.next_record()? {
-        let batch = decode_batch(payload).with_context(|| format!("record at position {position}"))?;
+    while let Some((position, batch)) = reader.next_batch()? {
         for row in &batch.rows {
             let line = DumpLine {
                 position,

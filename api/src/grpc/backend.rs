@@ -5,43 +5,34 @@
 //! functions as `/api/v1/latest` and `/api/v1/series`; SQL through the same service as `/api/v1/sql`, its result
 //! encoded as Arrow IPC; subscriptions through [`crate::subscribe`].
 
-use std::io::Write as _;
-
 use arrow::ipc::writer::StreamWriter;
-use axum::http::StatusCode;
-use bytes::Bytes;
 use futures_util::StreamExt;
+use prost::Message as _;
 use tonic::Status;
+use weir_pipeline::decode::ReadingFields;
 
 use super::proto::{
     LatestRequest, LatestResponse, ReadingBatch, SensorValue, SeriesRequest, SeriesResponse, SqlResponse,
-    SubscribeRequest, Window, WindowUpdate,
+    SubscribeRequest, UpdateKind, Window, WindowUpdate,
 };
 use super::{Backend, BatchAck, MessageStream};
-use crate::ingest::body::BodySource;
 use crate::ingest::{IngestFailure, record_metrics};
+use crate::node::error::{ErrorKind, ServiceError};
 use crate::position::LogPosition;
 use crate::server::AppState;
-use crate::stats::ApiError;
 use crate::stats::v1::{SeriesQuery, WindowRow, latest_answer, series_answer};
 use crate::subscribe::{SubscribeParams, subscribe};
 
-/// The gRPC status for an HTTP status of the same meaning.
-pub fn status_of(code: StatusCode, message: String) -> Status {
-    match code {
-        StatusCode::BAD_REQUEST => Status::invalid_argument(message),
-        StatusCode::UNAUTHORIZED => Status::unauthenticated(message),
-        StatusCode::PAYLOAD_TOO_LARGE => Status::resource_exhausted(message),
-        StatusCode::REQUEST_TIMEOUT => Status::deadline_exceeded(message),
-        StatusCode::SERVICE_UNAVAILABLE => Status::unavailable(message),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => Status::invalid_argument(message),
-        _ => Status::internal(message),
-    }
-}
-
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Status {
-        status_of(e.status, e.message)
+/// A service error as a gRPC status, at the edge.
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        match e.kind {
+            ErrorKind::InvalidArgument => Status::invalid_argument(e.message),
+            ErrorKind::TooLarge => Status::resource_exhausted(e.message),
+            ErrorKind::Timeout => Status::deadline_exceeded(e.message),
+            ErrorKind::Unavailable => Status::unavailable(e.message),
+            ErrorKind::Internal => Status::internal(e.message),
+        }
     }
 }
 
@@ -50,33 +41,6 @@ fn after_of(text: &str) -> Result<Option<LogPosition>, Status> {
         return Ok(None);
     }
     text.parse().map(Some).map_err(|e: String| Status::invalid_argument(format!("after: {e}")))
-}
-
-/// The batch as NDJSON, one line per reading (fields left out when absent, so the decoder names what is missing;
-/// a value that is not finite is written as the bare token a JSON decoder refuses, as over HTTP).
-pub fn ndjson(batch: &ReadingBatch) -> Vec<u8> {
-    let mut out = Vec::with_capacity(batch.readings.len() * 80);
-    for r in &batch.readings {
-        out.extend_from_slice(b"{\"sensor\":");
-        let _ = serde_json::to_writer(&mut out, &r.sensor);
-        if let Some(v) = r.value {
-            if v.is_finite() {
-                let _ = write!(out, ",\"value\":{v:?}");
-            } else {
-                let _ = write!(out, ",\"value\":{v}");
-            }
-        }
-        if !r.timestamp.is_empty() {
-            out.extend_from_slice(b",\"timestamp\":");
-            let _ = serde_json::to_writer(&mut out, &r.timestamp);
-        }
-        if let Some(d) = &r.device {
-            out.extend_from_slice(b",\"device\":");
-            let _ = serde_json::to_writer(&mut out, d);
-        }
-        out.extend_from_slice(b"}\n");
-    }
-    out
 }
 
 fn window(row: WindowRow) -> Window {
@@ -117,10 +81,18 @@ fn ipc_messages(result: &weir_sinks::sql::SqlResult) -> Result<Vec<SqlResponse>,
 impl Backend for AppState {
     async fn write(&self, batch: ReadingBatch) -> BatchAck {
         let service = &self.ingest;
-        let body = Bytes::from(ndjson(&batch));
-        let mut source = BodySource::from_bytes(body, service.limits().max_body_bytes);
-        let outcome = service.ingest(&mut source, batch.atomic).await;
-        record_metrics(&outcome, source.bytes_read());
+        let readings: Vec<ReadingFields<'_>> = batch
+            .readings
+            .iter()
+            .map(|r| ReadingFields {
+                sensor: Some(r.sensor.as_str()),
+                value: r.value,
+                timestamp: Some(&r.timestamp).filter(|t| !t.is_empty()).map(|t| t.as_str()),
+                device: r.device.as_deref(),
+            })
+            .collect();
+        let outcome = service.ingest_readings(&readings, batch.atomic).await;
+        record_metrics(&outcome, batch.encoded_len() as u64);
         let position = service.position_text(outcome.position.unwrap_or_else(|| service.durable_position()));
         let failure = outcome.failure.as_ref().map(|f| match f {
             IngestFailure::Body(e) => Status::resource_exhausted(e.to_string()),
@@ -161,24 +133,7 @@ impl Backend for AppState {
     }
 
     async fn query(&self, sql: String) -> Result<Vec<SqlResponse>, Status> {
-        if sql.len() > crate::sql::MAX_SQL_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the SQL text is longer than {} bytes",
-                crate::sql::MAX_SQL_BYTES
-            )));
-        }
-        match self.sql.query(&sql).await {
-            Ok(result) => ipc_messages(&result),
-            Err(response) => {
-                let code = response.status();
-                let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
-                let message = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-                Err(status_of(code, message))
-            }
-        }
+        ipc_messages(&self.sql.query(&sql).await?)
     }
 
     async fn subscribe(&self, request: SubscribeRequest) -> Result<MessageStream<WindowUpdate>, Status> {
@@ -194,8 +149,14 @@ impl Backend for AppState {
                 Some((width, row)) => (width.name().to_owned(), Some(window(row))),
                 None => (String::new(), None),
             };
+            let kind = match e.kind {
+                crate::subscribe::UpdateKind::Snapshot => UpdateKind::Snapshot,
+                crate::subscribe::UpdateKind::Ready => UpdateKind::Ready,
+                crate::subscribe::UpdateKind::Update => UpdateKind::Update,
+                crate::subscribe::UpdateKind::Correction => UpdateKind::Correction,
+            };
             Ok(WindowUpdate {
-                kind: e.kind as i32,
+                kind: kind as i32,
                 device: e.device,
                 sensor: e.sensor,
                 window: width,

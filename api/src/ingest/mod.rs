@@ -17,10 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio::time::Instant;
-use weir_pipeline::decode::Decoder;
+use weir_pipeline::decode::{Decoder, ReadingFields};
 use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport, RejectionCounts};
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch};
-use weir_pipeline::wal::record::encode_batch;
 
 use weir_pipeline::wal::{AppendError, PendingAppend, ReadingLog};
 
@@ -114,27 +113,51 @@ impl IngestService {
     /// Reads `source` to its end and stores its valid readings. With `atomic`, nothing is stored unless every line
     /// is valid (the valid readings are then held in memory until the end and written as one record).
     pub async fn ingest(&self, source: &mut BodySource, atomic: bool) -> IngestOutcome {
+        self.run(Input::Body(source), atomic).await
+    }
+
+    /// Stores the valid readings of `readings`, given as typed fields (gRPC), validated with the same rules and
+    /// error texts as NDJSON lines; a reading's number in the report is its 1-based place in `readings`.
+    pub async fn ingest_readings(&self, readings: &[ReadingFields<'_>], atomic: bool) -> IngestOutcome {
+        self.run(Input::Readings(readings), atomic).await
+    }
+
+    async fn run(&self, mut input: Input<'_, '_>, atomic: bool) -> IngestOutcome {
         let deadline = Instant::now() + self.limits.max_request_time;
         let mut decoder = BodyDecoder::new(self.decoder.clone(), self.limits.decode.clone());
         let mut held = ReadingBatch::new(self.decoder.sensors());
         let mut held_devices = DeviceInterner::default();
         let mut pending: Vec<(PendingAppend, u64)> = Vec::new();
         let mut failure = None;
+        let mut given = 0u64;
         loop {
-            let chunk = match tokio::time::timeout_at(deadline, source.next_chunk()).await {
-                Err(_) => Err(IngestFailure::Timeout(self.limits.max_request_time)),
-                Ok(Err(e)) => Err(e.into()),
-                Ok(Ok(chunk)) => Ok(chunk),
-            };
-            let chunk = match chunk {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+            match &mut input {
+                Input::Body(source) => {
+                    let chunk = match tokio::time::timeout_at(deadline, source.next_chunk()).await {
+                        Err(_) => Err(IngestFailure::Timeout(self.limits.max_request_time)),
+                        Ok(Err(e)) => Err(e.into()),
+                        Ok(Ok(chunk)) => Ok(chunk),
+                    };
+                    match chunk {
+                        Ok(Some(chunk)) => decoder.feed(&chunk),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
                 }
-            };
-            decoder.feed(&chunk);
+                Input::Readings(readings) => {
+                    // A batch's worth at a time, so full batches go to the log as they fill.
+                    let Some((&first, rest)) = readings.split_first() else { break };
+                    let take = rest.len().min(self.limits.decode.batch_rows);
+                    for fields in std::iter::once(first).chain(rest[..take].iter().copied()) {
+                        given += 1;
+                        decoder.push_reading(given, fields);
+                    }
+                    *readings = &rest[take..];
+                }
+            }
             while let Some(batch) = decoder.take_full_batch() {
                 if atomic {
                     held.append_batch(&batch, &mut held_devices);
@@ -200,13 +223,19 @@ impl IngestService {
         deadline: Instant,
         pending: &mut Vec<(PendingAppend, u64)>,
     ) -> Result<(), IngestFailure> {
-        let mut payload = Vec::new();
-        encode_batch(batch, &mut payload);
         let wait = self.limits.queue_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        let append = self.log.append(payload, wait).await?;
+        let append = self.log.append(batch, wait).await?;
         pending.push((append, batch.len() as u64));
         Ok(())
     }
+}
+
+/// What one ingest request reads its readings from.
+enum Input<'s, 'r> {
+    /// An NDJSON body, chunk by chunk.
+    Body(&'s mut BodySource),
+    /// Readings given as typed fields; what is left of them.
+    Readings(&'s [ReadingFields<'r>]),
 }
 
 /// Query parameters of `POST /ingest`.
@@ -375,7 +404,7 @@ mod tests {
     struct FullLog;
 
     impl ReadingLog for FullLog {
-        fn append(&self, _payload: Vec<u8>, wait: Duration) -> AppendFuture<'_> {
+        fn append(&self, _batch: &ReadingBatch, wait: Duration) -> AppendFuture<'_> {
             Box::pin(async move {
                 tokio::time::sleep(wait).await;
                 Err(AppendError::Busy(wait))
@@ -404,20 +433,24 @@ mod tests {
             Default::default(),
         )
         .unwrap();
-        let stats =
-            crate::stats::StatsService::new(engine, SensorSet::default(), Duration::from_secs(1), Arc::new(FullLog));
+        let stats = crate::node::stats::StatsService::new(
+            engine,
+            SensorSet::default(),
+            Duration::from_secs(1),
+            Arc::new(FullLog),
+        );
         let location = weir_sinks::archive::ArchiveLocation::open("memory:///").unwrap();
         let progress = Arc::new(weir_sinks::archive::ArchiveProgress::default());
         let archive = weir_sinks::sql::SqlArchive::new(location, Some(progress.clone()), Default::default());
-        let readiness = Arc::new(crate::health::Readiness { log_at_start: 0, archive: progress.clone() });
-        let sql = crate::sql::SqlService::new(archive, progress, Arc::new(FullLog), Duration::from_secs(1));
+        let readiness = Arc::new(crate::node::Readiness { log_at_start: 0, archive: progress.clone() });
+        let sql = crate::node::sql::SqlService::new(archive, progress, Arc::new(FullLog), Duration::from_secs(1));
         let state = AppState {
             ingest: Arc::new(service),
             stats: Arc::new(stats),
             sql: Arc::new(sql),
             keys: ApiKeys::default(),
             readiness,
-            gauges: Arc::new(crate::metrics::EngineGauges::new(None)),
+            gauges: Arc::new(crate::node::EngineGauges::new(None)),
             stopping: tokio::sync::watch::channel(false).1,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

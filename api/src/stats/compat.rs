@@ -8,14 +8,16 @@ use weir_operators::{DeviceId, SeriesKey, Width};
 use weir_pipeline::reading::DEFAULT_DEVICE;
 use weir_pipeline::stats::{Answer, Query};
 
-use super::{After, ApiError, timestamp_text};
+use super::After;
+use crate::node::error::ServiceError;
+use crate::node::stats::timestamp_text;
 use crate::server::AppState;
 
 /// `GET /api/statistics/latest`: the latest speed, fuel, engine temperature and revolutions, 0 where none.
 pub async fn statistics_latest(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<After>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, ServiceError> {
     let stats = &state.stats;
     let latest = stats.latest_of(DEFAULT_DEVICE, p.after).await?;
     Ok(Json(json!({
@@ -30,7 +32,7 @@ pub async fn statistics_latest(
 pub async fn location_latest(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<After>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, ServiceError> {
     let stats = &state.stats;
     let latest = stats.latest_of(DEFAULT_DEVICE, p.after).await?;
     Ok(Json(json!({
@@ -43,7 +45,7 @@ pub async fn location_latest(
 pub async fn status(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<After>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, ServiceError> {
     let newest = match state.stats.ask(Query::Latest { device: None }, p.after).await? {
         Answer::Latest(all) => all.iter().map(|(_, l)| l.micros).max(),
         _ => None,
@@ -65,10 +67,10 @@ pub async fn sensor_day(
     State(state): State<AppState>,
     Path((sensor, date)): Path<(String, String)>,
     QueryParams(p): QueryParams<After>,
-) -> Result<Json<Vec<Bucket>>, ApiError> {
+) -> Result<Json<Vec<Bucket>>, ServiceError> {
     let stats = &state.stats;
     let Some(index) = stats.sensors().index_of(&sensor) else {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::invalid(format!(
             "unknown sensor {sensor:?}; known sensors: {}",
             stats.sensors().names().join(", ")
         )));
@@ -93,11 +95,11 @@ pub async fn sensor_day(
 }
 
 /// Microseconds at the start of a `YYYY-MM-DD` UTC day.
-pub fn parse_date(date: &str) -> Result<i64, ApiError> {
+pub fn parse_date(date: &str) -> Result<i64, ServiceError> {
     let parsed = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
         .ok()
         .filter(|_| date.len() == 10)
         .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .ok_or_else(|| ApiError::bad_request(format!("bad date {date:?}: write the UTC day as YYYY-MM-DD")))?;
+        .ok_or_else(|| ServiceError::invalid(format!("bad date {date:?}: write the UTC day as YYYY-MM-DD")))?;
     Ok(parsed.and_utc().timestamp_micros())
 }

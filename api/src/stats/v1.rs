@@ -12,7 +12,8 @@ use weir_operators::{DeviceId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::decode::parse_timestamp;
 use weir_pipeline::stats::{Answer, Query};
 
-use super::{ApiError, StatsService, device_or_default, timestamp_text};
+use crate::node::error::ServiceError;
+use crate::node::stats::{StatsService, device_or_default, timestamp_text};
 use crate::server::AppState;
 
 /// The most windows one `/api/v1/series` answer holds.
@@ -84,23 +85,23 @@ pub struct SeriesAnswer {
 }
 
 /// A time bound given as RFC 3339 text.
-pub fn time_bound(name: &str, text: &Option<String>, default: i64) -> Result<i64, ApiError> {
+pub fn time_bound(name: &str, text: &Option<String>, default: i64) -> Result<i64, ServiceError> {
     match text.as_deref().filter(|t| !t.is_empty()) {
         None => Ok(default),
-        Some(t) => parse_timestamp(t).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))),
+        Some(t) => parse_timestamp(t).map_err(|e| ServiceError::invalid(format!("{name}: {e}"))),
     }
 }
 
 /// A window width's name, checked.
-pub fn width_of(window: &str) -> Result<Width, ApiError> {
+pub fn width_of(window: &str) -> Result<Width, ServiceError> {
     Width::parse(window)
-        .ok_or_else(|| ApiError::bad_request(format!("unknown window {window:?}: use 1m, 15m, 1h or 1d")))
+        .ok_or_else(|| ServiceError::invalid(format!("unknown window {window:?}: use 1m, 15m, 1h or 1d")))
 }
 
 /// A sensor's index, checked.
-pub fn sensor_index(stats: &StatsService, sensor: &str) -> Result<u16, ApiError> {
+pub fn sensor_index(stats: &StatsService, sensor: &str) -> Result<u16, ServiceError> {
     stats.sensors().index_of(sensor).ok_or_else(|| {
-        ApiError::bad_request(format!(
+        ServiceError::invalid(format!(
             "unknown sensor {sensor:?}; known sensors: {}",
             stats.sensors().names().join(", ")
         ))
@@ -108,18 +109,18 @@ pub fn sensor_index(stats: &StatsService, sensor: &str) -> Result<u16, ApiError>
 }
 
 /// Answers a series query: the windows of one series whose start lies in `[from, to)`.
-pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<SeriesAnswer, ApiError> {
+pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<SeriesAnswer, ServiceError> {
     let sensor = p
         .sensor
         .as_deref()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing parameter sensor"))?;
+        .ok_or_else(|| ServiceError::invalid("missing parameter sensor"))?;
     let index = sensor_index(stats, sensor)?;
     let width = width_of(p.window.as_deref().filter(|w| !w.is_empty()).unwrap_or("1m"))?;
     let from = time_bound("from", &p.from, i64::MIN)?;
     let to = time_bound("to", &p.to, i64::MAX)?;
     if from > to {
-        return Err(ApiError::bad_request("from is after to"));
+        return Err(ServiceError::invalid("from is after to"));
     }
     let device = device_or_default(&p.device).to_owned();
     let series = SeriesKey { device: DeviceId::of(&device), sensor: index };
@@ -128,7 +129,7 @@ pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<Seri
         _ => Vec::new(),
     };
     if windows.len() > MAX_SERIES_WINDOWS {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::invalid(format!(
             "{} windows match; at most {MAX_SERIES_WINDOWS} are returned at once: narrow from/to or use a wider window",
             windows.len()
         )));
@@ -142,7 +143,7 @@ pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<Seri
 pub async fn series(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<SeriesParams>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ServiceError> {
     let query =
         SeriesQuery { sensor: p.sensor, device: p.device, window: p.window, from: p.from, to: p.to, after: p.after };
     let SeriesAnswer { device, sensor, width, rows } = series_answer(&state.stats, &query).await?;
@@ -176,7 +177,7 @@ pub async fn series(
             }
             Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response())
         }
-        Some(other) => Err(ApiError::bad_request(format!("unknown format {other:?}: use json or csv"))),
+        Some(other) => Err(ServiceError::invalid(format!("unknown format {other:?}: use json or csv"))),
     }
 }
 
@@ -203,7 +204,7 @@ pub async fn latest_answer(
     stats: &StatsService,
     device: &Option<String>,
     after: Option<crate::position::LogPosition>,
-) -> Result<(String, Vec<SensorValue>), ApiError> {
+) -> Result<(String, Vec<SensorValue>), ServiceError> {
     let device = device_or_default(device);
     let latest = stats.latest_of(device, after).await?;
     let values = latest
@@ -221,7 +222,7 @@ pub async fn latest_answer(
 pub async fn latest(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<LatestParams>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ServiceError> {
     let (device, latest) = latest_answer(&state.stats, &p.device, p.after).await?;
     Ok(Json(serde_json::json!({ "device": device, "latest": latest })).into_response())
 }
@@ -235,7 +236,7 @@ pub struct DevicesParams {
 pub async fn devices(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<DevicesParams>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ServiceError> {
     let stats = &state.stats;
     let names = match stats.ask(Query::Devices, p.after).await? {
         Answer::Devices(d) => d,

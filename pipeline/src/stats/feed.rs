@@ -16,7 +16,6 @@ use weir_operators::{DeviceId, Reading, SeriesKey, Time};
 use super::Snapshot;
 use crate::reading::{ReadingBatch, SensorSet};
 use crate::wal::WalReader;
-use crate::wal::record::decode_batch;
 
 /// A position mark: `(process, position)` — the process's log has been fed through `position`.
 pub type Mark = (u32, u64);
@@ -118,11 +117,12 @@ impl LogFeed {
     fn log_round(&mut self, durable: u64, limit: usize) -> usize {
         let mut fed = 0usize;
         while fed < limit {
-            match self.reader.next_record_through(durable) {
-                Ok(Some((position, payload))) => {
+            match self.reader.next_batch_through(durable) {
+                Ok(Some((position, batch))) => {
                     self.read_through = position;
                     let (readings, names) = (&mut self.readings, &mut self.names);
-                    fed += self.feeder.feed(position, payload, &mut |r| readings.send(r), &mut |n| names.insert(n));
+                    fed +=
+                        self.feeder.feed_batch(position, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -165,23 +165,6 @@ impl Feeder {
     pub fn new(sensors: &SensorSet) -> Self {
         let sensors = sensors.names().iter().enumerate().map(|(i, n)| (n.clone(), i as u16)).collect();
         Feeder { sensors, named: HashSet::new(), unknown_sensors_logged: HashSet::new() }
-    }
-
-    /// Sends the readings of one record; returns how many.
-    fn feed(
-        &mut self,
-        position: u64,
-        payload: &[u8],
-        send: &mut impl FnMut(Reading),
-        name: &mut impl FnMut((DeviceId, String)),
-    ) -> usize {
-        match decode_batch(payload) {
-            Ok(batch) => self.feed_batch(position, &batch, send, name),
-            Err(e) => {
-                tracing::error!(position, error = %e, "skipping an unreadable WAL record in the statistics");
-                0
-            }
-        }
     }
 
     /// Sends the readings of one batch, written at `position`; returns how many.

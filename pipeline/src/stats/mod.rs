@@ -42,7 +42,7 @@ use crate::wal::WalReader;
 use answers::{ArchiveAnswerer, QueryRequest, Waiting, now_micros, query_dataflow};
 use feed::{Feeder, LogFeed, Mark, RoundClock};
 use positions::Positions;
-use verdicts::rejected_to_their_process;
+use verdicts::verdicts_to_their_process;
 pub use verdicts::{DedupVerdicts, Verdicts};
 
 /// How the statistics run.
@@ -306,9 +306,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         let record_changes = move |updates: &[(WindowKey, u64, WindowAgg)]| {
             recent.borrow_mut().record(updates.iter().map(|(key, time, _)| (*time, *key)));
         };
-        let StatsDataflow { readings, names, windows, latest, device_names, rejected, probe } =
+        let StatsDataflow { readings, names, windows, latest, device_names, verdicts: judged, probe } =
             stats_dataflow(scope, horizon, record_changes);
-        rejected_to_their_process(rejected, processes, workers, verdicts).probe_with(&probe);
+        verdicts_to_their_process(judged, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
         let mut marks: InputHandleVec<u64, Mark> = InputHandleVec::new();
         marks

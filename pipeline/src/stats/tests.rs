@@ -9,7 +9,6 @@ use weir_operators::{DeviceId, Latest, SeriesKey, Width, WindowAgg, WindowKey};
 
 use super::*;
 use crate::reading::{DeviceInterner, ReadingBatch, Row};
-use crate::wal::record::encode_batch;
 use crate::wal::{Wal, WalOptions};
 
 /// (device, sensor index, micros, value)
@@ -62,9 +61,7 @@ fn run_engine_from(
     let appender = wal.appender();
     let mut last = 0;
     for record in records {
-        let mut payload = Vec::new();
-        encode_batch(&batch_of(record, &sensors), &mut payload);
-        last = appender.append_blocking(payload).unwrap();
+        last = appender.append_blocking(&batch_of(record, &sensors)).unwrap();
     }
     let options =
         StatsOptions { workers, dedup_horizon: Duration::from_secs(100 * 365 * 86_400), ..StatsOptions::default() };
@@ -296,9 +293,7 @@ fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
         let appender = wal.appender();
         let mut last = 0;
         for record in records.iter().skip(p).step_by(3) {
-            let mut payload = Vec::new();
-            encode_batch(&batch_of(record, &sensors), &mut payload);
-            last = appender.append_blocking(payload).unwrap();
+            last = appender.append_blocking(&batch_of(record, &sensors)).unwrap();
         }
         lasts.push((p as u32, last));
         wals.push((wal, appender));

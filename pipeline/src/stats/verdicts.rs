@@ -1,11 +1,13 @@
 //! Deduplication verdicts for the archive: which readings of this process's log the statistics dropped.
 //!
-//! In a cluster a device's readings may arrive at several processes, so no process's archiver can tell a duplicate
-//! from its own log alone. The statistics' dedup operator, which sees every reading of a device wherever it was
-//! written, can: it sends each reading it drops back to the first worker of the process that fed it (the round
+//! The statistics' dedup operator is the only deduplication Weir has: the archive stores exactly what it admitted,
+//! alone as in a cluster (a single Weir is a cluster of one). In a cluster a device's readings may arrive at
+//! several processes, so no process could tell a duplicate from its own log alone; the dedup operator, which sees
+//! every reading of a device wherever it was written, can. It sends each reading it drops (and each it admits
+//! late, for the `weir_readings_late_total` count) back to the first worker of the process that fed it (the round
 //! clock's time says which), where it is recorded here. The archiver of that process reads a record once the
 //! statistics have processed its position and leaves the recorded duplicates out — so every reading acknowledged
-//! anywhere in the cluster is archived exactly once, by the process that acknowledged its first write.
+//! anywhere is archived exactly once, by the process that acknowledged its first write.
 //!
 //! Duplicates are rare, so this is a small map; an entry lives from the verdict until the archiver reads it.
 
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::operators::{Exchange, Inspect};
 use timely::dataflow::{Stream, StreamVec};
-use weir_operators::{Rejected, Time};
+use weir_operators::{Admission, Time, Verdict};
 
 use super::feed::{RoundClock, SNAPSHOT_TIMES};
 
@@ -71,21 +73,29 @@ impl DedupVerdicts for Verdicts {
     }
 }
 
-/// `rejected_to_their_process`: the dedup operator's dropped readings in (at any worker), recorded at the first
-/// worker of the process that fed each (timely numbers a process's workers `process * workers ..`). Readings of
-/// snapshot rounds are not the log's and are left out. Out: an empty stream whose frontier says the verdicts up to
-/// it are recorded (for the probe).
-pub fn rejected_to_their_process<'scope>(
-    rejected: Stream<'scope, Time, Vec<Rejected>>,
+/// `verdicts_to_their_process`: the dedup operator's verdicts in (at any worker), recorded at the first worker of
+/// the process that fed each (timely numbers a process's workers `process * workers ..`): duplicates for the
+/// archiver, both kinds counted in the metrics. Readings of snapshot rounds are not the log's and are left out.
+/// Out: an empty stream whose frontier says the verdicts up to it are recorded (for the probe).
+pub fn verdicts_to_their_process<'scope>(
+    judged: Stream<'scope, Time, Vec<Verdict>>,
     processes: usize,
     workers: usize,
     verdicts: Arc<Verdicts>,
-) -> StreamVec<'scope, Time, Rejected> {
-    rejected
-        .exchange(move |r: &Rejected| u64::from(RoundClock::process_of(r.time, processes)) * workers as u64)
-        .inspect(move |r: &Rejected| {
-            if r.time >= SNAPSHOT_TIMES {
-                verdicts.record(r.seq >> 32, (r.seq & 0xffff_ffff) as u32);
+) -> StreamVec<'scope, Time, Verdict> {
+    judged
+        .exchange(move |v: &Verdict| u64::from(RoundClock::process_of(v.time, processes)) * workers as u64)
+        .inspect(move |v: &Verdict| {
+            if v.time < SNAPSHOT_TIMES {
+                return;
+            }
+            match v.admission {
+                Admission::Duplicate => {
+                    metrics::counter!("weir_readings_deduplicated_total").increment(1);
+                    verdicts.record(v.seq >> 32, (v.seq & 0xffff_ffff) as u32);
+                }
+                Admission::Late => metrics::counter!("weir_readings_late_total").increment(1),
+                Admission::InOrder => {}
             }
         })
         .filter(|_| false)

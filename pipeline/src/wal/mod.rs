@@ -1,15 +1,21 @@
 //! The write-ahead log: every accepted reading is here, fsynced, before Weir acknowledges it.
 //!
-//! The log is a directory of segment files ([`segment`]). Each record holds one batch of readings
-//! ([`record`]) and gets the next *position* (1, 2, 3, ...), which is what Weir hands back to clients and what
-//! later stages use to say how far they have read. One writer thread owns the open segment ([`writer`]); request
+//! The log is a directory of segment files ([`segment`]). Each record holds one [`ReadingBatch`] and gets the next
+//! *position* (1, 2, 3, ...), which is what Weir hands back to clients and what later stages use to say how far they
+//! have read. The log takes batches ([`WalAppender::append`]) and yields batches ([`WalReader::next_batch`]); how a
+//! batch is laid out in a record is private to this module (`record`).
+//!
+//! A record whose checksum holds but whose payload is not a batch (a bug, or a record written by a later version)
+//! is decided here, once, for every reader: it is read as an empty batch at its position, logged with the position
+//! and the reason, and counted in `weir_wal_unreadable_records_total`. Every consumer (statistics, archive, `weir
+//! wal dump`) therefore skips the same readings and keeps its positions contiguous; none waits on the record. One writer thread owns the open segment ([`writer`]); request
 //! handlers queue batches to it and wait; it writes whatever has queued up and covers it all with one fsync
 //! (group commit), so concurrent requests share fsyncs.
 //!
 //! On open, the segments are checked in order. A torn tail of the last segment (a crash mid-write) is cut off and
 //! logged; damage anywhere else is reported as an error rather than silently skipped.
 
-pub mod record;
+mod record;
 pub mod segment;
 mod writer;
 
@@ -19,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 pub use writer::{AppendError, PendingAppend, Wal, WalAppender};
 
+use crate::reading::ReadingBatch;
+
 use segment::{ScanEnd, SegmentFile, SegmentOpenError, SegmentReader};
 
 /// The future [`ReadingLog::append`] returns.
@@ -27,8 +35,8 @@ pub type AppendFuture<'a> =
 
 /// Where ingest puts readings: the WAL in production ([`WalAppender`]), a double in tests of the layers above.
 pub trait ReadingLog: Send + Sync + 'static {
-    /// Queues `payload` as one record, waiting at most `wait` for room; the result resolves once it is durable.
-    fn append(&self, payload: Vec<u8>, wait: std::time::Duration) -> AppendFuture<'_>;
+    /// Queues `batch` as one record, waiting at most `wait` for room; the result resolves once it is durable.
+    fn append(&self, batch: &ReadingBatch, wait: std::time::Duration) -> AppendFuture<'_>;
     /// Position of the last durable record.
     fn durable_position(&self) -> u64;
 }
@@ -195,13 +203,29 @@ impl WalReader {
         WalReader { dir: dir.into(), next_position: from.max(1), current: None, current_first: 0, payload: Vec::new() }
     }
 
-    /// The next record, `Ok(None)` when no further intact record exists yet.
-    pub fn next_record(&mut self) -> Result<Option<(u64, &[u8])>, WalError> {
-        self.next_record_through(u64::MAX)
+    /// The next record's position and batch, `Ok(None)` when no further intact record exists yet.
+    pub fn next_batch(&mut self) -> Result<Option<(u64, ReadingBatch)>, WalError> {
+        self.next_batch_through(u64::MAX)
     }
 
-    /// The next record if its position is at most `limit` (e.g. the durable position), else `Ok(None)`.
-    pub fn next_record_through(&mut self, limit: u64) -> Result<Option<(u64, &[u8])>, WalError> {
+    /// The next record's position and batch if its position is at most `limit` (e.g. the durable position), else
+    /// `Ok(None)`. A record that is not a batch is read as an empty one (see the module documentation).
+    pub fn next_batch_through(&mut self, limit: u64) -> Result<Option<(u64, ReadingBatch)>, WalError> {
+        let Some((position, payload)) = self.next_record_through(limit)? else { return Ok(None) };
+        let batch = record::decode_batch(payload).unwrap_or_else(|e| {
+            metrics::counter!("weir_wal_unreadable_records_total").increment(1);
+            tracing::error!(
+                position, error = %e, dir = %self.dir.display(),
+                "a write-ahead log record is intact but not a batch of readings; it is read as empty (its readings \
+                 are left out of the statistics and the archive). Was the log written by a later version of Weir?"
+            );
+            ReadingBatch { sensors: std::sync::Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() }
+        });
+        Ok(Some((position, batch)))
+    }
+
+    /// The next record's payload if its position is at most `limit`, else `Ok(None)`.
+    fn next_record_through(&mut self, limit: u64) -> Result<Option<(u64, &[u8])>, WalError> {
         if self.next_position > limit {
             return Ok(None);
         }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::segment::{self, SegmentFile};
 use super::{Recovery, WalError, WalOptions, io_err, recover, sync_dir};
+use crate::reading::ReadingBatch;
 
 /// Why an append was not made durable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,8 +64,18 @@ impl PendingAppend {
 }
 
 impl WalAppender {
-    /// Queues `payload` as one record, waiting at most `wait` for room in the queue.
-    pub async fn append(&self, payload: Vec<u8>, wait: Duration) -> Result<PendingAppend, AppendError> {
+    /// Queues `batch` as one record, waiting at most `wait` for room in the queue. The batch is encoded here, on
+    /// the caller's thread, so that the writer thread only writes.
+    pub async fn append(&self, batch: &ReadingBatch, wait: Duration) -> Result<PendingAppend, AppendError> {
+        self.append_payload(encode(batch), wait).await
+    }
+
+    /// Queues `batch` and waits until it is durable, blocking the thread (not for async code).
+    pub fn append_blocking(&self, batch: &ReadingBatch) -> Result<u64, AppendError> {
+        self.append_payload_blocking(encode(batch))
+    }
+
+    async fn append_payload(&self, payload: Vec<u8>, wait: Duration) -> Result<PendingAppend, AppendError> {
         let (done, rx) = oneshot::channel();
         match self.tx.send_timeout(Message::Append { payload, done }, wait).await {
             Ok(()) => Ok(PendingAppend(rx)),
@@ -73,8 +84,8 @@ impl WalAppender {
         }
     }
 
-    /// Queues `payload` and waits until it is durable, blocking the thread (not for async code).
-    pub fn append_blocking(&self, payload: Vec<u8>) -> Result<u64, AppendError> {
+    /// Appends raw bytes as a record (tests write records that are not batches with it).
+    pub(crate) fn append_payload_blocking(&self, payload: Vec<u8>) -> Result<u64, AppendError> {
         let (done, rx) = oneshot::channel();
         self.tx.blocking_send(Message::Append { payload, done }).map_err(|_| AppendError::Closed)?;
         PendingAppend(rx).durable_blocking()
@@ -91,9 +102,17 @@ impl WalAppender {
     }
 }
 
+/// A batch as a record's payload.
+fn encode(batch: &ReadingBatch) -> Vec<u8> {
+    let mut payload = Vec::new();
+    super::record::encode_batch(batch, &mut payload);
+    payload
+}
+
 impl super::ReadingLog for WalAppender {
-    fn append(&self, payload: Vec<u8>, wait: Duration) -> super::AppendFuture<'_> {
-        Box::pin(WalAppender::append(self, payload, wait))
+    fn append(&self, batch: &ReadingBatch, wait: Duration) -> super::AppendFuture<'_> {
+        let payload = encode(batch);
+        Box::pin(self.append_payload(payload, wait))
     }
 
     fn durable_position(&self) -> u64 {

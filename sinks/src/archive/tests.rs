@@ -1,10 +1,9 @@
 //! The archive against the deduplicated input: exactly once, whatever the order, splits, duplicates and crashes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use proptest::prelude::*;
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
-use weir_pipeline::wal::record::encode_batch;
 use weir_pipeline::wal::{Wal, WalOptions};
 
 use super::*;
@@ -90,20 +89,19 @@ fn a_restart_continues_from_the_checkpoint_and_keeps_deduplicating() {
     let committed = Checkpoint { path: f.checkpoint.clone() }.read().unwrap();
     assert_eq!(committed, 1);
     // More records arrive after the restart, one a duplicate of an archived reading, in new segments (one a
-    // record), and the archived segment is deleted: the filter comes back from the archive, not the log.
+    // record), and the archived segment is deleted: the archiver goes on from its checkpoint, and leaves out what
+    // the statistics' verdicts name.
     let (wal, _) = Wal::open(&f.wal_dir, WalOptions { segment_bytes: 1, ..WalOptions::default() }).unwrap();
     let mut last = 0;
     for record in &records[1..] {
         let mut batch = ReadingBatch::new(&SensorSet::default());
         let device = DeviceInterner::default().intern(&mut batch.devices, DEVICES[record[0].0 as usize]);
         batch.rows.push(Row { sensor: record[0].1, device, micros: record[0].2, value: record[0].3 });
-        let mut payload = Vec::new();
-        encode_batch(&batch, &mut payload);
-        last = wal.appender().append_blocking(payload).unwrap();
+        last = wal.appender().append_blocking(&batch).unwrap();
     }
     assert_eq!(weir_pipeline::wal::trim_through(&f.wal_dir, committed).unwrap().len(), 1);
     assert_eq!(weir_pipeline::wal::first_position(&f.wal_dir).unwrap(), 2);
-    let f = Fixture { durable: wal.appender().watch_durable(), last, ..f };
+    let f = Fixture { durable: wal.appender().watch_durable(), last, verdicts: ModelVerdicts::of(&records), ..f };
     f.archive(small_flushes()).unwrap();
     wal.close();
     assert_eq!(f.contents(), model(&records));
@@ -136,6 +134,7 @@ fn stopping_flushes_the_whole_durable_log_not_just_one_flush() {
     let archiver = Archiver::start(
         f.wal_dir.clone(),
         f.durable.clone(),
+        f.verdicts.clone(),
         f.location.clone(),
         f.checkpoint.clone(),
         options,
@@ -147,48 +146,24 @@ fn stopping_flushes_the_whole_durable_log_not_just_one_flush() {
     assert_eq!(f.contents(), model(&records));
 }
 
-/// Verdicts as the statistics would give them: each record's readings whose key an earlier one wrote, decided up to
-/// a position the test moves.
-struct ModelVerdicts {
-    decided: AtomicU64,
-    rejected: Mutex<HashMap<u64, Vec<u32>>>,
-}
-
-impl DedupVerdicts for ModelVerdicts {
-    fn decided_through(&self) -> u64 {
-        self.decided.load(Ordering::Acquire)
-    }
-    fn take_rejected(&self, position: u64) -> Vec<u32> {
-        self.rejected.lock().unwrap().remove(&position).unwrap_or_default()
-    }
-}
-
-/// In a cluster the archiver keeps no filter of its own: it archives a record only once the statistics have
-/// decided it, leaves out the duplicates they dropped, and names its parts and staging after its process.
+/// The archiver keeps no filter of its own: it archives a record only once the statistics have decided it, leaves
+/// out the duplicates they dropped, and (in a cluster) names its parts and staging after its process.
 #[test]
 fn with_verdicts_the_archiver_waits_for_them_and_keeps_what_the_statistics_admitted() {
     let records: Vec<Vec<Input>> = (0..12)
         .map(|i| vec![(0, 0, 20_000 * 86_400_000_000 + (i % 5) * 1_000_000, i as f64), (1, 1, i * 1_000_000, 1.0)])
         .collect();
-    let mut seen = HashSet::new();
-    let mut rejected = HashMap::new();
-    for (i, record) in records.iter().enumerate() {
-        for (index, r) in record.iter().enumerate() {
-            if !seen.insert((r.0, r.1, r.2)) {
-                rejected.entry(i as u64 + 1).or_insert_with(Vec::new).push(index as u32);
-            }
-        }
-    }
-    let verdicts = Arc::new(ModelVerdicts { decided: AtomicU64::new(6), rejected: Mutex::new(rejected) });
     let f = fixture(&records, None);
+    let verdicts = f.verdicts.clone();
+    verdicts.decided.store(6, Ordering::Release);
     let location = f.location.clone().shared_by(ClusterShare { process: 1, processes: 3 });
-    let options = ArchiverOptions { verdicts: Some(verdicts.clone()), ..small_flushes() };
     let archiver = Archiver::start(
         f.wal_dir.clone(),
         f.durable.clone(),
+        verdicts.clone(),
         location.clone(),
         f.checkpoint.clone(),
-        options,
+        small_flushes(),
         f.runtime.handle().clone(),
     )
     .unwrap();
@@ -208,4 +183,21 @@ fn with_verdicts_the_archiver_waits_for_them_and_keeps_what_the_statistics_admit
     let parts = f.runtime.block_on(location.list_parts()).unwrap();
     assert!(parts.iter().all(|p| p.process == Some(1) && p.path.as_ref().contains("part-p1-")), "{parts:?}");
     assert_eq!(f.contents(), model(&records));
+}
+
+#[test]
+fn a_checkpoint_that_does_not_say_exactly_one_position_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("archive-checkpoint.json");
+    let checkpoint = Checkpoint { path: path.clone() };
+    assert_eq!(checkpoint.read().unwrap(), 0, "no checkpoint yet: nothing archived");
+    checkpoint.write(42).unwrap();
+    assert_eq!(checkpoint.read().unwrap(), 42);
+    for bad in
+        ["{}", "{\"archived_through\":\"7\"}", "{\"archived_thru\":7}", "{\"archived_through\":7,\"x\":1}", "", "7"]
+    {
+        std::fs::write(&path, bad).unwrap();
+        let err = checkpoint.read().unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()) && err.contains("restore"), "{bad:?}: {err}");
+    }
 }

@@ -88,6 +88,7 @@ fn unflushed_readings_are_seen_once() {
     let archiver = Archiver::start(
         f.wal_dir.clone(),
         f.durable.clone(),
+        f.verdicts.clone(),
         f.location.clone(),
         f.checkpoint.clone(),
         ArchiverOptions { flush_rows: usize::MAX, flush_age: Duration::from_secs(3600), ..small_flushes() },

@@ -1,0 +1,114 @@
+//! The node's background tasks: sealing due days, deleting archived WAL segments, sampling the dataflow lag.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_sinks::archive::{ArchiveLocation, ArchiveProgress};
+use weir_sinks::seal::{days_due, seal_committed_day};
+
+use super::gauges::EngineGauges;
+use crate::ingest::IngestService;
+use crate::node::stats::StatsService;
+
+/// Seals every day that has been over for `grace`, every `interval`.
+pub(super) async fn seal_due_days(
+    location: ArchiveLocation,
+    progress: Arc<ArchiveProgress>,
+    cluster: Option<Arc<StatsService>>,
+    grace: Duration,
+    interval: Duration,
+    loaded: impl Fn() -> bool,
+) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        if !loaded() {
+            continue;
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        let grace = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+        let due = match days_due(&location, now, grace).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the archive to find days to seal");
+                continue;
+            }
+        };
+        // In a cluster: only once every process has loaded the archive, and only what every process committed.
+        let committed: Option<BTreeMap<u32, u64>> = match &cluster {
+            None => None,
+            Some(_) if due.is_empty() => None,
+            Some(stats) => match stats.archive_states(false).await {
+                Ok(states) if states.iter().all(|s| s.loaded) => {
+                    Some(states.iter().map(|s| (s.process, s.committed)).collect())
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask the cluster where its archive stands; sealing waits");
+                    continue;
+                }
+            },
+        };
+        for date in due {
+            let started = std::time::Instant::now();
+            let result = seal_committed_day(&location, &date, Some(&progress), None, committed.as_ref()).await;
+            metrics::histogram!("weir_seal_duration_seconds").record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(o) => {
+                    metrics::counter!("weir_seal_runs_total", "result" => "ok").increment(1);
+                    metrics::counter!("weir_seal_late_readings_total").increment(o.late_now);
+                    tracing::info!(
+                        %date, readings = o.record.readings, late = o.record.late_readings, parts = o.parts_merged,
+                        took_ms = started.elapsed().as_millis() as u64, "sealed a day and wrote its dump"
+                    )
+                }
+                Err(e) => {
+                    metrics::counter!("weir_seal_runs_total", "result" => "error").increment(1);
+                    tracing::warn!(%date, error = %e, "sealing failed; it is retried")
+                }
+            }
+        }
+    }
+}
+
+/// Samples the durable position every 100 ms for `weir_dataflow_lag_seconds`.
+pub(super) async fn sample_dataflow_lag(
+    gauges: Arc<EngineGauges>,
+    ingest: Arc<IngestService>,
+    stats: Arc<StatsService>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        gauges.sample(ingest.durable_position(), stats.processed_position());
+    }
+}
+
+/// Deletes WAL segments once every reading in them is archived and processed by the statistics (which, like the
+/// archiver, start from the archive, so they never need those segments again).
+pub(super) async fn trim_archived_wal(
+    wal_dir: PathBuf,
+    progress: Arc<ArchiveProgress>,
+    stats: Arc<StatsService>,
+    loaded: impl Fn() -> bool,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !loaded() {
+            continue;
+        }
+        let through = progress.committed.load(std::sync::atomic::Ordering::Acquire).min(stats.processed_position());
+        let dir = wal_dir.clone();
+        match tokio::task::spawn_blocking(move || weir_pipeline::wal::trim_through(&dir, through)).await {
+            Ok(Ok(deleted)) if !deleted.is_empty() => {
+                tracing::info!(segments = deleted.len(), through, "deleted archived WAL segments")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete archived WAL segments; retrying"),
+            Err(e) => tracing::warn!(error = %e, "WAL trimming task failed"),
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The one error type the node's services return, whatever transport asked: what kind of failure it is, a message
+//! for the user, when to retry and how much was already accepted. HTTP turns it into a status and a JSON body
+//! , gRPC into a `Status`; neither parses the other's form back.
+
+use std::time::Duration;
+
+/// What kind of failure a [`ServiceError`] is; transports map each to their own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong (bad parameter, refused SQL, bad input): do not retry it as it is.
+    InvalidArgument,
+    /// The request is larger than a configured limit.
+    TooLarge,
+    /// The request took longer than a configured limit.
+    Timeout,
+    /// Weir cannot answer now (the log is full, the statistics or the archive have not caught up): retry.
+    Unavailable,
+    /// Something failed inside Weir.
+    Internal,
+}
+
+/// A service's failure, transport-neutral.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ServiceError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// When the client should try again (set for [`ErrorKind::Unavailable`]).
+    pub retry_after: Option<Duration>,
+    /// Readings made durable before the failure (ingest only; 0 elsewhere).
+    pub accepted: u64,
+}
+
+impl ServiceError {
+    /// A failure of `kind`; [`ErrorKind::Unavailable`] comes with a retry after 1 s.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let retry_after = (kind == ErrorKind::Unavailable).then_some(Duration::from_secs(1));
+        ServiceError { kind, message: message.into(), retry_after, accepted: 0 }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ServiceError::new(ErrorKind::InvalidArgument, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ServiceError::new(ErrorKind::Unavailable, message)
+    }
+}
+
+impl From<weir_pipeline::stats::QueryError> for ServiceError {
+    fn from(e: weir_pipeline::stats::QueryError) -> Self {
+        ServiceError::unavailable(e.to_string())
+    }
+}
+
+impl From<weir_sinks::sql::SqlError> for ServiceError {
+    fn from(e: weir_sinks::sql::SqlError) -> Self {
+        use weir_sinks::sql::SqlError;
+        let kind = match e {
+            SqlError::Timeout(_) => ErrorKind::Timeout,
+            SqlError::Refused(_) | SqlError::Invalid(_) | SqlError::TooManyRows(_) | SqlError::Memory(_) => {
+                ErrorKind::InvalidArgument
+            }
+        };
+        ServiceError::new(kind, e.to_string())
+    }
+}

@@ -1,0 +1,323 @@
+//! The engine, owned by one value: a [`Node`].
+//!
+//! A node is one Weir process: its write-ahead log, its statistics dataflow (one process of a timely cluster; a
+//! single Weir is a cluster of one), its archiver, sealer and WAL trimmer, and the services that transports call
+//! ([`IngestService`], [`StatsService`], [`SqlService`], [`Readiness`]). It knows no transport: nothing in this
+//! module or below it uses axum, hyper or tonic — `weir serve` parses flags into a [`NodeConfig`], calls
+//! [`Node::start`], serves HTTP and gRPC over the node's services, and calls [`Node::shutdown`]. Tests start a node
+//! in-process the same way.
+//!
+//! The rules that connect the parts live here, once:
+//! - the statistics start from the archive (everything through the archive checkpoint, already deduplicated) and
+//!   read the log after it; the log may therefore be trimmed through the checkpoint;
+//! - the statistics' dedup operator decides, once, which readings are first writes; the archiver stores exactly
+//!   those (no second filter), alone as in a cluster;
+//! - sealing and trimming wait until the statistics and the archiver have loaded the archive;
+//! - shutdown stops the background tasks, then the statistics, then flushes the archiver (what the statistics
+//!   decided) and closes the log; what was acknowledged but not yet archived stays in the log for the next start.
+
+mod background;
+pub mod error;
+pub mod gauges;
+pub mod readiness;
+pub mod sql;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_pipeline::cluster::ClusterConfig;
+use weir_pipeline::decode::Decoder;
+use weir_pipeline::reading::SensorSet;
+use weir_pipeline::stats::{StartFrom, StatsEngine, StatsOptions};
+use weir_pipeline::wal::{Recovery, Wal, WalOptions};
+use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, ClusterShare, checkpoint_path, read_checkpoint};
+use weir_sinks::seal::finish_interrupted_seals;
+use weir_sinks::snapshot::ArchiveSnapshot;
+use weir_sinks::sql::{SqlArchive, SqlLimits};
+
+pub use gauges::EngineGauges;
+pub use readiness::Readiness;
+
+use crate::ingest::{IngestLimits, IngestService};
+use sql::SqlService;
+use stats::StatsService;
+
+/// Everything a node needs to start; `weir serve` builds it from its flags (`ServeArgs::node_config`).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Weir's durable state: `wal/`, the archive checkpoint, and (by default) `archive/`.
+    pub data_dir: PathBuf,
+    /// The accepted sensor names.
+    pub sensors: SensorSet,
+    pub wal: WalOptions,
+    pub ingest: IngestLimits,
+    /// Workers, dedup horizon and cluster of the statistics dataflow.
+    pub stats: StatsOptions,
+    /// Longest wait of a read that asks for a log position (`after=`) or for the archive to catch up.
+    pub read_wait: Duration,
+    /// Archive location (directory or URL).
+    pub archive_url: String,
+    /// Whether the archive URL was given explicitly (a cluster needs one that every process shares).
+    pub archive_url_given: bool,
+    pub archiver: ArchiverOptions,
+    /// How long after the end of a UTC day it is sealed, and how often to look.
+    pub seal_grace: Duration,
+    pub seal_interval: Duration,
+    pub sql: SqlLimits,
+    /// Keep WAL segments after their readings are archived.
+    pub keep_archived_wal: bool,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A part of the node failed to open or start; `context` says which and what to check.
+    #[error("{context}: {source}")]
+    Start { context: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// The configuration or the data directory's state is refused; the message says what to do.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn context<E: std::error::Error + Send + Sync + 'static>(context: impl Into<String>) -> impl FnOnce(E) -> NodeError {
+    let context = context.into();
+    move |e| NodeError::Start { context, source: Box::new(e) }
+}
+
+/// How long a shutdown waits for the statistics to decide what the log holds, so that the archiver can archive it.
+const SHUTDOWN_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// A running Weir process: its log, statistics, archive and services.
+pub struct Node {
+    ingest: Arc<IngestService>,
+    stats: Arc<StatsService>,
+    sql: Arc<SqlService>,
+    readiness: Arc<Readiness>,
+    gauges: Arc<EngineGauges>,
+    recovery: Recovery,
+    wal: Wal,
+    archiver: Archiver,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the data directory, recovers the log and checks it against the archive checkpoint, starts the
+    /// statistics (from the archive, then the log after it; in a cluster this waits, bounded, for the other
+    /// processes), the archiver, the sealer, the WAL trimmer and the lag sampler. Call from a multi-threaded tokio
+    /// runtime.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        weir_pipeline::data_dir::check_or_stamp(&config.data_dir).map_err(context("the data directory"))?;
+        let wal_dir = config.data_dir.join("wal");
+        let (wal, recovery) = Wal::open(&wal_dir, config.wal.clone())
+            .map_err(context(format!("cannot open the write-ahead log in {}", wal_dir.display())))?;
+        if let Some(t) = &recovery.truncated {
+            tracing::warn!(
+                file = %t.file.display(), offset = t.offset, bytes_removed = t.bytes_removed, reason = %t.reason,
+                "cut off a torn tail of the write-ahead log (a crash interrupted a write that was never acknowledged)"
+            );
+        }
+        tracing::info!(segments = recovery.segments, last_position = recovery.last_position, dir = %wal_dir.display(), "write-ahead log recovered");
+        let log = Arc::new(wal.appender());
+
+        let cluster = config.stats.cluster.clone();
+        let (process, processes) =
+            cluster.as_ref().map_or((0, 1), |c: &ClusterConfig| (c.process as u32, c.processes()));
+        // In a cluster every process archives its own log into one archive that all of them share.
+        let share = cluster.as_ref().map(|_| ClusterShare { process, processes: processes as u32 });
+        if share.is_some() && !config.archive_url_given {
+            return Err(NodeError::Refused(
+                "a cluster needs one archive that every process shares: pass the same --archive-url \
+                 (WEIR_ARCHIVE_URL) to every process, e.g. --archive-url file:///shared/weir-archive or \
+                 s3://bucket/weir"
+                    .into(),
+            ));
+        }
+        let mut location =
+            ArchiveLocation::open(&config.archive_url).map_err(context("--archive-url / WEIR_ARCHIVE_URL"))?;
+        if let Some(share) = share {
+            location = location.shared_by(share);
+        }
+        let parts = location.list_parts().await.map_err(context("cannot list the archive"))?;
+        if let Some(foreign) = parts.iter().find(|p| share.is_some() != (p.process.is_some() || p.sealed)) {
+            return Err(NodeError::Refused(format!(
+                "the archive {} holds {}, which a {} does not read: a single Weir's archive and a cluster's are not \
+                 interchangeable; give this Weir its own --archive-url",
+                location.url,
+                foreign.path,
+                if share.is_some() { "cluster" } else { "single Weir" }
+            )));
+        }
+        finish_interrupted_seals(&location).await.map_err(context("finishing an interrupted seal"))?;
+        let checkpoint = checkpoint_path(&config.data_dir);
+        let archived = read_checkpoint(&checkpoint).map_err(context("the archive checkpoint"))?;
+        let wal_first = weir_pipeline::wal::first_position(&wal_dir).map_err(context("the write-ahead log"))?;
+        if wal_first > archived + 1 {
+            return Err(NodeError::Refused(format!(
+                "the write-ahead log starts at position {wal_first}, but the archive checkpoint {} says the archive \
+                 holds only positions up to {archived}: positions {}..{} are in neither. Restore the checkpoint file \
+                 (or the data directory) from a backup",
+                checkpoint.display(),
+                archived + 1,
+                wal_first - 1
+            )));
+        }
+
+        // The statistics start from the archive (what the log held through the checkpoint, deduplicated), then
+        // read the log after it; so the log before the checkpoint may be deleted.
+        let snapshot = ArchiveSnapshot::open(&location, archived, tokio::runtime::Handle::current())
+            .await
+            .map_err(context("cannot list the archive to load the statistics"))?;
+        tracing::info!(parts = snapshot.parts(), archived_through = archived, "statistics start from the archive");
+        let snapshot = snapshot.filter_map(|item| {
+            item.map_err(
+                |e| tracing::error!(error = %e, "an archive part could not be read; the statistics leave it out"),
+            )
+            .ok()
+        });
+        let engine = {
+            let (wal_dir, durable, sensors, options) =
+                (wal_dir.clone(), log.watch_durable(), config.sensors.clone(), config.stats.clone());
+            let start = StartFrom { through: archived, snapshot: Box::new(snapshot) };
+            tokio::task::spawn_blocking(move || StatsEngine::start_from(wal_dir, durable, sensors, options, start))
+                .await
+                .map_err(context("starting the statistics"))?
+                .map_err(context("starting the statistics"))?
+        };
+        tracing::info!(
+            workers = config.stats.workers,
+            "statistics dataflow started; it loads the archive and replays the log after it first"
+        );
+        let stats = Arc::new(
+            StatsService::new(engine, config.sensors.clone(), config.read_wait, log.clone())
+                .in_cluster(process, processes),
+        );
+        // The statistics decide which readings are first writes; the archive stores exactly those (alone as in a
+        // cluster: one verdict, no second filter).
+        let archiver = Archiver::start(
+            wal_dir.clone(),
+            log.watch_durable(),
+            stats.engine().verdicts(),
+            location.clone(),
+            checkpoint,
+            config.archiver.clone(),
+            tokio::runtime::Handle::current(),
+        )
+        .map_err(context("starting the archiver"))?;
+        tracing::info!(archive = %location.url, "archiver started");
+        stats.engine().attach_archive(archiver.progress.clone());
+
+        // Sealing replaces parts and trimming deletes the log, so both wait until the statistics and the archiver
+        // have read what they start from.
+        let loaded = {
+            let (stats, progress) = (stats.clone(), archiver.progress.clone());
+            move || {
+                progress.started.load(std::sync::atomic::Ordering::Acquire) && stats.processed_position() >= archived
+            }
+        };
+        let mut tasks = vec![tokio::spawn(background::seal_due_days(
+            location.clone(),
+            archiver.progress.clone(),
+            share.map(|_| stats.clone()),
+            config.seal_grace,
+            config.seal_interval,
+            loaded.clone(),
+        ))];
+        if !config.keep_archived_wal {
+            tasks.push(tokio::spawn(background::trim_archived_wal(
+                wal_dir.clone(),
+                archiver.progress.clone(),
+                stats.clone(),
+                loaded,
+            )));
+        }
+        // Alone, a query reads this archiver's unflushed readings beside the parts; in a cluster, every process
+        // flushes first and the query reads the shared archive only.
+        let local_progress = share.is_none().then(|| archiver.progress.clone());
+        let mut sql = SqlService::new(
+            SqlArchive::new(location, local_progress, config.sql.clone()),
+            archiver.progress.clone(),
+            log.clone(),
+            config.read_wait,
+        );
+        if share.is_some() {
+            sql = sql.in_cluster(stats.clone());
+        }
+        let mut ingest = IngestService::new(Decoder::new(config.sensors.clone()), config.ingest.clone(), log);
+        if cluster.is_some() {
+            ingest = ingest.in_cluster(process);
+        }
+        let ingest = Arc::new(ingest);
+        let readiness =
+            Arc::new(Readiness { log_at_start: recovery.last_position, archive: archiver.progress.clone() });
+        let gauges = Arc::new(EngineGauges::new(Some(wal_dir)));
+        tasks.push(tokio::spawn(background::sample_dataflow_lag(gauges.clone(), ingest.clone(), stats.clone())));
+        Ok(Node { ingest, stats, sql: Arc::new(sql), readiness, gauges, recovery, wal, archiver, tasks })
+    }
+
+    /// Ingest: validation, limits, the log and its acknowledgement.
+    pub fn ingest(&self) -> &Arc<IngestService> {
+        &self.ingest
+    }
+
+    /// The live statistics.
+    pub fn stats(&self) -> &Arc<StatsService> {
+        &self.stats
+    }
+
+    /// SQL over the archive.
+    pub fn sql(&self) -> &Arc<SqlService> {
+        &self.sql
+    }
+
+    /// Whether the node has loaded what it starts from.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    /// Values read when metrics are scraped.
+    pub fn gauges(&self) -> &Arc<EngineGauges> {
+        &self.gauges
+    }
+
+    /// What opening the log found.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Stops the node in order: background tasks; the statistics, once they have decided everything acknowledged
+    /// (at most 10 s); the archiver, which flushes what they decided; the log. Transports must have stopped and dropped their handles to the services first (a handle still held
+    /// only delays the statistics' stop to when it is dropped).
+    pub async fn shutdown(self) {
+        let Node { ingest, stats, sql, readiness, gauges, wal, archiver, tasks, .. } = self;
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        // A clean stop leaves the archive complete: the statistics first decide what was acknowledged (bounded: in
+        // a cluster a peer that is gone holds them back; what is left is archived after the next start).
+        let durable = ingest.durable_position();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_CATCH_UP;
+        while stats.processed_position() < durable && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop((ingest, sql, readiness, gauges));
+        tracing::info!("shutting down: stopping the statistics, flushing the archive, closing the write-ahead log");
+        let stopped = tokio::task::spawn_blocking(move || {
+            match Arc::into_inner(stats) {
+                Some(stats) => stats.stop(),
+                None => tracing::warn!("the statistics are still in use; they stop when released"),
+            }
+            if let Err(e) = archiver.stop() {
+                tracing::error!(error = %e, "the archiver stopped with an error; it resumes from its checkpoint at the next start");
+            }
+            wal.close();
+        })
+        .await;
+        if let Err(e) = stopped {
+            tracing::error!(error = %e, "shutting down failed");
+        }
+        tracing::info!("stopped cleanly");
+    }
+}

@@ -1,0 +1,115 @@
+//! The live statistics as a service: questions to the dataflow, asked after a log position, answered with typed
+//! values or a [`ServiceError`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_operators::{DeviceId, Latest, SeriesKey};
+use weir_pipeline::decode::format_timestamp;
+use weir_pipeline::reading::{DEFAULT_DEVICE, SensorSet};
+use weir_pipeline::stats::{Answer, ArchiveState, Query, QueryError, StatsEngine};
+use weir_pipeline::wal::ReadingLog;
+
+use super::error::ServiceError;
+use crate::position::LogPosition;
+
+/// Answers statistics questions, for any transport.
+pub struct StatsService {
+    engine: StatsEngine,
+    /// This process's index in its cluster (0 alone) and the cluster's size.
+    process: u32,
+    processes: usize,
+    sensors: SensorSet,
+    /// Longest wait for `after=` before 503.
+    read_wait: Duration,
+    log: Arc<dyn ReadingLog>,
+}
+
+impl StatsService {
+    pub fn new(engine: StatsEngine, sensors: SensorSet, read_wait: Duration, log: Arc<dyn ReadingLog>) -> Self {
+        StatsService { engine, process: 0, processes: 1, sensors, read_wait, log }
+    }
+
+    /// The same, for process `process` of a cluster of `processes`.
+    pub fn in_cluster(mut self, process: u32, processes: usize) -> Self {
+        self.process = process;
+        self.processes = processes;
+        self
+    }
+
+    pub fn sensors(&self) -> &SensorSet {
+        &self.sensors
+    }
+
+    /// Asks `query`, after log position `after` (checked against what is durable when it is this process's).
+    pub async fn ask(&self, query: Query, after: Option<LogPosition>) -> Result<Answer, ServiceError> {
+        let after = after.unwrap_or(LogPosition { process: None, position: 0 });
+        match after.process {
+            Some(p) if p != self.process => {
+                if p as usize >= self.processes {
+                    return Err(ServiceError::invalid(format!(
+                        "after={after}: there is no process {p} in this cluster of {} processes",
+                        self.processes
+                    )));
+                }
+                Ok(self.engine.query_at(query, p, after.position, self.read_wait).await?)
+            }
+            _ => {
+                let durable = self.log.durable_position();
+                if after.position > durable {
+                    return Err(ServiceError::invalid(format!(
+                        "after={after} is beyond the last acknowledged log position {durable}; pass the Weir-Position of an ingest response"
+                    )));
+                }
+                Ok(self.engine.query(query, after.position, self.read_wait).await?)
+            }
+        }
+    }
+
+    /// The latest value of each sensor of `device`, by sensor index.
+    pub async fn latest_of(
+        &self,
+        device: &str,
+        after: Option<LogPosition>,
+    ) -> Result<Vec<(SeriesKey, Latest)>, ServiceError> {
+        match self.ask(Query::Latest { device: Some(DeviceId::of(device)) }, after).await? {
+            Answer::Latest(l) => Ok(l),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The latest value of `sensor` of the default device, 0 when there is none (the replaced system's rule).
+    pub fn value_or_zero(&self, latest: &[(SeriesKey, Latest)], sensor: &str) -> f64 {
+        let Some(index) = self.sensors.index_of(sensor) else { return 0.0 };
+        latest.iter().find(|(k, _)| k.sensor == index).map_or(0.0, |(_, l)| l.value)
+    }
+
+    /// Where every process's archive stands (see [`StatsEngine::archive_states`]).
+    pub async fn archive_states(&self, flush: bool) -> Result<Vec<ArchiveState>, QueryError> {
+        self.engine.archive_states(flush, self.read_wait).await
+    }
+
+    /// The engine, to attach this process's archive to.
+    pub fn engine(&self) -> &StatsEngine {
+        &self.engine
+    }
+
+    /// The last log position the statistics have processed.
+    pub fn processed_position(&self) -> u64 {
+        self.engine.processed_position()
+    }
+
+    pub fn stop(self) {
+        self.engine.stop();
+    }
+}
+
+/// The device named by a query parameter, the default device when absent.
+pub fn device_or_default(device: &Option<String>) -> &str {
+    device.as_deref().filter(|d| !d.is_empty()).unwrap_or(DEFAULT_DEVICE)
+}
+
+/// RFC 3339 in UTC with milliseconds when the value has them, as devices send it.
+pub fn timestamp_text(micros: i64) -> String {
+    format_timestamp(micros)
+}
