@@ -76,28 +76,33 @@ pub struct LogFeed {
     pub snapshot_through: u64,
     /// The last log position fed (from the snapshot or the log).
     pub read_through: u64,
+    /// The last position a mark was sent for.
+    pub marked: u64,
 }
 
 impl LogFeed {
     /// Feeds one round at `time`: snapshot batches while the snapshot lasts, else durable log records after
     /// `read_through`, up to about `limit` readings; then a mark, and the inputs advance past `time`. Returns the
     /// number of readings fed.
+    ///
+    /// A mark is only ever sent at a log round's time, never at a snapshot round's: in a cluster the readings of a
+    /// process's log prefix may sit in *another* process's snapshot (the sealed days it owns), fed at later snapshot
+    /// times, so "this process's log through P is processed" holds only once every snapshot round of every process
+    /// is (all of them are below every log round's time).
     pub fn round(&mut self, time: Time, durable: u64, limit: usize) -> usize {
         self.move_to(time);
-        let before = self.read_through;
         let fed = if self.snapshot.is_some() { self.snapshot_round(limit) } else { self.log_round(durable, limit) };
-        if self.read_through != before {
+        if self.read_through != self.marked && time >= SNAPSHOT_TIMES {
             self.marks.send((self.process, self.read_through));
+            self.marked = self.read_through;
         }
         self.advance(time + 1);
         fed
     }
 
-    /// A feeder with nothing to read yet still marks where it starts, so its process's position is known.
-    pub fn mark_start(&mut self) {
-        if self.snapshot.is_none() && self.read_through > 0 {
-            self.marks.send((self.process, self.read_through));
-        }
+    /// Whether a round is needed although nothing is left to read: the position reached is not marked yet.
+    pub fn needs_mark(&self) -> bool {
+        self.snapshot.is_none() && self.read_through != self.marked
     }
 
     /// Moves the inputs to `time` without feeding anything: lets time pass for the rest of the cluster.

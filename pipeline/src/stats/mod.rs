@@ -354,6 +354,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             feeder: Feeder::new(&ctx.sensors),
             reader: WalReader::new(&ctx.wal_dir, ctx.start_through + 1),
             read_through: if snapshot.is_some() { 0 } else { ctx.start_through },
+            marked: 0,
             snapshot,
             snapshot_through: ctx.start_through,
         })
@@ -363,9 +364,6 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         marks.close();
         None
     };
-    if let Some(feed) = feed.as_mut() {
-        feed.mark_start();
-    }
     let mut queries = if feed.is_some() {
         Some(queries)
     } else {
@@ -382,7 +380,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     loop {
         if let Some(feed) = feed.as_mut() {
             let durable = *ctx.durable.borrow();
-            let has_data = feed.snapshot.is_some() || durable > feed.read_through;
+            let has_data = feed.snapshot.is_some() || durable > feed.read_through || feed.needs_mark();
             // Snapshot rounds take times below every log round's, in every process: the archive is admitted first.
             clock.in_snapshot = feed.snapshot.is_some();
             if has_data || (in_cluster && last_tick.elapsed() >= ctx.options.idle_park) {
