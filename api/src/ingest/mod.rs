@@ -149,13 +149,15 @@ impl IngestService {
                 }
                 Input::Readings(readings) => {
                     // A batch's worth at a time, so full batches go to the log as they fill.
-                    let Some((&first, rest)) = readings.split_first() else { break };
-                    let take = rest.len().min(self.limits.decode.batch_rows);
-                    for fields in std::iter::once(first).chain(rest[..take].iter().copied()) {
-                        given += 1;
-                        decoder.push_reading(given, fields);
+                    let take = readings.len().min(self.limits.decode.batch_rows.max(1));
+                    if take == 0 {
+                        break;
                     }
-                    *readings = &rest[take..];
+                    for fields in &readings[..take] {
+                        given += 1;
+                        decoder.push_reading(given, *fields);
+                    }
+                    *readings = &readings[take..];
                 }
             }
             while let Some(batch) = decoder.take_full_batch() {

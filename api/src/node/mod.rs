@@ -2,8 +2,9 @@
 //!
 //! A node is one Weir process: its write-ahead log, its statistics dataflow (one process of a timely cluster; a
 //! single Weir is a cluster of one), its archiver, sealer and WAL trimmer, and the services that transports call
-//! ([`IngestService`], [`StatsService`], [`SqlService`], [`Readiness`]). It knows no transport: nothing in this
-//! module or below it uses axum, hyper or tonic — `weir serve` parses flags into a [`NodeConfig`], calls
+//! ([`IngestService`], [`StatsService`], [`SqlService`], [`Readiness`]). It knows no transport: no file of this
+//! module uses axum, hyper or tonic (the one service not moved here yet, [`IngestService`], still reads HTTP bodies
+//! through `crate::ingest::body`) — `weir serve` parses flags into a [`NodeConfig`], calls
 //! [`Node::start`], serves HTTP and gRPC over the node's services, and calls [`Node::shutdown`]. Tests start a node
 //! in-process the same way.
 //!
