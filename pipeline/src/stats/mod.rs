@@ -345,7 +345,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     let mut requests = None;
     let mut feed = if local == 0 {
         requests = ctx.requests.lock().expect("not poisoned").take();
-        let snapshot = ctx.snapshot.lock().expect("not poisoned").take().filter(|_| ctx.start_through > 0);
+        // Fed even when this process's log has archived nothing (`start_through` 0): in a cluster its snapshot
+        // also holds the sealed days it owns, written from the other processes' logs.
+        let snapshot = ctx.snapshot.lock().expect("not poisoned").take();
         Some(LogFeed {
             process: ctx.options.process(),
             readings,

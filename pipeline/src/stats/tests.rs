@@ -234,6 +234,37 @@ fn first_write_wins_across_records_whatever_the_value() {
     assert_eq!(latest[0].1.value, 2.0);
 }
 
+/// In a cluster a process whose own log has archived nothing (`through` 0) still starts from a snapshot: the sealed
+/// days it owns, written from the other processes' logs. Those readings count, and a later write of the same key in
+/// its log is a duplicate.
+#[test]
+fn a_snapshot_through_position_zero_is_still_fed() {
+    let t = 1_795_000_000_000_000;
+    let sensors = SensorSet::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let appender = wal.appender();
+    let last = appender.append_blocking(&batch_of(&[(0, 0, t, 99.0), (0, 0, t + 1, 2.0)], &sensors)).unwrap();
+    let sealed_elsewhere = batch_of(&[(0, 0, t, 1.0), (1, 0, t, 5.0)], &sensors);
+    let start = StartFrom { through: 0, snapshot: Box::new(std::iter::once((0, sealed_elsewhere))) };
+    let options = StatsOptions { dedup_horizon: Duration::from_secs(100 * 365 * 86_400), ..StatsOptions::default() };
+    let engine =
+        StatsEngine::start_from(dir.path().to_path_buf(), appender.watch_durable(), sensors, options, start).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait = Duration::from_secs(30);
+    let Answer::Latest(latest) = rt.block_on(engine.query(Query::Latest { device: None }, last, wait)).unwrap() else {
+        panic!()
+    };
+    let series = SeriesKey { device: DeviceId::of(DEVICES[0]), sensor: 0 };
+    let q = Query::Series { series, width: Width::Minute, from: i64::MIN, to: i64::MAX };
+    let Answer::Windows(windows) = rt.block_on(engine.query(q, last, wait)).unwrap() else { panic!() };
+    engine.stop();
+    wal.close();
+    assert_eq!(latest.len(), 2, "both devices of the snapshot are live: {latest:?}");
+    let minute = windows[0].1;
+    assert_eq!((minute.count, minute.sum()), (2, 3.0), "the snapshot's first write wins over the log's duplicate");
+}
+
 /// Everything a user can ask of one engine, once `waits` (process, position) are all processed.
 fn read_all(
     engine: &StatsEngine,
