@@ -17,4 +17,3 @@ pub mod requests;
 pub mod server;
 pub mod sql;
 pub mod stats;
-pub mod subscribe;

@@ -9,7 +9,8 @@ use axum::routing::{get, post};
 
 use crate::auth::{ApiKeys, require_api_key};
 use crate::health::{healthz, readyz};
-use crate::ingest::{IngestService, ingest};
+use crate::ingest::ingest;
+use crate::node::ingest::IngestService;
 use crate::node::sql::SqlService;
 use crate::node::stats::StatsService;
 use crate::node::{EngineGauges, Readiness};
@@ -40,7 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/latest", get(v1::latest))
         .route("/api/v1/devices", get(v1::devices))
         .route("/api/v1/sql", post(crate::sql::sql))
-        .route("/api/v1/subscribe", get(crate::subscribe::sse))
+        .route("/api/v1/subscribe", get(crate::stats::sse::sse))
         .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_api_key));
     authenticated
         .route("/", get(crate::dashboard::index))

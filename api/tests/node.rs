@@ -52,7 +52,7 @@ impl TestNode {
                 device: Some("d"),
             })
             .collect();
-        let outcome = self.node().ingest().ingest_readings(&fields, false).await;
+        let outcome = self.node().ingest().ingest_readings(&fields, 0, false).await;
         assert_eq!((outcome.accepted, outcome.rejected), (readings.len() as u64, 0), "{:?}", outcome.errors);
         outcome.position.expect("written")
     }

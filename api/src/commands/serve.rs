@@ -17,7 +17,7 @@ use weir_sinks::sql::SqlLimits;
 
 use super::{parse_duration, parse_size};
 use crate::auth::ApiKeys;
-use crate::ingest::IngestLimits;
+use crate::node::ingest::IngestLimits;
 use crate::node::{Node, NodeConfig};
 use crate::server::{AppState, app};
 

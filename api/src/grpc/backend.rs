@@ -3,7 +3,7 @@
 //! A batch is written as the NDJSON lines `POST /ingest` would get (the same decoder, validation, limits, log and
 //! error reasons; a reading's index is its line number less one); statistics queries go through the same answer
 //! functions as `/api/v1/latest` and `/api/v1/series`; SQL through the same service as `/api/v1/sql`, its result
-//! encoded as Arrow IPC; subscriptions through [`crate::subscribe`].
+//! encoded as Arrow IPC; subscriptions through [`crate::node::subscribe`].
 
 use arrow::ipc::writer::StreamWriter;
 use futures_util::StreamExt;
@@ -16,12 +16,11 @@ use super::proto::{
     SubscribeRequest, UpdateKind, Window, WindowUpdate,
 };
 use super::{Backend, BatchAck, MessageStream};
-use crate::ingest::{IngestFailure, record_metrics};
+use crate::node::answers::{SeriesQuery, WindowRow, latest_answer, series_answer};
 use crate::node::error::{ErrorKind, ServiceError};
+use crate::node::subscribe::{SubscribeParams, subscribe};
 use crate::position::LogPosition;
 use crate::server::AppState;
-use crate::stats::v1::{SeriesQuery, WindowRow, latest_answer, series_answer};
-use crate::subscribe::{SubscribeParams, subscribe};
 
 /// A service error as a gRPC status, at the edge.
 impl From<ServiceError> for Status {
@@ -91,15 +90,9 @@ impl Backend for AppState {
                 device: r.device.as_deref(),
             })
             .collect();
-        let outcome = service.ingest_readings(&readings, batch.atomic).await;
-        record_metrics(&outcome, batch.encoded_len() as u64);
+        let outcome = service.ingest_readings(&readings, batch.encoded_len() as u64, batch.atomic).await;
         let position = service.position_text(outcome.position.unwrap_or_else(|| service.durable_position()));
-        let failure = outcome.failure.as_ref().map(|f| match f {
-            IngestFailure::Body(e) => Status::resource_exhausted(e.to_string()),
-            IngestFailure::Timeout(_) => Status::deadline_exceeded(f.to_string()),
-            IngestFailure::Wal(weir_pipeline::wal::AppendError::Busy(_)) => Status::unavailable(f.to_string()),
-            IngestFailure::Wal(_) => Status::internal(f.to_string()),
-        });
+        let failure = outcome.failure.map(Status::from);
         let rejected = outcome.errors.into_iter().map(|e| ((e.line - 1) as u32, e.error)).collect();
         BatchAck { accepted: outcome.accepted, rejected, rejected_count: outcome.rejected, position, failure }
     }
@@ -150,10 +143,10 @@ impl Backend for AppState {
                 None => (String::new(), None),
             };
             let kind = match e.kind {
-                crate::subscribe::UpdateKind::Snapshot => UpdateKind::Snapshot,
-                crate::subscribe::UpdateKind::Ready => UpdateKind::Ready,
-                crate::subscribe::UpdateKind::Update => UpdateKind::Update,
-                crate::subscribe::UpdateKind::Correction => UpdateKind::Correction,
+                crate::node::subscribe::UpdateKind::Snapshot => UpdateKind::Snapshot,
+                crate::node::subscribe::UpdateKind::Ready => UpdateKind::Ready,
+                crate::node::subscribe::UpdateKind::Update => UpdateKind::Update,
+                crate::node::subscribe::UpdateKind::Correction => UpdateKind::Correction,
             };
             Ok(WindowUpdate {
                 kind: kind as i32,

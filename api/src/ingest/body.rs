@@ -1,10 +1,13 @@
-//! Reading a request body as a stream of chunks, gunzipping it when it says so, and enforcing the body size limit
-//! on the bytes Weir actually decodes (so a small gzip bomb cannot get past it).
+//! Reading an HTTP request body as the ingest service's [`ChunkSource`], gunzipping it when it says so, and enforcing
+//! the body size limit on the bytes Weir actually decodes (so a small gzip bomb cannot get past it).
 
 use axum::body::{Body, BodyDataStream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
+
+use crate::node::error::{ErrorKind, ServiceError};
+use crate::node::ingest::ChunkSource;
 
 /// The body's content coding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +40,7 @@ pub struct BodySource {
 
 enum Inner {
     Plain(BodyDataStream),
-    /// A body already in memory (a gRPC batch), given out as one chunk.
-    Bytes(Option<Bytes>),
-    Gzip {
-        reader: Box<GzipReader>,
-        buf: Vec<u8>,
-    },
+    Gzip { reader: Box<GzipReader>, buf: Vec<u8> },
 }
 
 /// Marks I/O errors that came from the HTTP body rather than from gzip.
@@ -64,11 +62,6 @@ impl BodySource {
             }
         };
         BodySource { inner, seen: 0, limit }
-    }
-
-    /// A body already in memory.
-    pub fn from_bytes(bytes: Bytes, limit: u64) -> Self {
-        BodySource { inner: Inner::Bytes(Some(bytes)), seen: 0, limit }
     }
 
     /// Reads and discards what is left of the body, at most `max_bytes` within `max_time`, so that a client still
@@ -94,7 +87,6 @@ impl BodySource {
     /// The next chunk of decoded body bytes; `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
         let chunk = match &mut self.inner {
-            Inner::Bytes(bytes) => bytes.take(),
             Inner::Plain(stream) => match stream.next().await {
                 None => None,
                 Some(Ok(bytes)) => Some(bytes),
@@ -118,5 +110,25 @@ impl BodySource {
             }
         }
         Ok(chunk)
+    }
+}
+
+impl From<BodyError> for ServiceError {
+    fn from(e: BodyError) -> Self {
+        let kind = match e {
+            BodyError::TooLarge { .. } => ErrorKind::TooLarge,
+            BodyError::Read(_) | BodyError::Gzip(_) => ErrorKind::InvalidArgument,
+        };
+        ServiceError::new(kind, e.to_string())
+    }
+}
+
+impl ChunkSource for BodySource {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ServiceError> {
+        BodySource::next_chunk(self).await.map_err(ServiceError::from)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.seen
     }
 }

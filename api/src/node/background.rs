@@ -9,7 +9,7 @@ use weir_sinks::archive::{ArchiveLocation, ArchiveProgress};
 use weir_sinks::seal::{days_due, seal_committed_day};
 
 use super::gauges::EngineGauges;
-use crate::ingest::IngestService;
+use super::ingest::IngestService;
 use crate::node::stats::StatsService;
 
 /// Seals every day that has been over for `grace`, every `interval`.

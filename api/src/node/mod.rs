@@ -3,8 +3,8 @@
 //! A node is one Weir process: its write-ahead log, its statistics dataflow (one process of a timely cluster; a
 //! single Weir is a cluster of one), its archiver, sealer and WAL trimmer, and the services that transports call
 //! ([`IngestService`], [`StatsService`], [`SqlService`], [`Readiness`]). It knows no transport: no file of this
-//! module uses axum, hyper or tonic (the one service not moved here yet, [`IngestService`], still reads HTTP bodies
-//! through `crate::ingest::body`) — `weir serve` parses flags into a [`NodeConfig`], calls
+//! module uses axum, hyper or tonic (ingest reads bodies through the [`ingest::ChunkSource`] trait that the HTTP
+//! adapter implements) — `weir serve` parses flags into a [`NodeConfig`], calls
 //! [`Node::start`], serves HTTP and gRPC over the node's services, and calls [`Node::shutdown`]. Tests start a node
 //! in-process the same way.
 //!
@@ -17,12 +17,15 @@
 //! - shutdown stops the background tasks, then the statistics, then flushes the archiver (what the statistics
 //!   decided) and closes the log; what was acknowledged but not yet archived stays in the log for the next start.
 
+pub mod answers;
 mod background;
 pub mod error;
 pub mod gauges;
+pub mod ingest;
 pub mod readiness;
 pub mod sql;
 pub mod stats;
+pub mod subscribe;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +44,7 @@ use weir_sinks::sql::{SqlArchive, SqlLimits};
 pub use gauges::EngineGauges;
 pub use readiness::Readiness;
 
-use crate::ingest::{IngestLimits, IngestService};
+use ingest::{IngestLimits, IngestService};
 use sql::SqlService;
 use stats::StatsService;
 
@@ -214,7 +217,10 @@ impl Node {
         let loaded = {
             let (stats, progress) = (stats.clone(), archiver.progress.clone());
             move || {
-                progress.started.load(std::sync::atomic::Ordering::Acquire) && stats.processed_position() >= archived
+                let statistics = stats.load_progress();
+                progress.started.load(std::sync::atomic::Ordering::Acquire)
+                    && statistics.snapshot_loaded
+                    && statistics.processed >= archived
             }
         };
         let mut tasks = vec![tokio::spawn(background::seal_due_days(
@@ -320,5 +326,24 @@ impl Node {
             tracing::error!(error = %e, "shutting down failed");
         }
         tracing::info!("stopped cleanly");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The rule of this module, checked: no file of the engine names a transport crate.
+    #[test]
+    fn the_engine_knows_no_transport() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/node");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for transport in ["axum", "hyper", "tonic", "http"] {
+                assert!(!text.contains(&format!("{transport}::")), "{} uses {transport}", path.display());
+            }
+            files += 1;
+        }
+        assert!(files >= 10, "read the engine's files ({files})");
     }
 }

@@ -1,26 +1,32 @@
-//! Readiness: whether the node has loaded what it starts from (the statistics have replayed what the log held at
-//! start, and the archiver reads the log).
+//! Readiness: whether the node has loaded what it starts from — the statistics have worked through the archive
+//! (every process's snapshot: in a cluster also the sealed days this process owns, whatever its own log holds) and
+//! replayed what the log held at start, and the archiver reads the log.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use weir_sinks::archive::ArchiveProgress;
 
+use super::stats::LoadProgress;
+
 /// What `/readyz` checks.
 pub struct Readiness {
     /// The log's last position when the server started: the statistics are ready once they have processed it.
     pub log_at_start: u64,
-    /// The archiver's progress (`started` once it has rebuilt its filter from the archive).
+    /// The archiver's progress (`started` once it reads the log).
     pub archive: Arc<ArchiveProgress>,
 }
 
 impl Readiness {
     /// `None` when ready, else why not.
-    pub fn not_ready(&self, statistics_processed: u64) -> Option<String> {
-        if statistics_processed < self.log_at_start {
+    pub fn not_ready(&self, statistics: LoadProgress) -> Option<String> {
+        if !statistics.snapshot_loaded {
+            return Some("the statistics are loading the archive".into());
+        }
+        if statistics.processed < self.log_at_start {
             return Some(format!(
-                "the statistics are replaying the write-ahead log: at position {statistics_processed} of {}",
-                self.log_at_start
+                "the statistics are replaying the write-ahead log: at position {} of {}",
+                statistics.processed, self.log_at_start
             ));
         }
         if !self.archive.started.load(Ordering::Acquire) {
@@ -34,13 +40,19 @@ impl Readiness {
 mod tests {
     use super::*;
 
+    fn at(snapshot_loaded: bool, processed: u64) -> LoadProgress {
+        LoadProgress { snapshot_loaded, processed }
+    }
+
     #[test]
-    fn ready_only_after_replay_and_archive_load() {
+    fn ready_only_after_the_snapshot_the_replay_and_the_archiver() {
         let r = Readiness { log_at_start: 10, archive: Arc::new(ArchiveProgress::default()) };
-        assert!(r.not_ready(3).unwrap().contains("position 3 of 10"));
-        assert_eq!(r.not_ready(10).unwrap(), "the archiver is loading the archive");
+        assert_eq!(r.not_ready(at(false, 10)).unwrap(), "the statistics are loading the archive");
+        assert!(r.not_ready(at(true, 3)).unwrap().contains("position 3 of 10"));
+        assert_eq!(r.not_ready(at(true, 10)).unwrap(), "the archiver is loading the archive");
         r.archive.started.store(true, Ordering::Release);
-        assert_eq!(r.not_ready(10), None);
-        assert!(r.not_ready(9).is_some());
+        assert_eq!(r.not_ready(at(true, 10)), None);
+        assert!(r.not_ready(at(true, 9)).is_some());
+        assert!(r.not_ready(at(false, 10)).is_some(), "position 0 of an empty log is not loaded");
     }
 }

@@ -99,9 +99,23 @@ impl StatsService {
         self.engine.processed_position()
     }
 
+    /// How far the statistics have loaded what they start from.
+    pub fn load_progress(&self) -> LoadProgress {
+        LoadProgress { snapshot_loaded: self.engine.snapshot_loaded(), processed: self.engine.processed_position() }
+    }
+
     pub fn stop(self) {
         self.engine.stop();
     }
+}
+
+/// How far the statistics have loaded what they start from (see [`Readiness`](super::Readiness)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadProgress {
+    /// Every process's snapshot (the archive) has gone through the dataflow.
+    pub snapshot_loaded: bool,
+    /// The last position of this process's log processed.
+    pub processed: u64,
 }
 
 /// The device named by a query parameter, the default device when absent.

@@ -7,17 +7,14 @@ use axum::Json;
 use axum::extract::{Query as QueryParams, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use weir_operators::{DeviceId, SeriesKey, Width, WindowAgg, WindowKey};
-use weir_pipeline::decode::parse_timestamp;
+use serde::Deserialize;
+use weir_operators::DeviceId;
 use weir_pipeline::stats::{Answer, Query};
 
+use crate::node::answers::{SeriesAnswer, SeriesQuery, latest_answer, series_answer};
 use crate::node::error::ServiceError;
-use crate::node::stats::{StatsService, device_or_default, timestamp_text};
+use crate::node::stats::timestamp_text;
 use crate::server::AppState;
-
-/// The most windows one `/api/v1/series` answer holds.
-pub const MAX_SERIES_WINDOWS: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 pub struct SeriesParams {
@@ -28,114 +25,6 @@ pub struct SeriesParams {
     to: Option<String>,
     format: Option<String>,
     after: Option<crate::position::LogPosition>,
-}
-
-/// One window with all its statistics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WindowRow {
-    pub start: String,
-    pub end: String,
-    pub count: i64,
-    pub sum: f64,
-    pub min: f64,
-    pub max: f64,
-    pub mean: f64,
-    pub first: f64,
-    pub first_timestamp: String,
-    pub last: f64,
-    pub last_timestamp: String,
-}
-
-impl WindowRow {
-    pub fn of(key: &WindowKey, w: &WindowAgg) -> WindowRow {
-        WindowRow {
-            start: timestamp_text(key.start),
-            end: timestamp_text(key.start + key.width.micros()),
-            count: w.count,
-            sum: w.sum(),
-            min: w.min,
-            max: w.max,
-            mean: w.mean(),
-            first: w.first.value,
-            first_timestamp: timestamp_text(w.first.micros),
-            last: w.last.value,
-            last_timestamp: timestamp_text(w.last.micros),
-        }
-    }
-}
-
-/// What `/api/v1/series` (and gRPC `Series`) is asked.
-#[derive(Debug, Default, Clone)]
-pub struct SeriesQuery {
-    pub sensor: Option<String>,
-    pub device: Option<String>,
-    pub window: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub after: Option<crate::position::LogPosition>,
-}
-
-/// The windows of one series.
-#[derive(Debug)]
-pub struct SeriesAnswer {
-    pub device: String,
-    pub sensor: String,
-    pub width: Width,
-    pub rows: Vec<WindowRow>,
-}
-
-/// A time bound given as RFC 3339 text.
-pub fn time_bound(name: &str, text: &Option<String>, default: i64) -> Result<i64, ServiceError> {
-    match text.as_deref().filter(|t| !t.is_empty()) {
-        None => Ok(default),
-        Some(t) => parse_timestamp(t).map_err(|e| ServiceError::invalid(format!("{name}: {e}"))),
-    }
-}
-
-/// A window width's name, checked.
-pub fn width_of(window: &str) -> Result<Width, ServiceError> {
-    Width::parse(window)
-        .ok_or_else(|| ServiceError::invalid(format!("unknown window {window:?}: use 1m, 15m, 1h or 1d")))
-}
-
-/// A sensor's index, checked.
-pub fn sensor_index(stats: &StatsService, sensor: &str) -> Result<u16, ServiceError> {
-    stats.sensors().index_of(sensor).ok_or_else(|| {
-        ServiceError::invalid(format!(
-            "unknown sensor {sensor:?}; known sensors: {}",
-            stats.sensors().names().join(", ")
-        ))
-    })
-}
-
-/// Answers a series query: the windows of one series whose start lies in `[from, to)`.
-pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<SeriesAnswer, ServiceError> {
-    let sensor = p
-        .sensor
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ServiceError::invalid("missing parameter sensor"))?;
-    let index = sensor_index(stats, sensor)?;
-    let width = width_of(p.window.as_deref().filter(|w| !w.is_empty()).unwrap_or("1m"))?;
-    let from = time_bound("from", &p.from, i64::MIN)?;
-    let to = time_bound("to", &p.to, i64::MAX)?;
-    if from > to {
-        return Err(ServiceError::invalid("from is after to"));
-    }
-    let device = device_or_default(&p.device).to_owned();
-    let series = SeriesKey { device: DeviceId::of(&device), sensor: index };
-    let windows = match stats.ask(Query::Series { series, width, from, to }, p.after).await? {
-        Answer::Windows(w) => w,
-        _ => Vec::new(),
-    };
-    if windows.len() > MAX_SERIES_WINDOWS {
-        return Err(ServiceError::invalid(format!(
-            "{} windows match; at most {MAX_SERIES_WINDOWS} are returned at once: narrow from/to or use a wider window",
-            windows.len()
-        )));
-    }
-    let rows = windows.iter().map(|(k, w)| WindowRow::of(k, w)).collect();
-    Ok(SeriesAnswer { device, sensor: sensor.to_owned(), width, rows })
 }
 
 /// `GET /api/v1/series?sensor=&device=&window=1m|15m|1h|1d&from=&to=[&format=csv][&after=]`: the windows of one
@@ -189,32 +78,6 @@ fn csv_field(text: &str) -> String {
 pub struct LatestParams {
     device: Option<String>,
     after: Option<crate::position::LogPosition>,
-}
-
-/// One sensor's latest value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SensorValue {
-    pub sensor: String,
-    pub value: f64,
-    pub timestamp: String,
-}
-
-/// Every sensor's latest value of `device` (the default device when absent).
-pub async fn latest_answer(
-    stats: &StatsService,
-    device: &Option<String>,
-    after: Option<crate::position::LogPosition>,
-) -> Result<(String, Vec<SensorValue>), ServiceError> {
-    let device = device_or_default(device);
-    let latest = stats.latest_of(device, after).await?;
-    let values = latest
-        .iter()
-        .filter_map(|(k, l)| {
-            let sensor = stats.sensors().name(k.sensor)?.to_owned();
-            Some(SensorValue { sensor, value: l.value, timestamp: timestamp_text(l.micros) })
-        })
-        .collect();
-    Ok((device.to_owned(), values))
 }
 
 /// `GET /api/v1/latest?device=`: every sensor's latest value and timestamp for a device (default device when

@@ -78,6 +78,8 @@ pub struct LogFeed {
     pub read_through: u64,
     /// The last position a mark was sent for.
     pub marked: u64,
+    /// Whether a log round has been fed (its time is past every snapshot round's, in every process).
+    pub past_snapshot: bool,
 }
 
 impl LogFeed {
@@ -92,17 +94,22 @@ impl LogFeed {
     pub fn round(&mut self, time: Time, durable: u64, limit: usize) -> usize {
         self.move_to(time);
         let fed = if self.snapshot.is_some() { self.snapshot_round(limit) } else { self.log_round(durable, limit) };
-        if self.read_through != self.marked && time >= SNAPSHOT_TIMES {
-            self.marks.send((self.process, self.read_through));
-            self.marked = self.read_through;
+        if time >= SNAPSHOT_TIMES {
+            self.past_snapshot = true;
+            if self.read_through != self.marked {
+                self.marks.send((self.process, self.read_through));
+                self.marked = self.read_through;
+            }
         }
         self.advance(time + 1);
         fed
     }
 
-    /// Whether a round is needed although nothing is left to read: the position reached is not marked yet.
-    pub fn needs_mark(&self) -> bool {
-        self.snapshot.is_none() && self.read_through != self.marked
+    /// Whether a round is needed although nothing is left to read: the snapshot is done but no log round has
+    /// followed it yet (so the frontier would stay below [`SNAPSHOT_TIMES`] and the snapshot would never count as
+    /// loaded), or the position reached is not marked yet.
+    pub fn needs_round(&self) -> bool {
+        self.snapshot.is_none() && (!self.past_snapshot || self.read_through != self.marked)
     }
 
     /// Moves the inputs to `time` without feeding anything: lets time pass for the rest of the cluster.

@@ -134,6 +134,8 @@ pub struct StatsEngine {
     sender: Mutex<mpsc::Sender<Request>>,
     /// Per local worker, the last position of this process's log it knows processed.
     processed: Arc<Vec<AtomicU64>>,
+    /// Per local worker, whether it has worked through every process's snapshot.
+    loaded: Arc<Vec<AtomicBool>>,
     process: u32,
     stop: Arc<AtomicBool>,
     verdicts: Arc<Verdicts>,
@@ -166,6 +168,7 @@ impl StatsEngine {
         let workers = options.workers.max(1);
         let (sender, requests) = mpsc::channel();
         let processed = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        let loaded = Arc::new((0..workers).map(|_| AtomicBool::new(false)).collect::<Vec<_>>());
         let stop = Arc::new(AtomicBool::new(false));
         let process = options.process();
         let verdicts = Arc::new(Verdicts::new(processed.clone()));
@@ -177,6 +180,7 @@ impl StatsEngine {
             sensors,
             options,
             processed: processed.clone(),
+            loaded: loaded.clone(),
             stop: stop.clone(),
             start_through: start.through,
             snapshot: Mutex::new(Some(start.snapshot)),
@@ -192,6 +196,7 @@ impl StatsEngine {
         Ok(StatsEngine {
             sender: Mutex::new(sender),
             processed,
+            loaded,
             process,
             stop,
             verdicts,
@@ -217,6 +222,13 @@ impl StatsEngine {
             Answer::Archive(states) => Ok(states),
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// Whether every local worker has worked through every process's snapshot (the archive the statistics start
+    /// from): until then the statistics lack archived readings, whatever [`Self::processed_position`] says (a
+    /// process whose own log archived nothing is at position 0 from the start).
+    pub fn snapshot_loaded(&self) -> bool {
+        self.loaded.iter().all(|l| l.load(Ordering::Acquire))
     }
 
     /// The last position of this process's log that every local worker has processed.
@@ -279,6 +291,8 @@ struct WorkerContext {
     sensors: SensorSet,
     options: StatsOptions,
     processed: Arc<Vec<AtomicU64>>,
+    /// Per local worker: its frontier has passed every snapshot round.
+    loaded: Arc<Vec<AtomicBool>>,
     stop: Arc<AtomicBool>,
     start_through: u64,
     /// Taken by the feeding worker.
@@ -357,6 +371,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             reader: WalReader::new(&ctx.wal_dir, ctx.start_through + 1),
             read_through: if snapshot.is_some() { 0 } else { ctx.start_through },
             marked: 0,
+            past_snapshot: false,
             snapshot,
             snapshot_through: ctx.start_through,
         })
@@ -382,7 +397,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     loop {
         if let Some(feed) = feed.as_mut() {
             let durable = *ctx.durable.borrow();
-            let has_data = feed.snapshot.is_some() || durable > feed.read_through || feed.needs_mark();
+            let has_data = feed.snapshot.is_some() || durable > feed.read_through || feed.needs_round();
             // Snapshot rounds take times below every log round's, in every process: the archive is admitted first.
             clock.in_snapshot = feed.snapshot.is_some();
             if has_data || (in_cluster && last_tick.elapsed() >= ctx.options.idle_park) {
@@ -429,6 +444,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         let mut positions = positions.borrow_mut();
         positions.advance(frontier);
         ctx.processed[local].store(positions.processed(ctx.options.process()), Ordering::Release);
+        if frontier.is_none_or(|f| f >= feed::SNAPSHOT_TIMES) {
+            ctx.loaded[local].store(true, Ordering::Release);
+        }
         drop(positions);
         if ctx.stop.load(Ordering::Acquire) {
             break;

@@ -265,6 +265,50 @@ fn a_snapshot_through_position_zero_is_still_fed() {
     assert_eq!((minute.count, minute.sum()), (2, 3.0), "the snapshot's first write wins over the log's duplicate");
 }
 
+/// "Loaded" means every snapshot reading has gone through the dataflow, not that the log position reached its start:
+/// an engine whose snapshot is still being read is not loaded, even with an empty log (position 0 of 0).
+#[test]
+fn the_snapshot_counts_as_loaded_only_once_it_has_gone_through() {
+    let t = 1_795_000_000_000_000;
+    let sensors = SensorSet::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let appender = wal.appender();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let batch = batch_of(&[(0, 0, t, 1.0)], &sensors);
+    let slow_archive = std::iter::once(()).map(move |()| {
+        released.recv().unwrap();
+        (0, batch.clone())
+    });
+    let start = StartFrom { through: 0, snapshot: Box::new(slow_archive) };
+    let engine = StatsEngine::start_from(
+        dir.path().to_path_buf(),
+        appender.watch_durable(),
+        sensors,
+        StatsOptions { workers: 2, ..StatsOptions::default() },
+        start,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!engine.snapshot_loaded(), "loaded while the archive is still being read");
+    assert_eq!(engine.processed_position(), 0);
+    release.send(()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !engine.snapshot_loaded() {
+        assert!(std::time::Instant::now() < deadline, "the snapshot never counted as loaded");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let Answer::Latest(latest) =
+        rt.block_on(engine.query(Query::Latest { device: None }, 0, Duration::from_secs(5))).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(latest.len(), 1, "once loaded, the snapshot's reading is live");
+    engine.stop();
+    wal.close();
+}
+
 /// Everything a user can ask of one engine, once `waits` (process, position) are all processed.
 fn read_all(
     engine: &StatsEngine,

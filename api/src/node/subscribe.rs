@@ -1,6 +1,7 @@
 //! Live window statistics: the current state of the windows a subscriber asks for, then every change.
 //!
-//! One service for both feeds, gRPC `Subscribe` and `GET /api/v1/subscribe` (Server-Sent Events). A subscription
+//! One service for both feeds, gRPC `Subscribe` and `GET /api/v1/subscribe` (Server-Sent Events, in
+//! `crate::stats::sse`). A subscription
 //! takes the current state through the ordinary statistics queries, then polls the dataflow for the windows that
 //! changed since its last poll ([`Query::Changes`], answered by every worker of the cluster from what it recorded),
 //! and sends each change once: an `update` for the newest window of its series and width, a `correction` for an
@@ -10,18 +11,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query as QueryParams, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weir_operators::{DeviceId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::stats::{Answer, Query, WindowFilter};
 
-use crate::node::error::ServiceError;
-use crate::node::stats::StatsService;
-use crate::server::AppState;
-use crate::stats::v1::{WindowRow, sensor_index, time_bound, width_of};
+use super::answers::{WindowRow, sensor_index, time_bound, width_of};
+use super::error::ServiceError;
+use super::stats::StatsService;
 
 /// How often a subscription asks for changes.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -248,32 +246,4 @@ impl Subscription {
         let event = WindowEvent { kind, device, sensor, window, replaces };
         tx.send(event).await.map_err(|_| Closed)
     }
-}
-
-/// `GET /api/v1/subscribe?device=&sensor=&window=&from=`: the live feed as Server-Sent Events — `snapshot` events
-/// (the current state), one `ready`, then `update` and `correction` events; each event's data is the window as
-/// JSON with `device`, `sensor`, `window` and `replaces`.
-pub async fn sse(
-    State(state): State<AppState>,
-    QueryParams(params): QueryParams<SubscribeParams>,
-) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>, ServiceError> {
-    use futures_util::StreamExt;
-    let events = subscribe(state.stats.clone(), params, state.stopping.clone()).await?;
-    let events = events.map(|e| {
-        let data = match &e.window {
-            None => "{}".to_owned(),
-            Some((width, row)) => {
-                let mut value = serde_json::to_value(row).unwrap_or_default();
-                if let Some(map) = value.as_object_mut() {
-                    map.insert("device".into(), e.device.into());
-                    map.insert("sensor".into(), e.sensor.into());
-                    map.insert("window".into(), width.name().into());
-                    map.insert("replaces".into(), e.replaces.into());
-                }
-                value.to_string()
-            }
-        };
-        Ok(Event::default().event(e.kind.name()).data(data))
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
 }

@@ -1,0 +1,381 @@
+//! Ingest: readings in, durable and acknowledged out, whatever transport brought them.
+//!
+//! [`IngestService`] reads its input a chunk at a time from a [`ChunkSource`] (HTTP hands it the request body,
+//! decompressed and limited) or takes typed fields (gRPC), validates every reading with the NDJSON rules
+//! ([`BodyDecoder`]), queues each full batch to the WAL as soon as it is full (so memory stays at one batch), and
+//! answers only once every batch it counts as accepted is fsynced. A failure is a [`ServiceError`] that says how much
+//! was made durable before it; the transports turn it into their status at the edge.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use weir_pipeline::decode::{Decoder, ReadingFields};
+use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport, RejectionCounts};
+use weir_pipeline::reading::{DeviceInterner, ReadingBatch};
+use weir_pipeline::wal::{AppendError, PendingAppend, ReadingLog};
+
+use super::error::{ErrorKind, ServiceError};
+use crate::position::LogPosition;
+
+/// Limits of one ingest request.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    pub decode: DecodeLimits,
+    /// Largest body, counted after decompression (`--max-body-bytes`); enforced by the transport's source.
+    pub max_body_bytes: u64,
+    /// Longest time one request may take, reading included (`--max-request-time`).
+    pub max_request_time: Duration,
+    /// How long a request waits for room in the WAL queue before it fails as unavailable.
+    pub queue_timeout: Duration,
+}
+
+/// Where a request's bytes come from, a chunk at a time: a transport's body, already decompressed, failing with
+/// [`ErrorKind::TooLarge`] beyond the body limit.
+pub trait ChunkSource: Send {
+    /// The next chunk; `None` at the end.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, ServiceError>> + Send;
+
+    /// Bytes given out so far (after decompression).
+    fn bytes_read(&self) -> u64;
+}
+
+/// Decodes requests and makes their readings durable.
+#[derive(Clone)]
+pub struct IngestService {
+    decoder: Decoder,
+    limits: IngestLimits,
+    log: Arc<dyn ReadingLog>,
+    /// In a cluster, this process's index: positions are then written `PROCESS:POS`.
+    process: Option<u32>,
+}
+
+/// What happened to one request.
+#[derive(Debug)]
+pub struct IngestOutcome {
+    /// Readings made durable.
+    pub accepted: u64,
+    /// WAL position of the last record written for this request, if any.
+    pub position: Option<u64>,
+    pub rejected: u64,
+    /// `rejected` by reason.
+    pub rejected_by_reason: RejectionCounts,
+    /// Lines that held a reading, valid or not (blank lines are not counted).
+    pub received: u64,
+    pub errors: Vec<LineReport>,
+    pub invalid: Vec<Box<RawValue>>,
+    /// Set when reading or storing stopped early; its `accepted` (like `accepted` here) counts what was made
+    /// durable before.
+    pub failure: Option<ServiceError>,
+}
+
+impl IngestService {
+    pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
+        IngestService { decoder, limits, log, process: None }
+    }
+
+    /// The same, for process `process` of a cluster.
+    pub fn in_cluster(mut self, process: u32) -> Self {
+        self.process = Some(process);
+        self
+    }
+
+    pub fn limits(&self) -> &IngestLimits {
+        &self.limits
+    }
+
+    /// This process's index in a cluster (`None` alone).
+    pub fn process(&self) -> Option<u32> {
+        self.process
+    }
+
+    /// A log position of this process as clients see it (`POS`, or `PROCESS:POS` in a cluster).
+    pub fn position_text(&self, position: u64) -> String {
+        LogPosition { process: self.process, position }.to_string()
+    }
+
+    /// The durable WAL position.
+    pub fn durable_position(&self) -> u64 {
+        self.log.durable_position()
+    }
+
+    /// Reads `source` to its end and stores its valid NDJSON readings. With `atomic`, nothing is stored unless every
+    /// line is valid (the valid readings are then held in memory until the end and written as one record).
+    pub async fn ingest(&self, source: &mut impl ChunkSource, atomic: bool) -> IngestOutcome {
+        let outcome = self.run(Input::Body(source), atomic).await;
+        outcome.record_metrics(source.bytes_read());
+        outcome
+    }
+
+    /// Stores the valid readings of `readings`, given as typed fields (gRPC), validated with the same rules and
+    /// error texts as NDJSON lines; a reading's number in the report is its 1-based place in `readings`.
+    /// `encoded_bytes` is the size the transport received them in (counted as body bytes).
+    pub async fn ingest_readings(
+        &self,
+        readings: &[ReadingFields<'_>],
+        encoded_bytes: u64,
+        atomic: bool,
+    ) -> IngestOutcome {
+        let outcome = self.run(Input::<NoSource>::Readings(readings), atomic).await;
+        outcome.record_metrics(encoded_bytes);
+        outcome
+    }
+
+    async fn run<S: ChunkSource>(&self, mut input: Input<'_, '_, S>, atomic: bool) -> IngestOutcome {
+        let deadline = Instant::now() + self.limits.max_request_time;
+        let mut decoder = BodyDecoder::new(self.decoder.clone(), self.limits.decode.clone());
+        let mut held = ReadingBatch::new(self.decoder.sensors());
+        let mut held_devices = DeviceInterner::default();
+        let mut pending: Vec<(PendingAppend, u64)> = Vec::new();
+        let mut failure = None;
+        let mut given = 0u64;
+        loop {
+            match &mut input {
+                Input::Body(source) => {
+                    let chunk = match tokio::time::timeout_at(deadline, source.next_chunk()).await {
+                        Err(_) => Err(self.timed_out()),
+                        Ok(chunk) => chunk,
+                    };
+                    match chunk {
+                        Ok(Some(chunk)) => decoder.feed(&chunk),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                Input::Readings(readings) => {
+                    // A batch's worth at a time, so full batches go to the log as they fill.
+                    let take = readings.len().min(self.limits.decode.batch_rows.max(1));
+                    if take == 0 {
+                        break;
+                    }
+                    for fields in &readings[..take] {
+                        given += 1;
+                        decoder.push_reading(given, *fields);
+                    }
+                    *readings = &readings[take..];
+                }
+            }
+            while let Some(batch) = decoder.take_full_batch() {
+                if atomic {
+                    held.append_batch(&batch, &mut held_devices);
+                } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if failure.is_none() {
+            decoder.finish();
+            if let Some(batch) = decoder.take_batch() {
+                if atomic {
+                    held.append_batch(&batch, &mut held_devices);
+                } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
+                    failure = Some(e);
+                }
+            }
+        }
+        let rejected = decoder.rejections().rejected;
+        if atomic
+            && failure.is_none()
+            && rejected == 0
+            && !held.is_empty()
+            && let Err(e) = self.queue(&held, deadline, &mut pending).await
+        {
+            failure = Some(e);
+        }
+        // Everything queued is written whether we wait or not; wait so the answer counts exactly what is durable.
+        let mut accepted = 0;
+        let mut position = None;
+        for (append, rows) in pending {
+            match append.durable().await {
+                Ok(p) => {
+                    accepted += rows;
+                    position = Some(p);
+                }
+                Err(e) => {
+                    failure.get_or_insert_with(|| log_failure(e));
+                }
+            }
+        }
+        if let Some(f) = failure.as_mut() {
+            f.accepted = accepted;
+        }
+        let decoded = decoder.decoded();
+        let rejections = decoder.into_rejections();
+        IngestOutcome {
+            accepted,
+            position,
+            rejected: rejections.rejected,
+            rejected_by_reason: rejections.by_reason,
+            received: decoded + rejections.rejected,
+            errors: rejections.errors,
+            invalid: rejections.invalid,
+            failure,
+        }
+    }
+
+    fn timed_out(&self) -> ServiceError {
+        ServiceError::new(
+            ErrorKind::Timeout,
+            format!(
+                "the request took longer than the limit of {:?} (--max-request-time)",
+                self.limits.max_request_time
+            ),
+        )
+    }
+
+    async fn queue(
+        &self,
+        batch: &ReadingBatch,
+        deadline: Instant,
+        pending: &mut Vec<(PendingAppend, u64)>,
+    ) -> Result<(), ServiceError> {
+        let wait = self.limits.queue_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let append = self.log.append(batch, wait).await.map_err(log_failure)?;
+        pending.push((append, batch.len() as u64));
+        Ok(())
+    }
+}
+
+impl IngestOutcome {
+    /// Counts the request in the ingest metrics.
+    fn record_metrics(&self, body_bytes: u64) {
+        metrics::counter!("weir_ingest_body_bytes_total").increment(body_bytes);
+        metrics::counter!("weir_readings_received_total").increment(self.received);
+        metrics::counter!("weir_readings_accepted_total").increment(self.accepted);
+        for (reason, count) in self.rejected_by_reason.iter() {
+            // Every reason is registered (with 0) so dashboards see the series before the first rejection.
+            metrics::counter!("weir_readings_rejected_total", "reason" => reason.as_str()).increment(count);
+        }
+    }
+}
+
+/// A failed append: a full queue is worth retrying, anything else is Weir's fault.
+fn log_failure(e: AppendError) -> ServiceError {
+    let kind = match e {
+        AppendError::Busy(_) => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    };
+    ServiceError::new(kind, e.to_string())
+}
+
+/// What one request reads its readings from.
+enum Input<'s, 'r, S> {
+    /// NDJSON, chunk by chunk.
+    Body(&'s mut S),
+    /// Readings given as typed fields; what is left of them.
+    Readings(&'s [ReadingFields<'r>]),
+}
+
+/// The source type of an input that has none (typed readings).
+struct NoSource;
+
+impl ChunkSource for NoSource {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ServiceError> {
+        Ok(None)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        0
+    }
+}
+
+/// Logs for tests of the services and their adapters.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::time::Duration;
+
+    use weir_pipeline::reading::ReadingBatch;
+    use weir_pipeline::wal::{AppendError, AppendFuture, ReadingLog};
+
+    /// A log whose queue is always full, as when the disk falls behind.
+    pub(crate) struct FullLog;
+
+    impl ReadingLog for FullLog {
+        fn append(&self, _batch: &ReadingBatch, wait: Duration) -> AppendFuture<'_> {
+            Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                Err(AppendError::Busy(wait))
+            })
+        }
+        fn durable_position(&self) -> u64 {
+            41
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::FullLog;
+    use super::*;
+    use weir_pipeline::reading::SensorSet;
+
+    /// Chunks given out as they are asked for, then a stall (a client that stops sending).
+    struct Chunks(Vec<&'static str>, u64);
+
+    impl ChunkSource for Chunks {
+        async fn next_chunk(&mut self) -> Result<Option<Bytes>, ServiceError> {
+            if self.0.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            let chunk = self.0.remove(0);
+            self.1 += chunk.len() as u64;
+            Ok(Some(Bytes::from_static(chunk.as_bytes())))
+        }
+        fn bytes_read(&self) -> u64 {
+            self.1
+        }
+    }
+
+    fn limits(max_request_time: Duration) -> IngestLimits {
+        IngestLimits {
+            decode: DecodeLimits::default(),
+            max_body_bytes: 1 << 20,
+            max_request_time,
+            queue_timeout: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_log_fails_as_unavailable_with_a_retry_and_accepts_nothing() {
+        let service =
+            IngestService::new(Decoder::new(SensorSet::default()), limits(Duration::from_secs(10)), Arc::new(FullLog));
+        let fields = ReadingFields {
+            sensor: Some("speed"),
+            value: Some(1.0),
+            timestamp: Some("2026-11-22T18:25:43Z"),
+            device: None,
+        };
+        let started = std::time::Instant::now();
+        let outcome = service.ingest_readings(&[fields], 10, false).await;
+        assert!(started.elapsed() >= Duration::from_millis(50), "it waited for room first");
+        let failure = outcome.failure.expect("a failure");
+        assert_eq!((failure.kind, failure.accepted, outcome.accepted), (ErrorKind::Unavailable, 0, 0));
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(1)));
+        assert!(failure.message.contains("retry later"), "{failure}");
+    }
+
+    #[tokio::test]
+    async fn a_source_that_stalls_times_out_naming_the_flag() {
+        let service = IngestService::new(
+            Decoder::new(SensorSet::default()),
+            limits(Duration::from_millis(100)),
+            Arc::new(FullLog),
+        );
+        let mut source = Chunks(vec!["{\"sensor\":\"speed\",", "\"value\":1"], 0);
+        let outcome = service.ingest(&mut source, false).await;
+        let failure = outcome.failure.expect("a failure");
+        assert_eq!(failure.kind, ErrorKind::Timeout);
+        assert!(failure.message.contains("--max-request-time"), "{failure}");
+        assert_eq!(source.bytes_read(), 27);
+    }
+}
