@@ -203,6 +203,14 @@ async fn three_processes_answer_like_one() {
     let r = client().get(format!("{}/api/v1/devices?after=7:1", cluster[0].url)).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("no process 7"));
+    // Issue 16, 12: a position another process never acknowledged is a 400 at once (it waited, then answered 503
+    // with this process's position).
+    let started = std::time::Instant::now();
+    let r = client().get(format!("{}/api/v1/devices?after=1:999999", cluster[0].url)).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("beyond the last log position process 1 acknowledged (1:"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4), "answered without waiting for --read-wait");
     for s in cluster {
         s.kill9();
     }

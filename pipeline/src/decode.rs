@@ -18,6 +18,11 @@ use crate::reading::{DEFAULT_DEVICE, DeviceInterner, MAX_DEVICE_BYTES, ReadingBa
 /// Microseconds since the epoch of Go's zero time, 0001-01-01T00:00:00Z, which the replaced system rejected.
 const GO_ZERO_TIME_MICROS: i64 = -62_135_596_800_000_000;
 
+/// The instants RFC 3339 can write in UTC (`0000-01-01T00:00:00Z` through `9999-12-31T23:59:59.999999Z`): an offset
+/// may carry a written year 9999 past it (`9999-12-31T23:59:59-01:00`), and such a reading could be neither printed
+/// as RFC 3339 nor ingested again from a dump.
+pub const UTC_RANGE_MICROS: std::ops::RangeInclusive<i64> = -62_167_219_200_000_000..=253_402_300_799_999_999;
+
 /// Which kind of rejection a line got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineErrorKind {
@@ -210,6 +215,13 @@ pub fn parse_timestamp(text: &str) -> Result<i64, LineError> {
     };
     if micros == GO_ZERO_TIME_MICROS {
         return Err(LineError::invalid("timestamp is the zero time 0001-01-01T00:00:00Z"));
+    }
+    if !UTC_RANGE_MICROS.contains(&micros) {
+        return Err(LineError::invalid(format!(
+            "timestamp {:?} falls outside the years 0000 to 9999 in UTC, which RFC 3339 cannot write; send it in UTC \
+             or with an offset that keeps it within those years",
+            truncate(text, 64)
+        )));
     }
     Ok(micros)
 }
@@ -425,6 +437,25 @@ mod tests {
         chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
     }
 
+    /// Issue 16, 11: an offset that carries the instant past year 9999 (or before year 0000) in UTC is refused per
+    /// line; the ends of the range are accepted and print back as themselves.
+    #[test]
+    fn timestamps_outside_the_years_rfc_3339_can_write_in_utc_are_refused() {
+        for t in ["9999-12-31T23:59:59-01:00", "9999-12-31T23:30:00.5-00:31", "0000-01-01T00:00:00+00:01"] {
+            let e = parse_timestamp(t).unwrap_err();
+            assert!(e.message.contains("outside the years 0000 to 9999"), "{t}: {}", e.message);
+        }
+        for t in ["9999-12-31T23:59:59.999999Z", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59+01:00"] {
+            let micros = parse_timestamp(t).unwrap();
+            assert_eq!(
+                parse_timestamp(&format_timestamp(micros)),
+                Ok(micros),
+                "{t} prints as {}",
+                format_timestamp(micros)
+            );
+        }
+    }
+
     #[test]
     fn fast_timestamp_path_matches_chrono_on_edge_cases() {
         for t in [
@@ -455,7 +486,23 @@ mod tests {
             if let Some(fast) = parse_common_rfc3339(text.as_bytes()) {
                 prop_assert_eq!(Some(fast), chrono_micros(&text), "{}", text);
             }
-            prop_assert_eq!(parse_timestamp(&text).ok(), chrono_micros(&text).filter(|&m| m != GO_ZERO_TIME_MICROS), "{}", text);
+            let expected = chrono_micros(&text).filter(|&m| m != GO_ZERO_TIME_MICROS && UTC_RANGE_MICROS.contains(&m));
+            prop_assert_eq!(parse_timestamp(&text).ok(), expected, "{}", text);
+        }
+
+        /// Issue 16, 9: the stored value is exactly the value sent, whichever way the number is written (shortest,
+        /// 17 digits, exponent), `-0.0` included.
+        #[test]
+        fn values_are_read_exactly(bits in any::<u64>()) {
+            let value = f64::from_bits(bits);
+            prop_assume!(value.is_finite());
+            let d = Decoder::new(SensorSet::default());
+            for text in [format!("{value:?}"), format!("{value:.17e}"), format!("{value:e}")] {
+                let line = format!(r#"{{"sensor":"speed","value":{text},"timestamp":"2026-11-22T18:25:43Z"}}"#);
+                let mut b = ReadingBatch::new(d.sensors());
+                d.decode_into(line.as_bytes(), &mut b, &mut DeviceInterner::default()).unwrap();
+                prop_assert_eq!(b.rows[0].value.to_bits(), bits, "{}", text);
+            }
         }
 
         /// Any byte sequence decodes or is rejected with a reason; nothing panics.

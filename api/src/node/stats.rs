@@ -52,6 +52,19 @@ impl StatsService {
                         self.processes
                     )));
                 }
+                // Process p knows what it acknowledged: a position beyond it was never given to a client.
+                if after.position > 0 {
+                    let states = self.engine.archive_states(false, self.read_wait).await?;
+                    if let Some(state) = states.iter().find(|s| s.process == p)
+                        && after.position > state.durable
+                    {
+                        return Err(ServiceError::invalid(format!(
+                            "after={after} is beyond the last log position process {p} acknowledged ({p}:{}); pass \
+                             the Weir-Position of an ingest response",
+                            state.durable
+                        )));
+                    }
+                }
                 Ok(self.engine.query_at(query, p, after.position, self.read_wait).await?)
             }
             _ => {

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -35,10 +35,14 @@ pub struct QueryRequest {
     /// Answer once `process`'s log has been processed through `after`.
     pub process: u32,
     pub after: u64,
-    /// Wall-clock microseconds after which the asker has given up.
-    pub deadline_micros: u64,
+    /// How long the asker waits, from when it asked. A duration, not an instant: processes' clocks differ, so each
+    /// worker keeps a request for this long after it receives it, by its own monotonic clock.
+    pub wait_micros: u64,
     pub query: Query,
 }
+
+/// The longest a worker keeps a request (a day: a bound that no `--read-wait` reaches, and that an `Instant` can add).
+const MAX_WAIT_MICROS: u64 = 86_400_000_000;
 
 /// One worker's part of an answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,22 +55,19 @@ pub struct Fragment {
 /// Queries this worker asked, waiting for their fragments.
 #[derive(Default)]
 pub struct Waiting {
-    replies: HashMap<u64, (oneshot::Sender<Answer>, Vec<Answer>, u64)>,
+    replies: HashMap<u64, (oneshot::Sender<Answer>, Vec<Answer>, Instant)>,
 }
 
 impl Waiting {
-    pub fn insert(&mut self, id: u64, reply: oneshot::Sender<Answer>, deadline_micros: u64) {
-        self.replies.insert(id, (reply, Vec::new(), deadline_micros));
+    /// Waits for the fragments of query `id` until `deadline` (this process's monotonic clock).
+    pub fn insert(&mut self, id: u64, reply: oneshot::Sender<Answer>, deadline: Instant) {
+        self.replies.insert(id, (reply, Vec::new(), deadline));
     }
 
     /// Drops queries whose asker has given up.
-    pub fn expire(&mut self, now_micros: u64) {
-        self.replies.retain(|_, (reply, _, deadline)| *deadline >= now_micros && !reply.is_closed());
+    pub fn expire(&mut self, now: Instant) {
+        self.replies.retain(|_, (reply, _, deadline)| *deadline >= now && !reply.is_closed());
     }
-}
-
-pub fn now_micros() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// What the archive of this process says about itself, through the hooks the archiver registers.
@@ -128,21 +129,26 @@ pub fn query_dataflow(
         "AnswerQueries",
         move |_capability, info| {
             let activator = activator_scope.activator_for(info.address);
-            let mut pending: Vec<(Capability<Time>, QueryRequest)> = Vec::new();
+            // Each request until its deadline by this worker's clock: received + the asker's wait.
+            let mut pending: Vec<(Capability<Time>, QueryRequest, Instant)> = Vec::new();
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
+                    let received = Instant::now();
                     for batch in data {
                         for request in batch.drain(..) {
+                            let request: QueryRequest = request;
                             if let Some(cap) = cap.retain_least(output.output_index()) {
-                                pending.push((cap, request));
+                                let wait = Duration::from_micros(request.wait_micros.min(MAX_WAIT_MICROS));
+                                let deadline = received + wait;
+                                pending.push((cap, request, deadline));
                             }
                         }
                     }
                 });
-                let now = now_micros();
+                let now = Instant::now();
                 let positions = positions.borrow();
-                pending.retain(|(cap, request)| {
-                    if now > request.deadline_micros {
+                pending.retain(|(cap, request, deadline)| {
+                    if now > *deadline {
                         return false;
                     }
                     if positions.processed(request.process) < request.after {

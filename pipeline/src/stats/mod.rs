@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use differential_dataflow::trace::TraceReader;
 use timely::dataflow::InputHandleVec;
@@ -39,7 +39,7 @@ pub use query::{Answer, ArchiveState, Query, WindowFilter, WorkerTraces};
 use crate::cluster::{ClusterConfig, ClusterError};
 use crate::reading::{ReadingBatch, SensorSet};
 use crate::wal::WalReader;
-use answers::{ArchiveAnswerer, QueryRequest, Waiting, now_micros, query_dataflow};
+use answers::{ArchiveAnswerer, QueryRequest, Waiting, query_dataflow};
 use feed::{Feeder, LogFeed, Mark, RoundClock};
 use positions::Positions;
 use verdicts::verdicts_to_their_process;
@@ -104,10 +104,19 @@ impl StartFrom {
 /// Why a query was not answered.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("the statistics have not reached log position {after} within {waited:?} (processed so far: {processed})")]
-    NotYet { after: u64, waited: Duration, processed: u64 },
+    /// `processed` is known for this process's own log only (`None` for another process's).
+    #[error("the statistics have not reached log position {} within {waited:?}{}", position_text(*process, *after), processed.map(|p| format!(" (processed so far: {p})")).unwrap_or_default())]
+    NotYet { process: Option<u32>, after: u64, waited: Duration, processed: Option<u64> },
     #[error("the statistics engine has stopped")]
     Stopped,
+}
+
+/// `POS`, or `PROCESS:POS` for another process's log.
+fn position_text(process: Option<u32>, position: u64) -> String {
+    match process {
+        None => position.to_string(),
+        Some(p) => format!("{p}:{position}"),
+    }
 }
 
 /// Why the engine could not start.
@@ -124,7 +133,8 @@ struct Request {
     query: Query,
     process: u32,
     after: u64,
-    deadline_micros: u64,
+    /// How long the asker waits.
+    wait: Duration,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -245,12 +255,17 @@ impl StatsEngine {
     /// Answers `query` once the statistics include log position `after` of `process`, waiting at most `wait`.
     pub async fn query_at(&self, query: Query, process: u32, after: u64, wait: Duration) -> Result<Answer, QueryError> {
         let (reply, answer) = oneshot::channel();
-        let deadline_micros = now_micros() + wait.as_micros() as u64;
-        let request = Request { query, process, after, deadline_micros, reply };
+        let request = Request { query, process, after, wait, reply };
         self.sender.lock().map_err(|_| QueryError::Stopped)?.send(request).map_err(|_| QueryError::Stopped)?;
         match tokio::time::timeout(wait, answer).await {
             Ok(answer) => answer.map_err(|_| QueryError::Stopped),
-            Err(_) => Err(QueryError::NotYet { after, waited: wait, processed: self.processed_position() }),
+            Err(_) if process == self.process => Err(QueryError::NotYet {
+                process: None,
+                after,
+                waited: wait,
+                processed: Some(self.processed_position()),
+            }),
+            Err(_) => Err(QueryError::NotYet { process: Some(process), after, waited: wait, processed: None }),
         }
     }
 
@@ -476,18 +491,18 @@ fn submit_queries(
             asked = true;
         }
         *next_query += 1;
-        waiting.insert(*next_query, r.reply, r.deadline_micros);
+        waiting.insert(*next_query, r.reply, Instant::now() + r.wait);
         queries.send(QueryRequest {
             id: *next_query,
             requester,
             process: r.process,
             after: r.after,
-            deadline_micros: r.deadline_micros,
+            wait_micros: u64::try_from(r.wait.as_micros()).unwrap_or(u64::MAX),
             query: r.query,
         });
     }
     if asked {
-        waiting.expire(now_micros());
+        waiting.expire(Instant::now());
         queries.advance_to(clock.next());
         queries.flush();
     }
