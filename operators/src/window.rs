@@ -36,6 +36,13 @@ impl Stamped {
 /// The sum is kept with Neumaier compensation (`sum + compensation`), so adding the same values in any order gives
 /// the same total to within a few units in the last place: means differ by far less than 1e-9 relative whatever the
 /// arrival order.
+///
+/// Near the range limits the sum never overflows, whatever the order: once a window holds a value of magnitude
+/// [`SCALED_FROM`] or more (a property of its min and max, so of its readings, not of their order), its sum is kept
+/// scaled by 2^-[`SCALE_BITS`], where even 2^63 readings of the largest finite value cannot overflow, and every
+/// partial sum merged into it is scaled alike. [`WindowAgg::mean`] is therefore always finite, and
+/// [`WindowAgg::sum`] saturates at ±`f64::MAX` when the true sum lies beyond what a double holds. Min and max order
+/// `-0.0` below `0.0`, so they do not depend on arrival order either.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowAgg {
     pub count: i64,
@@ -49,21 +56,50 @@ pub struct WindowAgg {
     pub last: Stamped,
 }
 
+/// Magnitude from which a window keeps its sum scaled: 2^959, so that 2^63 values below it sum below 2^1022.
+pub const SCALED_FROM: f64 = 4.872_657_005_7e288; // 2^959 exactly (test below)
+
+/// How far a scaled sum is scaled down: values up to `f64::MAX` (2^1024) become at most 2^960.
+pub const SCALE_BITS: i32 = 64;
+
+const SCALE_DOWN: f64 = 1.0 / 18_446_744_073_709_551_616.0; // 2^-64
+const SCALE_UP: f64 = 18_446_744_073_709_551_616.0; // 2^64
+
 impl WindowAgg {
     /// The statistics of one reading.
     pub fn of(r: &Reading) -> Self {
         let s = Stamped { micros: r.micros, seq: r.seq, value: r.value };
-        WindowAgg { count: 1, sum: r.value, compensation: 0.0, min: r.value, max: r.value, first: s, last: s }
+        let sum = if scaled(r.value, r.value) { r.value * SCALE_DOWN } else { r.value };
+        WindowAgg { count: 1, sum, compensation: 0.0, min: r.value, max: r.value, first: s, last: s }
     }
 
-    /// The sum of the values.
+    /// Whether the sum is kept scaled by 2^-[`SCALE_BITS`].
+    fn is_scaled(&self) -> bool {
+        self.count > 0 && scaled(self.min, self.max)
+    }
+
+    /// The sum of the values; ±`f64::MAX` when it lies beyond what a double holds.
     pub fn sum(&self) -> f64 {
-        self.sum + self.compensation
+        let sum = self.sum + self.compensation;
+        if self.is_scaled() { (sum * SCALE_UP).clamp(-f64::MAX, f64::MAX) } else { sum }
     }
 
-    /// The mean of the values (0 for an empty window).
+    /// The mean of the values (0 for an empty window); always finite.
     pub fn mean(&self) -> f64 {
-        if self.count == 0 { 0.0 } else { self.sum() / self.count as f64 }
+        if self.count == 0 {
+            return 0.0;
+        }
+        let mean = (self.sum + self.compensation) / self.count as f64;
+        if self.is_scaled() { (mean * SCALE_UP).clamp(self.min, self.max) } else { mean }
+    }
+
+    /// The same statistics with the sum scaled (when `scale` and not yet scaled).
+    fn scaled_if(mut self, scale: bool) -> Self {
+        if scale && !self.is_scaled() {
+            self.sum *= SCALE_DOWN;
+            self.compensation *= SCALE_DOWN;
+        }
+        self
     }
 
     fn add_to_sum(&mut self, x: f64) {
@@ -75,6 +111,11 @@ impl WindowAgg {
         }
         self.sum = t;
     }
+}
+
+/// Whether a window whose values lie in `[min, max]` keeps its sum scaled.
+fn scaled(min: f64, max: f64) -> bool {
+    min.abs().max(max.abs()) >= SCALED_FROM
 }
 
 impl IsZero for WindowAgg {
@@ -92,11 +133,16 @@ impl Semigroup for WindowAgg {
             *self = *rhs;
             return;
         }
+        let min = if rhs.min.total_cmp(&self.min).is_lt() { rhs.min } else { self.min };
+        let max = if rhs.max.total_cmp(&self.max).is_gt() { rhs.max } else { self.max };
+        let scale = scaled(min, max);
+        *self = self.scaled_if(scale);
+        let rhs = rhs.scaled_if(scale);
         self.count += rhs.count;
         self.add_to_sum(rhs.sum);
         self.compensation += rhs.compensation;
-        self.min = self.min.min(rhs.min);
-        self.max = self.max.max(rhs.max);
+        self.min = min;
+        self.max = max;
         if rhs.first.key() < self.first.key() {
             self.first = rhs.first;
         }
@@ -214,7 +260,78 @@ mod tests {
         assert_eq!(b, a);
     }
 
+    #[test]
+    fn the_scaling_constants_are_powers_of_two() {
+        assert_eq!(SCALED_FROM, 2f64.powi(959));
+        assert_eq!((SCALE_UP, SCALE_DOWN), (2f64.powi(SCALE_BITS), 2f64.powi(-SCALE_BITS)));
+    }
+
+    fn merged(values: &[f64]) -> WindowAgg {
+        let mut agg = WindowAgg::zero();
+        for (i, v) in values.iter().enumerate() {
+            agg.plus_equals(&WindowAgg::of(&reading(i as i64, i as u64, *v)));
+        }
+        agg
+    }
+
+    /// Issue 16, 8: {1e308, 1e308, -1e308, -1e308} summed to NaN in one order and 0 in another; two 1e308 in one
+    /// window made the mean infinite (and JSON `null`).
+    #[test]
+    fn sums_near_the_range_limits_do_not_overflow_whatever_the_order() {
+        let orders = [[1e308, 1e308, -1e308, -1e308], [1e308, -1e308, 1e308, -1e308], [-1e308, 1e308, 1e308, -1e308]];
+        for order in orders {
+            let agg = merged(&order);
+            assert_eq!((agg.sum(), agg.mean()), (0.0, 0.0), "{order:?}");
+        }
+        let two = merged(&[1e308, 1e308]);
+        assert_eq!((two.sum(), two.mean()), (f64::MAX, 1e308));
+        let all = merged(&[f64::MAX, f64::MAX, -f64::MAX]);
+        assert_eq!((all.sum(), all.mean()), (f64::MAX, f64::MAX / 3.0));
+        let tiny = merged(&[5e-324]);
+        assert_eq!((tiny.sum(), tiny.mean()), (5e-324, 5e-324), "a window without huge values is not scaled");
+        let (a, b) = (merged(&[-0.0, 0.0]), merged(&[0.0, -0.0]));
+        assert_eq!((a.min.to_bits(), a.max.to_bits()), ((-0.0f64).to_bits(), 0.0f64.to_bits()));
+        assert_eq!(a, b, "signed zeros in either order");
+    }
+
     proptest! {
+        /// Values anywhere in the double range, huge and tiny mixed, merged in any order as a chain or a tree: the
+        /// same count, min, max, first and last, a finite mean within [min, max], and sums that agree to a few units
+        /// in the last place of the largest magnitude involved.
+        #[test]
+        fn extreme_values_merge_alike_in_any_order(
+            values in proptest::collection::vec(prop_oneof![
+                any::<f64>().prop_filter("finite", |v| v.is_finite()),
+                Just(f64::MAX), Just(-f64::MAX), Just(1e308), Just(-1e308), Just(0.0), Just(-0.0), Just(5e-324),
+            ], 1..40),
+            seed in any::<u64>(),
+        ) {
+            let items: Vec<WindowAgg> = values.iter().enumerate().map(|(i, v)| WindowAgg::of(&reading(i as i64, i as u64, *v))).collect();
+            let mut forward = WindowAgg::zero();
+            items.iter().for_each(|a| forward.plus_equals(a));
+            let mut shuffled = items.clone();
+            let mut s = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            let mut partials: Vec<WindowAgg> = shuffled.chunks(3).map(|c| { let mut a = WindowAgg::zero(); c.iter().for_each(|x| a.plus_equals(x)); a }).collect();
+            partials.reverse();
+            let mut other = WindowAgg::zero();
+            partials.iter().for_each(|a| other.plus_equals(a));
+            prop_assert_eq!(forward.count, other.count);
+            prop_assert_eq!((forward.min.to_bits(), forward.max.to_bits()), (other.min.to_bits(), other.max.to_bits()));
+            prop_assert_eq!((forward.first, forward.last), (other.first, other.last));
+            for agg in [forward, other] {
+                prop_assert!(agg.sum().is_finite() && agg.mean().is_finite(), "{:?}", agg);
+                prop_assert!(agg.min <= agg.mean() && agg.mean() <= agg.max, "{:?}", agg);
+            }
+            let largest = values.iter().map(|v| v.abs()).fold(0.0f64, f64::max);
+            let tolerance = largest * values.len() as f64 * f64::EPSILON * 4.0;
+            let (a, b) = (forward.sum(), other.sum());
+            prop_assert!(a == b || (a - b).abs() <= tolerance || (a.abs() == f64::MAX && b.abs() >= f64::MAX / 2.0) || (b.abs() == f64::MAX && a.abs() >= f64::MAX / 2.0), "{} vs {}", a, b);
+        }
+
         /// Merging in any order gives the same statistics; the mean agrees to 1e-9 relative.
         #[test]
         fn merge_order_does_not_matter(
