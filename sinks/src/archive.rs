@@ -45,6 +45,11 @@ pub enum ArchiveError {
          the data directory's write-ahead log and archive together to start afresh"
     )]
     BadCheckpoint { path: PathBuf, reason: String },
+    #[error(
+        "the seal journal of {date} (seals/{date}.json) {reason}; restore it from a backup or remove it, then seal \
+         the day again (`weir dump --date {date}` for a single Weir)"
+    )]
+    BadJournal { date: String, reason: String },
     #[error("cannot start the archiver thread: {0}")]
     Thread(std::io::Error),
     #[error("the archiver thread panicked")]

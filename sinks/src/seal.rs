@@ -222,7 +222,13 @@ pub async fn finish_interrupted_seals(location: &ArchiveLocation) -> Result<(), 
             continue;
         }
         for old in &record.replacing {
-            match location.store.delete(&Path::from(old.as_str())).await {
+            // The journal holds each path as written (already encoded): parse it back, never encode it again, or
+            // an archive path with `~ # % [ ] …` names another object and the NotFound below hides the duplicate.
+            let old = Path::parse(old).map_err(|e| ArchiveError::BadJournal {
+                date: record.date.clone(),
+                reason: format!("it names a part {old:?} that is not an object path ({e})"),
+            })?;
+            match location.store.delete(&old).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }

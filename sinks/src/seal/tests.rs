@@ -115,7 +115,24 @@ fn late_readings_are_merged_in_by_a_new_seal_and_counted() {
 
 #[test]
 fn an_interrupted_seal_is_finished_at_the_next_start() {
-    let s = Store::new();
+    an_interrupted_seal_is_finished(Store::new());
+}
+
+/// Issue 16, 4: with these characters in the archive's path, finishing an interrupted seal encoded the journal's
+/// paths twice, deleted nothing and left every reading twice.
+#[test]
+fn an_interrupted_seal_is_finished_whatever_characters_the_archive_path_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("F~x #%[]{}^|<>\"\\*? é");
+    std::fs::create_dir_all(&odd).unwrap();
+    let location = ArchiveLocation::open(odd.to_str().unwrap()).unwrap();
+    an_interrupted_seal_is_finished(Store {
+        location,
+        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+    });
+}
+
+fn an_interrupted_seal_is_finished(s: Store) {
     s.put_part(1, 2, vec![r("default", "speed", 1, 1.0)]);
     s.put_part(3, 4, vec![r("default", "speed", 2, 2.0)]);
     // Simulate a crash after the journal and the staged file, before the swap.
