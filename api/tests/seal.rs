@@ -82,6 +82,21 @@ async fn weir_dump_seals_a_day_on_demand_and_idempotently() {
         ],
     )
     .await;
+    // Issue 16, 1: while the server runs it is the archive's sealer; `weir dump` of the same archive is refused
+    // (two sealers of one day lost readings), and so is a second server on it.
+    let refused = Command::new(BIN).args(["dump", "--date", date, "--data-dir"]).arg(&data).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another process seals this archive"), "{stderr}");
+    let second = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .arg("--archive-url")
+        .arg(data.join("archive"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another process seals this archive"));
     assert!(s.stop().success());
     let out_dir = dir.path().join("out");
     let run = || {

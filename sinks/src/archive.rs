@@ -50,6 +50,14 @@ pub enum ArchiveError {
          the day again (`weir dump --date {date}` for a single Weir)"
     )]
     BadJournal { date: String, reason: String },
+    #[error(
+        "another process seals this archive (it holds {path}: a running Weir, or `weir dump`). One sealer per \
+         archive: a running Weir seals its days itself once they are over (--seal-grace) and writes their dumps to \
+         dumps/YYYY-MM-DD.json.gz; stop it before sealing by hand, and give each Weir its own archive"
+    )]
+    SealerBusy { path: PathBuf },
+    #[error("the sealer lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
     #[error("cannot start the archiver thread: {0}")]
     Thread(std::io::Error),
     #[error("the archiver thread panicked")]

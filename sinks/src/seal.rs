@@ -10,6 +10,10 @@
 //! lock queries hold — the journal records what it replaces, the file moves into place and the replaced parts are
 //! deleted; [`finish_interrupted_seals`] completes a seal that a crash interrupted.
 
+mod lock;
+
+pub use lock::SealerLock;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;

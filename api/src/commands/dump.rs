@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use weir_sinks::archive::ArchiveLocation;
-use weir_sinks::seal::seal_day;
+use weir_sinks::seal::{SealerLock, seal_day};
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
@@ -49,6 +49,8 @@ pub async fn run(args: DumpArgs) -> anyhow::Result<()> {
              archive of a single Weir"
         );
     }
+    // One sealer per archive: refused while a Weir runs on it (it seals its days itself).
+    let _sealer = SealerLock::acquire(&location)?;
     let outcome = seal_day(&location, &date, None, target.as_ref()).await?;
     let base = target.as_ref().unwrap_or(&location).url.clone();
     println!(

@@ -37,7 +37,7 @@ use weir_pipeline::reading::SensorSet;
 use weir_pipeline::stats::{StartFrom, StatsEngine, StatsOptions};
 use weir_pipeline::wal::{Recovery, Wal, WalOptions};
 use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, ClusterShare, checkpoint_path, read_checkpoint};
-use weir_sinks::seal::finish_interrupted_seals;
+use weir_sinks::seal::{SealerLock, finish_interrupted_seals};
 use weir_sinks::snapshot::ArchiveSnapshot;
 use weir_sinks::sql::{SqlArchive, SqlLimits};
 
@@ -104,6 +104,8 @@ pub struct Node {
     wal: Wal,
     archiver: Archiver,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Held until the node has stopped.
+    sealer_lock: Option<SealerLock>,
 }
 
 impl Node {
@@ -153,6 +155,12 @@ impl Node {
                 if share.is_some() { "cluster" } else { "single Weir" }
             )));
         }
+        // Alone, this Weir is its archive's only sealer for as long as it runs (in a cluster each day has one
+        // owner, and `weir dump` refuses a cluster's archive).
+        let sealer_lock = match share {
+            None => Some(SealerLock::acquire(&location).map_err(context("the archive"))?),
+            Some(_) => None,
+        };
         finish_interrupted_seals(&location).await.map_err(context("finishing an interrupted seal"))?;
         let checkpoint = checkpoint_path(&config.data_dir);
         let archived = read_checkpoint(&checkpoint).map_err(context("the archive checkpoint"))?;
@@ -260,7 +268,7 @@ impl Node {
             Arc::new(Readiness { log_at_start: recovery.last_position, archive: archiver.progress.clone() });
         let gauges = Arc::new(EngineGauges::new(Some(wal_dir)));
         tasks.push(tokio::spawn(background::sample_dataflow_lag(gauges.clone(), ingest.clone(), stats.clone())));
-        Ok(Node { ingest, stats, sql: Arc::new(sql), readiness, gauges, recovery, wal, archiver, tasks })
+        Ok(Node { ingest, stats, sql: Arc::new(sql), readiness, gauges, recovery, wal, archiver, tasks, sealer_lock })
     }
 
     /// Ingest: validation, limits, the log and its acknowledgement.
@@ -297,7 +305,7 @@ impl Node {
     /// (at most 10 s); the archiver, which flushes what they decided; the log. Transports must have stopped and dropped their handles to the services first (a handle still held
     /// only delays the statistics' stop to when it is dropped).
     pub async fn shutdown(self) {
-        let Node { ingest, stats, sql, readiness, gauges, wal, archiver, tasks, .. } = self;
+        let Node { ingest, stats, sql, readiness, gauges, wal, archiver, tasks, sealer_lock, .. } = self;
         for task in tasks {
             task.abort();
             let _ = task.await;
@@ -325,6 +333,7 @@ impl Node {
         if let Err(e) = stopped {
             tracing::error!(error = %e, "shutting down failed");
         }
+        drop(sealer_lock);
         tracing::info!("stopped cleanly");
     }
 }
