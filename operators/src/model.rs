@@ -1,7 +1,7 @@
 //! The data that flows through the statistics dataflow: small, fixed-size, integer-keyed records.
 //!
-//! Device names become a 64-bit [`DeviceId`] (a fixed-seed hash, identical in every process of a cluster, so no
-//! shared dictionary is needed) and sensors their index in the configured sensor set. Names travel separately, in
+//! Device names become a 64-bit [`DeviceId`] (the first 8 bytes of the name's SHA-256, identical in every process
+//! of a cluster, so no shared dictionary is needed) and sensors their index in the configured sensor set. Names travel separately, in
 //! their own small collection.
 
 use serde::{Deserialize, Serialize};
@@ -14,10 +14,16 @@ pub type Time = u64;
 pub struct DeviceId(pub u64);
 
 impl DeviceId {
-    /// The id of a device name: the same in every process and every run of the same build.
+    /// The id of a device name: the first 8 bytes of its SHA-256, the same in every process and every version.
+    ///
+    /// A cryptographic hash, so that nobody can aim a name at another device's id: finding a name with a given id
+    /// takes about 2^64 hashes. Two names of one's own that share an id take about 2^32 (a birthday search), so
+    /// ingest also refuses a name whose id is taken by another (`weir_pipeline::devices::DeviceNames`). The
+    /// unkeyed 64-bit hash used before had collisions anyone could compute.
     pub fn of(name: &str) -> Self {
-        use std::hash::BuildHasher;
-        DeviceId(foldhash::fast::FixedState::with_seed(0x5745_4952).hash_one(name))
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        DeviceId(u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes")))
     }
 }
 
@@ -138,6 +144,15 @@ mod tests {
     fn device_ids_are_stable() {
         assert_eq!(DeviceId::of("truck-7"), DeviceId::of("truck-7"));
         assert_ne!(DeviceId::of("truck-7"), DeviceId::of("truck-8"));
+        // SHA-256 of the empty string begins e3b0c442 98fc1c14: pinned, because every process of a cluster (and every
+        // version that reads the same archive) must agree on it.
+        assert_eq!(DeviceId::of(""), DeviceId(u64::from_le_bytes([0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14])));
+    }
+
+    /// Issue 16, 5: these two names shared one id under the unkeyed 64-bit hash used before.
+    #[test]
+    fn names_that_collided_before_have_their_own_ids() {
+        assert_ne!(DeviceId::of("aéaéaaaéaéaa"), DeviceId::of("}qv.Xt>{}qv.Xt>{"));
     }
 
     #[test]

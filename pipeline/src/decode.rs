@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use crate::devices::DeviceNames;
 use crate::reading::{DEFAULT_DEVICE, DeviceInterner, MAX_DEVICE_BYTES, ReadingBatch, Row, SensorSet};
 
 /// Microseconds since the epoch of Go's zero time, 0001-01-01T00:00:00Z, which the replaced system rejected.
@@ -124,15 +125,24 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// Decodes lines into a batch, against one sensor configuration.
+/// Decodes lines into a batch, against one sensor configuration and the device names this process knows.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     sensors: SensorSet,
+    /// A device name whose id another name holds is refused ([`DeviceNames`]).
+    names: DeviceNames,
 }
 
 impl Decoder {
+    /// A decoder with its own registry of device names.
     pub fn new(sensors: SensorSet) -> Self {
-        Decoder { sensors }
+        Decoder { sensors, names: DeviceNames::default() }
+    }
+
+    /// The same, sharing `names` (the process's, which the statistics also fill from the log and the archive).
+    pub fn with_device_names(mut self, names: DeviceNames) -> Self {
+        self.names = names;
+        self
     }
 
     pub fn sensors(&self) -> &SensorSet {
@@ -193,7 +203,18 @@ impl Decoder {
             }
             Some(d) => d,
         };
-        let device = devices.intern(&mut batch.devices, device);
+        let found = devices.find(&batch.devices, device);
+        if found.is_none()
+            && let Err(taken) = self.names.claim(device)
+        {
+            return Err(LineError::invalid(format!(
+                "device {:?} has the same 64-bit id as the device {:?}, which is already stored; two names never \
+                 share data, so this one is refused: give the device another name",
+                truncate(device, 64),
+                truncate(&taken.holder, 64)
+            )));
+        }
+        let device = devices.add_if_missing(&mut batch.devices, device, found);
         batch.rows.push(Row { sensor, device, micros, value });
         Ok(())
     }
@@ -435,6 +456,30 @@ mod tests {
 
     fn chrono_micros(text: &str) -> Option<i64> {
         chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+    }
+
+    /// Issue 16, 5: a device name whose id another stored name holds is refused per line, with both names; the
+    /// holder and other devices go on as before, in the same batch.
+    #[test]
+    fn a_device_name_whose_id_another_holds_is_refused() {
+        let names = DeviceNames::default();
+        names.plant_collision("intruder", "truck-7");
+        let d = Decoder::new(SensorSet::default()).with_device_names(names);
+        let mut b = ReadingBatch::new(d.sensors());
+        let mut interner = DeviceInterner::default();
+        let line = |device: &str| {
+            format!(r#"{{"sensor":"speed","value":1,"timestamp":"2026-11-22T18:25:43Z","device":"{device}"}}"#)
+        };
+        d.decode_into(line("truck-7").as_bytes(), &mut b, &mut interner).unwrap();
+        let e = d.decode_into(line("intruder").as_bytes(), &mut b, &mut interner).unwrap_err();
+        assert_eq!(e.kind, LineErrorKind::Invalid);
+        assert!(
+            e.message.contains(r#"device "intruder" has the same 64-bit id as the device "truck-7""#),
+            "{}",
+            e.message
+        );
+        d.decode_into(line("truck-8").as_bytes(), &mut b, &mut interner).unwrap();
+        assert_eq!((b.len(), b.devices.len()), (2, 2));
     }
 
     /// Issue 16, 11: an offset that carries the instant past year 9999 (or before year 0000) in UTC is refused per

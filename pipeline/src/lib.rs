@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod data_dir;
 pub mod decode;
+pub mod devices;
 pub mod ingest;
 pub mod lines;
 pub mod reading;

@@ -169,19 +169,31 @@ impl DeviceInterner {
     /// The index of `name` in `devices`, adding it when new.
     #[inline]
     pub fn intern(&mut self, devices: &mut Vec<Box<str>>, name: &str) -> u32 {
+        let found = self.find(devices, name);
+        self.add_if_missing(devices, name, found)
+    }
+
+    /// The index of `name` in `devices`, if it is there.
+    #[inline]
+    pub fn find(&mut self, devices: &[Box<str>], name: &str) -> Option<u32> {
         if let Some(i) = self.last
             && devices.get(i as usize).is_some_and(|d| &**d == name)
         {
-            return i;
+            return Some(i);
         }
-        let found = if devices.len() <= 8 {
+        if devices.len() <= 8 {
             devices.iter().position(|d| &**d == name).map(|i| i as u32)
         } else {
             if self.map.len() != devices.len() {
                 self.map = devices.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)).collect();
             }
             self.map.get(name).copied()
-        };
+        }
+    }
+
+    /// `found` (what [`Self::find`] said of `name`), or `name` added to `devices`.
+    #[inline]
+    pub fn add_if_missing(&mut self, devices: &mut Vec<Box<str>>, name: &str, found: Option<u32>) -> u32 {
         let index = found.unwrap_or_else(|| {
             devices.push(name.into());
             let i = (devices.len() - 1) as u32;

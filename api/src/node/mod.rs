@@ -259,7 +259,10 @@ impl Node {
         if share.is_some() {
             sql = sql.in_cluster(stats.clone());
         }
-        let mut ingest = IngestService::new(Decoder::new(config.sensors.clone()), config.ingest.clone(), log);
+        // Ingest refuses a device name whose id another name holds; the statistics fill the same registry from the
+        // log and the archive.
+        let decoder = Decoder::new(config.sensors.clone()).with_device_names(config.stats.device_names.clone());
+        let mut ingest = IngestService::new(decoder, config.ingest.clone(), log);
         if cluster.is_some() {
             ingest = ingest.in_cluster(process);
         }

@@ -14,6 +14,7 @@ use timely::dataflow::InputHandleVec;
 use weir_operators::{DeviceId, Reading, SeriesKey, Time};
 
 use super::Snapshot;
+use crate::devices::DeviceNames;
 use crate::reading::{ReadingBatch, SensorSet};
 use crate::wal::WalReader;
 
@@ -169,14 +170,15 @@ impl LogFeed {
 /// Turns WAL records into dataflow readings: sensor names to configured indexes, device names to ids.
 pub struct Feeder {
     sensors: HashMap<Box<str>, u16>,
+    names: DeviceNames,
     named: HashSet<DeviceId>,
     unknown_sensors_logged: HashSet<Box<str>>,
 }
 
 impl Feeder {
-    pub fn new(sensors: &SensorSet) -> Self {
+    pub fn new(sensors: &SensorSet, names: DeviceNames) -> Self {
         let sensors = sensors.names().iter().enumerate().map(|(i, n)| (n.clone(), i as u16)).collect();
-        Feeder { sensors, named: HashSet::new(), unknown_sensors_logged: HashSet::new() }
+        Feeder { sensors, names, named: HashSet::new(), unknown_sensors_logged: HashSet::new() }
     }
 
     /// Sends the readings of one batch, written at `position`; returns how many.
@@ -198,7 +200,18 @@ impl Feeder {
                 index
             })
             .collect();
-        let devices: Vec<DeviceId> = batch.devices.iter().map(|d| DeviceId::of(d)).collect();
+        let devices: Vec<DeviceId> = batch
+            .devices
+            .iter()
+            .map(|d| {
+                self.names.claim(d).unwrap_or_else(|taken| {
+                    // Only possible for names stored at different processes of a cluster: ingest refuses the rest.
+                    tracing::error!(device = %d, holder = %taken.holder, "two stored device names share one id; their statistics merge");
+                    metrics::counter!("weir_device_id_collisions_total").increment(1);
+                    DeviceId::of(d)
+                })
+            })
+            .collect();
         for (id, device) in devices.iter().zip(&batch.devices) {
             if self.named.insert(*id) {
                 name((*id, device.to_string()));

@@ -37,6 +37,7 @@ use changes::RecentChanges;
 pub use query::{Answer, ArchiveState, Query, WindowFilter, WorkerTraces};
 
 use crate::cluster::{ClusterConfig, ClusterError};
+use crate::devices::DeviceNames;
 use crate::reading::{ReadingBatch, SensorSet};
 use crate::wal::WalReader;
 use answers::{ArchiveAnswerer, QueryRequest, Waiting, query_dataflow};
@@ -58,6 +59,9 @@ pub struct StatsOptions {
     pub feed_limit: usize,
     /// The cluster this process is part of; `None`: a single process.
     pub cluster: Option<ClusterConfig>,
+    /// The device names this process knows, filled as the log and the archive are fed (shared with ingest, which
+    /// refuses a name whose id another holds).
+    pub device_names: DeviceNames,
 }
 
 impl Default for StatsOptions {
@@ -68,6 +72,7 @@ impl Default for StatsOptions {
             idle_park: Duration::from_millis(1),
             feed_limit: 16_384,
             cluster: None,
+            device_names: DeviceNames::default(),
         }
     }
 }
@@ -382,7 +387,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             readings,
             names,
             marks,
-            feeder: Feeder::new(&ctx.sensors),
+            feeder: Feeder::new(&ctx.sensors, ctx.options.device_names.clone()),
             reader: WalReader::new(&ctx.wal_dir, ctx.start_through + 1),
             read_through: if snapshot.is_some() { 0 } else { ctx.start_through },
             marked: 0,
