@@ -233,6 +233,26 @@ async fn a_subscription_starts_from_the_state_then_sees_updates_and_corrections(
     assert_eq!(data["replaces"], false);
 }
 
+/// Issue 16, 7: with several workers the live feed missed updates (10 devices, one reading each: 10 updates with
+/// 1 worker, 4 with 2, 0 with 3).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_feed_sees_every_update_with_three_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--workers", "3"]);
+    let mut grpc = connect(&server).await;
+    let request = SubscribeRequest { sensor: "speed".into(), window: "1m".into(), ..Default::default() };
+    let mut feed = grpc.subscribe(request).await.unwrap().into_inner();
+    next_matching(&mut feed, |u| u.kind == UpdateKind::Ready as i32).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let readings = (0..10).map(|d| reading("speed", f64::from(d), T0 + 5, &format!("truck-{d}"))).collect();
+    grpc.write(ReadingBatch { readings, atomic: false }).await.unwrap();
+    let mut devices = std::collections::BTreeSet::new();
+    while devices.len() < 10 {
+        let u = next_matching(&mut feed, |u| u.kind == UpdateKind::Update as i32).await;
+        devices.insert(u.device);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_reflection_list_the_service() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;

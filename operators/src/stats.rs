@@ -10,7 +10,7 @@ use crate::dedup::{Deduplicated, Verdict, dedup_first_write};
 use crate::latest::{LatestTrace, latest_by_time};
 use crate::model::WindowKey;
 use crate::model::{DeviceId, Reading, Time};
-use crate::window::{WindowAgg, WindowTrace, window_stats};
+use crate::window::{WindowTrace, window_stats};
 
 /// The arrangement of device names: key `(DeviceId, name)`, a count as difference.
 pub type NamesTrace = TraceAgent<KeySpine<(DeviceId, String), Time, isize>>;
@@ -36,7 +36,7 @@ pub struct StatsDataflow<'scope> {
 pub fn stats_dataflow<'scope>(
     scope: Scope<'scope, Time>,
     horizon_micros: i64,
-    on_window_updates: impl FnMut(&[(WindowKey, Time, WindowAgg)]) + 'static,
+    on_window_updates: impl FnMut(&mut dyn Iterator<Item = (Time, WindowKey)>) + 'static,
 ) -> StatsDataflow<'scope> {
     let mut readings = InputHandleVec::new();
     let probe = ProbeHandle::new();

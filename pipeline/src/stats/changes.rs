@@ -96,7 +96,9 @@ impl RecentChanges {
     /// current state itself and only needs to know where changes start).
     pub fn changed_since(&mut self, since: Option<Time>, filter: &WindowFilter) -> ChangedSince {
         let now = Instant::now();
-        let through = self.frontier.unwrap_or(Time::MAX);
+        // Before the worker has recorded its frontier (just started), nothing is complete: 0, never `MAX`, or the
+        // subscription's next poll would ask for changes after every time there is.
+        let through = self.frontier.unwrap_or(0);
         if !self.tracking(now) {
             // From now on, every change at or after the frontier is recorded.
             self.complete_from = Some(self.frontier.unwrap_or(0));

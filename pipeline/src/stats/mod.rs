@@ -29,8 +29,8 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::progress::frontier::AntichainRef;
 use tokio::sync::{oneshot, watch};
+use weir_operators::WindowKey;
 use weir_operators::stats::{StatsDataflow, stats_dataflow};
-use weir_operators::{WindowAgg, WindowKey};
 
 pub use answers::ArchiveControl;
 use changes::RecentChanges;
@@ -337,8 +337,8 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     let recent_in = recent.clone();
     let (dataflow, marks) = worker.dataflow(|scope| {
         let recent = recent_in.clone();
-        let record_changes = move |updates: &[(WindowKey, u64, WindowAgg)]| {
-            recent.borrow_mut().record(updates.iter().map(|(key, time, _)| (*time, *key)));
+        let record_changes = move |updates: &mut dyn Iterator<Item = (u64, WindowKey)>| {
+            recent.borrow_mut().record(updates);
         };
         let StatsDataflow { readings, names, windows, latest, device_names, verdicts: judged, probe } =
             stats_dataflow(scope, horizon, record_changes);
