@@ -48,11 +48,12 @@ pub enum PartError {
     Column(&'static str),
 }
 
-/// Sorts readings into the archive's order: (sensor, device, timestamp), then value bits for a total order.
+/// Sorts readings, given in write order, into the archive's order: (sensor, device, timestamp), and among equal keys
+/// (a duplicate older than the dedup horizon, admitted again) in write order — a stable sort, so that whoever reads
+/// the part (the seal, the statistics at start) takes the first row of a key as its first write. (Ordering equal
+/// keys by value bits, as before, made the seal keep whichever value sorted first.)
 pub fn sort_for_archive(readings: &mut [ArchivedReading]) {
-    readings.sort_by(|a, b| {
-        (&a.sensor, &a.device, a.micros, a.value.to_bits()).cmp(&(&b.sensor, &b.device, b.micros, b.value.to_bits()))
-    });
+    readings.sort_by(|a, b| (&a.sensor, &a.device, a.micros).cmp(&(&b.sensor, &b.device, b.micros)));
 }
 
 /// The readings as one Arrow batch, in the order given.

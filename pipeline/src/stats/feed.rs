@@ -79,6 +79,8 @@ pub struct LogFeed {
     pub read_through: u64,
     /// The last position a mark was sent for.
     pub marked: u64,
+    /// The position of the last snapshot batch fed, and how many rows were fed at it.
+    pub snapshot_at: (u64, u32),
     /// Whether a log round has been fed (its time is past every snapshot round's, in every process).
     pub past_snapshot: bool,
 }
@@ -134,8 +136,9 @@ impl LogFeed {
                 Ok(Some((position, batch))) => {
                     self.read_through = position;
                     let (readings, names) = (&mut self.readings, &mut self.names);
-                    fed +=
-                        self.feeder.feed_batch(position, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
+                    fed += self
+                        .feeder
+                        .feed_batch(position, 0, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -160,8 +163,17 @@ impl LogFeed {
                 break;
             };
             let position = last.min(self.snapshot_through);
+            // Write order among the batches that share a position (a part's, and every part capped at `through`):
+            // row numbers go on across them, so no two rows share a `seq` and a later row never sorts first.
+            if position != self.snapshot_at.0 {
+                self.snapshot_at = (position, 0);
+            }
+            let first_row = self.snapshot_at.1;
+            self.snapshot_at.1 = first_row.saturating_add(u32::try_from(batch.len()).unwrap_or(u32::MAX));
             let (readings, names) = (&mut self.readings, &mut self.names);
-            fed += self.feeder.feed_batch(position, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
+            fed += self
+                .feeder
+                .feed_batch(position, first_row, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
         }
         fed
     }
@@ -181,10 +193,13 @@ impl Feeder {
         Feeder { sensors, names, named: HashSet::new(), unknown_sensors_logged: HashSet::new() }
     }
 
-    /// Sends the readings of one batch, written at `position`; returns how many.
+    /// Sends the readings of one batch, written at `position` from its row `first_row` on (0 for a log record; a
+    /// snapshot's batches that share a position go on numbering); returns how many. A reading's `seq` is its write
+    /// order: (position, row).
     pub fn feed_batch(
         &mut self,
         position: u64,
+        first_row: u32,
         batch: &ReadingBatch,
         send: &mut impl FnMut(Reading),
         name: &mut impl FnMut((DeviceId, String)),
@@ -221,7 +236,8 @@ impl Feeder {
         for (i, row) in batch.rows.iter().enumerate() {
             let Some(sensor) = sensor_index[row.sensor as usize] else { continue };
             let series = SeriesKey { device: devices[row.device as usize], sensor };
-            send(Reading { series, micros: row.micros, value: row.value, seq: Reading::seq_of(position, i as u32) });
+            let row_number = first_row.saturating_add(i as u32);
+            send(Reading { series, micros: row.micros, value: row.value, seq: Reading::seq_of(position, row_number) });
             sent += 1;
         }
         sent

@@ -392,6 +392,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             read_through: if snapshot.is_some() { 0 } else { ctx.start_through },
             marked: 0,
             past_snapshot: false,
+            snapshot_at: (u64::MAX, 0),
             snapshot,
             snapshot_through: ctx.start_through,
         })

@@ -265,6 +265,35 @@ fn a_snapshot_through_position_zero_is_still_fed() {
     assert_eq!((minute.count, minute.sum()), (2, 3.0), "the snapshot's first write wins over the log's duplicate");
 }
 
+/// Issue 16, 2: a part's readings come in several batches at one position; row numbers go on across them, so the
+/// first write of a key whose rows straddle two batches still sorts first (each batch restarted at row 0, and the
+/// later write won).
+#[test]
+fn a_snapshot_keeps_write_order_across_the_batches_of_one_position() {
+    let t = 1_795_000_000_000_000;
+    let sensors = SensorSet::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let appender = wal.appender();
+    let first = batch_of(&[(1, 0, t, 7.0), (2, 0, t, 8.0), (0, 0, t, 5.0)], &sensors);
+    let second = batch_of(&[(0, 0, t, 3.0)], &sensors);
+    let start = StartFrom { through: 4, snapshot: Box::new(vec![(4, first), (4, second)].into_iter()) };
+    let engine =
+        StatsEngine::start_from(dir.path().to_path_buf(), appender.watch_durable(), sensors, Default::default(), start)
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait = Duration::from_secs(30);
+    while !engine.snapshot_loaded() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let series = SeriesKey { device: DeviceId::of(DEVICES[0]), sensor: 0 };
+    let q = Query::Series { series, width: Width::Minute, from: i64::MIN, to: i64::MAX };
+    let Answer::Windows(windows) = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
+    engine.stop();
+    wal.close();
+    assert_eq!((windows[0].1.count, windows[0].1.sum()), (1, 5.0), "the first write wins: {windows:?}");
+}
+
 /// "Loaded" means every snapshot reading has gone through the dataflow, not that the log position reached its start:
 /// an engine whose snapshot is still being read is not loaded, even with an empty log (position 0 of 0).
 #[test]

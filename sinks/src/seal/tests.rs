@@ -113,6 +113,20 @@ fn late_readings_are_merged_in_by_a_new_seal_and_counted() {
     assert_eq!(records[0].late_readings, 2);
 }
 
+/// Issue 16, 2: in one flush, a duplicate older than the dedup horizon (admitted again) with a smaller value: the
+/// part kept the rows ordered by value and the seal kept the later write (3), not the first (5).
+#[test]
+fn a_duplicate_in_the_same_part_keeps_the_first_write_through_the_seal() {
+    let s = Store::new();
+    s.put_part(1, 3, vec![r("default", "speed", 0, 5.0), r("default", "speed", 9, 1.0), r("default", "speed", 0, 3.0)]);
+    let outcome = s.seal();
+    assert_eq!(outcome.record.readings, 2);
+    let sealed = read_parquet(s.get(&outcome.sealed).into()).unwrap();
+    assert_eq!(sealed.iter().map(|r| r.value).collect::<Vec<_>>(), vec![5.0, 1.0], "{sealed:?}");
+    let dump: Vec<f64> = s.dump_lines().iter().map(|l| l["value"].as_f64().unwrap()).collect();
+    assert_eq!(dump, vec![5.0, 1.0]);
+}
+
 #[test]
 fn an_interrupted_seal_is_finished_at_the_next_start() {
     an_interrupted_seal_is_finished(Store::new());
