@@ -288,6 +288,28 @@ mod tests {
         assert_eq!((SCALE_UP, SCALE_DOWN), (2f64.powi(SCALE_BITS), 2f64.powi(-SCALE_BITS)));
     }
 
+    /// `items` merged in order one by one, and merged again shuffled (seeded xorshift) in chunks of `chunk` whose
+    /// partial results are merged in reverse, as compaction merges batches.
+    fn chain_and_shuffled_tree(items: &[WindowAgg], seed: u64, chunk: usize) -> (WindowAgg, WindowAgg) {
+        let mut forward = WindowAgg::zero();
+        items.iter().for_each(|a| forward.plus_equals(a));
+        let mut shuffled = items.to_vec();
+        let mut s = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        let mut other = WindowAgg::zero();
+        for part in shuffled.chunks(chunk).rev() {
+            let mut partial = WindowAgg::zero();
+            part.iter().for_each(|x| partial.plus_equals(x));
+            other.plus_equals(&partial);
+        }
+        (forward, other)
+    }
+
     fn merged(values: &[f64]) -> WindowAgg {
         let mut agg = WindowAgg::zero();
         for (i, v) in values.iter().enumerate() {
@@ -329,18 +351,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let items: Vec<WindowAgg> = values.iter().enumerate().map(|(i, v)| WindowAgg::of(&reading(i as i64, i as u64, *v))).collect();
-            let mut forward = WindowAgg::zero();
-            items.iter().for_each(|a| forward.plus_equals(a));
-            let mut shuffled = items.clone();
-            let mut s = seed | 1;
-            for i in (1..shuffled.len()).rev() {
-                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
-            }
-            let mut partials: Vec<WindowAgg> = shuffled.chunks(3).map(|c| { let mut a = WindowAgg::zero(); c.iter().for_each(|x| a.plus_equals(x)); a }).collect();
-            partials.reverse();
-            let mut other = WindowAgg::zero();
-            partials.iter().for_each(|a| other.plus_equals(a));
+            let (forward, other) = chain_and_shuffled_tree(&items, seed, 3);
             prop_assert_eq!(forward.count, other.count);
             prop_assert_eq!((forward.min.to_bits(), forward.max.to_bits()), (other.min.to_bits(), other.max.to_bits()));
             prop_assert_eq!((forward.first, forward.last), (other.first, other.last));
@@ -361,19 +372,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let items: Vec<WindowAgg> = values.iter().enumerate().map(|(i, (v, t))| WindowAgg::of(&reading(*t, i as u64, *v))).collect();
-            let mut forward = WindowAgg::zero();
-            items.iter().for_each(|a| forward.plus_equals(a));
-            let mut shuffled = items.clone();
-            let mut s = seed | 1;
-            for i in (1..shuffled.len()).rev() {
-                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
-            }
-            // Merge as a tree too, as compaction does.
-            let mut partials: Vec<WindowAgg> = shuffled.chunks(7).map(|c| { let mut a = WindowAgg::zero(); c.iter().for_each(|x| a.plus_equals(x)); a }).collect();
-            partials.reverse();
-            let mut other = WindowAgg::zero();
-            partials.iter().for_each(|a| other.plus_equals(a));
+            let (forward, other) = chain_and_shuffled_tree(&items, seed, 7);
             prop_assert_eq!(forward.count, other.count);
             prop_assert_eq!((forward.min, forward.max), (other.min, other.max));
             prop_assert_eq!((forward.first, forward.last), (other.first, other.last));
