@@ -168,3 +168,38 @@ async fn api_routes_need_the_api_key_when_one_is_set() {
         assert_eq!(r.status(), 200, "{path}");
     }
 }
+
+/// Issue 16, 10: `/api/location/latest` answers the newest *complete* fix (both coordinates at one timestamp), never
+/// a latitude of one fix with the longitude of another; 0 and 0 while the device has none.
+#[tokio::test]
+async fn the_location_is_the_newest_complete_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--archive-flush-age", "50ms"]);
+    let lat = |v: f64, t: &str| line("location_latitude", v, t, None);
+    let lon = |v: f64, t: &str| line("location_longitude", v, t, None);
+    let steps: Vec<(Vec<String>, Value)> = vec![
+        (vec![lat(1.0, "2026-11-21T09:00:00Z")], json!({"latitude": 0.0, "longitude": 0.0})),
+        (
+            vec![
+                lon(2.0, "2026-11-21T09:00:00Z"),
+                lat(3.0, "2026-11-22T10:00:00Z"),
+                lon(4.0, "2026-11-22T10:00:00Z"),
+                lat(5.0, "2026-11-22T11:00:00Z"),
+            ],
+            // Not the latitude of 11:00 with the longitude of 10:00.
+            json!({"latitude": 3.0, "longitude": 4.0}),
+        ),
+        (vec![lon(6.0, "2026-11-22T12:00:00Z")], json!({"latitude": 3.0, "longitude": 4.0})),
+        // The newest complete fix is on an earlier day than both newest coordinates.
+        (
+            vec![lat(7.0, "2026-11-23T08:00:00Z"), lon(8.0, "2026-11-23T09:00:00Z")],
+            json!({"latitude": 3.0, "longitude": 4.0}),
+        ),
+        (vec![lat(9.0, "2026-11-23T09:00:00Z")], json!({"latitude": 9.0, "longitude": 8.0})),
+    ];
+    for (i, (lines, want)) in steps.into_iter().enumerate() {
+        let position = ingest_lines(&s, &lines).await;
+        let (status, got) = get(&s, &format!("/api/location/latest?after={position}")).await;
+        assert_eq!((status, got), (200, want), "step {i}");
+    }
+}

@@ -145,3 +145,72 @@ pub async fn latest_answer(
         .collect();
     Ok((device.to_owned(), values))
 }
+
+/// The sensors a location fix is made of.
+pub const LATITUDE: &str = "location_latitude";
+pub const LONGITUDE: &str = "location_longitude";
+
+/// A location fix: both coordinates of one device at one timestamp.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fix {
+    pub micros: i64,
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+/// The newest complete fix of `device`: the newest timestamp that has both a latitude and a longitude (never a
+/// latitude of one fix with the longitude of another, the replaced system's defect). `None` while it has none.
+///
+/// The live statistics answer when the newest latitude and longitude share their timestamp (the usual case); when
+/// they do not, the newest complete fix is older than one of them and SQL finds it over the archive and the readings
+/// not yet flushed (first writes, exactly): first in the day of the older of the two, then before it.
+pub async fn latest_fix(
+    stats: &StatsService,
+    sql: &super::sql::SqlService,
+    device: &str,
+    after: Option<LogPosition>,
+) -> Result<Option<Fix>, ServiceError> {
+    let (Some(lat), Some(lon)) = (stats.sensors().index_of(LATITUDE), stats.sensors().index_of(LONGITUDE)) else {
+        return Ok(None);
+    };
+    let latest = stats.latest_of(device, after).await?;
+    let newest = |sensor: u16| latest.iter().find(|(k, _)| k.sensor == sensor).map(|(_, l)| *l);
+    let (Some(latitude), Some(longitude)) = (newest(lat), newest(lon)) else { return Ok(None) };
+    if latitude.micros == longitude.micros {
+        return Ok(Some(Fix { micros: latitude.micros, latitude: latitude.value, longitude: longitude.value }));
+    }
+    let bound = latitude.micros.min(longitude.micros);
+    let day = timestamp_text(bound)[..10].to_owned();
+    for days in [format!("date = '{day}'"), format!("date < '{day}'")] {
+        let query = format!(
+            "SELECT CAST(timestamp AS BIGINT) AS t, \
+             max(CASE WHEN sensor = '{LATITUDE}' THEN value END) AS latitude, \
+             max(CASE WHEN sensor = '{LONGITUDE}' THEN value END) AS longitude \
+             FROM readings WHERE device = '{}' AND sensor IN ('{LATITUDE}', '{LONGITUDE}') AND {days} \
+             AND timestamp <= to_timestamp_micros({bound}) \
+             GROUP BY timestamp HAVING count(DISTINCT sensor) = 2 ORDER BY timestamp DESC LIMIT 1",
+            device.replace('\'', "''")
+        );
+        if let Some(fix) = first_fix(&sql.query(&query).await?) {
+            return Ok(Some(fix));
+        }
+    }
+    Ok(None)
+}
+
+/// The first row of a `(t, latitude, longitude)` answer.
+fn first_fix(result: &weir_sinks::sql::SqlResult) -> Option<Fix> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type};
+    let batch = result.batches.iter().find(|b| b.num_rows() > 0)?;
+    let (t, lat, lon) = (
+        batch.column(0).as_primitive_opt::<Int64Type>()?,
+        batch.column(1).as_primitive_opt::<Float64Type>()?,
+        batch.column(2).as_primitive_opt::<Float64Type>()?,
+    );
+    (!t.is_null(0) && !lat.is_null(0) && !lon.is_null(0)).then(|| Fix {
+        micros: t.value(0),
+        latitude: lat.value(0),
+        longitude: lon.value(0),
+    })
+}

@@ -9,6 +9,7 @@ use weir_pipeline::reading::DEFAULT_DEVICE;
 use weir_pipeline::stats::{Answer, Query};
 
 use super::After;
+use crate::node::answers::latest_fix;
 use crate::node::error::ServiceError;
 use crate::node::stats::timestamp_text;
 use crate::server::AppState;
@@ -28,16 +29,16 @@ pub async fn statistics_latest(
     })))
 }
 
-/// `GET /api/location/latest`: the latest latitude and longitude, 0 where none.
+/// `GET /api/location/latest`: the newest complete fix (latitude and longitude of one timestamp), 0 and 0 while the
+/// device has none. (The replaced system paired the newest of each, possibly from different fixes.)
 pub async fn location_latest(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<After>,
 ) -> Result<Json<serde_json::Value>, ServiceError> {
-    let stats = &state.stats;
-    let latest = stats.latest_of(DEFAULT_DEVICE, p.after).await?;
+    let fix = latest_fix(&state.stats, &state.sql, DEFAULT_DEVICE, p.after).await?;
     Ok(Json(json!({
-        "latitude": stats.value_or_zero(&latest, "location_latitude"),
-        "longitude": stats.value_or_zero(&latest, "location_longitude"),
+        "latitude": fix.map_or(0.0, |f| f.latitude),
+        "longitude": fix.map_or(0.0, |f| f.longitude),
     })))
 }
 
