@@ -25,12 +25,20 @@ pub type Mark = (u32, u64);
 /// of processes, plus this process's index — so a time says which process fed it (`time % processes`), and times
 /// of different processes never collide. Snapshot rounds (while `in_snapshot`): small times, below every log
 /// round's, so that in every process the archive is admitted before any log record. Strictly increasing.
+///
+/// A hybrid logical clock: a round's time is also above every time [`RoundClock::observe`]d from the other
+/// processes (their marks). A process whose clock is behind therefore catches up with the newest round it has
+/// seen, instead of holding the whole cluster's frontier — and every read waiting for a position — back by its
+/// skew.
 #[derive(Debug)]
 pub struct RoundClock {
     last: Time,
     processes: u64,
     /// Set while the feeder reads its snapshot.
     pub in_snapshot: bool,
+    /// Added to the wall clock (tests only: a process whose clock is off).
+    #[cfg(test)]
+    pub skew_micros: i64,
 }
 
 /// Times below this are snapshot rounds.
@@ -38,7 +46,26 @@ pub const SNAPSHOT_TIMES: Time = 1 << 40;
 
 impl RoundClock {
     pub fn new(process: u32, processes: usize) -> Self {
-        RoundClock { last: u64::from(process), processes: processes.max(1) as u64, in_snapshot: false }
+        RoundClock {
+            last: u64::from(process),
+            processes: processes.max(1) as u64,
+            in_snapshot: false,
+            #[cfg(test)]
+            skew_micros: 0,
+        }
+    }
+
+    /// Takes note of a time another process fed a round at: later rounds here come after it.
+    pub fn observe(&mut self, time: Time) {
+        if time < SNAPSHOT_TIMES || self.in_snapshot {
+            return;
+        }
+        let n = self.processes;
+        let process = self.last % n;
+        // The last time of this process's slot before `time`; `next` goes on from there.
+        let slot = (time / n) * n + process;
+        let below = if slot >= time { slot.saturating_sub(n) } else { slot };
+        self.last = self.last.max(below);
     }
 
     /// The time of the next round.
@@ -51,6 +78,8 @@ impl RoundClock {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / n - 1));
+        #[cfg(test)]
+        let now = now.saturating_add_signed(self.skew_micros);
         let process = self.last % n;
         let at = now.saturating_mul(n).saturating_add(process);
         self.last = at.max(self.last + n);

@@ -62,6 +62,9 @@ pub struct StatsOptions {
     /// The device names this process knows, filled as the log and the archive are fed (shared with ingest, which
     /// refuses a name whose id another holds).
     pub device_names: DeviceNames,
+    /// Added to this process's wall clock (tests only: a cluster whose clocks disagree).
+    #[cfg(test)]
+    pub clock_skew_micros: i64,
 }
 
 impl Default for StatsOptions {
@@ -73,6 +76,8 @@ impl Default for StatsOptions {
             feed_limit: 16_384,
             cluster: None,
             device_names: DeviceNames::default(),
+            #[cfg(test)]
+            clock_skew_micros: 0,
         }
     }
 }
@@ -409,6 +414,10 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         None
     };
     let mut clock = RoundClock::new(ctx.options.process(), processes);
+    #[cfg(test)]
+    {
+        clock.skew_micros = ctx.options.clock_skew_micros;
+    }
     let mut next_query = 0u64;
     let mut fed_until = 0;
     // In a cluster an idle feeder still lets time pass (every `idle_park`), so that the other processes' rounds
@@ -422,6 +431,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             // Snapshot rounds take times below every log round's, in every process: the archive is admitted first.
             clock.in_snapshot = feed.snapshot.is_some();
             if has_data || (in_cluster && last_tick.elapsed() >= ctx.options.idle_park) {
+                clock.observe(positions.borrow().newest_time);
                 let time = clock.next();
                 if feed.round(time, durable, ctx.options.feed_limit) > 0 {
                     fed_until = time + 1;
@@ -440,6 +450,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             let mut ticked = std::time::Instant::now();
             worker.step_while(|| {
                 if in_cluster && ticked.elapsed() >= ctx.options.idle_park {
+                    clock.observe(positions.borrow().newest_time);
                     feed.advance(clock.next());
                     ticked = std::time::Instant::now();
                 }

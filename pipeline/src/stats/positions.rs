@@ -14,14 +14,17 @@ pub struct Positions {
     pending: Vec<(Time, Mark)>,
     /// Per process, the last position known processed.
     processed: Vec<u64>,
+    /// The greatest time a mark has come with (the newest round any process has fed, as far as this worker knows).
+    pub newest_time: Time,
 }
 
 impl Positions {
     pub fn new(processes: usize) -> Self {
-        Positions { pending: Vec::new(), processed: vec![0; processes] }
+        Positions { pending: Vec::new(), processed: vec![0; processes], newest_time: 0 }
     }
 
     pub fn receive(&mut self, time: Time, mark: Mark) {
+        self.newest_time = self.newest_time.max(time);
         self.pending.push((time, mark));
     }
 

@@ -294,6 +294,77 @@ fn a_snapshot_keeps_write_order_across_the_batches_of_one_position() {
     assert_eq!((windows[0].1.count, windows[0].1.sum()), (1, 5.0), "the first write wins: {windows:?}");
 }
 
+/// Issue 16, 6: a process whose clock is 6 s ahead fed its rounds 6 s "later"; the others' frontier reached those
+/// times only 6 s later, so every read of its writes waited for the skew (and answered 503 beyond `--read-wait`).
+/// With the round clock observing the marks of the others, a read waits for the data, not for the clocks.
+#[test]
+fn a_process_whose_clock_is_ahead_does_not_hold_reads_back() {
+    use crate::cluster::ClusterConfig;
+    let t = 1_795_000_000_000_000;
+    let addresses = crate::cluster::free_addresses(2);
+    let sensors = SensorSet::default();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let wals: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let (wal, _) = Wal::open(d.path(), WalOptions::default()).unwrap();
+            let appender = wal.appender();
+            (wal, appender)
+        })
+        .collect();
+    let engines: Vec<StatsEngine> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|p| {
+                let cluster = ClusterConfig {
+                    process: p,
+                    addresses: addresses.clone(),
+                    connect_timeout: Duration::from_secs(30),
+                };
+                let options = StatsOptions {
+                    cluster: Some(cluster),
+                    clock_skew_micros: if p == 1 { 6_000_000 } else { 0 },
+                    ..StatsOptions::default()
+                };
+                let (dir, durable) = (dirs[p].path().to_path_buf(), wals[p].1.watch_durable());
+                let sensors = sensors.clone();
+                scope.spawn(move || StatsEngine::start(dir, durable, sensors, options).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait = Duration::from_secs(3);
+    for round in 0..3 {
+        for (p, (_, appender)) in wals.iter().enumerate() {
+            let record = batch_of(&[(p as u8, 0, t + round * 1_000_000, 1.0)], &sensors);
+            let position = appender.append_blocking(&record).unwrap();
+            for (asker, engine) in engines.iter().enumerate() {
+                let started = std::time::Instant::now();
+                let answer = rt.block_on(engine.query_at(Query::Devices, p as u32, position, wait));
+                assert!(answer.is_ok(), "round {round}: process {asker} reading process {p}'s {position}: {answer:?}");
+                assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+            }
+        }
+    }
+    for engine in engines {
+        engine.stop();
+    }
+    for (wal, _) in wals {
+        wal.close();
+    }
+}
+
+#[test]
+fn the_round_clock_goes_on_after_what_it_observes() {
+    let mut clock = feed::RoundClock::new(1, 3);
+    let far = clock.next() + 3_000_000_001; // process 2's slot
+    clock.observe(far);
+    let next = clock.next();
+    assert!(next > far && next % 3 == 1, "{next} after {far}");
+    clock.observe(7);
+    assert!(clock.next() > next, "a snapshot time or an old time changes nothing");
+}
+
 /// "Loaded" means every snapshot reading has gone through the dataflow, not that the log position reached its start:
 /// an engine whose snapshot is still being read is not loaded, even with an empty log (position 0 of 0).
 #[test]
