@@ -294,17 +294,37 @@ fn a_snapshot_keeps_write_order_across_the_batches_of_one_position() {
     assert_eq!((windows[0].1.count, windows[0].1.sum()), (1, 5.0), "the first write wins: {windows:?}");
 }
 
-/// Issue 16, 6: a process whose clock is 6 s ahead fed its rounds 6 s "later"; the others' frontier reached those
-/// times only 6 s later, so every read of its writes waited for the skew (and answered 503 beyond `--read-wait`).
-/// With the round clock observing the marks of the others, a read waits for the data, not for the clocks.
-#[test]
-fn a_process_whose_clock_is_ahead_does_not_hold_reads_back() {
+/// Starts one engine per WAL as the processes of one cluster on loopback (each in its own thread, as they wait for
+/// each other), with `options(process)` plus the cluster.
+fn start_cluster(
+    dirs: &[tempfile::TempDir],
+    wals: &[(Wal, crate::wal::WalAppender)],
+    options: impl Fn(usize) -> StatsOptions + Sync,
+) -> Vec<StatsEngine> {
     use crate::cluster::ClusterConfig;
-    let t = 1_795_000_000_000_000;
-    let addresses = crate::cluster::free_addresses(2);
+    let addresses = crate::cluster::free_addresses(dirs.len());
     let sensors = SensorSet::default();
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let wals: Vec<_> = dirs
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..dirs.len())
+            .map(|p| {
+                let cluster = ClusterConfig {
+                    process: p,
+                    addresses: addresses.clone(),
+                    connect_timeout: Duration::from_secs(30),
+                };
+                let options = StatsOptions { cluster: Some(cluster), ..options(p) };
+                let (dir, durable) = (dirs[p].path().to_path_buf(), wals[p].1.watch_durable());
+                let sensors = sensors.clone();
+                scope.spawn(move || StatsEngine::start(dir, durable, sensors, options).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn empty_wals(n: usize) -> (Vec<tempfile::TempDir>, Vec<(Wal, crate::wal::WalAppender)>) {
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let wals = dirs
         .iter()
         .map(|d| {
             let (wal, _) = Wal::open(d.path(), WalOptions::default()).unwrap();
@@ -312,25 +332,92 @@ fn a_process_whose_clock_is_ahead_does_not_hold_reads_back() {
             (wal, appender)
         })
         .collect();
-    let engines: Vec<StatsEngine> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2)
-            .map(|p| {
-                let cluster = ClusterConfig {
-                    process: p,
-                    addresses: addresses.clone(),
-                    connect_timeout: Duration::from_secs(30),
-                };
-                let options = StatsOptions {
-                    cluster: Some(cluster),
-                    clock_skew_micros: if p == 1 { 6_000_000 } else { 0 },
-                    ..StatsOptions::default()
-                };
-                let (dir, durable) = (dirs[p].path().to_path_buf(), wals[p].1.watch_durable());
-                let sensors = sensors.clone();
-                scope.spawn(move || StatsEngine::start(dir, durable, sensors, options).unwrap())
-            })
+    (dirs, wals)
+}
+
+/// The stats model test extended to live feeds (issue 16, 7) across 3 processes of 2 workers: random records at
+/// random processes; polling the change log as a subscription does, the last value reported for every window is the
+/// model's.
+#[test]
+fn three_processes_report_every_window_change_to_a_subscription() {
+    let t = 1_795_000_000_000_000;
+    let (dirs, wals) = empty_wals(3);
+    let engines = start_cluster(&dirs, &wals, |_| StatsOptions {
+        workers: 2,
+        dedup_horizon: Duration::from_secs(100 * 365 * 86_400),
+        ..StatsOptions::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait = Duration::from_secs(30);
+    let filter = WindowFilter::default();
+    let asker = &engines[1];
+    rt.block_on(asker.query(Query::Changes { since: None, filter }, 0, wait)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let Answer::Changes { through, .. } =
+        rt.block_on(asker.query(Query::Changes { since: None, filter }, 0, wait)).unwrap()
+    else {
+        panic!()
+    };
+    let sensors = SensorSet::default();
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s % n
+    };
+    let mut records: Vec<Vec<Input>> = Vec::new();
+    let mut since = Some(through);
+    let mut reported: BTreeMap<WindowKey, (i64, f64)> = BTreeMap::new();
+    let poll = |since: &mut Option<u64>, reported: &mut BTreeMap<WindowKey, (i64, f64)>| {
+        let Answer::Changes { windows, through, resync } =
+            rt.block_on(asker.query(Query::Changes { since: *since, filter }, 0, wait)).unwrap()
+        else {
+            panic!()
+        };
+        assert!(!resync, "a subscription that keeps polling is never told to resync");
+        reported.extend(windows.iter().map(|(k, w)| (*k, (w.count, w.sum()))));
+        *since = Some(through);
+    };
+    for i in 0..40 {
+        let record: Vec<Input> = (0..1 + next(6))
+            .map(|_| (next(4) as u8, next(3) as u16, t + next(7200) as i64 * 1_000_000, next(100) as f64))
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        wals[i % 3].1.append_blocking(&batch_of(&record, &sensors)).unwrap();
+        records.push(record);
+        if next(3) == 0 {
+            poll(&mut since, &mut reported);
+        }
+    }
+    let (want, _) = model(&records);
+    let want: BTreeMap<WindowKey, (i64, f64)> = want.into_iter().map(|(k, w)| (k, (w.0, w.1))).collect();
+    let deadline = std::time::Instant::now() + wait;
+    while reported != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reported {} windows, the model has {}",
+            reported.len(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        poll(&mut since, &mut reported);
+    }
+    for engine in engines {
+        engine.stop();
+    }
+}
+
+/// Issue 16, 6: a process whose clock is 6 s ahead fed its rounds 6 s "later"; the others' frontier reached those
+/// times only 6 s later, so every read of its writes waited for the skew (and answered 503 beyond `--read-wait`).
+/// With the round clock observing the marks of the others, a read waits for the data, not for the clocks.
+#[test]
+fn a_process_whose_clock_is_ahead_does_not_hold_reads_back() {
+    let t = 1_795_000_000_000_000;
+    let sensors = SensorSet::default();
+    let (dirs, wals) = empty_wals(2);
+    let engines = start_cluster(&dirs, &wals, |p| StatsOptions {
+        clock_skew_micros: if p == 1 { 6_000_000 } else { 0 },
+        ..StatsOptions::default()
     });
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let wait = Duration::from_secs(3);
@@ -504,13 +591,11 @@ fn without_seq((mut windows, mut latest, devices): Everything) -> Everything {
 /// loopback) each get a share of the records; every process answers what one process given all of them answers.
 /// Duplicates carry the same value, so which process's write is first does not matter.
 fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
-    use crate::cluster::ClusterConfig;
     let records: Vec<Vec<Input>> = records
         .iter()
         .map(|r| r.iter().map(|&(d, s, t, _)| (d, s, t, f64::from(d) + f64::from(s) + (t % 1000) as f64)).collect())
         .collect();
     let single = run_engine(&records, 1);
-    let addresses = crate::cluster::free_addresses(3);
     let sensors = SensorSet::default();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut lasts = Vec::new();
@@ -525,26 +610,10 @@ fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
         lasts.push((p as u32, last));
         wals.push((wal, appender));
     }
-    let engines: Vec<StatsEngine> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..3)
-            .map(|p| {
-                let cluster = ClusterConfig {
-                    process: p,
-                    addresses: addresses.clone(),
-                    connect_timeout: Duration::from_secs(30),
-                };
-                let options = StatsOptions {
-                    workers: 2,
-                    dedup_horizon: Duration::from_secs(100 * 365 * 86_400),
-                    cluster: Some(cluster),
-                    ..StatsOptions::default()
-                };
-                let (dir, durable) = (dirs[p].path().to_path_buf(), wals[p].1.watch_durable());
-                let sensors = sensors.clone();
-                scope.spawn(move || StatsEngine::start(dir, durable, sensors, options).unwrap())
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let engines = start_cluster(&dirs, &wals, |_| StatsOptions {
+        workers: 2,
+        dedup_horizon: Duration::from_secs(100 * 365 * 86_400),
+        ..StatsOptions::default()
     });
     let answers: Vec<_> = engines.iter().map(|engine| without_seq(read_all(engine, &lasts))).collect();
     // What each process's archive keeps of its own log (its records less the verdicts sent back to it): together,
