@@ -82,8 +82,18 @@ impl ClusterConfig {
     pub fn connect(&self) -> Result<Vec<Option<TcpStream>>, ClusterError> {
         let deadline = Instant::now() + self.connect_timeout;
         let me = self.process;
-        let listener = TcpListener::bind(&self.addresses[me])
-            .map_err(|source| ClusterError::Bind { address: self.addresses[me].clone(), source })?;
+        // The address may still be held for a moment (this process's previous run exiting, or a connection that
+        // happened to get it as its local port): retry until the connect deadline before giving up.
+        let listener = loop {
+            match TcpListener::bind(&self.addresses[me]) {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    tracing::warn!(address = %self.addresses[me], "the cluster address is in use; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(source) => return Err(ClusterError::Bind { address: self.addresses[me].clone(), source }),
+            }
+        };
         listener.set_nonblocking(true).map_err(ClusterError::Handshake)?;
         let mut sockets: Vec<Option<TcpStream>> = (0..self.processes()).map(|_| None).collect();
         let mut last_report = Instant::now();
