@@ -1,6 +1,7 @@
 //! `POST /ingest`: the HTTP adapter over [`IngestService`](crate::node::ingest::IngestService). It checks the
-//! headers, hands the body to the service as a [`ChunkSource`] (decompressed and limited, [`body::BodySource`]), and shapes the answer the replaced system's
-//! clients expect; a [`ServiceError`] becomes a status here, at the edge.
+//! headers, hands the body to the service as a [`ChunkSource`](crate::node::ingest::ChunkSource) (decompressed and
+//! limited, [`body::BodySource`]), and shapes the answer the replaced system's clients expect; a
+//! [`ServiceError`](crate::node::error::ServiceError) becomes a status here, at the edge.
 
 pub mod body;
 
@@ -15,8 +16,6 @@ use serde_json::value::RawValue;
 use weir_pipeline::ingest::LineReport;
 
 use crate::node::error::ErrorKind;
-#[allow(unused_imports)] // named in the module doc
-use crate::node::ingest::ChunkSource;
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
