@@ -1,9 +1,9 @@
 //! Reading the live statistics over HTTP: the replaced system's routes ([`compat`]), the general API ([`v1`]) and
 //! the live feed ([`sse`]).
 //!
-//! Every handler is a thin adapter over [`StatsService`]: it parses the request, asks the dataflow (waiting for
-//! `?after=<Weir-Position>` when given) and shapes the answer; a [`ServiceError`] becomes a status and a JSON body
-//! here, at the edge.
+//! Every handler is a thin adapter over [`StatsService`](crate::node::stats::StatsService): it parses the request,
+//! asks the dataflow (waiting for `?after=<Weir-Position>` when given) and shapes the answer; a [`ServiceError`]
+//! becomes a status and a JSON body here, at the edge.
 
 pub mod compat;
 pub mod sse;
