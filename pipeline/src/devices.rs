@@ -7,8 +7,9 @@
 //!
 //! Scope: one process. In a cluster, a name stored only at another process is not known here (the README says so).
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+use hashbrown::HashMap;
 
 use weir_operators::DeviceId;
 
@@ -18,7 +19,7 @@ pub struct DeviceNames {
     known: Arc<RwLock<Known>>,
 }
 
-/// Both ways, so that a name seen before costs one map lookup and no hash of SHA-256.
+/// Both ways, so that a name seen before costs one map lookup (hashbrown's fast hasher) and no SHA-256.
 #[derive(Debug, Default)]
 struct Known {
     by_name: HashMap<Arc<str>, DeviceId>,
