@@ -29,6 +29,7 @@ fn day_readings() -> Vec<ArchivedReading> {
             sensor: SENSORS[(n / 200) % 6].to_owned(),
             value: (n as f64 * 0.37).sin() * 100.0,
             micros: DAY_START + (n / 1200) as i64 * 10_000_000,
+            written: 3_600_000_000_000_000 + n as u64 / 1000,
         })
         .collect()
 }

@@ -75,13 +75,9 @@ fn main() {
         dedup_horizon: std::time::Duration::ZERO,
         ..Default::default()
     };
-    let engine = weir_pipeline::stats::StatsEngine::start(
-        dir.path().to_path_buf(),
-        durable,
-        weir_pipeline::reading::SensorSet::default(),
-        options,
-    )
-    .unwrap();
+    let tail = weir_pipeline::wal::LogTail { dir: dir.path().to_path_buf(), durable, clock: Default::default() };
+    let engine =
+        weir_pipeline::stats::StatsEngine::start(tail, weir_pipeline::reading::SensorSet::default(), options).unwrap();
     while engine.processed_position() < last {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

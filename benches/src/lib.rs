@@ -62,7 +62,8 @@ pub fn replay_statistics(dir: &std::path::Path, last: u64, workers: usize) -> st
     let (_tx, durable) = tokio::sync::watch::channel(last);
     let started = std::time::Instant::now();
     let options = StatsOptions { workers, ..StatsOptions::default() };
-    let engine = StatsEngine::start(dir.to_path_buf(), durable, SensorSet::default(), options).expect("engine starts");
+    let tail = weir_pipeline::wal::LogTail { dir: dir.to_path_buf(), durable, clock: Default::default() };
+    let engine = StatsEngine::start(tail, SensorSet::default(), options).expect("engine starts");
     while engine.processed_position() < last {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }

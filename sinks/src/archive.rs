@@ -25,7 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
 use weir_pipeline::reading::ReadingBatch;
 use weir_pipeline::stats::DedupVerdicts;
-use weir_pipeline::wal::WalReader;
+use weir_pipeline::wal::{LogRecord, WalReader};
 
 use crate::part::{ArchivedReading, PartError, sort_for_archive, write_parquet};
 
@@ -280,7 +280,7 @@ pub struct ArchiveProgress {
     /// Last WAL position read (committed, or buffered below).
     pub read_through: AtomicU64,
     /// First-written readings read but not yet flushed, one compact batch (24 bytes a reading) per record.
-    pub unflushed: Mutex<Vec<Arc<ReadingBatch>>>,
+    pub unflushed: Mutex<Vec<Arc<LogRecord>>>,
     /// Held (shared) by queries from their snapshot of `unflushed` to their end; held (exclusive) by a flush while it
     /// makes parts visible and drops their readings from `unflushed`.
     pub visibility: tokio::sync::RwLock<()>,
@@ -294,7 +294,7 @@ pub struct ArchiveProgress {
 
 impl ArchiveProgress {
     /// The unflushed readings, as of now.
-    pub fn unflushed_snapshot(&self) -> Vec<Arc<ReadingBatch>> {
+    pub fn unflushed_snapshot(&self) -> Vec<Arc<LogRecord>> {
         self.unflushed.lock().map(|u| u.clone()).unwrap_or_default()
     }
 }
@@ -451,9 +451,10 @@ impl ArchiverLoop {
             let readable = durable.min(self.verdicts.decided_through());
             let mut read_any = false;
             while rows < self.options.flush_rows {
-                let Some((position, batch)) = reader.next_batch_through(readable)? else { break };
-                let admitted = self.first_writes(position, batch);
-                rows += admitted.len();
+                let Some(record) = reader.next_batch_through(readable)? else { break };
+                let position = record.position;
+                let admitted = self.first_writes(record);
+                rows += admitted.batch.len();
                 last = position;
                 read_any = true;
                 oldest.get_or_insert_with(Instant::now);
@@ -484,24 +485,24 @@ impl ArchiverLoop {
 
     /// The readings of one record that are the first writes of their key (the statistics' verdict), in archive
     /// form.
-    fn first_writes(&mut self, position: u64, mut batch: ReadingBatch) -> ReadingBatch {
-        let rejected = self.verdicts.take_rejected(position);
+    fn first_writes(&mut self, mut record: LogRecord) -> LogRecord {
+        let rejected = self.verdicts.take_rejected(record.position);
         if !rejected.is_empty() {
             let mut index = 0u32;
-            batch.rows.retain(|_| {
+            record.batch.rows.retain(|_| {
                 index += 1;
                 rejected.binary_search(&(index - 1)).is_err()
             });
         }
-        batch
+        record
     }
 
     /// Writes the buffered readings of records `first..=last` as one part per UTC date, then commits `last`.
     fn flush(&mut self, first: u64, last: u64) -> Result<(), ArchiveError> {
-        let buffered: Vec<Arc<ReadingBatch>> = self.progress.unflushed_snapshot();
+        let buffered: Vec<Arc<LogRecord>> = self.progress.unflushed_snapshot();
         // Grouped by day number, the date text made once per day (formatting it per reading showed in profiles).
         let mut by_day: BTreeMap<i64, Vec<ArchivedReading>> = BTreeMap::new();
-        for r in buffered.iter().flat_map(|b| archived_readings(b)) {
+        for r in buffered.iter().flat_map(|b| archived_readings(&b.batch, b.written)) {
             by_day.entry(r.micros.div_euclid(DAY_MICROS)).or_default().push(r);
         }
         let by_date = by_day.into_iter().map(|(day, readings)| (utc_date(day * DAY_MICROS), readings));
@@ -568,13 +569,14 @@ impl ArchiverLoop {
     }
 }
 
-/// The readings of a batch with their names resolved.
-pub fn archived_readings(batch: &ReadingBatch) -> impl Iterator<Item = ArchivedReading> + '_ {
-    batch.rows.iter().map(|row| ArchivedReading {
+/// The readings of a batch written at `written` with their names resolved.
+pub fn archived_readings(batch: &ReadingBatch, written: u64) -> impl Iterator<Item = ArchivedReading> + '_ {
+    batch.rows.iter().map(move |row| ArchivedReading {
         device: batch.devices[row.device as usize].to_string(),
         sensor: batch.sensors[row.sensor as usize].to_string(),
         value: row.value,
         micros: row.micros,
+        written,
     })
 }
 

@@ -1,12 +1,17 @@
 //! One archive part: readings as a Parquet file with Weir's archive schema.
 //!
-//! Schema: `device` and `sensor` as dictionary-encoded Utf8, `value` Float64, `timestamp` Timestamp(µs, UTC).
+//! Schema: `device` and `sensor` as dictionary-encoded Utf8, `value` Float64, `timestamp` Timestamp(µs, UTC), and
+//! `written` UInt64: the write time of the reading's WAL record (see `weir_pipeline::clock`), so that whoever merges
+//! parts of several processes (the seal) orders the writes of one key as the statistics did. Parts written before
+//! write times existed lack the column; it reads as 0 there.
 //! Rows are sorted by (sensor, device, timestamp) so readers can skip by statistics, files are zstd-compressed with
 //! page statistics, and row groups hold up to 128 Ki rows. The same rows always give the same bytes.
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, DictionaryArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, DictionaryArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -24,6 +29,8 @@ pub struct ArchivedReading {
     pub value: f64,
     /// Microseconds since the Unix epoch, UTC.
     pub micros: i64,
+    /// The write time of its WAL record (0: unknown, an older part).
+    pub written: u64,
 }
 
 /// The archive's Arrow schema.
@@ -34,6 +41,7 @@ pub fn archive_schema() -> SchemaRef {
         Field::new("sensor", dict, false),
         Field::new("value", DataType::Float64, false),
         Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new("written", DataType::UInt64, true),
     ]))
 }
 
@@ -62,7 +70,9 @@ pub fn to_record_batch(readings: &[ArchivedReading]) -> Result<RecordBatch, Part
     let sensor: DictionaryArray<Int32Type> = readings.iter().map(|r| r.sensor.as_str()).collect();
     let value = Float64Array::from_iter_values(readings.iter().map(|r| r.value));
     let timestamp = TimestampMicrosecondArray::from_iter_values(readings.iter().map(|r| r.micros)).with_timezone("UTC");
-    let columns: Vec<ArrayRef> = vec![Arc::new(device), Arc::new(sensor), Arc::new(value), Arc::new(timestamp)];
+    let written = UInt64Array::from_iter_values(readings.iter().map(|r| r.written));
+    let columns: Vec<ArrayRef> =
+        vec![Arc::new(device), Arc::new(sensor), Arc::new(value), Arc::new(timestamp), Arc::new(written)];
     Ok(RecordBatch::try_new(archive_schema(), columns)?)
 }
 
@@ -83,14 +93,25 @@ pub fn write_parquet(readings: &[ArchivedReading]) -> Result<Vec<u8>, PartError>
     Ok(out)
 }
 
-/// Reads a part back with the parquet crate's own reader (no DataFusion), one owned row per reading.
+/// Reads a part back with the parquet crate's own reader (no DataFusion), one owned row per reading, with its
+/// write time.
 pub fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<ArchivedReading>, PartError> {
-    Ok(read_parquet_batches(bytes)?.iter().flat_map(crate::archive::archived_readings).collect())
+    let mut out = Vec::new();
+    for (batch, written) in read_parts(bytes)? {
+        let rows = crate::archive::archived_readings(&batch, 0);
+        out.extend(rows.zip(written).map(|(r, written)| ArchivedReading { written, ..r }));
+    }
+    Ok(out)
 }
 
 /// Reads a part as compact reading batches, one per Arrow batch: the dictionaries become the batch's name tables,
 /// so no name is copied per row. This is how the statistics and the archiver load the archive on start.
 pub fn read_parquet_batches(bytes: bytes::Bytes) -> Result<Vec<ReadingBatch>, PartError> {
+    Ok(read_parts(bytes)?.into_iter().map(|(batch, _)| batch).collect())
+}
+
+/// Each Arrow batch of a part as a reading batch and the write times of its rows (0s for an older part).
+fn read_parts(bytes: bytes::Bytes) -> Result<Vec<(ReadingBatch, Vec<u64>)>, PartError> {
     use arrow::array::{Array, AsArray};
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
     let mut out = Vec::new();
@@ -122,7 +143,17 @@ pub fn read_parquet_batches(bytes: bytes::Bytes) -> Result<Vec<ReadingBatch>, Pa
                 value: values.value(i),
             })
             .collect();
-        out.push(ReadingBatch { sensors: Arc::from(sensors), devices, rows });
+        let written = match batch.schema().index_of("written") {
+            Ok(i) => {
+                let column = batch
+                    .column(i)
+                    .as_primitive_opt::<arrow::datatypes::UInt64Type>()
+                    .ok_or(PartError::Column("written"))?;
+                (0..batch.num_rows()).map(|row| if column.is_null(row) { 0 } else { column.value(row) }).collect()
+            }
+            Err(_) => vec![0; batch.num_rows()],
+        };
+        out.push((ReadingBatch { sensors: Arc::from(sensors), devices, rows }, written));
     }
     Ok(out)
 }
@@ -138,6 +169,7 @@ mod tests {
                 sensor: ["speed", "fuel"][i % 2].into(),
                 value: i as f64 * 0.5,
                 micros: 1_795_000_000_000_000 + (i as i64 * 7919 % 1000) * 1000,
+                written: 3_590_000_000_000_000 + i as u64 / 10,
             })
             .collect();
         sort_for_archive(&mut v);
@@ -152,8 +184,10 @@ mod tests {
         assert_eq!(read_parquet(bytes.clone().into()).unwrap(), readings);
         // The same rows as compact batches.
         let batches = read_parquet_batches(bytes.into()).unwrap();
-        let rows: Vec<ArchivedReading> = batches.iter().flat_map(crate::archive::archived_readings).collect();
-        assert_eq!(rows, readings);
+        let rows: Vec<ArchivedReading> = batches.iter().flat_map(|b| crate::archive::archived_readings(b, 0)).collect();
+        let without_write_times: Vec<ArchivedReading> =
+            readings.iter().map(|r| ArchivedReading { written: 0, ..r.clone() }).collect();
+        assert_eq!(rows, without_write_times);
     }
 
     #[test]

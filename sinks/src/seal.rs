@@ -5,8 +5,12 @@
 //! late for a sealed day land in new parts (their WAL positions are higher than the sealed file's), and the next
 //! seal merges them in and writes both files again; the journal `seals/YYYY-MM-DD.json` counts them.
 //!
-//! Deduplication across parts is exact, whatever the age: parts are read in WAL-position order and the first row
-//! of each (device, sensor, timestamp) wins. Crash safety: the merged file is staged, then — under the visibility
+//! Deduplication across parts is exact, whatever the age, and applies the statistics' order of writes: among the
+//! rows of one (device, sensor, timestamp), the sealed file's row stays (a seal's verdict is never reopened);
+//! otherwise the row with the smallest write time (`written`, see `weir_pipeline::clock`) wins, and among equal
+//! write times (one process's group commit, or older parts without write times) the earlier part's, then the
+//! earlier row's. Alone that is the log's order; in a cluster it is the order every process's statistics used —
+//! not "the lower process first". Crash safety: the merged file is staged, then — under the visibility
 //! lock queries hold — the journal records what it replaces, the file moves into place and the replaced parts are
 //! deleted; [`finish_interrupted_seals`] completes a seal that a crash interrupted.
 
@@ -129,7 +133,8 @@ pub async fn seal_committed_day(
     };
     let mut parts: Vec<PartName> =
         location.list_parts().await?.into_iter().filter(|p| p.date == date && is_committed(p)).collect();
-    // Write order: alone, the log's; in a cluster, the sealed file first, then each process's parts in its order.
+    // The order of parts breaks ties between equal write times: the sealed file first, then each process's parts in
+    // its log's order.
     parts.sort_by_key(|p| (!p.sealed, p.process, p.first, p.last));
     let dump_root = dump_to.unwrap_or(location);
     let dump = dump_path(&dump_root.root, date);
@@ -146,21 +151,22 @@ pub async fn seal_committed_day(
         (Some(previous), None) => part.first > previous.last,
         (Some(previous), Some(q)) => part.first > previous.through.get(&q).copied().unwrap_or(0),
     };
-    // One stable sort by the archive's order (sensor, device, timestamp) keeps, among equal keys, the row of the
-    // earliest part first; keeping the first of each run is first-write-wins. (A hash set of owned keys cost ~3×
-    // more: hashing, and two string clones per row.)
-    let mut rows: Vec<(ArchivedReading, bool)> = Vec::new();
+    // One stable sort by the archive's order (sensor, device, timestamp), then sealed rows first, then write time,
+    // keeps among equal keys the first write first (ties in part and row order); keeping the first of each run is
+    // first-write-wins. (A hash set of owned keys cost ~3× more: hashing, and two string clones per row.)
+    let mut rows: Vec<SealRow> = Vec::new();
     for part in &parts {
         let bytes = location.store.get(&part.path).await?.bytes().await?;
-        let late = is_late(part);
-        rows.extend(read_parquet(bytes)?.into_iter().map(|r| (r, late)));
+        let (late, sealed) = (is_late(part), part.sealed);
+        rows.extend(read_parquet(bytes)?.into_iter().map(|reading| SealRow { reading, late, sealed }));
     }
-    rows.sort_by(|(a, _), (b, _)| (&a.sensor, &a.device, a.micros).cmp(&(&b.sensor, &b.device, b.micros)));
-    rows.dedup_by(|(later, _), (kept, _)| {
+    rows.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    rows.dedup_by(|later, kept| {
+        let (later, kept) = (&later.reading, &kept.reading);
         later.micros == kept.micros && later.sensor == kept.sensor && later.device == kept.device
     });
-    let late_now = rows.iter().filter(|(_, late)| *late).count() as u64;
-    let rows: Vec<ArchivedReading> = rows.into_iter().map(|(r, _)| r).collect();
+    let late_now = rows.iter().filter(|r| r.late).count() as u64;
+    let rows: Vec<ArchivedReading> = rows.into_iter().map(|r| r.reading).collect();
     let ranged = parts.iter().filter(|p| !p.sealed);
     let first = ranged.clone().map(|p| p.first).min().or(previous.as_ref().map(|p| p.first)).unwrap_or(0);
     let last = ranged.clone().map(|p| p.last).max().unwrap_or(first).max(previous.as_ref().map_or(0, |p| p.last));
@@ -206,6 +212,23 @@ pub async fn seal_committed_day(
     let done = SealRecord { replacing: Vec::new(), ..record };
     write_journal(location, &done).await?;
     Ok(SealOutcome { record: done, parts_merged: parts.len(), sealed, dump, changed, late_now })
+}
+
+/// A row on its way into a sealed file.
+struct SealRow {
+    reading: ArchivedReading,
+    /// From a part written after the day's last seal.
+    late: bool,
+    /// From the day's sealed file.
+    sealed: bool,
+}
+
+impl SealRow {
+    /// The key, then the first write first: the sealed file's row, then by write time.
+    fn order_key(&self) -> (&str, &str, i64, bool, u64) {
+        let r = &self.reading;
+        (&r.sensor, &r.device, r.micros, !self.sealed, r.written)
+    }
 }
 
 /// Completes seals that a crash interrupted: moves the merged file into place if it is still staged, then deletes

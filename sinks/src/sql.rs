@@ -19,7 +19,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 
-use weir_pipeline::reading::ReadingBatch;
+use weir_pipeline::wal::LogRecord;
 
 use crate::archive::{ArchiveLocation, ArchiveProgress, archived_readings};
 use crate::part::{ArchivedReading, archive_schema, to_record_batch};
@@ -191,7 +191,7 @@ impl SqlArchive {
     }
 
     /// A session with `archived`, `unflushed` and the `readings` view.
-    async fn context(&self, unflushed: &[Arc<ReadingBatch>]) -> Result<SessionContext, SqlError> {
+    async fn context(&self, unflushed: &[Arc<LogRecord>]) -> Result<SessionContext, SqlError> {
         let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.limits.memory_bytes, 1.0).build_arc()?;
         let config = SessionConfig::from_env().unwrap_or_default();
         let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -210,7 +210,8 @@ impl SqlArchive {
         let table_schema = datafusion::datasource::TableProvider::schema(&archived);
         ctx.register_table("archived", Arc::new(archived))?;
 
-        let rows: Vec<ArchivedReading> = unflushed.iter().flat_map(|b| archived_readings(b)).collect();
+        let rows: Vec<ArchivedReading> =
+            unflushed.iter().flat_map(|r| archived_readings(&r.batch, r.written)).collect();
         let batch =
             with_date(&to_record_batch(&rows).map_err(|e| SqlError::Invalid(e.to_string()))?, &rows, &table_schema)?;
         ctx.register_table("unflushed", Arc::new(MemTable::try_new(table_schema, vec![vec![batch]])?))?;

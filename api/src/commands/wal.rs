@@ -50,7 +50,8 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let mut reader = WalReader::new(&dir, from);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    while let Some((position, batch)) = reader.next_batch()? {
+    while let Some(record) = reader.next_batch()? {
+        let (position, batch) = (record.position, &record.batch);
         for row in &batch.rows {
             let line = DumpLine {
                 position,

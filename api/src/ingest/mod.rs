@@ -193,13 +193,8 @@ mod tests {
         let service = IngestService::new(Decoder::new(SensorSet::default()), limits, Arc::new(FullLog));
         let dir = tempfile::tempdir().unwrap();
         let (_durable_tx, durable) = tokio::sync::watch::channel(0);
-        let engine = weir_pipeline::stats::StatsEngine::start(
-            dir.path().to_path_buf(),
-            durable,
-            SensorSet::default(),
-            Default::default(),
-        )
-        .unwrap();
+        let tail = weir_pipeline::wal::LogTail { dir: dir.path().to_path_buf(), durable, clock: Default::default() };
+        let engine = weir_pipeline::stats::StatsEngine::start(tail, SensorSet::default(), Default::default()).unwrap();
         let stats = crate::node::stats::StatsService::new(
             engine,
             SensorSet::default(),

@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use weir_pipeline::clock::WriteClock;
 use weir_pipeline::cluster::ClusterConfig;
 use weir_pipeline::decode::Decoder;
 use weir_pipeline::reading::SensorSet;
@@ -116,7 +117,10 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         weir_pipeline::data_dir::check_or_stamp(&config.data_dir).map_err(context("the data directory"))?;
         let wal_dir = config.data_dir.join("wal");
-        let (wal, recovery) = Wal::open(&wal_dir, config.wal.clone())
+        // The log stamps every group commit with this process's write clock; the statistics follow it with the same.
+        let (process, processes) = config.stats.cluster.as_ref().map_or((0, 1), |c| (c.process as u32, c.processes()));
+        let wal_options = WalOptions { clock: WriteClock::new(process, processes), ..config.wal.clone() };
+        let (wal, recovery) = Wal::open(&wal_dir, wal_options)
             .map_err(context(format!("cannot open the write-ahead log in {}", wal_dir.display())))?;
         if let Some(t) = &recovery.truncated {
             tracing::warn!(
@@ -189,10 +193,9 @@ impl Node {
             .ok()
         });
         let engine = {
-            let (wal_dir, durable, sensors, options) =
-                (wal_dir.clone(), log.watch_durable(), config.sensors.clone(), config.stats.clone());
+            let (tail, sensors, options) = (wal.tail(), config.sensors.clone(), config.stats.clone());
             let start = StartFrom { through: archived, snapshot: Box::new(snapshot) };
-            tokio::task::spawn_blocking(move || StatsEngine::start_from(wal_dir, durable, sensors, options, start))
+            tokio::task::spawn_blocking(move || StatsEngine::start_from(tail, sensors, options, start))
                 .await
                 .map_err(context("starting the statistics"))?
                 .map_err(context("starting the statistics"))?

@@ -1,19 +1,26 @@
 //! The feeding end of the dataflow: the first worker of each process reads that process's log (after a snapshot,
 //! if any) and feeds it in rounds.
 //!
-//! A round's logical time comes from a [`RoundClock`]: the feeder's clock in microseconds, never going back. Every
-//! feeder of a cluster advances its inputs with its clock even when idle, so the frontier moves with time and a
-//! round is complete once every process's clock has passed it. Each round also sends a *mark* — (process, last log
-//! position fed) — so that every worker learns which log positions of which process a completed time covers.
+//! Each log record is fed at its *write time* (see [`crate::clock`]), stored in the record: the dataflow sees the
+//! same times in the same order in every run, so deduplication decides the same in every run and every process.
+//! When the log has nothing more, the input moves on to the clock's safe time — every process's feeder does so
+//! even when idle, so the frontier moves with time and a round is complete once every process has passed it. Each
+//! round also sends a *mark* — (process, last log position fed) — so that every worker learns which log positions
+//! of which process a completed time covers.
+//!
+//! Snapshot rounds (the archive the statistics start from) take small times, below [`SNAPSHOT_TIMES`] and so below
+//! every write time: in every process the archive is admitted before any log record.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use differential_dataflow::input::InputSession;
 use timely::dataflow::InputHandleVec;
+use tokio::sync::watch;
 use weir_operators::{DeviceId, Reading, SeriesKey, Time};
 
 use super::Snapshot;
+use crate::clock::WriteClock;
 use crate::devices::DeviceNames;
 use crate::reading::{ReadingBatch, SensorSet};
 use crate::wal::WalReader;
@@ -21,132 +28,141 @@ use crate::wal::WalReader;
 /// A position mark: `(process, position)` — the process's log has been fed through `position`.
 pub type Mark = (u32, u64);
 
-/// Logical times for rounds. Log rounds: the feeder's clock in microseconds since the Unix epoch, times the number
-/// of processes, plus this process's index — so a time says which process fed it (`time % processes`), and times
-/// of different processes never collide. Snapshot rounds (while `in_snapshot`): small times, below every log
-/// round's, so that in every process the archive is admitted before any log record. Strictly increasing.
-///
-/// A hybrid logical clock: a round's time is also above every time [`RoundClock::observe`]d from the other
-/// processes (their marks). A process whose clock is behind therefore catches up with the newest round it has
-/// seen, instead of holding the whole cluster's frontier — and every read waiting for a position — back by its
-/// skew.
-#[derive(Debug)]
-pub struct RoundClock {
-    last: Time,
-    processes: u64,
-    /// Set while the feeder reads its snapshot.
-    pub in_snapshot: bool,
-    /// Added to the wall clock (tests only: a process whose clock is off).
-    #[cfg(test)]
-    pub skew_micros: i64,
-}
-
-/// Times below this are snapshot rounds.
+/// Times below this are snapshot rounds; every write time is far above it (microseconds since 1970).
 pub const SNAPSHOT_TIMES: Time = 1 << 40;
 
-impl RoundClock {
-    pub fn new(process: u32, processes: usize) -> Self {
-        RoundClock {
-            last: u64::from(process),
-            processes: processes.max(1) as u64,
-            in_snapshot: false,
-            #[cfg(test)]
-            skew_micros: 0,
-        }
-    }
-
-    /// Takes note of a time another process fed a round at: later rounds here come after it.
-    pub fn observe(&mut self, time: Time) {
-        if time < SNAPSHOT_TIMES || self.in_snapshot {
-            return;
-        }
-        let n = self.processes;
-        let process = self.last % n;
-        // The last time of this process's slot before `time`; `next` goes on from there.
-        let slot = (time / n) * n + process;
-        let below = if slot >= time { slot.saturating_sub(n) } else { slot };
-        self.last = self.last.max(below);
-    }
-
-    /// The time of the next round.
-    pub fn next(&mut self) -> Time {
-        let n = self.processes;
-        if self.in_snapshot && self.last + n < SNAPSHOT_TIMES {
-            self.last += n;
-            return self.last;
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / n - 1));
-        #[cfg(test)]
-        let now = now.saturating_add_signed(self.skew_micros);
-        let process = self.last % n;
-        let at = now.saturating_mul(n).saturating_add(process);
-        self.last = at.max(self.last + n);
-        self.last
-    }
-
-    /// Which process a time of a cluster of `processes` belongs to.
-    pub fn process_of(time: Time, processes: usize) -> u32 {
-        (time % processes.max(1) as u64) as u32
-    }
-}
+/// The dataflow inputs a feeder sends to: readings, device names, marks.
+pub type FeedInputs =
+    (InputHandleVec<Time, Reading>, InputSession<Time, (DeviceId, String), isize>, InputHandleVec<Time, Mark>);
 
 /// The inputs of one process's feeder and what it reads.
 pub struct LogFeed {
-    pub process: u32,
     pub readings: InputHandleVec<Time, Reading>,
     pub names: InputSession<Time, (DeviceId, String), isize>,
     pub marks: InputHandleVec<Time, Mark>,
     pub feeder: Feeder,
     pub reader: WalReader,
+    /// How far the log is durable.
+    pub durable: watch::Receiver<u64>,
+    /// The log writer's clock: this process's index, and the safe time to move on to.
+    pub clock: WriteClock,
+    /// The time the inputs are at: readings are sent at it or later. Always in this process's slot of times.
+    pub time: Time,
+    /// The time of the last readings fed (what flow control waits for; the inputs may be far past it).
+    pub fed_at: Time,
     /// Fed before the log, while it lasts.
     pub snapshot: Option<Snapshot>,
     /// The last log position the snapshot covers.
     pub snapshot_through: u64,
     /// The last log position fed (from the snapshot or the log).
     pub read_through: u64,
-    /// The last position a mark was sent for.
+    /// The last position a mark was sent for, and the time it was sent at.
     pub marked: u64,
+    pub marked_at: Time,
     /// The position of the last snapshot batch fed, and how many rows were fed at it.
     pub snapshot_at: (u64, u32),
-    /// Whether a log round has been fed (its time is past every snapshot round's, in every process).
-    pub past_snapshot: bool,
 }
 
 impl LogFeed {
-    /// Feeds one round at `time`: snapshot batches while the snapshot lasts, else durable log records after
-    /// `read_through`, up to about `limit` readings; then a mark, and the inputs advance past `time`. Returns the
-    /// number of readings fed.
+    /// Inputs at this process's first snapshot time, nothing fed yet.
+    pub fn new(
+        inputs: FeedInputs,
+        feeder: Feeder,
+        reader: WalReader,
+        durable: watch::Receiver<u64>,
+        clock: WriteClock,
+        start: (Option<Snapshot>, u64),
+    ) -> Self {
+        let (readings, names, marks) = inputs;
+        let (snapshot, snapshot_through) = start;
+        let time = u64::from(clock.process());
+        LogFeed {
+            readings,
+            names,
+            marks,
+            feeder,
+            reader,
+            durable,
+            clock,
+            time,
+            fed_at: 0,
+            read_through: if snapshot.is_some() { 0 } else { snapshot_through },
+            snapshot,
+            snapshot_through,
+            marked: 0,
+            marked_at: 0,
+            snapshot_at: (u64::MAX, 0),
+        }
+    }
+
+    /// Feeds one round: snapshot batches while the snapshot lasts (at the next snapshot time), else the durable log
+    /// records after `read_through`, up to about `limit` readings, each at its write time; then a mark, and — once
+    /// the log is read to its end — the inputs move on to the clock's safe time. Returns the number of readings fed.
     ///
-    /// A mark is only ever sent at a log round's time, never at a snapshot round's: in a cluster the readings of a
+    /// A mark is only ever sent at a log time, never at a snapshot round's: in a cluster the readings of a
     /// process's log prefix may sit in *another* process's snapshot (the sealed days it owns), fed at later snapshot
     /// times, so "this process's log through P is processed" holds only once every snapshot round of every process
-    /// is (all of them are below every log round's time).
-    pub fn round(&mut self, time: Time, durable: u64, limit: usize) -> usize {
-        self.move_to(time);
-        let fed = if self.snapshot.is_some() { self.snapshot_round(limit) } else { self.log_round(durable, limit) };
-        if time >= SNAPSHOT_TIMES {
-            self.past_snapshot = true;
-            if self.read_through != self.marked {
-                self.marks.send((self.process, self.read_through));
-                self.marked = self.read_through;
-            }
+    /// is (all of them are below every log time).
+    pub fn round(&mut self, limit: usize) -> usize {
+        if self.snapshot.is_some() {
+            self.time += self.clock.processes() as u64;
+            debug_assert!(self.time < SNAPSHOT_TIMES, "more snapshot rounds than snapshot times");
+            self.move_to(self.time);
+            let fed = self.snapshot_round(limit);
+            self.fed_at = self.time;
+            // Past the round, so that it completes; the next round's time is above this.
+            self.move_to(self.time + 1);
+            self.flush();
+            return fed;
         }
-        self.advance(time + 1);
+        if self.time < SNAPSHOT_TIMES {
+            // The first log round: above every snapshot round of every process.
+            let n = self.clock.processes() as u64;
+            self.time = SNAPSHOT_TIMES.next_multiple_of(n) + u64::from(self.clock.process());
+        }
+        // The safe time before the durable position: every record written below it is durable by then, so once
+        // the log is read through that position nothing can come below it any more.
+        let safe = self.clock.safe_time();
+        let durable = *self.durable.borrow();
+        let (fed, exhausted) = self.log_round(durable, limit);
+        if self.read_through != self.marked {
+            self.move_to(self.time);
+            self.marks.send((self.clock.process(), self.read_through));
+            self.marked = self.read_through;
+            self.marked_at = self.time;
+        }
+        if exhausted {
+            self.time = self.time.max(safe);
+        }
+        self.move_to(self.time);
+        self.flush();
         fed
     }
 
     /// Whether a round is needed although nothing is left to read: the snapshot is done but no log round has
     /// followed it yet (so the frontier would stay below [`SNAPSHOT_TIMES`] and the snapshot would never count as
-    /// loaded), or the position reached is not marked yet.
+    /// loaded), the position reached is not marked yet, or the inputs are still at the last mark's time (the safe
+    /// time was a group's that the writer had not finished yet: the mark counts once the inputs pass it).
     pub fn needs_round(&self) -> bool {
-        self.snapshot.is_none() && (!self.past_snapshot || self.read_through != self.marked)
+        self.snapshot.is_none()
+            && (self.time < SNAPSHOT_TIMES || self.read_through != self.marked || self.marked_at >= self.time)
     }
 
-    /// Moves the inputs to `time` without feeding anything: lets time pass for the rest of the cluster.
-    pub fn advance(&mut self, time: Time) {
-        self.move_to(time);
+    /// Lets time pass for the rest of the cluster without reading: the inputs move to the safe time if the log is
+    /// fed through what is durable (otherwise the next round reads it first).
+    pub fn pass_time(&mut self) {
+        if self.snapshot.is_some() || self.time < SNAPSHOT_TIMES {
+            return;
+        }
+        let safe = self.clock.safe_time();
+        if self.read_through >= *self.durable.borrow() {
+            self.time = self.time.max(safe);
+            self.move_to(self.time);
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
         self.readings.flush();
         self.names.flush();
         self.marks.flush();
@@ -158,26 +174,38 @@ impl LogFeed {
         self.marks.advance_to(time);
     }
 
-    fn log_round(&mut self, durable: u64, limit: usize) -> usize {
+    /// Feeds durable records after `read_through` up to about `limit` readings, each at its write time (a record
+    /// without one — from an older log — at the current time). Returns how many readings, and whether the log is
+    /// read through `durable`.
+    fn log_round(&mut self, durable: u64, limit: usize) -> (usize, bool) {
         let mut fed = 0usize;
         while fed < limit {
             match self.reader.next_batch_through(durable) {
-                Ok(Some((position, batch))) => {
-                    self.read_through = position;
+                Ok(Some(record)) => {
+                    self.read_through = record.position;
+                    if self.clock.is_own(record.written) && record.written > self.time {
+                        self.time = record.written;
+                        self.move_to(self.time);
+                    }
+                    self.fed_at = self.time;
                     let (readings, names) = (&mut self.readings, &mut self.names);
-                    fed += self
-                        .feeder
-                        .feed_batch(position, 0, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
+                    fed += self.feeder.feed_batch(
+                        record.position,
+                        0,
+                        &record.batch,
+                        &mut |r| readings.send(r),
+                        &mut |n| names.insert(n),
+                    );
                 }
-                Ok(None) => break,
+                Ok(None) => return (fed, self.read_through >= durable),
                 Err(e) => {
                     tracing::error!(error = %e, "statistics cannot read the write-ahead log");
                     std::thread::sleep(Duration::from_millis(100));
-                    break;
+                    return (fed, false);
                 }
             }
         }
-        fed
+        (fed, self.read_through >= durable)
     }
 
     /// Feeds snapshot batches up to about `limit` readings. The mark moves to the snapshot's `through` only once

@@ -17,7 +17,6 @@ mod query;
 mod verdicts;
 
 use std::cell::RefCell;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -28,7 +27,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::progress::frontier::AntichainRef;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use weir_operators::WindowKey;
 use weir_operators::stats::{StatsDataflow, stats_dataflow};
 
@@ -39,9 +38,9 @@ pub use query::{Answer, ArchiveState, Query, WindowFilter, WorkerTraces};
 use crate::cluster::{ClusterConfig, ClusterError};
 use crate::devices::DeviceNames;
 use crate::reading::{ReadingBatch, SensorSet};
-use crate::wal::WalReader;
+use crate::wal::{LogTail, WalReader};
 use answers::{ArchiveAnswerer, QueryRequest, Waiting, query_dataflow};
-use feed::{Feeder, LogFeed, Mark, RoundClock};
+use feed::{Feeder, LogFeed, Mark};
 use positions::Positions;
 use verdicts::verdicts_to_their_process;
 pub use verdicts::{DedupVerdicts, Verdicts};
@@ -62,9 +61,6 @@ pub struct StatsOptions {
     /// The device names this process knows, filled as the log and the archive are fed (shared with ingest, which
     /// refuses a name whose id another holds).
     pub device_names: DeviceNames,
-    /// Added to this process's wall clock (tests only: a cluster whose clocks disagree).
-    #[cfg(test)]
-    pub clock_skew_micros: i64,
 }
 
 impl Default for StatsOptions {
@@ -76,8 +72,6 @@ impl Default for StatsOptions {
             feed_limit: 16_384,
             cluster: None,
             device_names: DeviceNames::default(),
-            #[cfg(test)]
-            clock_skew_micros: 0,
         }
     }
 }
@@ -136,6 +130,11 @@ pub enum StartError {
     Timely(String),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(
+        "the log's write clock is process {clock_process} of {clock_processes}, but the statistics run as process \
+         {process} of {processes}: open the log with the cluster's clock (WalOptions::clock)"
+    )]
+    ClockMismatch { clock_process: u32, clock_processes: usize, process: u32, processes: usize },
 }
 
 /// A query handed to this process's feeding worker.
@@ -165,26 +164,27 @@ pub struct StatsEngine {
 }
 
 impl StatsEngine {
-    /// Starts `options.workers` workers that tail the log in `wal_dir` from its first record, never past the
-    /// `durable` position.
-    pub fn start(
-        wal_dir: PathBuf,
-        durable: watch::Receiver<u64>,
-        sensors: SensorSet,
-        options: StatsOptions,
-    ) -> Result<StatsEngine, StartError> {
-        StatsEngine::start_from(wal_dir, durable, sensors, options, StartFrom::log_start())
+    /// Starts `options.workers` workers that tail the log from its first record, never past its durable position.
+    pub fn start(tail: LogTail, sensors: SensorSet, options: StatsOptions) -> Result<StatsEngine, StartError> {
+        StatsEngine::start_from(tail, sensors, options, StartFrom::log_start())
     }
 
     /// Like [`StatsEngine::start`], but first feeds `start.snapshot` and then reads the log after `start.through`.
     /// In a cluster this waits (bounded) for the other processes to connect.
     pub fn start_from(
-        wal_dir: PathBuf,
-        durable: watch::Receiver<u64>,
+        tail: LogTail,
         sensors: SensorSet,
         options: StatsOptions,
         start: StartFrom,
     ) -> Result<StatsEngine, StartError> {
+        if (tail.clock.process(), tail.clock.processes()) != (options.process(), options.processes()) {
+            return Err(StartError::ClockMismatch {
+                clock_process: tail.clock.process(),
+                clock_processes: tail.clock.processes(),
+                process: options.process(),
+                processes: options.processes(),
+            });
+        }
         let workers = options.workers.max(1);
         let (sender, requests) = mpsc::channel();
         let processed = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
@@ -195,8 +195,7 @@ impl StatsEngine {
         let archive = Arc::new(OnceLock::new());
         let cluster = options.cluster.clone();
         let context = WorkerContext {
-            wal_dir,
-            durable,
+            tail,
             sensors,
             options,
             processed: processed.clone(),
@@ -311,8 +310,7 @@ impl Drop for StatsEngine {
 }
 
 struct WorkerContext {
-    wal_dir: PathBuf,
-    durable: watch::Receiver<u64>,
+    tail: LogTail,
     sensors: SensorSet,
     options: StatsOptions,
     processed: Arc<Vec<AtomicU64>>,
@@ -372,7 +370,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         let archive = ArchiveAnswerer {
             process: ctx.options.process(),
             first_worker: local == 0,
-            durable: ctx.durable.clone(),
+            durable: ctx.tail.durable.clone(),
             control: ctx.archive.clone(),
             start_through: ctx.start_through,
         };
@@ -387,20 +385,14 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         // Fed even when this process's log has archived nothing (`start_through` 0): in a cluster its snapshot
         // also holds the sealed days it owns, written from the other processes' logs.
         let snapshot = ctx.snapshot.lock().expect("not poisoned").take();
-        Some(LogFeed {
-            process: ctx.options.process(),
-            readings,
-            names,
-            marks,
-            feeder: Feeder::new(&ctx.sensors, ctx.options.device_names.clone()),
-            reader: WalReader::new(&ctx.wal_dir, ctx.start_through + 1),
-            read_through: if snapshot.is_some() { 0 } else { ctx.start_through },
-            marked: 0,
-            past_snapshot: false,
-            snapshot_at: (u64::MAX, 0),
-            snapshot,
-            snapshot_through: ctx.start_through,
-        })
+        Some(LogFeed::new(
+            (readings, names, marks),
+            Feeder::new(&ctx.sensors, ctx.options.device_names.clone()),
+            WalReader::new(&ctx.tail.dir, ctx.start_through + 1),
+            ctx.tail.durable.clone(),
+            ctx.tail.clock.clone(),
+            (snapshot, ctx.start_through),
+        ))
     } else {
         drop(readings);
         names.close();
@@ -413,11 +405,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         queries.close();
         None
     };
-    let mut clock = RoundClock::new(ctx.options.process(), processes);
-    #[cfg(test)]
-    {
-        clock.skew_micros = ctx.options.clock_skew_micros;
-    }
+    let clock = &ctx.tail.clock;
     let mut next_query = 0u64;
     let mut fed_until = 0;
     // In a cluster an idle feeder still lets time pass (every `idle_park`), so that the other processes' rounds
@@ -426,21 +414,23 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     let mut last_tick = std::time::Instant::now();
     loop {
         if let Some(feed) = feed.as_mut() {
-            let durable = *ctx.durable.borrow();
+            let durable = *ctx.tail.durable.borrow();
             let has_data = feed.snapshot.is_some() || durable > feed.read_through || feed.needs_round();
-            // Snapshot rounds take times below every log round's, in every process: the archive is admitted first.
-            clock.in_snapshot = feed.snapshot.is_some();
             if has_data || (in_cluster && last_tick.elapsed() >= ctx.options.idle_park) {
+                // Later writes here come after every round another process has fed (a hybrid logical clock).
                 clock.observe(positions.borrow().newest_time);
-                let time = clock.next();
-                if feed.round(time, durable, ctx.options.feed_limit) > 0 {
-                    fed_until = time + 1;
+                if feed.round(ctx.options.feed_limit) > 0 {
+                    // Through the readings fed, not the time the inputs moved on to: in a cluster that is the
+                    // others' to reach, and they may learn of it only from this process's next mark. While the
+                    // inputs are still at the last readings' time (the round stopped inside a group commit, or the
+                    // writer had not finished it), through what is before it.
+                    fed_until = feed.fed_at + u64::from(feed.time > feed.fed_at);
                 }
                 last_tick = std::time::Instant::now();
             }
             if let (Some(queries), Some(requests)) = (queries.as_mut(), requests.as_ref()) {
                 let requester = worker.index();
-                submit_queries(requests, queries, &mut waiting.borrow_mut(), &mut clock, &mut next_query, requester);
+                submit_queries(requests, queries, &mut waiting.borrow_mut(), clock, &mut next_query, requester);
             }
         }
         // Flow control: work the fed readings through before reading more, so nothing queues up in the dataflow
@@ -451,7 +441,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             worker.step_while(|| {
                 if in_cluster && ticked.elapsed() >= ctx.options.idle_park {
                     clock.observe(positions.borrow().newest_time);
-                    feed.advance(clock.next());
+                    feed.pass_time();
                     ticked = std::time::Instant::now();
                 }
                 probe.less_than(&fed_until) && !ctx.stop.load(Ordering::Relaxed)
@@ -497,7 +487,7 @@ fn submit_queries(
     requests: &mpsc::Receiver<Request>,
     queries: &mut InputHandleVec<u64, QueryRequest>,
     waiting: &mut Waiting,
-    clock: &mut RoundClock,
+    clock: &crate::clock::WriteClock,
     next_query: &mut u64,
     requester: usize,
 ) {

@@ -20,7 +20,7 @@ use timely::dataflow::operators::{Exchange, Inspect};
 use timely::dataflow::{Stream, StreamVec};
 use weir_operators::{Admission, Time, Verdict};
 
-use super::feed::{RoundClock, SNAPSHOT_TIMES};
+use super::feed::SNAPSHOT_TIMES;
 
 /// What the archiver asks of the statistics about its own log.
 pub trait DedupVerdicts: Send + Sync {
@@ -84,7 +84,7 @@ pub fn verdicts_to_their_process<'scope>(
     verdicts: Arc<Verdicts>,
 ) -> StreamVec<'scope, Time, Verdict> {
     judged
-        .exchange(move |v: &Verdict| u64::from(RoundClock::process_of(v.time, processes)) * workers as u64)
+        .exchange(move |v: &Verdict| (v.time % processes.max(1) as u64) * workers as u64)
         .inspect(move |v: &Verdict| {
             if v.time < SNAPSHOT_TIMES {
                 return;

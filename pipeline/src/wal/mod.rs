@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use writer::{AppendError, PendingAppend, Wal, WalAppender};
 
+use crate::clock::{Time, WriteClock};
 use crate::reading::ReadingBatch;
 
 use segment::{ScanEnd, SegmentFile, SegmentOpenError, SegmentReader};
@@ -50,12 +51,23 @@ pub struct WalOptions {
     pub queue_depth: usize,
     /// The most bytes one group commit writes before it fsyncs.
     pub max_group_bytes: usize,
+    /// Gives each group commit its write time; the statistics that follow this log share it ([`LogTail`]).
+    pub clock: WriteClock,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { segment_bytes: 64 << 20, queue_depth: 64, max_group_bytes: 16 << 20 }
+        WalOptions { segment_bytes: 64 << 20, queue_depth: 64, max_group_bytes: 16 << 20, clock: WriteClock::default() }
     }
+}
+
+/// What the statistics need to follow a log: where it is, how far it is durable, and the clock its writer stamps
+/// records with (so that they know when no earlier record can come any more).
+#[derive(Clone, Debug)]
+pub struct LogTail {
+    pub dir: PathBuf,
+    pub durable: tokio::sync::watch::Receiver<u64>,
+    pub clock: WriteClock,
 }
 
 /// What opening the log found and repaired.
@@ -186,6 +198,17 @@ pub fn trim_through(dir: &Path, position: u64) -> Result<Vec<PathBuf>, WalError>
     Ok(deleted)
 }
 
+/// One record as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// Its position in the log.
+    pub position: u64,
+    /// Its write time ([`crate::clock`]); 0 for a record written before write times existed.
+    pub written: Time,
+    /// Its readings.
+    pub batch: ReadingBatch,
+}
+
 /// Reads records in position order, from a given position on, without modifying anything. It stops at the end of
 /// what is intact, so it can read a log another process is writing.
 pub struct WalReader {
@@ -203,25 +226,25 @@ impl WalReader {
         WalReader { dir: dir.into(), next_position: from.max(1), current: None, current_first: 0, payload: Vec::new() }
     }
 
-    /// The next record's position and batch, `Ok(None)` when no further intact record exists yet.
-    pub fn next_batch(&mut self) -> Result<Option<(u64, ReadingBatch)>, WalError> {
+    /// The next record, `Ok(None)` when no further intact record exists yet.
+    pub fn next_batch(&mut self) -> Result<Option<LogRecord>, WalError> {
         self.next_batch_through(u64::MAX)
     }
 
-    /// The next record's position and batch if its position is at most `limit` (e.g. the durable position), else
-    /// `Ok(None)`. A record that is not a batch is read as an empty one (see the module documentation).
-    pub fn next_batch_through(&mut self, limit: u64) -> Result<Option<(u64, ReadingBatch)>, WalError> {
+    /// The next record if its position is at most `limit` (e.g. the durable position), else `Ok(None)`. A record
+    /// that is not a batch is read as an empty one (see the module documentation).
+    pub fn next_batch_through(&mut self, limit: u64) -> Result<Option<LogRecord>, WalError> {
         let Some((position, payload)) = self.next_record_through(limit)? else { return Ok(None) };
-        let batch = record::decode_batch(payload).unwrap_or_else(|e| {
+        let (written, batch) = record::decode_batch(payload).unwrap_or_else(|e| {
             metrics::counter!("weir_wal_unreadable_records_total").increment(1);
             tracing::error!(
                 position, error = %e, dir = %self.dir.display(),
                 "a write-ahead log record is intact but not a batch of readings; it is read as empty (its readings \
                  are left out of the statistics and the archive). Was the log written by a later version of Weir?"
             );
-            ReadingBatch { sensors: std::sync::Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() }
+            (0, ReadingBatch { sensors: std::sync::Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() })
         });
-        Ok(Some((position, batch)))
+        Ok(Some(LogRecord { position, written, batch }))
     }
 
     /// The next record's payload if its position is at most `limit`, else `Ok(None)`.

@@ -1,19 +1,26 @@
-//! The byte layout of a WAL record's payload: one [`ReadingBatch`] with its name tables.
+//! The byte layout of a WAL record's payload: one [`ReadingBatch`] with its name tables and its write time.
 //!
 //! ```text
-//! kind u8 = 1
+//! kind u8 = 2
+//! written u64    (the record's write time: see `crate::clock`; 0 until the writer stamps it)
 //! n_sensors u16, then per sensor: len u8, UTF-8 bytes
 //! n_devices u32, then per device: len u8, UTF-8 bytes
 //! n_rows u32,    then per row:    sensor u16, device u32, micros i64, value f64   (22 bytes)
 //! ```
 //! All integers little-endian. Names travel with every record so a record can be read without any configuration
-//! and stays meaningful if the configured sensor set changes.
+//! and stays meaningful if the configured sensor set changes. Kind 1 (written by versions before write times) is
+//! the same without `written`; it reads as write time 0 ("unknown": the statistics feed it in log order).
 
 use std::sync::Arc;
 
 use crate::reading::{ReadingBatch, Row};
 
+/// Readings without a write time (older logs).
 const KIND_READINGS: u8 = 1;
+/// Readings with a write time.
+const KIND_STAMPED_READINGS: u8 = 2;
+/// Where the write time sits in a kind-2 payload.
+const WRITTEN_BYTES: std::ops::Range<usize> = 1..9;
 const ROW_BYTES: usize = 2 + 4 + 8 + 8;
 
 /// Why a payload could not be decoded.
@@ -21,11 +28,12 @@ const ROW_BYTES: usize = 2 + 4 + 8 + 8;
 #[error("malformed WAL payload: {0}")]
 pub struct PayloadError(&'static str);
 
-/// Appends the encoding of `batch` to `out`.
+/// Appends the encoding of `batch` to `out`, with write time 0 (the writer stamps it: [`stamp_written`]).
 pub fn encode_batch(batch: &ReadingBatch, out: &mut Vec<u8>) {
     let names: usize = batch.sensors.iter().chain(batch.devices.iter()).map(|n| n.len() + 1).sum();
-    out.reserve(1 + 2 + 4 + 4 + names + batch.rows.len() * ROW_BYTES);
-    out.push(KIND_READINGS);
+    out.reserve(1 + 8 + 2 + 4 + 4 + names + batch.rows.len() * ROW_BYTES);
+    out.push(KIND_STAMPED_READINGS);
+    out.extend_from_slice(&0u64.to_le_bytes());
     out.extend_from_slice(&(batch.sensors.len() as u16).to_le_bytes());
     for s in batch.sensors.iter() {
         out.push(s.len() as u8);
@@ -45,12 +53,21 @@ pub fn encode_batch(batch: &ReadingBatch, out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes a payload written by [`encode_batch`]; checks every index, never panics.
-pub fn decode_batch(payload: &[u8]) -> Result<ReadingBatch, PayloadError> {
-    let mut input = Cursor(payload);
-    if input.u8()? != KIND_READINGS {
-        return Err(PayloadError("unknown record kind"));
+/// Sets the write time of a payload made by [`encode_batch`]; leaves any other payload as it is.
+pub fn stamp_written(payload: &mut [u8], written: u64) {
+    if payload.first() == Some(&KIND_STAMPED_READINGS) && payload.len() >= WRITTEN_BYTES.end {
+        payload[WRITTEN_BYTES].copy_from_slice(&written.to_le_bytes());
     }
+}
+
+/// Decodes a payload written by [`encode_batch`] into its write time and batch; checks every index, never panics.
+pub fn decode_batch(payload: &[u8]) -> Result<(u64, ReadingBatch), PayloadError> {
+    let mut input = Cursor(payload);
+    let written = match input.u8()? {
+        KIND_READINGS => 0,
+        KIND_STAMPED_READINGS => u64::from_le_bytes(input.array()?),
+        _ => return Err(PayloadError("unknown record kind")),
+    };
     let n_sensors = input.u16()? as usize;
     let mut sensors = Vec::with_capacity(n_sensors);
     for _ in 0..n_sensors {
@@ -73,7 +90,7 @@ pub fn decode_batch(payload: &[u8]) -> Result<ReadingBatch, PayloadError> {
         }
         rows.push(row);
     }
-    Ok(ReadingBatch { sensors: Arc::from(sensors), devices, rows })
+    Ok((written, ReadingBatch { sensors: Arc::from(sensors), devices, rows }))
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -133,11 +150,23 @@ mod tests {
     }
 
     #[test]
-    fn round_trips() {
+    fn round_trips_with_its_write_time() {
         let b = sample();
         let mut buf = Vec::new();
         encode_batch(&b, &mut buf);
-        assert_eq!(decode_batch(&buf).unwrap(), b);
+        assert_eq!(decode_batch(&buf).unwrap(), (0, b.clone()));
+        stamp_written(&mut buf, 0x0102_0304_0506_0708);
+        assert_eq!(decode_batch(&buf).unwrap(), (0x0102_0304_0506_0708, b));
+    }
+
+    #[test]
+    fn a_record_of_the_kind_before_write_times_reads_with_time_zero() {
+        let b = sample();
+        let mut buf = Vec::new();
+        encode_batch(&b, &mut buf);
+        buf.drain(WRITTEN_BYTES);
+        buf[0] = KIND_READINGS;
+        assert_eq!(decode_batch(&buf).unwrap(), (0, b));
     }
 
     proptest! {

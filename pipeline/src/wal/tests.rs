@@ -29,7 +29,7 @@ fn read_all(dir: &Path) -> Vec<(u64, ReadingBatch)> {
     let mut r = WalReader::new(dir, 1);
     let mut out = Vec::new();
     while let Some(record) = r.next_batch().unwrap() {
-        out.push(record);
+        out.push((record.position, record.batch));
     }
     out
 }
@@ -64,7 +64,7 @@ fn appends_get_consecutive_positions_and_survive_reopen() {
     }
     let from_7: Vec<u64> = {
         let mut r = WalReader::new(dir.path(), 7);
-        std::iter::from_fn(|| r.next_batch().unwrap().map(|(p, _)| p)).collect()
+        std::iter::from_fn(|| r.next_batch().unwrap().map(|record| record.position)).collect()
     };
     assert_eq!(from_7, (7..=21).collect::<Vec<_>>());
 }
@@ -196,7 +196,7 @@ fn trimming_deletes_only_whole_segments_through_the_position_and_never_the_last(
     assert_eq!(first_position(dir.path()).unwrap(), before[2].first_position);
     // Everything after the cut is still readable, and the writer goes on.
     let mut r = WalReader::new(dir.path(), cut + 1);
-    let rest: Vec<u64> = std::iter::from_fn(|| r.next_batch().unwrap().map(|(p, _)| p)).collect();
+    let rest: Vec<u64> = std::iter::from_fn(|| r.next_batch().unwrap().map(|record| record.position)).collect();
     assert_eq!(rest, (cut + 1..=40).collect::<Vec<_>>());
     assert_eq!(a.append_blocking(&record_batch(41)).unwrap(), 41);
     // Trimming through everything keeps the last segment.

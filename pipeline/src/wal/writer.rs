@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::segment::{self, SegmentFile};
-use super::{Recovery, WalError, WalOptions, io_err, recover, sync_dir};
+use super::{LogTail, Recovery, WalError, WalOptions, io_err, recover, sync_dir};
+use crate::clock::WriteClock;
 use crate::reading::ReadingBatch;
 
 /// Why an append was not made durable.
@@ -125,6 +126,7 @@ pub struct Wal {
     appender: WalAppender,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
+    clock: WriteClock,
 }
 
 impl Wal {
@@ -149,14 +151,31 @@ impl Wal {
             }
             None => create_segment(&dir, next_position)?,
         };
+        // Write times never go back, not even below the last run's if the wall clock did.
+        if recovery.last_position > 0
+            && let Ok(Some(last)) = super::WalReader::new(&dir, recovery.last_position).next_batch()
+        {
+            options.clock.observe(last.written);
+        }
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let (durable_tx, durable) = watch::channel(recovery.last_position);
+        let clock = options.clock.clone();
         let writer = Writer { dir: dir.clone(), options, file, size, next_position, durable: durable_tx, failed: None };
         let thread = std::thread::Builder::new()
             .name("weir-wal-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(&dir))?;
-        Ok((Wal { appender: WalAppender { tx, durable }, thread: Some(thread), dir }, recovery))
+        Ok((Wal { appender: WalAppender { tx, durable }, thread: Some(thread), dir, clock }, recovery))
+    }
+
+    /// What the statistics need to follow this log.
+    pub fn tail(&self) -> LogTail {
+        LogTail { dir: self.dir.clone(), durable: self.appender.watch_durable(), clock: self.clock.clone() }
+    }
+
+    /// The clock that stamps this log's records.
+    pub fn clock(&self) -> &WriteClock {
+        &self.clock
     }
 
     /// A handle for appending.
@@ -223,10 +242,13 @@ impl Writer {
             let Some(first) = rx.blocking_recv() else { break };
             let mut message = Some(first);
             buf.clear();
+            // One write time for the whole group: its records are ordered among themselves by position.
+            let written = self.options.clock.begin_group();
             while let Some(m) = message.take() {
                 match m {
-                    Message::Append { payload, done } => {
+                    Message::Append { mut payload, done } => {
                         let position = self.next_position + waiters.len() as u64;
+                        super::record::stamp_written(&mut payload, written);
                         segment::frame_record(position, &payload, &mut buf);
                         waiters.push(done);
                     }
@@ -242,6 +264,7 @@ impl Writer {
             if !waiters.is_empty() {
                 self.commit(&buf, &mut waiters);
             }
+            self.options.clock.end_group();
         }
         rx.close();
         if let Some(done) = close {

@@ -11,7 +11,7 @@ const DAY: &str = "2026-11-19";
 const T: i64 = 1_795_046_400_000_000; // 2026-11-19T00:00:00Z
 
 fn r(device: &str, sensor: &str, secs: i64, value: f64) -> ArchivedReading {
-    ArchivedReading { device: device.into(), sensor: sensor.into(), value, micros: T + secs * 1_000_000 }
+    ArchivedReading { device: device.into(), sensor: sensor.into(), value, micros: T + secs * 1_000_000, written: 0 }
 }
 
 struct Store {
@@ -239,4 +239,43 @@ fn in_a_cluster_the_owner_seals_every_processs_committed_parts() {
     let unchanged = rt.block_on(seal_committed_day(&sealer, DAY, None, None, Some(&committed))).unwrap();
     assert!(!unchanged.changed);
     assert_eq!(unchanged.record.late_readings, 2);
+}
+
+/// Issue 16, 3: in a cluster the seal keeps the first write by the statistics' order (write time), not the lower
+/// process's. Process 1 wrote X = 5, then (later, beyond the dedup horizon, so the statistics admitted it too)
+/// process 0 wrote X = 3: the sealed file and the dump hold 5 — and a later reseal never reopens it, even for a
+/// late part with an earlier write time.
+#[test]
+fn in_a_cluster_the_seal_keeps_the_first_write_by_write_time_not_the_lower_process() {
+    use crate::archive::{ClusterShare, day_owner};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let shared = ArchiveLocation::open("memory:///").unwrap();
+    let at = |process: u32| shared.clone().shared_by(ClusterShare { process, processes: 2 });
+    let put = |location: &ArchiveLocation, first: u64, last: u64, mut rows: Vec<ArchivedReading>| {
+        sort_for_archive(&mut rows);
+        let path = location.part_path(DAY, first, last);
+        rt.block_on(location.store.put(&path, PutPayload::from(write_parquet(&rows).unwrap()))).unwrap();
+    };
+    let written = |reading: ArchivedReading, written: u64| ArchivedReading { written, ..reading };
+    // Write times of a cluster of 2: process 1's are odd, process 0's even.
+    put(&at(1), 1, 1, vec![written(r("truck-7", "speed", 5, 5.0), 3_000_001)]);
+    put(&at(0), 1, 1, vec![written(r("truck-7", "speed", 5, 3.0), 3_000_010)]);
+    let sealer = at(day_owner(DAY, 2).unwrap());
+    let committed: BTreeMap<u32, u64> = [(0, 1), (1, 1)].into();
+    let outcome = rt.block_on(seal_committed_day(&sealer, DAY, None, None, Some(&committed))).unwrap();
+    let sealed =
+        read_parquet(rt.block_on(async { sealer.store.get(&outcome.sealed).await.unwrap().bytes().await.unwrap() }))
+            .unwrap();
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(sealed[0].value, 5.0, "the first write (process 1's) is kept: {sealed:?}");
+    assert_eq!(sealed[0].written, 3_000_001, "and keeps its write time");
+
+    // A late part of process 0 with an earlier write time still: the sealed verdict stands.
+    put(&at(0), 2, 2, vec![written(r("truck-7", "speed", 5, 1.0), 2_000_000)]);
+    let committed: BTreeMap<u32, u64> = [(0, 2), (1, 1)].into();
+    let again = rt.block_on(seal_committed_day(&sealer, DAY, None, None, Some(&committed))).unwrap();
+    let resealed =
+        read_parquet(rt.block_on(async { sealer.store.get(&again.sealed).await.unwrap().bytes().await.unwrap() }))
+            .unwrap();
+    assert_eq!(resealed.iter().map(|r| r.value).collect::<Vec<_>>(), vec![5.0], "a seal's verdict is never reopened");
 }
