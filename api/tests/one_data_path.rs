@@ -23,6 +23,9 @@ use support::*;
 const SENSORS: [&str; 6] =
     ["speed", "fuel", "revolution", "engine_temperature", "location_latitude", "location_longitude"];
 
+/// A directory name with every character an object-store path percent-encodes, and more.
+const ODD_NAME: &str = "odd ~#%[]{}^|<>\"\\*? name";
+
 /// Device names chosen to look alike: only exact names may match.
 const DEVICES: [&str; 4] = ["d", "d1", "D", "d-1"];
 
@@ -531,6 +534,24 @@ impl Weir {
         if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
     }
 
+    /// `weir dump` of the test's day beside the running processes: it must refuse (exit 1, naming the running
+    /// sealer) and change nothing.
+    fn dump_is_refused(&self) -> Vec<String> {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["dump", "--date", "2026-11-20"]);
+        match &self.hosts {
+            None => cmd.arg("--data-dir").arg(self.data_dir(0)),
+            Some(_) => cmd.arg("--archive").arg(self.root.join("archive")),
+        };
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(1) && !stderr.contains("panicked") {
+            Vec::new()
+        } else {
+            vec![format!("weir dump beside a running Weir: {:?}, stderr: {stderr}", out.status)]
+        }
+    }
+
     fn url(&self, p: usize) -> &str {
         &self.servers[p].url
     }
@@ -756,7 +777,11 @@ async fn run_case(test: &str, seed: u64, processes: usize) {
     // WEIR_TEST_KEEP=1 keeps the data directories, archive and logs of a failed case for a look.
     let keep = std::env::var_os("WEIR_TEST_KEEP").is_some();
     dir.disable_cleanup(keep);
-    let mut weir = Weir::new(dir.path(), processes);
+    // Every data directory and the archive sit under a name with the characters object-store paths encode (a seal
+    // once deleted the wrong objects under such a name).
+    let root = dir.path().join(ODD_NAME);
+    std::fs::create_dir(&root).unwrap();
+    let mut weir = Weir::new(&root, processes);
     let mut history: Vec<String> = Vec::new();
     let mut model = Model::default();
     let mut sent: Vec<Reading> = Vec::new();
@@ -798,17 +823,27 @@ async fn run_case(test: &str, seed: u64, processes: usize) {
             Err(e) => fail(&weir, &history, step, "a request was not acknowledged", &[e, lines.join("\n  ")]),
         };
         note(&mut history, format!("step {step}: {} lines to process {p}, acknowledged at {position}", lines.len()));
-        if processes > 1 {
-            // Across processes, first means first in the dataflow: wait until this write is processed before the
-            // next is sent, so that acknowledgement order is that order.
-            if let Err(e) = get(&format!("{}/api/v1/devices?after={position}", weir.url(p))).await {
-                fail(&weir, &history, step, "read-your-writes", &[e]);
-            }
+        // Across processes, first means first by write time, which on one machine is acknowledgement order: the
+        // next request goes out at once, or (sometimes) after this one is readable.
+        if processes > 1
+            && rng.chance(30)
+            && let Err(e) = get(&format!("{}/api/v1/devices?after={position}", weir.url(p))).await
+        {
+            fail(&weir, &history, step, "read-your-writes", &[e]);
         }
         weir.acked[p] = Some(position);
         model.acknowledged(&readings);
         sent.extend(readings);
 
+        // An offline `weir dump` of the day while the server runs (and may be sealing it) must refuse: one sealer per
+        // day, always.
+        if rng.chance(20) {
+            let problems = weir.dump_is_refused();
+            note(&mut history, "weir dump --date 2026-11-20 while running: refused".into());
+            if !problems.is_empty() {
+                fail(&weir, &history, step, "an offline dump beside the running server", &problems);
+            }
+        }
         let action = rng.range(0, 99);
         if step + 1 == steps || action < 50 {
             continue;
