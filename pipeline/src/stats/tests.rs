@@ -206,7 +206,7 @@ fn records_strategy() -> impl Strategy<Value = Vec<Vec<Input>>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases_or(24), ..ProptestConfig::default() })]
 
     #[test]
     fn one_worker_matches_the_model(records in records_strategy()) {
@@ -641,7 +641,7 @@ fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases_or(6), ..ProptestConfig::default() })]
 
     #[test]
     fn three_processes_answer_like_one(records in records_strategy()) {
@@ -724,4 +724,9 @@ fn a_cross_process_verdict_survives_restarts_in_any_order_with_skewed_clocks() {
             }
         });
     }
+}
+
+/// `PROPTEST_CASES` if set (to run many more cases: `PROPTEST_CASES=2000 cargo test …`), else `default`.
+fn cases_or(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
 }
