@@ -3,8 +3,13 @@
 //!
 //! Timely connects the processes itself when given `Config::Cluster`, but it waits for missing peers forever and
 //! reports on stdout. Weir makes the connections here instead — the same convention as timely (a process dials the
-//! processes listed before it and accepts those after it; each side first sends its process index) — so that the
-//! wait is bounded and logged, and then hands the sockets to timely (`initialize_networking_from_sockets`).
+//! processes listed before it and accepts those after it) — so that the wait is bounded and logged, and then hands
+//! the sockets to timely (`initialize_networking_from_sockets`).
+//!
+//! Each connection starts with a [`Handshake`] both ways: a magic tag, the process index, the number of processes
+//! and of workers per process. A connection that does not send one within [`HANDSHAKE_TIMEOUT`] — a port scanner,
+//! a load balancer's probe, anything else — is logged and dropped, and the wait goes on; a peer whose cluster size
+//! or `--workers` differ is refused with an error that names both (timely would fail later with an index error).
 //!
 //! A timely cluster stops as a whole: when one process dies, the others' dataflows fail. Weir then exits (see
 //! `weir serve`), and the cluster is restarted; every process recovers from its own write-ahead log.
@@ -42,6 +47,20 @@ pub enum ClusterError {
     PeersMissing { waited: Duration, missing: String },
     #[error("a cluster connection failed during the handshake: {0}")]
     Handshake(std::io::Error),
+    #[error(
+        "process {peer} at {from} runs a cluster of {peer_processes} processes with --workers {peer_workers}; this \
+         process, {me}, a cluster of {processes} with --workers {workers}. Every process needs the same hosts list and \
+         the same --workers"
+    )]
+    Mismatch {
+        me: usize,
+        processes: usize,
+        workers: usize,
+        peer: usize,
+        from: String,
+        peer_processes: usize,
+        peer_workers: usize,
+    },
     #[error("{0}")]
     Timely(String),
 }
@@ -78,8 +97,10 @@ impl ClusterConfig {
         self.addresses.len()
     }
 
-    /// Connects to every peer. The result has one socket per process, `None` at this process's own index.
-    pub fn connect(&self) -> Result<Vec<Option<TcpStream>>, ClusterError> {
+    /// Connects to every peer, each running `workers` workers. The result has one socket per process, `None` at this
+    /// process's own index.
+    pub fn connect(&self, workers: usize) -> Result<Vec<Option<TcpStream>>, ClusterError> {
+        let mine = Handshake { process: self.process, processes: self.processes(), workers };
         let deadline = Instant::now() + self.connect_timeout;
         let me = self.process;
         // The address may still be held for a moment (this process's previous run exiting, or a connection that
@@ -96,41 +117,76 @@ impl ClusterConfig {
         };
         listener.set_nonblocking(true).map_err(ClusterError::Handshake)?;
         let mut sockets: Vec<Option<TcpStream>> = (0..self.processes()).map(|_| None).collect();
+        let (arrived_tx, arrived) = std::sync::mpsc::channel();
         let mut last_report = Instant::now();
         tracing::info!(process = me, processes = self.processes(), address = %self.addresses[me], "joining the cluster");
         loop {
             // Dial the processes before this one.
             for (peer, socket) in sockets.iter_mut().enumerate().take(me) {
-                if socket.is_none()
-                    && let Ok(mut stream) = TcpStream::connect(&self.addresses[peer])
-                {
-                    stream.set_nodelay(true).map_err(ClusterError::Handshake)?;
-                    stream.write_all(&(me as u64).to_be_bytes()).map_err(ClusterError::Handshake)?;
-                    tracing::info!(peer, address = %self.addresses[peer], "connected to cluster peer");
-                    *socket = Some(stream);
+                if socket.is_some() {
+                    continue;
+                }
+                let Ok(mut stream) = TcpStream::connect(&self.addresses[peer]) else { continue };
+                let address = &self.addresses[peer];
+                match mine.send(&mut stream).and_then(|()| Handshake::receive_within(&mut stream, REPLY_TIMEOUT)) {
+                    Ok(Some(theirs)) if theirs.process == peer => {
+                        mine.check(&theirs, address)?;
+                        stream.set_nodelay(true).map_err(ClusterError::Handshake)?;
+                        tracing::info!(peer, %address, "connected to cluster peer");
+                        *socket = Some(stream);
+                    }
+                    Ok(Some(theirs)) => tracing::warn!(
+                        %address, expected = peer, found = theirs.process,
+                        "the cluster address of one process answers as another; check the hosts list"
+                    ),
+                    Ok(None) | Err(_) => tracing::warn!(
+                        %address, peer,
+                        "what listens at a peer's cluster address is not a Weir cluster process (no handshake); retrying"
+                    ),
                 }
             }
-            // Accept the processes after this one.
+            // Accept the processes after this one. Each connection's handshake is read on a thread of its own, so
+            // that a silent stranger delays nobody.
             loop {
                 match listener.accept() {
                     Ok((mut stream, from)) => {
-                        stream.set_nonblocking(false).map_err(ClusterError::Handshake)?;
-                        stream.set_nodelay(true).map_err(ClusterError::Handshake)?;
-                        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(ClusterError::Handshake)?;
-                        let mut index = [0u8; 8];
-                        stream.read_exact(&mut index).map_err(ClusterError::Handshake)?;
-                        stream.set_read_timeout(None).map_err(ClusterError::Handshake)?;
-                        let peer = u64::from_be_bytes(index) as usize;
-                        if peer <= me || peer >= self.processes() {
-                            tracing::warn!(%from, peer, "ignoring a cluster connection with an unexpected process index");
-                            continue;
-                        }
-                        tracing::info!(peer, %from, "cluster peer connected");
-                        sockets[peer] = Some(stream);
+                        let arrived = arrived_tx.clone();
+                        std::thread::spawn(move || {
+                            let theirs = stream.set_nonblocking(false).and_then(|()| Handshake::receive(&mut stream));
+                            let _ = arrived.send((stream, from, theirs));
+                        });
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(ClusterError::Handshake(e)),
                 }
+            }
+            for (mut stream, from, theirs) in arrived.try_iter() {
+                // Whatever goes wrong with one connection is that connection's problem: log it and go on.
+                let theirs = match theirs {
+                    Ok(Some(theirs)) => theirs,
+                    Ok(None) | Err(_) => {
+                        tracing::warn!(
+                            %from,
+                            "ignoring a connection to the cluster port that sent no Weir cluster handshake within \
+                             {HANDSHAKE_TIMEOUT:?} (a port scanner or a probe?)"
+                        );
+                        continue;
+                    }
+                };
+                // Answer first, so that a peer of another shape learns it too.
+                let answered = mine.send(&mut stream).and_then(|()| stream.set_nodelay(true));
+                mine.check(&theirs, &from.to_string())?;
+                let peer = theirs.process;
+                if peer <= me || sockets[peer].is_some() {
+                    tracing::warn!(%from, peer, "ignoring a cluster connection with an unexpected process index");
+                    continue;
+                }
+                if answered.is_err() {
+                    tracing::warn!(%from, peer, "a cluster peer went away during the handshake");
+                    continue;
+                }
+                tracing::info!(peer, %from, "cluster peer connected");
+                sockets[peer] = Some(stream);
             }
             let missing: Vec<String> = (0..self.processes())
                 .filter(|&p| p != me && sockets[p].is_none())
@@ -162,7 +218,7 @@ impl ClusterConfig {
     {
         use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
         use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
-        let sockets = self.connect()?;
+        let sockets = self.connect(threads)?;
         let hooks = timely::communication::Hooks::default();
         let local = ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
         let (builders, guard) = initialize_networking_from_sockets(local, sockets, self.process, threads, hooks)
@@ -170,6 +226,70 @@ impl ClusterConfig {
         let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
         timely::execute::execute_from(builders, Box::new(guard), timely::WorkerConfig::default(), func)
             .map_err(ClusterError::Timely)
+    }
+}
+
+/// How long a new connection has to send its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a dialing process waits for the answer to its handshake.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What each side of a cluster connection says first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handshake {
+    process: usize,
+    processes: usize,
+    workers: usize,
+}
+
+impl Handshake {
+    const MAGIC: [u8; 8] = *b"weir-tc1";
+    const BYTES: usize = 8 + 3 * 8;
+
+    fn send(&self, stream: &mut TcpStream) -> std::io::Result<()> {
+        let mut bytes = Vec::with_capacity(Self::BYTES);
+        bytes.extend_from_slice(&Self::MAGIC);
+        for n in [self.process, self.processes, self.workers] {
+            bytes.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        stream.write_all(&bytes)
+    }
+
+    /// The other side's handshake; `None` if it sent something else, or nothing within [`HANDSHAKE_TIMEOUT`].
+    fn receive(stream: &mut TcpStream) -> std::io::Result<Option<Handshake>> {
+        Self::receive_within(stream, HANDSHAKE_TIMEOUT)
+    }
+
+    fn receive_within(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<Option<Handshake>> {
+        stream.set_read_timeout(Some(timeout))?;
+        let mut bytes = [0u8; Self::BYTES];
+        let read = stream.read_exact(&mut bytes);
+        stream.set_read_timeout(None)?;
+        if read.is_err() || bytes[..8] != Self::MAGIC {
+            return Ok(None);
+        }
+        let n = |i: usize| {
+            let word: [u8; 8] = bytes[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes");
+            usize::try_from(u64::from_be_bytes(word)).unwrap_or(usize::MAX)
+        };
+        Ok(Some(Handshake { process: n(0), processes: n(1), workers: n(2) }))
+    }
+
+    /// Refuses a peer of another cluster shape: timely needs the same number of processes and workers everywhere.
+    fn check(&self, theirs: &Handshake, from: &str) -> Result<(), ClusterError> {
+        if (theirs.processes, theirs.workers) == (self.processes, self.workers) && theirs.process < self.processes {
+            return Ok(());
+        }
+        Err(ClusterError::Mismatch {
+            me: self.process,
+            processes: self.processes,
+            workers: self.workers,
+            peer: theirs.process,
+            from: from.to_owned(),
+            peer_processes: theirs.processes,
+            peer_workers: theirs.workers,
+        })
     }
 }
 
@@ -213,8 +333,40 @@ mod tests {
     fn a_process_whose_peers_never_come_gives_up_naming_them() {
         let addresses = free_addresses(3);
         let c = ClusterConfig { process: 1, addresses: addresses.clone(), connect_timeout: Duration::from_millis(300) };
-        let e = c.connect().unwrap_err().to_string();
+        let e = c.connect(1).unwrap_err().to_string();
         assert!(e.contains("still missing process 0 at") && e.contains(&addresses[2]), "{e}");
+    }
+
+    /// Issue 17, 3: a connection that says nothing and closes (a port scanner, a probe) used to end the process;
+    /// a stranger that sends garbage is dropped too, and the real peer still joins.
+    #[test]
+    fn strangers_on_the_cluster_port_are_dropped_and_the_peer_still_joins() {
+        let addresses = free_addresses(2);
+        let first =
+            ClusterConfig { process: 0, addresses: addresses.clone(), connect_timeout: Duration::from_secs(20) };
+        let waiting = std::thread::spawn(move || first.connect(2).map(|s| s.iter().filter(|s| s.is_some()).count()));
+        std::thread::sleep(Duration::from_millis(200));
+        drop(TcpStream::connect(&addresses[0]).unwrap());
+        let mut garbage = TcpStream::connect(&addresses[0]).unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let _silent = TcpStream::connect(&addresses[0]).unwrap();
+        let second = ClusterConfig { process: 1, addresses, connect_timeout: Duration::from_secs(20) };
+        assert_eq!(second.connect(2).unwrap().iter().filter(|s| s.is_some()).count(), 1);
+        assert_eq!(waiting.join().unwrap().unwrap(), 1, "process 0 is connected to process 1");
+    }
+
+    /// Issue 17, 3: processes started with different `--workers` are told so, with both numbers.
+    #[test]
+    fn a_peer_with_other_workers_is_refused_naming_both() {
+        let addresses = free_addresses(2);
+        let first =
+            ClusterConfig { process: 0, addresses: addresses.clone(), connect_timeout: Duration::from_secs(20) };
+        let waiting = std::thread::spawn(move || first.connect(2).map(|_| ()).unwrap_err().to_string());
+        let second = ClusterConfig { process: 1, addresses, connect_timeout: Duration::from_secs(5) };
+        let e = second.connect(3).unwrap_err().to_string();
+        let theirs = waiting.join().unwrap();
+        assert!(theirs.contains("--workers 3") && theirs.contains("--workers 2"), "{theirs}");
+        assert!(e.contains("--workers 3") && e.contains("--workers 2"), "{e}");
     }
 
     #[test]
