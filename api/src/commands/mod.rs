@@ -47,17 +47,34 @@ pub enum Command {
     Config(config::ConfigCommand),
 }
 
-/// Parses sizes such as `65536`, `64KiB`, `1GiB`, `10MB`.
+/// The largest size any flag accepts: 1 PiB. Beyond it a value is a mistake (and sums of sizes could overflow).
+pub const MAX_SIZE: u64 = 1 << 50;
+
+/// The longest duration any flag accepts: 10 years. Beyond it a value is a mistake, and deadlines computed from it
+/// (now + the duration) would overflow the clock.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses sizes such as `65536`, `64KiB`, `1GiB`, `10MB`, up to [`MAX_SIZE`].
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    text.trim()
+    let size = text
+        .trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| format!("{e}; write a size like 65536, 64KiB or 1GiB"))
+        .map_err(|e| format!("{e}; write a size like 65536, 64KiB or 1GiB"))?;
+    if size > MAX_SIZE {
+        return Err(format!("{text} is more than Weir accepts for any size (1 PiB)"));
+    }
+    Ok(size)
 }
 
-/// Parses durations such as `30s`, `5m`, `1h 30m`, `250ms`.
+/// Parses durations such as `30s`, `5m`, `1h 30m`, `250ms`, up to [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e}; write a duration like 30s, 5m or 250ms"))
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{e}; write a duration like 30s, 5m or 250ms"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("{text} is longer than Weir accepts for any duration (10 years)"));
+    }
+    Ok(duration)
 }
 
 /// Sets up `tracing` output on stderr.
@@ -82,6 +99,15 @@ mod tests {
         assert_eq!(parse_size("64KiB"), Ok(65536));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert!(parse_size("lots").is_err());
+    }
+
+    /// Issue 17, 2: values that parse but overflow a deadline or a sum are refused where they are read.
+    #[test]
+    fn absurd_sizes_and_durations_are_refused() {
+        assert!(parse_duration("18446744073709551615s").unwrap_err().contains("10 years"));
+        assert!(parse_duration("3650d").is_ok());
+        assert!(parse_size("18446744073709551615").unwrap_err().contains("1 PiB"));
+        assert_eq!(parse_size("1PiB"), Ok(MAX_SIZE));
     }
 
     #[test]

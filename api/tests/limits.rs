@@ -1,0 +1,64 @@
+//! Limits that are themselves bad input (issue 17, 2): values that parse but overflow a deadline or a sum are
+//! refused at start and by `weir config check`, naming the flag; the largest accepted values work.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+#[test]
+fn an_absurd_duration_or_size_is_refused_at_start_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value, says) in [
+        ("--max-request-time", "18446744073709551615s", "10 years"),
+        ("--read-wait", "18446744073709551615s", "10 years"),
+        ("--sql-timeout", "400000d", "10 years"),
+        ("--max-body-bytes", "18446744073709551615", "1 PiB"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(says), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn config_check_refuses_the_same_values_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weir.toml");
+    std::fs::write(&file, "read-wait = \"18446744073709551615s\"\n").unwrap();
+    let out = Command::new(BIN).args(["config", "check"]).arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("read-wait") && stderr.contains("10 years"), "{stderr}");
+}
+
+/// The longest accepted durations leave every deadline computable: ingest, `after=` reads and SQL answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_longest_accepted_durations_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let ten_years = "3650d";
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--max-request-time", ten_years, "--read-wait", ten_years, "--sql-timeout", ten_years],
+    );
+    let position = ingest_lines(&s, &[reading("speed", 1, None)]).await;
+    let r = client().get(format!("{}/api/v1/devices?after={position}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = client()
+        .post(format!("{}/api/v1/sql", s.url))
+        .header("content-type", "text/plain")
+        .body("SELECT count(*) AS n FROM readings")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert!(s.stop().success());
+}
