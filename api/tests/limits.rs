@@ -62,3 +62,41 @@ async fn the_longest_accepted_durations_work() {
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     assert!(s.stop().success());
 }
+
+/// Issue 17, 1: a 2 KB query of 1 000 additions, or a realistic 1 000-term `OR`, killed the process (stack
+/// overflow while planning). Over HTTP and gRPC they answer; deeper nesting and longer text get a clear 400 /
+/// INVALID_ARGUMENT; the server serves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_queries_answer_or_are_refused_and_the_server_lives() {
+    use weir_api::grpc::proto::SqlRequest;
+    use weir_api::grpc::proto::weir_client::WeirClient;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    ingest_lines(&s, &[reading("speed", 1, None)]).await;
+    let sql = |text: String| {
+        client().post(format!("{}/api/v1/sql", s.url)).header("content-type", "text/plain").body(text).send()
+    };
+    let sum = format!("SELECT {} AS n", vec!["1"; 1000].join("+"));
+    let ors = (0..1000).map(|d| format!("device = 'd{d}'")).collect::<Vec<_>>().join(" OR ");
+    let ors = format!("SELECT count(*) AS n FROM readings WHERE {ors}");
+    for query in [&sum, &ors] {
+        let r = sql(query.clone()).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let too_deep = format!("SELECT {} AS n", vec!["1"; 5000].join("+"));
+    let r = sql(too_deep.clone()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("IN ("));
+    let r = sql(format!("SELECT 1 -- {}", "x".repeat(100_000))).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("--sql-max-query-bytes"));
+
+    let mut grpc = WeirClient::connect(s.grpc_url.clone().unwrap()).await.unwrap();
+    let answer = grpc.query(SqlRequest { sql: sum }).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    let refused = grpc.query(SqlRequest { sql: too_deep }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let r = client().get(format!("{}/healthz", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(s.stop().success());
+}

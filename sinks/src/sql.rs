@@ -21,23 +21,44 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use weir_pipeline::wal::LogRecord;
 
+mod threads;
+pub use threads::{Busy, SqlThreads};
+
 use crate::archive::{ArchiveLocation, ArchiveProgress, archived_readings};
 use crate::part::{ArchivedReading, archive_schema, to_record_batch};
 
-/// Limits of one query.
+/// Limits of one query, and of how many run at once.
 #[derive(Debug, Clone)]
 pub struct SqlLimits {
     pub timeout: Duration,
     pub max_rows: usize,
     /// Memory the query may use for sorts, joins and aggregations; beyond it, it spills or fails cleanly.
     pub memory_bytes: usize,
+    /// The longest query text.
+    pub max_query_bytes: usize,
+    /// Queries that run at once, each on a thread of its own ([`SqlThreads`]).
+    pub concurrency: usize,
+    /// Queries that may wait for a thread; more are refused at once.
+    pub queue: usize,
 }
 
 impl Default for SqlLimits {
     fn default() -> Self {
-        SqlLimits { timeout: Duration::from_secs(30), max_rows: 100_000, memory_bytes: 512 << 20 }
+        SqlLimits {
+            timeout: Duration::from_secs(30),
+            max_rows: 100_000,
+            memory_bytes: 512 << 20,
+            max_query_bytes: 64 << 10,
+            concurrency: 2,
+            queue: 16,
+        }
     }
 }
+
+/// The deepest nesting of expressions and subqueries a query may have: `a OR b OR c …` is one level per `OR`.
+/// Deeper queries are refused before planning (planning recurses once per level; a SQL thread's stack holds far
+/// more than this, and the query text limit bounds what the check itself walks).
+pub const MAX_NESTING: usize = 1_024;
 
 /// Why a query gave no result.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +73,8 @@ pub enum SqlError {
     TooManyRows(usize),
     #[error("the query needs more memory than --sql-memory allows: {0}")]
     Memory(String),
+    #[error("{0}")]
+    Busy(#[from] Busy),
 }
 
 impl From<datafusion::error::DataFusionError> for SqlError {
@@ -83,13 +106,31 @@ pub struct SqlArchive {
     /// The running archiver's progress (unflushed readings), when there is one.
     progress: Option<Arc<ArchiveProgress>>,
     limits: SqlLimits,
+    threads: SqlThreads,
 }
 
-/// Refuses anything but one read-only query, naming the class of what was sent.
-pub fn check_read_only(sql: &str) -> Result<(), SqlError> {
+/// Refuses anything but one read-only query of at most `max_bytes` bytes and [`MAX_NESTING`] levels, naming
+/// what is wrong. Parses the text: call it on a SQL thread ([`SqlArchive::check`]), whose stack holds any nesting
+/// the size limit allows.
+pub fn check_query(sql: &str, max_bytes: usize) -> Result<(), SqlError> {
+    if sql.len() > max_bytes {
+        return Err(SqlError::Refused(format!(
+            "the query is {} bytes, more than the {max_bytes} allowed (--sql-max-query-bytes)",
+            sql.len()
+        )));
+    }
     let statements = DFParser::parse_sql(sql).map_err(|e| SqlError::Invalid(e.to_string()))?;
     if statements.len() != 1 {
         return Err(SqlError::Refused(format!("send exactly one statement ({} given)", statements.len())));
+    }
+    if let DfStatement::Statement(statement) = &statements[0] {
+        let depth = nesting(statement);
+        if depth > MAX_NESTING {
+            return Err(SqlError::Refused(format!(
+                "the query nests {depth} levels of expressions deep, more than the {MAX_NESTING} allowed: write long \
+                 chains of OR as `IN (…)`, or split the query"
+            )));
+        }
     }
     let class = match &statements[0] {
         DfStatement::Statement(s) => match s.as_ref() {
@@ -119,9 +160,66 @@ pub fn check_read_only(sql: &str) -> Result<(), SqlError> {
     )))
 }
 
+/// How deep expressions and queries nest in `statement` (the deepest path through the syntax tree).
+fn nesting(statement: &Statement) -> usize {
+    use datafusion::sql::sqlparser::ast::{Expr, Query, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Depth {
+        now: usize,
+        deepest: usize,
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.now += 1;
+            self.deepest = self.deepest.max(self.now);
+            ControlFlow::Continue(())
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.now -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.now += 1;
+            self.deepest = self.deepest.max(self.now);
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.now -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    let mut depth = Depth { now: 0, deepest: 0 };
+    let _ = statement.visit(&mut depth);
+    depth.deepest
+}
+
 impl SqlArchive {
+    /// Answers SQL over `location` on a pool of `limits.concurrency` SQL threads of its own.
     pub fn new(location: ArchiveLocation, progress: Option<Arc<ArchiveProgress>>, limits: SqlLimits) -> Self {
-        SqlArchive { location, progress, limits }
+        let threads = SqlThreads::start(limits.concurrency, limits.queue);
+        SqlArchive { location, progress, limits, threads }
+    }
+
+    /// [`check_query`] on a SQL thread.
+    pub async fn check(&self, sql: &str) -> Result<(), SqlError> {
+        let (sql, max) = (sql.to_owned(), self.limits.max_query_bytes);
+        self.on_sql_thread(move || async move { check_query(&sql, max) }).await
+    }
+
+    /// Runs `work` on a SQL thread; the answer comes within the query timeout, whether or not the work has ended.
+    async fn on_sql_thread<T, F, W>(&self, work: W) -> Result<T, SqlError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, SqlError>> + 'static,
+        W: FnOnce() -> F + Send + 'static,
+    {
+        let answer = self.threads.run(work)?;
+        match tokio::time::timeout(self.limits.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(SqlError::Invalid("the query failed on its thread (see the log)".into())),
+            Err(_) => Err(SqlError::Timeout(self.limits.timeout)),
+        }
     }
 
     pub fn limits(&self) -> &SqlLimits {
@@ -134,8 +232,15 @@ impl SqlArchive {
     /// parts under the query. Without one (a cluster, whose days are sealed by other processes, or `weir sql
     /// --archive`), the query is optimistic: it waits while a seal is under way, and runs again when the seal
     /// journals changed while it ran (a seal only swaps parts between two journal writes).
+    ///
+    /// Runs on a SQL thread ([`SqlThreads`]); the answer comes within the query timeout.
     pub async fn query(&self, sql: &str) -> Result<SqlResult, SqlError> {
-        check_read_only(sql)?;
+        let (this, sql) = (self.clone(), sql.to_owned());
+        self.on_sql_thread(move || async move { this.query_here(&sql).await }).await
+    }
+
+    async fn query_here(&self, sql: &str) -> Result<SqlResult, SqlError> {
+        check_query(sql, self.limits.max_query_bytes)?;
         if self.progress.is_some() {
             return self.query_once(sql).await;
         }

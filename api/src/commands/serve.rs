@@ -163,6 +163,18 @@ pub struct ArchiveArgs {
     /// Memory one SQL query may use for sorts, joins and aggregations (it spills or fails cleanly beyond it).
     #[arg(long, env = "WEIR_SQL_MEMORY", default_value = "512MiB", value_parser = parse_size)]
     pub sql_memory: u64,
+
+    /// The longest SQL query text (400 beyond it).
+    #[arg(long, env = "WEIR_SQL_MAX_QUERY_BYTES", default_value = "64KiB", value_parser = parse_size)]
+    pub sql_max_query_bytes: u64,
+
+    /// SQL queries that run at once, each on a thread of its own (never on the threads serving requests).
+    #[arg(long, env = "WEIR_SQL_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub sql_concurrency: u32,
+
+    /// SQL queries that may wait for a thread; beyond them a query gets 503 at once.
+    #[arg(long, env = "WEIR_SQL_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub sql_queue: u32,
 }
 
 impl ArchiveArgs {
@@ -176,6 +188,9 @@ impl ArchiveArgs {
             timeout: self.sql_timeout,
             max_rows: self.sql_max_rows,
             memory_bytes: usize::try_from(self.sql_memory).unwrap_or(usize::MAX),
+            max_query_bytes: usize::try_from(self.sql_max_query_bytes).unwrap_or(usize::MAX),
+            concurrency: self.sql_concurrency as usize,
+            queue: self.sql_queue as usize,
         }
     }
 }

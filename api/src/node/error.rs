@@ -58,6 +58,7 @@ impl From<weir_sinks::sql::SqlError> for ServiceError {
         use weir_sinks::sql::SqlError;
         let kind = match e {
             SqlError::Timeout(_) => ErrorKind::Timeout,
+            SqlError::Busy(_) => ErrorKind::Unavailable,
             SqlError::Refused(_) | SqlError::Invalid(_) | SqlError::TooManyRows(_) | SqlError::Memory(_) => {
                 ErrorKind::InvalidArgument
             }

@@ -12,7 +12,7 @@ use weir_sinks::sql::{SqlArchive, SqlResult};
 use super::error::{ErrorKind, ServiceError};
 use super::stats::StatsService;
 
-/// The longest SQL text accepted.
+/// The largest SQL request a transport reads (the query text itself is limited by `--sql-max-query-bytes`).
 pub const MAX_SQL_BYTES: usize = 1 << 20;
 
 /// Answers SQL over the archive, for any transport.
@@ -86,18 +86,12 @@ impl SqlService {
     }
 
     async fn query_unmeasured(&self, sql: &str) -> Result<SqlResult, ServiceError> {
-        if sql.len() > MAX_SQL_BYTES {
-            return Err(ServiceError::new(
-                ErrorKind::TooLarge,
-                format!("the SQL text is longer than {MAX_SQL_BYTES} bytes"),
-            ));
-        }
         if sql.trim().is_empty() {
             return Err(ServiceError::invalid("no SQL given: send e.g. SELECT count(*) FROM readings"));
         }
         if let Some(stats) = &self.cluster {
             // Refuse what is not a read-only query before making every process flush for it.
-            weir_sinks::sql::check_read_only(sql)?;
+            self.archive.check(sql).await?;
             self.flush_cluster(stats).await?;
             return self.run(sql).await;
         }

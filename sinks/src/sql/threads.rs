@@ -1,0 +1,135 @@
+//! Where SQL runs: a few threads of its own, never the threads that serve requests.
+//!
+//! Why: a query is arbitrary work. Planning recurses over the query's expression tree (a chain of 1 000 `OR`s is
+//! 1 000 frames deep), and an expression such as `levenshtein(repeat('a', 60000), …)` computes for seconds without
+//! yielding. On the serving runtime the first overflowed a 2 MiB worker stack and killed the process, the second
+//! stalled `/healthz` and ingest. Here each query — parsing, checks, planning and execution — runs on one of
+//! `threads` threads with a [`STACK_BYTES`] stack (reserved, not committed: only the pages used count) and a
+//! single-threaded tokio runtime of its own; the asker waits for the answer with the query's deadline and answers
+//! on time even while a query's thread is still busy. At most `queue` queries wait for a thread; more are refused
+//! at once (the caller answers 503).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+/// The stack of a SQL thread. Deep enough for the deepest query the checks let through (see `MAX_NESTING`).
+pub const STACK_BYTES: usize = 256 << 20;
+
+type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// A pool of SQL threads; cheap to clone (clones share the threads). The threads end when the last clone is dropped.
+#[derive(Clone)]
+pub struct SqlThreads {
+    jobs: mpsc::Sender<Job>,
+    threads: usize,
+}
+
+/// The pool's queue is full.
+#[derive(Debug, thiserror::Error)]
+#[error("{waiting} SQL queries are already waiting for a thread (--sql-concurrency {threads}); retry shortly")]
+pub struct Busy {
+    pub waiting: usize,
+    pub threads: usize,
+}
+
+impl SqlThreads {
+    /// Starts `threads` threads; at most `queue` jobs wait for one.
+    pub fn start(threads: usize, queue: usize) -> SqlThreads {
+        let threads = threads.max(1);
+        let (jobs, receiver) = mpsc::channel::<Job>(queue.max(1));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for i in 0..threads {
+            let receiver = receiver.clone();
+            let spawned =
+                std::thread::Builder::new().name(format!("weir-sql-{i}")).stack_size(STACK_BYTES).spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_stack_size(STACK_BYTES)
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a SQL thread cannot start its runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        loop {
+                            let job = receiver.lock().await.recv().await;
+                            let Some(job) = job else { return };
+                            job().await;
+                        }
+                    });
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a SQL thread");
+            }
+        }
+        SqlThreads { jobs, threads }
+    }
+
+    /// Runs `work` on a SQL thread; its result comes back through the returned receiver (closed if the work
+    /// panicked). Refused at once when the queue is full.
+    pub fn run<T, F, W>(&self, work: W) -> Result<tokio::sync::oneshot::Receiver<T>, Busy>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + 'static,
+        W: FnOnce() -> F + Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            Box::pin(async move {
+                let _ = answer.send(work().await);
+            })
+        });
+        self.jobs
+            .try_send(job)
+            .map_err(|_| Busy { waiting: self.jobs.max_capacity() - self.jobs.capacity(), threads: self.threads })?;
+        Ok(answered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A recursion far deeper than a 2 MiB stack holds runs on a SQL thread.
+    #[test]
+    fn a_deep_recursion_fits_the_stack_of_a_sql_thread() {
+        fn depth(n: u64) -> u64 {
+            let pad = std::hint::black_box([0u8; 512]);
+            if n == 0 { u64::from(pad[0]) } else { 1 + depth(n - 1) }
+        }
+        let threads = SqlThreads::start(1, 4);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let answer = threads.run(|| async { depth(100_000) }).unwrap();
+        assert_eq!(rt.block_on(answer).unwrap(), 100_000);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        let threads = SqlThreads::start(1, 1);
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        let hold = |released: Arc<Mutex<std::sync::mpsc::Receiver<()>>>| {
+            move || async move {
+                let _ = released.lock().unwrap().recv();
+            }
+        };
+        let first = threads.run(hold(released.clone())).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let second = threads.run(hold(released.clone())).unwrap();
+        assert!(threads.run(|| async {}).is_err(), "a third waits for nobody: refused");
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            first.await.unwrap();
+            second.await.unwrap();
+        });
+    }
+}
