@@ -53,5 +53,25 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
         // Bodies are streamed and limited by the ingest service itself.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(crate::requests::observe))
+}
+
+/// Headers every answer carries: the dashboard loads only its own script and style and may not be framed; no
+/// answer is sniffed as another type.
+async fn security_headers(request: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+             frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
 }

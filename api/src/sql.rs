@@ -71,11 +71,17 @@ pub fn encode(result: &SqlResult, format: SqlFormat) -> Result<(Vec<u8>, &'stati
 
 /// `POST /api/v1/sql`: the SQL as the body (`text/plain`) or as `{"sql": "..."}` (`application/json`).
 pub async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match axum::body::to_bytes(body, MAX_SQL_BYTES).await {
-        Ok(b) => b,
-        Err(_) => {
+    // The body within --max-request-time, like every body: a client that stalls mid-body holds nothing for long.
+    let deadline = state.ingest.limits().max_request_time;
+    let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_SQL_BYTES)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             let message = format!("the SQL text is over {MAX_SQL_BYTES} bytes");
             return ServiceError::new(ErrorKind::TooLarge, message).into_response();
+        }
+        Err(_) => {
+            let message = format!("the request body did not arrive within {deadline:?} (--max-request-time)");
+            return (StatusCode::REQUEST_TIMEOUT, message).into_response();
         }
     };
     let is_json = headers
@@ -109,6 +115,15 @@ pub async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
             }
             r
         }
-        Err(e) => ServiceError::new(ErrorKind::Internal, format!("encoding the result failed: {e}")).into_response(),
+        // The result is fine; the format asked for cannot hold it (CSV has no lists or structs): the client's to change.
+        Err(e) => ServiceError::invalid(format!(
+            "the result cannot be written as {}: {e}; ask for JSON (the default) or Arrow (Accept: {ARROW_STREAM}) instead",
+            match SqlFormat::from_accept(&headers) {
+                SqlFormat::Csv => "CSV",
+                SqlFormat::Json => "JSON",
+                SqlFormat::Arrow => "Arrow",
+            }
+        ))
+        .into_response(),
     }
 }

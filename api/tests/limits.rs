@@ -1,5 +1,7 @@
-//! Limits that are themselves bad input (issue 17, 2): values that parse but overflow a deadline or a sum are
-//! refused at start and by `weir config check`, naming the flag; the largest accepted values work.
+//! Hostile clients and bad configuration against the real binary (issue 17): limits that are themselves bad input
+//! (values that parse but overflow, blank keys) are refused at start and by `weir config check`, naming the flag;
+//! deep queries answer or are refused; a stalled body is cut off; a client's format mistake is a 400; every
+//! answer carries the security headers.
 
 mod support;
 
@@ -98,5 +100,71 @@ async fn deep_queries_answer_or_are_refused_and_the_server_lives() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let r = client().get(format!("{}/healthz", s.url)).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert!(s.stop().success());
+}
+
+/// Issue 17, 13: blank API keys turned authentication off; they are refused, at start and in a config file.
+#[test]
+fn blank_api_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--api-key", " ", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--api-key") && stderr.contains("blank"), "{stderr}");
+    let file = dir.path().join("weir.toml");
+    std::fs::write(&file, "api-key = [\" \", \"\"]\n").unwrap();
+    let out = Command::new(BIN).args(["config", "check"]).arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("api-key") && stderr.contains("blank"), "{stderr}");
+}
+
+/// Issue 17, 6: a SQL body that stalls mid-way (Content-Length 100, 6 bytes sent) held its connection for minutes;
+/// it is cut off with 408 after --max-request-time. Issue 17, 14: CSV of a result with a list column is the
+/// client's mistake: 400, not 500. Issue 17, 15: the security headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_bodies_csv_mistakes_and_security_headers() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--max-request-time", "1s"]);
+    let address = s.url.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        stream
+            .write_all(b"POST /api/v1/sql HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\nSELECT")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+
+    let r = client()
+        .post(format!("{}/api/v1/sql", s.url))
+        .header("content-type", "text/plain")
+        .header("accept", "text/csv")
+        .body("SELECT make_array(1, 2) AS a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("CSV"));
+
+    for path in ["/", "/healthz", "/api/v1/devices"] {
+        let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert!(h["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"), "{path}");
+    }
     assert!(s.stop().success());
 }

@@ -16,6 +16,17 @@ use weir_sinks::archive::ArchiverOptions;
 use weir_sinks::sql::SqlLimits;
 
 use super::{parse_duration, parse_size};
+
+/// An API key: not blank (a blank key used to be dropped, and a list of only blank keys turned authentication off).
+fn parse_api_key(text: &str) -> Result<String, String> {
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(
+            "an API key is blank: give a non-empty key, or no --api-key at all to turn authentication off".into()
+        );
+    }
+    Ok(key.to_owned())
+}
 use crate::auth::ApiKeys;
 use crate::node::ingest::IngestLimits;
 use crate::node::{Node, NodeConfig};
@@ -42,7 +53,7 @@ pub struct ServeArgs {
     pub sensors: Vec<String>,
 
     /// An API key (repeat the flag for several; the variable takes a comma-separated list). No key: auth is off.
-    #[arg(long = "api-key", env = "WEIR_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(long = "api-key", env = "WEIR_API_KEYS", value_delimiter = ',', hide_env_values = true, value_parser = parse_api_key)]
     pub api_keys: Vec<String>,
 
     /// Longest accepted NDJSON line; a longer line is rejected and the rest of the body goes on.
