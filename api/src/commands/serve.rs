@@ -332,9 +332,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits =
         crate::listen::HttpLimits { header_timeout: args.header_timeout, shutdown_timeout: args.shutdown_timeout };
     crate::listen::serve(listener, app(state), limits, stopping(stopped)).await;
+    tracing::debug!("HTTP connections drained");
     if let Some(grpc) = grpc {
         // Subscriptions have ended with the stop signal; calls in flight get the same bound as HTTP requests.
-        let _ = tokio::time::timeout(args.shutdown_timeout, grpc).await;
+        if tokio::time::timeout(args.shutdown_timeout, grpc).await.is_err() {
+            tracing::warn!(timeout = ?args.shutdown_timeout, "gRPC calls still in flight after --shutdown-timeout");
+        }
+        tracing::debug!("gRPC stopped");
     }
     node.shutdown().await;
     Ok(())

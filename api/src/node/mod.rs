@@ -317,11 +317,22 @@ impl Node {
             let _ = task.await;
         }
         // A clean stop leaves the archive complete: the statistics first decide what was acknowledged (bounded: in
-        // a cluster a peer that is gone holds them back; what is left is archived after the next start).
-        let durable = ingest.durable_position();
+        // a cluster a peer that is gone holds them back; what is left is archived after the next start). In a
+        // cluster every process waits until it has processed what *every* process had acknowledged: the dataflow
+        // runs on until then, so a peer's last writes are decided here too before any process stops its workers
+        // (a process that stopped first left the others' frontier stuck, and they stopped 10 s later, in error).
         let deadline = tokio::time::Instant::now() + SHUTDOWN_CATCH_UP;
-        while stats.processed_position() < durable && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let targets = match stats.archive_states(false).await {
+            Ok(states) if !states.is_empty() => states.iter().map(|s| (s.process, s.durable)).collect(),
+            _ => vec![(stats.engine().process(), ingest.durable_position())],
+        };
+        for (process, durable) in targets {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let query = weir_pipeline::stats::Query::Devices;
+            if stats.engine().query_at(query, process, durable, left).await.is_err() {
+                tracing::warn!(process, durable, "the statistics did not catch up with the cluster before stopping");
+                break;
+            }
         }
         drop((ingest, sql, readiness, gauges));
         tracing::info!("shutting down: stopping the statistics, flushing the archive, closing the write-ahead log");

@@ -224,6 +224,11 @@ impl StatsEngine {
         })
     }
 
+    /// This process's index in its cluster (0 alone).
+    pub fn process(&self) -> u32 {
+        self.process
+    }
+
     /// Which readings of this process's log deduplication dropped (what its archive must leave out).
     pub fn verdicts(&self) -> Arc<Verdicts> {
         self.verdicts.clone()
