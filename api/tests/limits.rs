@@ -168,3 +168,34 @@ async fn stalled_bodies_csv_mistakes_and_security_headers() {
     }
     assert!(s.stop().success());
 }
+
+/// Issue 17, 4: a gzip body of bad 60 KB lines got an answer as large as the lines (655 MB for 10 000). The answer
+/// stays within --max-report-bytes, says it is truncated, and counts every line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejection_report_stays_within_its_byte_budget() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--max-report-bytes", "256KiB"]);
+    let line = format!(r#"{{"sensor":"{}","value":1,"timestamp":"2026-11-22T18:25:43Z"}}"#, "w".repeat(60_000));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for _ in 0..1000 {
+        gz.write_all(line.as_bytes()).unwrap();
+        gz.write_all(b"\n").unwrap();
+    }
+    let body = gz.finish().unwrap();
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .header("content-encoding", "gzip")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.len() < 300 << 10, "{} bytes of answer", text.len());
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["rejected"], 1000);
+    assert_eq!(answer["truncated"], true);
+    assert!(s.stop().success());
+}

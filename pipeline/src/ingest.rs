@@ -2,7 +2,8 @@
 //!
 //! [`BodyDecoder`] is the synchronous heart of `POST /ingest`: it knows nothing of HTTP or the log. The server
 //! feeds it body chunks as they arrive, takes a [`ReadingBatch`] whenever one is full and appends it to the WAL,
-//! so memory stays bounded by one batch plus one line however large the body is.
+//! so memory stays bounded by one batch plus one line however large the body is — plus the report of rejected
+//! lines, which is bounded in bytes ([`DecodeLimits::max_report_bytes`]): beyond it lines are only counted.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -18,13 +19,23 @@ pub struct DecodeLimits {
     pub max_line_bytes: usize,
     /// At most this many rejected lines are described in the report (all are counted).
     pub max_reported_errors: usize,
+    /// At most this many bytes of reasons and echoed lines in the report (all lines are counted).
+    pub max_report_bytes: usize,
     /// A batch is ready to be taken once it holds this many readings.
     pub batch_rows: usize,
 }
 
+/// The longest reason one rejected line gets in a report; longer ones (naming a long value) are cut.
+pub const MAX_REASON_BYTES: usize = 512;
+
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_line_bytes: 64 << 10, max_reported_errors: 10_000, batch_rows: 8192 }
+        DecodeLimits {
+            max_line_bytes: 64 << 10,
+            max_reported_errors: 10_000,
+            max_report_bytes: 1 << 20,
+            batch_rows: 8192,
+        }
     }
 }
 
@@ -44,6 +55,12 @@ pub struct Rejections {
     pub errors: Vec<LineReport>,
     /// Number of rejected lines, including those beyond the report limit.
     pub rejected: u64,
+    /// Whether rejected lines went undescribed (beyond `--max-reported-errors` or `--max-report-bytes`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Bytes of reasons and echoed lines in the report so far.
+    #[serde(skip)]
+    pub report_bytes: usize,
     /// `rejected`, split by reason.
     #[serde(skip)]
     pub by_reason: RejectionCounts,
@@ -173,6 +190,19 @@ fn handle_line(
     record(rejections, decoded, limits, number, result);
 }
 
+/// `text` cut to at most `max` bytes (at a character boundary, marked with `…`).
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// Counts a decoded reading, or records a rejected one (with its text, when it has one, among the invalid).
 fn record(
     rejections: &mut Rejections,
@@ -186,14 +216,23 @@ fn record(
         Err((error, text)) => {
             rejections.rejected += 1;
             rejections.by_reason.count(error.kind);
-            if rejections.errors.len() < limits.max_reported_errors {
-                rejections.errors.push(LineReport { line: number, error: error.message });
-                if error.kind == LineErrorKind::Invalid
-                    && let Some(raw) = text.and_then(|t| std::str::from_utf8(t).ok())
-                    && let Ok(raw) = RawValue::from_string(raw.trim().to_owned())
-                {
-                    rejections.invalid.push(raw);
-                }
+            let reason = cut(error.message, MAX_REASON_BYTES);
+            let echo = match (error.kind, text) {
+                (LineErrorKind::Invalid, Some(text)) => std::str::from_utf8(text).ok().map(str::trim),
+                _ => None,
+            };
+            // 16: the line number and the JSON around a reason, roughly.
+            let cost = reason.len() + echo.map_or(0, str::len) + 16;
+            if rejections.errors.len() >= limits.max_reported_errors
+                || rejections.report_bytes + cost > limits.max_report_bytes
+            {
+                rejections.truncated = true;
+                return;
+            }
+            rejections.report_bytes += cost;
+            rejections.errors.push(LineReport { line: number, error: reason });
+            if let Some(raw) = echo.and_then(|raw| RawValue::from_string(raw.to_owned()).ok()) {
+                rejections.invalid.push(raw);
             }
         }
     }
@@ -208,7 +247,7 @@ mod tests {
     fn body_decoder(batch_rows: usize) -> BodyDecoder {
         BodyDecoder::new(
             Decoder::new(SensorSet::default()),
-            DecodeLimits { max_line_bytes: 200, max_reported_errors: 3, batch_rows },
+            DecodeLimits { max_line_bytes: 200, max_reported_errors: 3, max_report_bytes: 1 << 20, batch_rows },
         )
     }
 
@@ -241,6 +280,31 @@ mod tests {
         d.feed("nope\n".repeat(10).as_bytes());
         let r = d.into_rejections();
         assert_eq!((r.rejected, r.errors.len()), (10, 3));
+    }
+
+    /// Issue 17, 4: 10 000 bad 64 KB lines got a 655 MB report. The report stays within its byte budget, says it is
+    /// truncated, and still counts every line; a long reason is cut.
+    #[test]
+    fn reports_stay_within_their_byte_budget() {
+        let limits = DecodeLimits {
+            max_line_bytes: 70_000,
+            max_reported_errors: 10_000,
+            max_report_bytes: 200_000,
+            batch_rows: 100,
+        };
+        let mut d = BodyDecoder::new(Decoder::new(SensorSet::default()), limits);
+        let long_sensor = "w".repeat(60_000);
+        let line = format!(r#"{{"sensor":"{long_sensor}","value":1,"timestamp":"2026-11-22T18:25:43Z"}}"#);
+        for _ in 0..100 {
+            d.feed(format!("{line}\n").as_bytes());
+        }
+        let r = d.into_rejections();
+        assert_eq!(r.rejected, 100);
+        assert!(r.truncated);
+        assert!(r.report_bytes <= 200_000, "{}", r.report_bytes);
+        let bytes = serde_json::to_vec(&r).unwrap().len();
+        assert!(bytes < 210_000, "{bytes} bytes of report");
+        assert!(r.errors.iter().all(|e| e.error.len() <= MAX_REASON_BYTES + 3));
     }
 
     #[test]

@@ -21,7 +21,7 @@ struct Outcome {
 }
 
 fn decode(body: &[u8], chunk: usize) -> Outcome {
-    let limits = DecodeLimits { max_line_bytes: 64 << 10, max_reported_errors: 10_000, batch_rows: 3 };
+    let limits = DecodeLimits { batch_rows: 3, ..DecodeLimits::default() };
     let mut decoder = BodyDecoder::new(Decoder::new(SensorSet::default()), limits);
     let mut readings = Vec::new();
     let mut take = |batch: weir_pipeline::reading::ReadingBatch| {

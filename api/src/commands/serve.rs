@@ -76,6 +76,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_MAX_REPORTED_ERRORS", default_value_t = 10_000)]
     pub max_reported_errors: usize,
 
+    /// At most this many bytes of reasons and echoed lines in a rejection report (beyond: lines only counted, and
+    /// the report says `"truncated": true`).
+    #[arg(long, env = "WEIR_MAX_REPORT_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub max_report_bytes: u64,
+
     /// Readings per WAL record (the unit in which ingest hands readings on).
     #[arg(long, env = "WEIR_BATCH_ROWS", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_rows: u32,
@@ -223,6 +228,7 @@ impl ServeArgs {
                 decode: DecodeLimits {
                     max_line_bytes: usize::try_from(self.max_line_bytes).unwrap_or(usize::MAX),
                     max_reported_errors: self.max_reported_errors,
+                    max_report_bytes: usize::try_from(self.max_report_bytes).unwrap_or(usize::MAX),
                     batch_rows: self.batch_rows as usize,
                 },
                 max_body_bytes: self.max_body_bytes,

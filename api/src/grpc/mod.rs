@@ -94,11 +94,24 @@ impl<B: Backend> WeirGrpc<B> {
     }
 }
 
-/// Adds one batch's outcome to a stream's acknowledgement.
+/// The most bytes of rejection descriptions one acknowledgement carries, over a whole stream.
+pub const MAX_ACK_REPORT_BYTES: usize = 1 << 20;
+
+/// Adds one batch's outcome to a stream's acknowledgement; descriptions of rejected readings only while the
+/// acknowledgement stays under [`MAX_ACK_REPORT_BYTES`] (a stream of many bad batches made acks no client could read).
 fn add_batch(ack: &mut IngestAck, batch: u32, done: BatchAck) {
     ack.accepted += done.accepted;
     ack.rejected_count += done.rejected_count;
-    ack.rejected.extend(done.rejected.into_iter().map(|(index, reason)| RejectedReading { batch, index, reason }));
+    ack.rejected_truncated |= done.rejected.len() as u64 != done.rejected_count;
+    let mut bytes: usize = ack.rejected.iter().map(|r| r.reason.len() + 16).sum();
+    for (index, reason) in done.rejected {
+        bytes += reason.len() + 16;
+        if bytes > MAX_ACK_REPORT_BYTES {
+            ack.rejected_truncated = true;
+            break;
+        }
+        ack.rejected.push(RejectedReading { batch, index, reason });
+    }
     ack.position = done.position;
 }
 

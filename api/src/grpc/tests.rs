@@ -87,3 +87,19 @@ async fn backend_errors_pass_through_unchanged() {
     let mut feed = svc.subscribe(Request::new(SubscribeRequest::default())).await.unwrap().into_inner();
     assert_eq!(feed.next().await.unwrap().unwrap().kind, UpdateKind::Ready as i32);
 }
+
+/// Issue 17, 8: a stream of 40 batches of 10 000 bad readings made a 54 MB acknowledgement that a standard client
+/// (4 MiB) cannot read. The descriptions stop at MAX_ACK_REPORT_BYTES, say so, and every rejection is counted.
+#[test]
+fn a_streams_acknowledgement_stays_readable_however_many_rejections() {
+    let mut ack = IngestAck::default();
+    for batch in 0..40 {
+        let rejected: Vec<(u32, String)> = (0..10_000).map(|i| (i, format!("unknown sensor 'warp-{i}'"))).collect();
+        let done = BatchAck { accepted: 10, rejected, rejected_count: 10_000, position: "9".into(), failure: None };
+        add_batch(&mut ack, batch, done);
+    }
+    assert_eq!((ack.accepted, ack.rejected_count), (400, 400_000));
+    assert!(ack.rejected_truncated);
+    let bytes = prost::Message::encoded_len(&ack);
+    assert!(bytes < 2 << 20, "{bytes} bytes");
+}

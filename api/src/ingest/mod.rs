@@ -49,6 +49,9 @@ struct RejectedBody<'a> {
     errors: &'a [LineReport],
     accepted: u64,
     rejected: u64,
+    /// Whether rejected lines went undescribed (--max-reported-errors, --max-report-bytes); all are counted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -117,6 +120,7 @@ fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64, process: 
             errors: &outcome.errors,
             accepted: outcome.accepted,
             rejected: outcome.rejected,
+            truncated: outcome.truncated,
             error: outcome.failure.as_ref().map(|f| f.message.clone()),
         };
         let text = serde_json::to_string(&body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));

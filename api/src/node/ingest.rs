@@ -67,6 +67,8 @@ pub struct IngestOutcome {
     pub received: u64,
     pub errors: Vec<LineReport>,
     pub invalid: Vec<Box<RawValue>>,
+    /// Whether rejected lines went undescribed (beyond the report's limits); `rejected` counts them all.
+    pub truncated: bool,
     /// Set when reading or storing stopped early; its `accepted` (like `accepted` here) counts what was made
     /// durable before.
     pub failure: Option<ServiceError>,
@@ -219,6 +221,7 @@ impl IngestService {
             received: decoded + rejections.rejected,
             errors: rejections.errors,
             invalid: rejections.invalid,
+            truncated: rejections.truncated,
             failure,
         }
     }
