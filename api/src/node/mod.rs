@@ -106,7 +106,7 @@ pub struct Node {
     archiver: Archiver,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Held until the node has stopped.
-    sealer_lock: Option<SealerLock>,
+    sealer_lock: SealerLock,
 }
 
 impl Node {
@@ -160,10 +160,11 @@ impl Node {
             )));
         }
         // Alone, this Weir is its archive's only sealer for as long as it runs (in a cluster each day has one
-        // owner, and `weir dump` refuses a cluster's archive).
+        // owner, and the processes share the lock).
         let sealer_lock = match share {
-            None => Some(SealerLock::acquire(&location).map_err(context("the archive"))?),
-            Some(_) => None,
+            None => SealerLock::acquire(&location).map_err(context("the archive"))?,
+            // Shared by the cluster's processes: `weir dump` (exclusive) is refused while any of them runs.
+            Some(_) => SealerLock::share(&location).map_err(context("the archive"))?,
         };
         finish_interrupted_seals(&location).await.map_err(context("finishing an interrupted seal"))?;
         let checkpoint = checkpoint_path(&config.data_dir);

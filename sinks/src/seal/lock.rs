@@ -3,7 +3,9 @@
 //! listing, so readings the other merged are lost.
 //!
 //! The lock is an OS file lock (`flock`) on `locks/sealer.lock` in a local archive directory: the kernel releases
-//! it when its holder exits, even by `kill -9`, so a crash never leaves a stale lock. An archive on an object store
+//! it when its holder exits, even by `kill -9`, so a crash never leaves a stale lock. A single Weir and `weir dump`
+//! hold it exclusively; the processes of a cluster hold it *shared* ([`SealerLock::share`]: each seals only the days
+//! it owns), so neither `weir dump` nor a single Weir can seal while any of them runs. An archive on an object store
 //! has no such lock; there the server and `weir dump` cannot see each other (the README says so).
 
 use std::fs::{File, TryLockError};
@@ -23,6 +25,16 @@ pub struct SealerLock {
 impl SealerLock {
     /// Takes the archive's sealer lock, or says who holds it: [`ArchiveError::SealerBusy`].
     pub fn acquire(location: &ArchiveLocation) -> Result<SealerLock, ArchiveError> {
+        Self::take(location, false)
+    }
+
+    /// Takes the lock shared with the other processes of a cluster (refused while a single Weir or `weir dump`
+    /// holds it; it keeps them out while held).
+    pub fn share(location: &ArchiveLocation) -> Result<SealerLock, ArchiveError> {
+        Self::take(location, true)
+    }
+
+    fn take(location: &ArchiveLocation, shared: bool) -> Result<SealerLock, ArchiveError> {
         if location.url.scheme() != "file" {
             return Ok(SealerLock { _file: None, path: None });
         }
@@ -33,7 +45,8 @@ impl SealerLock {
         let io = |source| ArchiveError::Lock { path: path.clone(), source };
         std::fs::create_dir_all(dir.join("locks")).map_err(io)?;
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
-        match file.try_lock() {
+        let locked = if shared { file.try_lock_shared() } else { file.try_lock() };
+        match locked {
             Ok(()) => Ok(SealerLock { _file: Some(file), path: Some(path) }),
             Err(TryLockError::WouldBlock) => Err(ArchiveError::SealerBusy { path }),
             Err(TryLockError::Error(e)) => Err(io(e)),
@@ -56,6 +69,12 @@ mod tests {
         assert!(second.to_string().contains("locks/sealer.lock"), "{second}");
         drop(held);
         SealerLock::acquire(&location).expect("free once the holder is gone");
+        // A cluster's processes share it, and keep an exclusive holder (weir dump) out.
+        let first = SealerLock::share(&location).unwrap();
+        let second = SealerLock::share(&location).unwrap();
+        assert!(matches!(SealerLock::acquire(&location), Err(ArchiveError::SealerBusy { .. })));
+        drop((first, second));
+        SealerLock::acquire(&location).expect("free once the cluster is gone");
         let memory = ArchiveLocation::open("memory:///").unwrap();
         assert!(SealerLock::acquire(&memory).unwrap().path.is_none());
     }
