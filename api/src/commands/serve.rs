@@ -278,6 +278,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no API key configured (--api-key / WEIR_API_KEYS): authentication is OFF, anyone who can reach this port can write"
         );
     }
+    // The ports first: a port in use is found at once, not after the log is recovered and the archive loaded.
+    // (Connections wait in the backlog until the node serves.)
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen / WEIR_LISTEN)", args.listen))?;
+    let addr = listener.local_addr()?;
+    let grpc_listener = match args.grpc_listen.as_str() {
+        "off" => None,
+        grpc => Some(tokio::net::TcpListener::bind(grpc).await.with_context(|| {
+            format!("cannot listen on {grpc} (--grpc-listen / WEIR_GRPC_LISTEN; `off` turns gRPC off)")
+        })?),
+    };
     let config = args.node_config()?;
     if let Some(c) = &config.stats.cluster {
         stop_with_the_cluster();
@@ -297,16 +309,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         stopping: stopped.clone(),
     };
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen / WEIR_LISTEN)", args.listen))?;
-    let addr = listener.local_addr()?;
-    let grpc_listener = match args.grpc_listen.as_str() {
-        "off" => None,
-        grpc => Some(tokio::net::TcpListener::bind(grpc).await.with_context(|| {
-            format!("cannot listen on {grpc} (--grpc-listen / WEIR_GRPC_LISTEN; `off` turns gRPC off)")
-        })?),
-    };
     let signal = shutdown_signal()?;
     tokio::spawn(async move {
         signal.await;

@@ -1,5 +1,6 @@
 //! `weir wal dump`: print what the write-ahead log holds, one reading per line, without changing it.
 
+use anyhow::Context;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -65,5 +66,23 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    drop(out);
+    // What could not be read, said plainly: the reader stops at damage; the check names it (and `weir serve`
+    // refuses the same log).
+    let recovery = weir_pipeline::wal::check(&dir).with_context(|| {
+        format!("the write-ahead log in {} is damaged; the readings above are those before the damage", dir.display())
+    })?;
+    if let Some(torn) = recovery.truncated {
+        anyhow::bail!(
+            "{} is not readable from byte {} on ({}; {} bytes): the readings above are those through log position {}. \
+             A crash mid-write leaves such a tail, and the next `weir serve` cuts it off; anything else is damage — \
+             keep a copy of the file",
+            torn.file.display(),
+            torn.offset,
+            torn.reason,
+            torn.bytes_removed,
+            recovery.last_position
+        );
+    }
     Ok(())
 }

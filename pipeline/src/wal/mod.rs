@@ -118,6 +118,19 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 /// the segments with what was found.
 fn recover(dir: &Path) -> Result<(Vec<SegmentFile>, Recovery), WalError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    scan_log(dir, true)
+}
+
+/// Checks the log in `dir` without changing anything (for `weir wal dump` beside a running server): the damage that
+/// `Wal::open` refuses is an error naming where it is; a torn tail of the last segment (a crash mid-write, which
+/// `Wal::open` cuts off) is reported in the result.
+pub fn check(dir: &Path) -> Result<Recovery, WalError> {
+    scan_log(dir, false).map(|(_, recovery)| recovery)
+}
+
+/// Walks every segment in order; with `repair`, cuts a torn tail off the last segment (and rewrites a header that
+/// never made it to disk), otherwise only reports it.
+fn scan_log(dir: &Path, repair: bool) -> Result<(Vec<SegmentFile>, Recovery), WalError> {
     let segments = segment::list_segments(dir).map_err(io_err(dir))?;
     let mut last_position = 0;
     let mut truncated = None;
@@ -135,8 +148,10 @@ fn recover(dir: &Path) -> Result<(Vec<SegmentFile>, Recovery), WalError> {
             Ok(r) => r,
             Err(SegmentOpenError::ShortHeader(len)) if is_last => {
                 // Created but its header never made it to disk: rewrite the header.
-                std::fs::write(&seg.path, segment::header()).map_err(io_err(&seg.path))?;
-                sync_file(&seg.path)?;
+                if repair {
+                    std::fs::write(&seg.path, segment::header()).map_err(io_err(&seg.path))?;
+                    sync_file(&seg.path)?;
+                }
                 truncated = Some(TruncatedTail {
                     file: seg.path.clone(),
                     offset: 0,
@@ -154,10 +169,12 @@ fn recover(dir: &Path) -> Result<(Vec<SegmentFile>, Recovery), WalError> {
             if !is_last {
                 return Err(WalError::Corrupt { path: seg.path.clone(), offset, reason });
             }
-            let file = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
-            let len = file.metadata().map_err(io_err(&seg.path))?.len();
-            file.set_len(offset).map_err(io_err(&seg.path))?;
-            file.sync_all().map_err(io_err(&seg.path))?;
+            let len = std::fs::metadata(&seg.path).map_err(io_err(&seg.path))?.len();
+            if repair {
+                let file = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
+                file.set_len(offset).map_err(io_err(&seg.path))?;
+                file.sync_all().map_err(io_err(&seg.path))?;
+            }
             truncated = Some(TruncatedTail { file: seg.path.clone(), offset, bytes_removed: len - offset, reason });
         }
     }
