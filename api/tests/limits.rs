@@ -265,3 +265,27 @@ async fn wal_dump_names_the_damage_and_exits_non_zero() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("crash mid-write"), "{stderr}");
 }
+
+/// Issue 17, 12: `weir sql --archive ../x` and `weir dump --to ./a/../b` were refused (with a message about
+/// --archive-url) after creating directories; paths with `..` are resolved.
+#[test]
+fn relative_paths_with_dot_dot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new(BIN)
+        .current_dir(&work)
+        .args(["sql", "--format", "json", "--archive", "../x", "SELECT count(*) AS n FROM readings"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("x/readings").is_dir());
+    let out = Command::new(BIN)
+        .current_dir(&work)
+        .args(["dump", "--date", "2026-11-20", "--archive", "../x", "--to", "./a/../b"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no readings archived for 2026-11-20"), "{stderr}");
+    assert!(!work.join("a").exists(), "no stray directory: {stderr}");
+}

@@ -116,7 +116,7 @@ impl ArchiveLocation {
         let mut parsed = match url::Url::parse(url) {
             Ok(u) => u,
             Err(_) => {
-                let path = std::path::absolute(url).map_err(|e| err(e.to_string()))?;
+                let path = normalized(std::path::Path::new(url)).map_err(|e| err(e.to_string()))?;
                 url::Url::from_directory_path(&path).map_err(|_| err("not an absolute directory".into()))?
             }
         };
@@ -567,6 +567,23 @@ impl ArchiverLoop {
         }
         Ok(())
     }
+}
+
+/// `path` made absolute with its `.` and `..` resolved by their names alone (the object store refuses `..` in a
+/// path, and `./a/../b` is `b`), without touching the file system.
+pub fn normalized(path: &std::path::Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in std::path::absolute(path)?.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 /// The readings of a batch written at `written` with their names resolved.

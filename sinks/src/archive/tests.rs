@@ -206,3 +206,17 @@ fn a_checkpoint_that_does_not_say_exactly_one_position_is_an_error_naming_the_fi
 fn cases_or(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
 }
+
+/// Issue 17, 12: relative archive paths with `..` were refused (the object store refuses `..`), after creating
+/// directories; they are resolved by name.
+#[test]
+fn relative_archive_paths_with_dot_dot_are_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a").join("b");
+    std::fs::create_dir_all(&nested).unwrap();
+    let relative = format!("{}/../../x/./y", nested.display());
+    let location = ArchiveLocation::open(&relative).unwrap();
+    assert_eq!(location.url.to_file_path().unwrap(), dir.path().join("x").join("y"));
+    assert!(dir.path().join("x/y/readings").is_dir());
+    assert_eq!(normalized(std::path::Path::new("/a/./b/../c")).unwrap(), std::path::PathBuf::from("/a/c"));
+}
