@@ -289,3 +289,44 @@ fn relative_paths_with_dot_dot_work() {
     assert!(stderr.contains("no readings archived for 2026-11-20"), "{stderr}");
     assert!(!work.join("a").exists(), "no stray directory: {stderr}");
 }
+
+/// Issue 17, 5: silent TCP connections to the gRPC port were never closed (150 of them stopped /healthz under
+/// `ulimit -n 100`). Beyond --grpc-max-connections they are closed at once; a silent one is closed after
+/// --grpc-idle-timeout; a real client is served meanwhile and afterwards, and /healthz answers throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_grpc_connections_are_bounded_and_closed() {
+    use std::io::Read;
+    use weir_api::grpc::proto::LatestRequest;
+    use weir_api::grpc::proto::weir_client::WeirClient;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--grpc-max-connections", "20", "--grpc-idle-timeout", "1s"]);
+    let grpc = s.grpc_url.clone().unwrap();
+    let address = grpc.trim_start_matches("http://").to_owned();
+    let silent: Vec<std::net::TcpStream> = (0..60).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    let started = std::time::Instant::now();
+    let r = client().get(format!("{}/healthz", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+    // Every silent connection is closed: the 40 beyond the limit at once, the 20 within it after the idle timeout.
+    let closed_after = tokio::task::spawn_blocking(move || {
+        silent
+            .into_iter()
+            .map(|mut c| {
+                // The server speaks first (its HTTP/2 settings); closed means the end of the stream.
+                c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                let mut all = Vec::new();
+                let ended = c.read_to_end(&mut all).is_ok();
+                assert!(ended, "a silent connection was still open after 10 s");
+                started.elapsed()
+            })
+            .max()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(closed_after < std::time::Duration::from_secs(5), "silent connections held for {closed_after:?}");
+    let mut client = WeirClient::connect(grpc).await.unwrap();
+    let answer = client.latest(LatestRequest { device: String::new(), after: String::new() }).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert!(s.stop().success());
+}

@@ -126,6 +126,14 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     pub grpc_listen: String,
 
+    /// gRPC connections open at once; more are closed as they arrive.
+    #[arg(long, env = "WEIR_GRPC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub grpc_max_connections: u32,
+
+    /// A gRPC connection that sends nothing (not even the answer to a keepalive ping) for this long is closed.
+    #[arg(long, env = "WEIR_GRPC_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub grpc_idle_timeout: Duration,
+
     /// A client must send a request's headers within this time, or its connection is closed (slow-loris guard).
     #[arg(long, env = "WEIR_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_timeout: Duration,
@@ -328,9 +336,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(%grpc_addr, "gRPC is serving (weir.v1.Weir, health, reflection)");
             let service = crate::grpc::WeirGrpc::new(Arc::new(state.clone()), state.keys.clone());
             let max_message = usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX);
+            let (grpc_max_connections, grpc_idle_timeout) =
+                (args.grpc_max_connections as usize, args.grpc_idle_timeout);
             let shutdown = stopping(stopped.clone());
             Some(tokio::spawn(async move {
-                if let Err(e) = crate::grpc::serve(grpc_listener, service, max_message, shutdown).await {
+                let limits = crate::grpc::connections::ConnectionLimits {
+                    max: grpc_max_connections,
+                    idle: grpc_idle_timeout.max(Duration::from_millis(300)),
+                };
+                if let Err(e) = crate::grpc::serve(grpc_listener, service, max_message, limits, shutdown).await {
                     tracing::error!(error = %e, "the gRPC server stopped");
                 }
             }))

@@ -6,6 +6,7 @@
 //! store and answer alike; tests put a double behind the trait to check the adapter alone.
 
 pub mod backend;
+pub mod connections;
 #[cfg(test)]
 mod tests;
 
@@ -186,11 +187,13 @@ impl<B: Backend> Weir for WeirGrpc<B> {
     }
 }
 
-/// Serves `weir.v1.Weir`, the standard health service and server reflection on `listener` until `shutdown`.
+/// Serves `weir.v1.Weir`, the standard health service and server reflection on `listener` until `shutdown`,
+/// within `limits` ([`connections`]).
 pub async fn serve<B: Backend>(
     listener: tokio::net::TcpListener,
     service: WeirGrpc<B>,
     max_message_bytes: usize,
+    limits: connections::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -205,10 +208,13 @@ pub async fn serve<B: Backend>(
     let reflection_v1alpha = reflection().build_v1alpha().expect("the descriptor sets are generated at build time");
     let weir = proto::weir_server::WeirServer::new(service).max_decoding_message_size(max_message_bytes);
     tonic::transport::Server::builder()
+        // Pings keep a quiet but live connection (a subscription) sending: its answers count as activity.
+        .http2_keepalive_interval(Some(limits.idle / 3))
+        .http2_keepalive_timeout(Some(limits.idle / 3))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(weir)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(connections::incoming(listener, limits), shutdown)
         .await
 }

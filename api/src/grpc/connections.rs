@@ -1,0 +1,131 @@
+//! The gRPC port's connections, bounded: at most `max` at once, and each closed once it has sent nothing for
+//! `idle`.
+//!
+//! Why: tonic serves whatever connects for as long as it stays. 150 silent TCP connections (no credentials needed)
+//! used every file descriptor of a process with `ulimit -n 100`, and `/healthz` stopped answering for as long as
+//! they stayed. Here a connection beyond the limit is closed at once (it never waits in the backlog), and a
+//! connection that sends no byte — not even the HTTP/2 preface, or the answer to the server's keepalive pings —
+//! for `idle` is closed. A live client answers the pings (every `idle / 3`), so a quiet subscription stays open.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Limits of the gRPC port's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed as they arrive.
+    pub max: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle: Duration,
+}
+
+/// Accepted connections within `limits`, as tonic's incoming stream.
+pub fn incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+) -> impl futures_util::Stream<Item = io::Result<Guarded>> + Send {
+    let permits = Arc::new(Semaphore::new(limits.max.max(1)));
+    futures_util::stream::unfold((listener, permits), move |(listener, permits)| async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                metrics::counter!("weir_grpc_connections_refused_total").increment(1);
+                tracing::warn!(%peer, max = limits.max, "gRPC connection refused: the connection limit is reached");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let guarded = Guarded {
+                stream,
+                _permit: permit,
+                idle: limits.idle,
+                deadline: Box::pin(tokio::time::sleep(limits.idle)),
+            };
+            return Some((Ok(guarded), (listener, permits)));
+        }
+    })
+}
+
+/// One accepted connection: it holds a place under the limit until dropped, and reading from it fails once it has
+/// sent nothing for `idle`.
+pub struct Guarded {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the gRPC connection sent nothing for the idle timeout; closed",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl Connected for Guarded {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
