@@ -126,6 +126,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     pub grpc_listen: String,
 
+    /// The largest gRPC message (a `Write`, or one message of an `Ingest` stream). A message is decoded whole and
+    /// costs about 7× its size in memory at its peak (measured), so large loads go as a stream of messages.
+    #[arg(long, env = "WEIR_GRPC_MAX_MESSAGE_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub grpc_max_message_bytes: u64,
+
     /// gRPC connections open at once; more are closed as they arrive.
     #[arg(long, env = "WEIR_GRPC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub grpc_max_connections: u32,
@@ -335,7 +340,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             println!("weir grpc listening on http://{grpc_addr}");
             tracing::info!(%grpc_addr, "gRPC is serving (weir.v1.Weir, health, reflection)");
             let service = crate::grpc::WeirGrpc::new(Arc::new(state.clone()), state.keys.clone());
-            let max_message = usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX);
+            let max_message = usize::try_from(args.grpc_max_message_bytes).unwrap_or(usize::MAX);
             let (grpc_max_connections, grpc_idle_timeout) =
                 (args.grpc_max_connections as usize, args.grpc_idle_timeout);
             let shutdown = stopping(stopped.clone());
