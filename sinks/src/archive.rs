@@ -281,6 +281,8 @@ pub struct ArchiveProgress {
     pub read_through: AtomicU64,
     /// First-written readings read but not yet flushed, one compact batch (24 bytes a reading) per record.
     pub unflushed: Mutex<Vec<Arc<LogRecord>>>,
+    /// Why the last flush failed, while flushes fail (they are retried with backoff).
+    pub failing: Mutex<Option<String>>,
     /// Held (shared) by queries from their snapshot of `unflushed` to their end; held (exclusive) by a flush while it
     /// makes parts visible and drops their readings from `unflushed`.
     pub visibility: tokio::sync::RwLock<()>,
@@ -293,6 +295,20 @@ pub struct ArchiveProgress {
 }
 
 impl ArchiveProgress {
+    /// Records that flushes fail (`Some(reason)`) or work again (`None`); returns whether that changed.
+    pub fn set_failing(&self, reason: Option<String>) -> bool {
+        let Ok(mut failing) = self.failing.lock() else { return false };
+        let changed = failing.is_some() != reason.is_some();
+        metrics::gauge!("weir_archive_failing").set(if reason.is_some() { 1.0 } else { 0.0 });
+        *failing = reason;
+        changed
+    }
+
+    /// Why the last flush failed, while flushes fail.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().ok().and_then(|f| f.clone())
+    }
+
     /// The unflushed readings, as of now.
     pub fn unflushed_snapshot(&self) -> Vec<Arc<LogRecord>> {
         self.unflushed.lock().map(|u| u.clone()).unwrap_or_default()
@@ -443,6 +459,7 @@ impl ArchiverLoop {
         let mut last = committed;
         let mut rows = 0usize;
         let mut oldest: Option<Instant> = None;
+        let mut backoff = Duration::ZERO;
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             let durable = *self.durable.borrow();
@@ -468,7 +485,28 @@ impl ArchiverLoop {
                 || self.progress.flush_requested.load(Ordering::Acquire) >= first
                 || (stopping && last >= first);
             if due && last >= first {
-                self.flush(first, last)?;
+                match self.flush(first, last) {
+                    Ok(()) => {
+                        if self.progress.set_failing(None) {
+                            tracing::info!(first, last, "the archiver flushes again");
+                        }
+                        backoff = Duration::ZERO;
+                    }
+                    Err(e @ ArchiveError::Injected(_)) => return Err(e),
+                    Err(e) => {
+                        // A full disk, an unreachable store: the readings stay buffered (and in the log); try again,
+                        // less and less often. Readiness says so meanwhile.
+                        backoff = (backoff * 2).clamp(Duration::from_millis(100), MAX_FLUSH_BACKOFF);
+                        tracing::error!(error = %e, retry_in = ?backoff, "an archive flush failed; retrying");
+                        metrics::counter!("weir_archive_flush_failures_total").increment(1);
+                        self.progress.set_failing(Some(e.to_string()));
+                        std::thread::sleep(backoff);
+                        if stopping {
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                }
                 first = last + 1;
                 rows = 0;
                 oldest = None;
@@ -596,6 +634,9 @@ pub fn archived_readings(batch: &ReadingBatch, written: u64) -> impl Iterator<It
         written,
     })
 }
+
+/// The longest wait between two attempts of a failing flush.
+const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Microseconds in a UTC day.
 const DAY_MICROS: i64 = 86_400_000_000;

@@ -30,6 +30,7 @@ impl From<ServiceError> for Status {
             ErrorKind::TooLarge => Status::resource_exhausted(e.message),
             ErrorKind::Timeout => Status::deadline_exceeded(e.message),
             ErrorKind::Unavailable => Status::unavailable(e.message),
+            ErrorKind::StorageFull => Status::resource_exhausted(e.message),
             ErrorKind::Internal => Status::internal(e.message),
         }
     }

@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Timeout,
     /// Weir cannot answer now (the log is full, the statistics or the archive have not caught up): retry.
     Unavailable,
+    /// The disk is full: nothing more is stored until Weir has space (and is restarted).
+    StorageFull,
     /// Something failed inside Weir.
     Internal,
 }
@@ -34,7 +36,11 @@ pub struct ServiceError {
 impl ServiceError {
     /// A failure of `kind`; [`ErrorKind::Unavailable`] comes with a retry after 1 s.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        let retry_after = (kind == ErrorKind::Unavailable).then_some(Duration::from_secs(1));
+        let retry_after = match kind {
+            ErrorKind::Unavailable => Some(Duration::from_secs(1)),
+            ErrorKind::StorageFull => Some(Duration::from_secs(30)),
+            _ => None,
+        };
         ServiceError { kind, message: message.into(), retry_after, accepted: 0 }
     }
 

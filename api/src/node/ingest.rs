@@ -89,6 +89,11 @@ impl IngestService {
         &self.limits
     }
 
+    /// Why the log accepts no more writes, once it has failed for good (a full disk, an I/O error).
+    pub fn log_failure(&self) -> Option<weir_pipeline::wal::AppendError> {
+        self.log.failure()
+    }
+
     /// This process's index in a cluster (`None` alone).
     pub fn process(&self) -> Option<u32> {
         self.process
@@ -262,13 +267,19 @@ impl IngestOutcome {
     }
 }
 
-/// A failed append: a full queue is worth retrying, anything else is Weir's fault.
+/// A failed append: a full queue is worth retrying at once; a full disk (507) or a failed log (503) only once Weir
+/// has been restarted (their `Retry-After` is longer); a log that was closed is Weir stopping.
 fn log_failure(e: AppendError) -> ServiceError {
     let kind = match e {
         AppendError::Busy(_) => ErrorKind::Unavailable,
-        _ => ErrorKind::Internal,
+        AppendError::DiskFull(_) => ErrorKind::StorageFull,
+        AppendError::Failed(_) | AppendError::Closed => ErrorKind::Unavailable,
     };
-    ServiceError::new(kind, e.to_string())
+    let mut error = ServiceError::new(kind, e.to_string());
+    if matches!(e, AppendError::Failed(_)) {
+        error.retry_after = Some(std::time::Duration::from_secs(30));
+    }
+    error
 }
 
 /// What one request reads its readings from.

@@ -32,6 +32,9 @@ impl Readiness {
         if !self.archive.started.load(Ordering::Acquire) {
             return Some("the archiver is loading the archive".into());
         }
+        if let Some(reason) = self.archive.failing() {
+            return Some(format!("archive flushes fail (retrying): {reason}"));
+        }
         None
     }
 }
@@ -54,5 +57,9 @@ mod tests {
         assert_eq!(r.not_ready(at(true, 10)), None);
         assert!(r.not_ready(at(true, 9)).is_some());
         assert!(r.not_ready(at(false, 10)).is_some(), "position 0 of an empty log is not loaded");
+        r.archive.set_failing(Some("No space left on device".into()));
+        assert!(r.not_ready(at(true, 10)).unwrap().contains("archive flushes fail (retrying): No space"));
+        r.archive.set_failing(None);
+        assert_eq!(r.not_ready(at(true, 10)), None, "ready again once a flush works");
     }
 }

@@ -76,7 +76,7 @@ impl SqlService {
             Ok(_) => "ok",
             Err(e) => match e.kind {
                 ErrorKind::Timeout => "timeout",
-                ErrorKind::Unavailable => "busy",
+                ErrorKind::Unavailable | ErrorKind::StorageFull => "busy",
                 ErrorKind::InvalidArgument | ErrorKind::TooLarge | ErrorKind::Internal => "error",
             },
         };

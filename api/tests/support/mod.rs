@@ -25,9 +25,22 @@ impl Server {
     }
 
     pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_under(&[], data_dir, args, env)
+    }
+
+    /// Like [`Server::start_with_env`], the binary started by the program `wrapper` (with its arguments) when given:
+    /// `["unshare", "-rm", …]` runs it in namespaces of its own.
+    pub fn start_under(wrapper: &[&str], data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let log = data_dir.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(BIN);
+                cmd
+            }
+        };
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
         if !args.contains(&"--grpc-listen") {
             cmd.args(["--grpc-listen", "127.0.0.1:0"]);

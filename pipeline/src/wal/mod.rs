@@ -40,6 +40,10 @@ pub trait ReadingLog: Send + Sync + 'static {
     fn append(&self, batch: &ReadingBatch, wait: std::time::Duration) -> AppendFuture<'_>;
     /// Position of the last durable record.
     fn durable_position(&self) -> u64;
+    /// Why the log accepts no more writes, once it has failed for good (`None` while it works).
+    fn failure(&self) -> Option<AppendError> {
+        None
+    }
 }
 
 /// Tuning of the log.

@@ -26,6 +26,11 @@ pub enum AppendError {
     Busy(Duration),
     #[error("the write-ahead log failed and accepts no more writes until restart: {0}")]
     Failed(Arc<str>),
+    #[error(
+        "the disk of the write-ahead log is full; no more writes are accepted until Weir is restarted with space \
+         (every write acknowledged before is safe): {0}"
+    )]
+    DiskFull(Arc<str>),
     #[error("the write-ahead log is closed")]
     Closed,
 }
@@ -40,6 +45,8 @@ enum Message {
 pub struct WalAppender {
     tx: mpsc::Sender<Message>,
     durable: watch::Receiver<u64>,
+    /// Set once the log has failed for good (until restart).
+    failure: Arc<std::sync::OnceLock<AppendError>>,
 }
 
 /// An append that was queued; await [`PendingAppend::durable`] for its position once it is on disk.
@@ -92,6 +99,11 @@ impl WalAppender {
         PendingAppend(rx).durable_blocking()
     }
 
+    /// Why the log accepts no more writes, once it has failed (it stays failed until restart).
+    pub fn failure(&self) -> Option<AppendError> {
+        self.failure.get().cloned()
+    }
+
     /// The position of the last durable record (0 when none).
     pub fn durable_position(&self) -> u64 {
         *self.durable.borrow()
@@ -118,6 +130,10 @@ impl super::ReadingLog for WalAppender {
 
     fn durable_position(&self) -> u64 {
         WalAppender::durable_position(self)
+    }
+
+    fn failure(&self) -> Option<AppendError> {
+        WalAppender::failure(self)
     }
 }
 
@@ -160,12 +176,21 @@ impl Wal {
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let (durable_tx, durable) = watch::channel(recovery.last_position);
         let clock = options.clock.clone();
-        let writer = Writer { dir: dir.clone(), options, file, size, next_position, durable: durable_tx, failed: None };
+        let failure = Arc::new(std::sync::OnceLock::new());
+        let writer = Writer {
+            dir: dir.clone(),
+            options,
+            file,
+            size,
+            next_position,
+            durable: durable_tx,
+            failed: failure.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("weir-wal-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(&dir))?;
-        Ok((Wal { appender: WalAppender { tx, durable }, thread: Some(thread), dir, clock }, recovery))
+        Ok((Wal { appender: WalAppender { tx, durable, failure }, thread: Some(thread), dir, clock }, recovery))
     }
 
     /// What the statistics need to follow this log.
@@ -228,7 +253,8 @@ struct Writer {
     size: u64,
     next_position: u64,
     durable: watch::Sender<u64>,
-    failed: Option<Arc<str>>,
+    /// Shared with every appender: set at the first failed write or fsync.
+    failed: Arc<std::sync::OnceLock<AppendError>>,
 }
 
 type Waiter = oneshot::Sender<Result<u64, AppendError>>;
@@ -274,9 +300,9 @@ impl Writer {
 
     /// Writes one group and fsyncs it, then answers its waiters.
     fn commit(&mut self, buf: &[u8], waiters: &mut Vec<Waiter>) {
-        if let Some(reason) = &self.failed {
+        if let Some(failure) = self.failed.get() {
             for w in waiters.drain(..) {
-                let _ = w.send(Err(AppendError::Failed(reason.clone())));
+                let _ = w.send(Err(failure.clone()));
             }
             return;
         }
@@ -286,9 +312,15 @@ impl Writer {
         if let Err(e) = result {
             let reason: Arc<str> = format!("write or fsync of {} failed: {e}", self.dir.display()).into();
             tracing::error!(%reason, "write-ahead log failed; no further readings will be acknowledged");
-            self.failed = Some(reason.clone());
+            metrics::gauge!("weir_wal_failed").set(1.0);
+            let failure = if e.kind() == std::io::ErrorKind::StorageFull {
+                AppendError::DiskFull(reason)
+            } else {
+                AppendError::Failed(reason)
+            };
+            let failure = self.failed.get_or_init(|| failure).clone();
             for w in waiters.drain(..) {
-                let _ = w.send(Err(AppendError::Failed(reason.clone())));
+                let _ = w.send(Err(failure.clone()));
             }
             return;
         }
