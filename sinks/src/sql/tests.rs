@@ -196,3 +196,69 @@ fn deep_and_long_queries_answer_or_are_refused_never_crash() {
     let e = rt.block_on(archive.query(&long)).unwrap_err().to_string();
     assert!(e.contains("--sql-max-query-bytes"), "{e}");
 }
+
+/// Issue 17: SQL fuzzing. Random expressions from a small grammar — deep, long, mixing types, functions and
+/// subqueries — answer or are refused; none crashes the process or panics a SQL thread.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn expr() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("value".to_owned()),
+            Just("device".to_owned()),
+            Just("timestamp".to_owned()),
+            Just("NULL".to_owned()),
+            any::<i32>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            "[a-z']{0,8}".prop_map(|t| format!("'{}'", t.replace('\'', "''"))),
+        ];
+        leaf.prop_recursive(24, 400, 6, |inner| {
+            prop_oneof![
+                (
+                    inner.clone(),
+                    prop::sample::select(vec!["+", "-", "*", "/", "%", "AND", "OR", "=", "<", "||"]),
+                    inner.clone()
+                )
+                    .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+                (
+                    prop::sample::select(vec!["abs", "round", "length", "upper", "sqrt", "ln", "cast_text"]),
+                    inner.clone()
+                )
+                    .prop_map(|(f, a)| if f == "cast_text" {
+                        format!("CAST({a} AS VARCHAR)")
+                    } else {
+                        format!("{f}({a})")
+                    }),
+                (inner.clone(), inner.clone(), inner.clone())
+                    .prop_map(|(c, a, b)| format!("CASE WHEN {c} THEN {a} ELSE {b} END")),
+                prop::collection::vec(inner.clone(), 1..6).prop_map(|v| format!("coalesce({})", v.join(", "))),
+                inner.clone().prop_map(|a| format!("(SELECT {a} AS x)")),
+                (1usize..1500).prop_map(|n| vec!["1"; n].join(" + ")),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases_or(48), ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_queries_answer_or_are_refused_never_crash(select in expr(), filter in expr()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let location = ArchiveLocation::open("memory:///").unwrap();
+            let limits = SqlLimits { timeout: Duration::from_secs(20), ..SqlLimits::default() };
+            let archive = SqlArchive::new(location, None, limits);
+            for sql in [format!("SELECT {select} AS a"), format!("SELECT count(*) FROM readings WHERE {filter}")] {
+                match rt.block_on(archive.query(&sql)) {
+                    Ok(_) => {}
+                    Err(e) => prop_assert!(!e.to_string().contains("failed on its thread"), "{sql}: {e}"),
+                }
+            }
+        }
+    }
+
+    /// `PROPTEST_CASES` if set, else `default`.
+    fn cases_or(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
+    }
+}

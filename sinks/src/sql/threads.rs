@@ -60,7 +60,11 @@ impl SqlThreads {
                         loop {
                             let job = receiver.lock().await.recv().await;
                             let Some(job) = job else { return };
-                            job().await;
+                            // A panic ends the query (its asker hears "failed on its thread"), not the thread.
+                            let ran = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(job())).await;
+                            if ran.is_err() {
+                                tracing::error!("a SQL query panicked; its thread goes on");
+                            }
                         }
                     });
                 });
@@ -108,6 +112,17 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let answer = threads.run(|| async { depth(100_000) }).unwrap();
         assert_eq!(rt.block_on(answer).unwrap(), 100_000);
+    }
+
+    #[test]
+    fn a_panicking_query_ends_but_its_thread_goes_on() {
+        let threads = SqlThreads::start(1, 4);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let failed = threads.run(|| async { panic!("a query's bug") }).unwrap();
+        let answer: Result<(), _> = rt.block_on(failed);
+        assert!(answer.is_err(), "the asker hears of it");
+        let next = threads.run(|| async { 7 }).unwrap();
+        assert_eq!(rt.block_on(next).unwrap(), 7, "the one thread still runs queries");
     }
 
     #[test]
