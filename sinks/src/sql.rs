@@ -21,6 +21,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use weir_pipeline::wal::LogRecord;
 
+mod bounded;
 mod threads;
 pub use threads::{Busy, SqlThreads};
 
@@ -300,6 +301,9 @@ impl SqlArchive {
         let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.limits.memory_bytes, 1.0).build_arc()?;
         let config = SessionConfig::from_env().unwrap_or_default();
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        for function in bounded::bounded_string_functions(self.limits.memory_bytes) {
+            ctx.register_udf(function);
+        }
         let url = &self.location.url;
         let base = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority()))
             .map_err(|e| SqlError::Invalid(e.to_string()))?;

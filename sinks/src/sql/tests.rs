@@ -262,3 +262,25 @@ mod fuzz {
         std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
     }
 }
+
+/// Issue 17, 10: `length(repeat('x', 300000000))` took 1.25 GB under `--sql-memory 64MiB`. Functions whose result
+/// size the query chooses refuse to build a value beyond the query's memory; within it they work as before.
+#[test]
+fn values_larger_than_the_query_memory_are_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let location = ArchiveLocation::open("memory:///").unwrap();
+    let limits = SqlLimits { memory_bytes: 64 << 20, ..SqlLimits::default() };
+    let archive = SqlArchive::new(location, None, limits);
+    for sql in [
+        "SELECT length(repeat('x', 300000000)) AS n",
+        "SELECT length(lpad('x', 300000000)) AS n",
+        "SELECT length(rpad('x', 300000000, 'ab')) AS n",
+    ] {
+        let e = rt.block_on(archive.query(sql)).unwrap_err().to_string();
+        assert!(e.contains("--sql-memory"), "{sql}: {e}");
+    }
+    let ok = rt.block_on(archive.query("SELECT length(repeat('ab', 1000)) AS n, lpad('7', 3, '0') AS p")).unwrap();
+    assert_eq!(ok.rows(), 1);
+    let n = ok.batches[0].column(0).as_any().downcast_ref::<arrow::array::Int32Array>().map(|a| a.value(0));
+    assert_eq!(n, Some(2000));
+}
