@@ -76,6 +76,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_MAX_REPORTED_ERRORS", default_value_t = 10_000)]
     pub max_reported_errors: usize,
 
+    /// The most readings an `?atomic=true` request may hold until its end (413 beyond; each costs 24–48 bytes).
+    #[arg(long, env = "WEIR_MAX_ATOMIC_READINGS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub max_atomic_readings: u64,
+
     /// At most this many bytes of reasons and echoed lines in a rejection report (beyond: lines only counted, and
     /// the report says `"truncated": true`).
     #[arg(long, env = "WEIR_MAX_REPORT_BYTES", default_value = "1MiB", value_parser = parse_size)]
@@ -247,6 +251,7 @@ impl ServeArgs {
                 max_body_bytes: self.max_body_bytes,
                 max_request_time: self.max_request_time,
                 queue_timeout: self.ingest_queue_timeout,
+                max_atomic_readings: self.max_atomic_readings as usize,
             },
             stats: StatsOptions {
                 workers: self.workers as usize,

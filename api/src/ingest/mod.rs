@@ -193,6 +193,7 @@ mod tests {
             max_body_bytes: 1 << 20,
             max_request_time: Duration::from_secs(10),
             queue_timeout: Duration::from_millis(50),
+            max_atomic_readings: 1_000_000,
         };
         let service = IngestService::new(Decoder::new(SensorSet::default()), limits, Arc::new(FullLog));
         let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,8 @@ pub struct IngestLimits {
     pub max_request_time: Duration,
     /// How long a request waits for room in the WAL queue before it fails as unavailable.
     pub queue_timeout: Duration,
+    /// The most readings an atomic request may hold until its end (`--max-atomic-readings`; about 24–48 bytes each).
+    pub max_atomic_readings: usize,
 }
 
 /// Where a request's bytes come from, a chunk at a time: a transport's body, already decompressed, failing with
@@ -171,6 +173,10 @@ impl IngestService {
             while let Some(batch) = decoder.take_full_batch() {
                 if atomic {
                     held.append_batch(&batch, &mut held_devices);
+                    if held.len() > self.limits.max_atomic_readings {
+                        failure = Some(self.atomic_too_large());
+                        break;
+                    }
                 } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
                     failure = Some(e);
                     break;
@@ -185,6 +191,9 @@ impl IngestService {
             if let Some(batch) = decoder.take_batch() {
                 if atomic {
                     held.append_batch(&batch, &mut held_devices);
+                    if held.len() > self.limits.max_atomic_readings {
+                        failure = Some(self.atomic_too_large());
+                    }
                 } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
                     failure = Some(e);
                 }
@@ -229,6 +238,17 @@ impl IngestService {
             truncated: rejections.truncated,
             failure,
         }
+    }
+
+    fn atomic_too_large(&self) -> ServiceError {
+        ServiceError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "an atomic request holds its readings until its end, at most {} of them (--max-atomic-readings): \
+                 nothing of this one was stored; send it in smaller atomic requests, or without atomic=true",
+                self.limits.max_atomic_readings
+            ),
+        )
     }
 
     fn timed_out(&self) -> ServiceError {
@@ -356,6 +376,7 @@ mod tests {
             max_body_bytes: 1 << 20,
             max_request_time,
             queue_timeout: Duration::from_millis(50),
+            max_atomic_readings: 1_000_000,
         }
     }
 
