@@ -406,3 +406,54 @@ async fn an_atomic_request_holds_a_bounded_number_of_readings() {
     assert!(r.text().await.unwrap().contains("--max-atomic-readings"));
     assert!(s.stop().success());
 }
+
+/// Issue 17, 3: a cluster process ended when anything connected to its timely port and closed (a port scanner, a
+/// load balancer's probe). Probes and garbage are dropped while it waits for its peers; the cluster then forms.
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_of_the_cluster_port_do_not_end_a_process() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addresses: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    drop(listeners);
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(&hosts, addresses.join("\n") + "\n").unwrap();
+    let archive = dir.path().join("archive");
+    let start = |p: usize| {
+        let (data, hosts, archive) = (dir.path().join(format!("data-{p}")), hosts.clone(), archive.clone());
+        std::thread::spawn(move || {
+            let process = p.to_string();
+            let args = [
+                "--cluster",
+                hosts.to_str().unwrap(),
+                "--process",
+                &process,
+                "--archive-url",
+                archive.to_str().unwrap(),
+            ];
+            Server::start(&data, &args)
+        })
+    };
+    let first = start(0);
+    // Process 0 is waiting for process 1: probe its cluster port meanwhile.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut probed = 0;
+    while probed < 3 && std::time::Instant::now() < deadline {
+        if let Ok(mut c) = std::net::TcpStream::connect(&addresses[0]) {
+            if probed == 1 {
+                let _ = c.write_all(b"GET / HTTP/1.1\r\n\r\n");
+            }
+            probed += 1;
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    assert_eq!(probed, 3, "process 0 never listened on its cluster port");
+    let second = start(1);
+    let servers = [first.join().unwrap(), second.join().unwrap()];
+    for s in &servers {
+        let r = client().get(format!("{}/healthz", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(servers[0].log_text().contains("ignoring a connection to the cluster port"));
+}
