@@ -12,11 +12,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-fn free_addresses(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
-}
-
 /// Settings every Weir of these tests runs with, alone or in the cluster: quick seals of past days.
 const SETTINGS: [&str; 6] = ["--seal-grace", "1s", "--seal-interval", "200ms", "--archive-flush-age", "300ms"];
 
@@ -59,28 +54,6 @@ fn lines(d: usize, range: std::ops::Range<u64>) -> Vec<String> {
         .collect()
 }
 
-fn start_of_yesterday() -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    (now / 86_400 - 1) * 86_400
-}
-
-/// Posts `body` and returns the Weir-Position it was acknowledged at.
-async fn post(s: &Server, body: Vec<String>) -> String {
-    let r = client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON).body(body.join("\n")).send();
-    let r = r.await.unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["weir-position"].to_str().unwrap().to_owned()
-}
-
-async fn sql(s: &Server, query: &str) -> Value {
-    let r = client().post(format!("{}/api/v1/sql", s.url)).header("content-type", "text/plain").body(query.to_owned());
-    let r = r.send().await.unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 200, "{query}: {body}");
-    body
-}
-
 /// What SQL says of the whole archive.
 const QUERIES: [&str; 3] = [
     "SELECT count(*) AS n FROM readings",
@@ -89,28 +62,20 @@ const QUERIES: [&str; 3] = [
     "SELECT count(*) AS n FROM (SELECT device, sensor, timestamp FROM readings GROUP BY device, sensor, timestamp)",
 ];
 
-async fn get(s: &Server, path: &str) -> Value {
-    let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    body
-}
-
 /// Everything a user can ask, once `positions` are processed.
 async fn answers(s: &Server, positions: &[String], devices: usize) -> Vec<Value> {
     for p in positions {
-        get(s, &format!("/api/v1/devices?after={p}")).await;
+        get_json(s, &format!("/api/v1/devices?after={p}")).await;
     }
-    let mut out = vec![get(s, "/api/v1/devices").await];
+    let mut out = vec![get_json(s, "/api/v1/devices").await];
     for d in 0..devices {
-        out.push(get(s, &format!("/api/v1/latest?device=dev-{d}")).await);
+        out.push(get_json(s, &format!("/api/v1/latest?device=dev-{d}")).await);
         for window in ["1m", "1h"] {
-            out.push(get(s, &format!("/api/v1/series?sensor=speed&device=dev-{d}&window={window}")).await);
+            out.push(get_json(s, &format!("/api/v1/series?sensor=speed&device=dev-{d}&window={window}")).await);
         }
     }
     for query in QUERIES {
-        out.push(sql(s, query).await);
+        out.push(sql_json(s, query).await);
     }
     out
 }
@@ -122,8 +87,8 @@ async fn sealed_dumps(s: &Server, archive: &Path, today: &str) -> Vec<(String, V
     loop {
         let days =
             format!("SELECT date, count(*) AS n FROM readings WHERE date < '{today}' GROUP BY date ORDER BY date");
-        let days = sql(s, &days).await;
-        let seals = sql(s, "SELECT date, readings AS n FROM seals ORDER BY date").await;
+        let days = sql_json(s, &days).await;
+        let seals = sql_json(s, "SELECT date, readings AS n FROM seals ORDER BY date").await;
         let alone = days.as_array().unwrap().iter().all(|d| {
             let dir = archive.join("readings").join(format!("date={}", d["date"].as_str().unwrap()));
             std::fs::read_dir(dir).map(|entries| entries.count()).unwrap_or(0) == 1
@@ -167,7 +132,7 @@ async fn three_processes_answer_like_one() {
     let today = chrono_like(start_of_yesterday() + 86_400, 0)[..10].to_owned();
     let single = start_single(dir.path());
     for (_, body) in requests() {
-        post(&single, body).await;
+        post_position(&single, &body).await;
     }
     let want = answers(&single, &[], 9).await;
     assert_eq!(want[want.len() - 3], want[want.len() - 1], "each key once: {:?}", &want[want.len() - 3..]);
@@ -178,7 +143,7 @@ async fn three_processes_answer_like_one() {
     let cluster = start_cluster(dir.path(), &hosts_file(dir.path(), 3), 3);
     let mut positions = Vec::new();
     for (p, body) in requests() {
-        positions.push(post(&cluster[p], body).await);
+        positions.push(post_position(&cluster[p], &body).await);
     }
     assert!(positions.iter().all(|p| p.contains(':')), "a position names its process: {positions:?}");
     for (p, s) in cluster.iter().enumerate() {
@@ -224,7 +189,7 @@ async fn after_a_kill_9_the_cluster_stops_and_restarts_with_every_reading_once()
     let all = requests();
     let (before, after) = all.split_at(15);
     for (p, body) in before {
-        post(&cluster[*p], body.clone()).await;
+        post_position(&cluster[*p], body).await;
     }
     cluster.remove(1).kill9();
     // The others notice and stop: a timely cluster stops as a whole.
@@ -237,11 +202,11 @@ async fn after_a_kill_9_the_cluster_stops_and_restarts_with_every_reading_once()
     let cluster = start_cluster(dir.path(), &hosts, 3);
     let mut positions = Vec::new();
     for (p, body) in after {
-        positions.push(post(&cluster[*p], body.clone()).await);
+        positions.push(post_position(&cluster[*p], body).await);
     }
     let single = start_single(dir.path());
     for (_, body) in &all {
-        post(&single, body.clone()).await;
+        post_position(&single, body).await;
     }
     let want = answers(&single, &[], 9).await;
     for (p, s) in cluster.iter().enumerate() {
@@ -258,7 +223,17 @@ fn a_process_whose_peers_never_come_gives_up_with_a_clear_error() {
     // The hosts given inline this time (`--cluster-hosts`, also WEIR_CLUSTER_HOSTS) instead of a file.
     let hosts = free_addresses(3).join(",");
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--process", "0", "--cluster-connect-timeout", "2s"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "off",
+            "--process",
+            "0",
+            "--cluster-connect-timeout",
+            "2s",
+        ])
         .arg("--archive-url")
         .arg(dir.path().join("archive"))
         .arg("--cluster-hosts")
@@ -278,7 +253,8 @@ fn a_process_whose_peers_never_come_gives_up_with_a_clear_error() {
 fn a_cluster_without_a_shared_archive_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--process", "0", "--cluster-hosts", "127.0.0.1:1,127.0.0.1:2"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--process", "0"])
+        .args(["--cluster-hosts", "127.0.0.1:1,127.0.0.1:2"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .output()
@@ -292,7 +268,7 @@ fn a_cluster_without_a_shared_archive_is_refused() {
 async fn a_single_weirs_archive_is_not_taken_for_a_clusters() {
     let dir = tempfile::tempdir().unwrap();
     let single = start_single(dir.path());
-    post(&single, lines(0, 0..10)).await;
+    post_position(&single, &lines(0, 0..10)).await;
     assert!(single.stop().success(), "stopping flushes the archive");
     let out = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--process", "0"])

@@ -424,11 +424,6 @@ fn diff_window(device: &str, sensor: &str, want: &Agg, answer: &Value) -> Vec<St
 // ---------------------------------------------------------------------------------------------------------------
 // Weir under test: one process, or a cluster of processes sharing one archive.
 
-fn free_addresses(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
-}
-
 struct Weir {
     root: PathBuf,
     /// The timely hosts file of a cluster; `None` for a single process.

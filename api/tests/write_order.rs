@@ -21,11 +21,6 @@ const SEAL_QUICKLY: [&str; 6] = ["--seal-grace", "1s", "--seal-interval", "200ms
 /// No seals, and nothing archived unless a query asks for it: what is acknowledged stays in the logs.
 const KEEP_IN_THE_LOG: [&str; 4] = ["--seal-grace", "8760h", "--archive-flush-age", "1h"];
 
-fn free_addresses(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
-}
-
 struct Cluster {
     root: PathBuf,
     hosts: PathBuf,
@@ -83,35 +78,6 @@ fn crash(mut servers: Vec<Server>, victim: usize) {
     }
 }
 
-async fn post(s: &Server, lines: &[String]) -> String {
-    let r = client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON).body(lines.join("\n"));
-    let r = r.send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["weir-position"].to_str().unwrap().to_owned()
-}
-
-async fn get(s: &Server, path: &str) -> Value {
-    let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    body
-}
-
-async fn sql(s: &Server, query: &str) -> Value {
-    let r = client().post(format!("{}/api/v1/sql", s.url)).header("content-type", "text/plain").body(query.to_owned());
-    let r = r.send().await.unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 200, "{query}: {body}");
-    body
-}
-
-fn start_of_yesterday() -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    (now / 86_400 - 1) * 86_400
-}
-
 fn line(device: &str, secs: u64, value: f64) -> String {
     format!(r#"{{"sensor":"speed","value":{value},"timestamp":"{}","device":"{device}"}}"#, chrono_like(secs, 0))
 }
@@ -123,7 +89,7 @@ async fn values_in_sql(s: &Server, device: &str, secs: u64) -> Vec<f64> {
          AND CAST(timestamp AS BIGINT) = {} ORDER BY value",
         secs * 1_000_000
     );
-    sql(s, &query).await.as_array().unwrap().iter().map(|r| r["value"].as_f64().unwrap()).collect()
+    sql_json(s, &query).await.as_array().unwrap().iter().map(|r| r["value"].as_f64().unwrap()).collect()
 }
 
 /// Waits until `date` is sealed with `readings` readings; returns the values the dump holds for `device` at `secs`.
@@ -137,7 +103,7 @@ async fn sealed_dump_values(
 ) -> Vec<f64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let seals = sql(s, &format!("SELECT readings FROM seals WHERE date = '{date}'")).await;
+        let seals = sql_json(s, &format!("SELECT readings FROM seals WHERE date = '{date}'")).await;
         let parts = std::fs::read_dir(archive.join(format!("readings/date={date}"))).map(|d| d.count()).unwrap_or(0);
         if seals[0]["readings"].as_u64() == Some(readings) && parts == 1 {
             break;
@@ -167,10 +133,10 @@ async fn a_seal_keeps_the_first_write_not_the_lower_processs() {
     let servers = cluster.start(0, &KEEP_IN_THE_LOG);
     let day = start_of_yesterday();
     let date = chrono_like(day, 0)[..10].to_owned();
-    let five = post(&servers[1], &[line("truck-x", day, 5.0), line("truck-x", day + 7200, 1.0)]).await;
-    get(&servers[0], &format!("/api/v1/devices?after={five}")).await;
-    let three = post(&servers[0], &[line("truck-x", day, 3.0)]).await;
-    get(&servers[1], &format!("/api/v1/devices?after={three}")).await;
+    let five = post_position(&servers[1], &[line("truck-x", day, 5.0), line("truck-x", day + 7200, 1.0)]).await;
+    get_json(&servers[0], &format!("/api/v1/devices?after={five}")).await;
+    let three = post_position(&servers[0], &[line("truck-x", day, 3.0)]).await;
+    get_json(&servers[1], &format!("/api/v1/devices?after={three}")).await;
     // Not sealed yet: both writes are archived (SQL makes every process commit what it holds).
     assert_eq!(values_in_sql(&servers[0], "truck-x", day).await, vec![3.0, 5.0], "before the seal");
     crash(servers, 1);
@@ -186,7 +152,7 @@ async fn a_seal_keeps_the_first_write_not_the_lower_processs() {
     for first in [1, 0] {
         let servers = cluster.start(first, &SEAL_QUICKLY);
         // A late reading for the day: the owner seals it again, with the sealed file's verdict.
-        post(&servers[first], &[line("truck-x", day + 60 * (first as u64 + 1), 7.0)]).await;
+        post_position(&servers[first], &[line("truck-x", day + 60 * (first as u64 + 1), 7.0)]).await;
         let readings = 3 + (first == 0) as u64;
         let dump = sealed_dump_values(&servers[0], &archive, &date, readings, "truck-x", day).await;
         assert_eq!(dump, vec![5.0], "the dump after a restart ({first} first) and a reseal");
@@ -221,10 +187,10 @@ async fn a_verdict_stands_across_restarts_in_either_order_with_a_clock_6_s_behin
     let day = start_of_yesterday();
     let date = chrono_like(day, 0)[..10].to_owned();
 
-    let five = post(&servers[1], &[line("truck-y", day, 5.0)]).await;
+    let five = post_position(&servers[1], &[line("truck-y", day, 5.0)]).await;
     let started = std::time::Instant::now();
-    get(&servers[0], &format!("/api/v1/devices?after={five}")).await;
-    let three = post(&servers[0], &[line("truck-y", day, 3.0)]).await;
+    get_json(&servers[0], &format!("/api/v1/devices?after={five}")).await;
+    let three = post_position(&servers[0], &[line("truck-y", day, 3.0)]).await;
     let series = format!("/api/v1/series?device=truck-y&sensor=speed&window=1m&from={}", chrono_like(day, 0));
     live_holds_five(&servers, &[&five, &three], &series, "live").await;
     assert!(started.elapsed() < Duration::from_secs(3), "reads waited for the clocks: {:?}", started.elapsed());
@@ -247,9 +213,9 @@ async fn a_verdict_stands_across_restarts_in_either_order_with_a_clock_6_s_behin
 async fn live_holds_five(servers: &[Server], positions: &[&str], series: &str, when: &str) {
     for s in servers {
         for position in positions {
-            get(s, &format!("/api/v1/devices?after={position}")).await;
+            get_json(s, &format!("/api/v1/devices?after={position}")).await;
         }
-        let windows = get(s, series).await;
+        let windows = get_json(s, series).await;
         let w = &windows["windows"][0];
         assert_eq!((w["count"].as_u64(), w["first"].as_f64()), (Some(1), Some(5.0)), "{when}: {windows}");
     }

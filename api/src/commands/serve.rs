@@ -296,8 +296,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no API key configured (--api-key / WEIR_API_KEYS): authentication is OFF, anyone who can reach this port can write"
         );
     }
-    // The ports first: a port in use is found at once, not after the log is recovered and the archive loaded.
-    // (Connections wait in the backlog until the node serves.)
+    // The settings first (no side effects), then the ports: a port in use is found at once, not after the log is
+    // recovered and the archive loaded. (Connections wait in the backlog until the node serves.)
+    let config = args.node_config()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen / WEIR_LISTEN)", args.listen))?;
@@ -308,7 +309,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             format!("cannot listen on {grpc} (--grpc-listen / WEIR_GRPC_LISTEN; `off` turns gRPC off)")
         })?),
     };
-    let config = args.node_config()?;
     if let Some(c) = &config.stats.cluster {
         stop_with_the_cluster();
         tracing::info!(process = c.process, processes = c.processes(), "running as one process of a cluster");

@@ -214,3 +214,42 @@ pub fn streaming_post(
         .body(reqwest::Body::wrap_stream(body));
     (tx, tokio::spawn(request.send()))
 }
+
+/// `n` loopback addresses that were free a moment ago.
+pub fn free_addresses(n: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
+}
+
+/// The start of yesterday (UTC), in seconds since the epoch: a past day, sealed soon after its parts are written.
+pub fn start_of_yesterday() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    (now / 86_400 - 1) * 86_400
+}
+
+/// Posts `lines` as one NDJSON body, which must be acknowledged; returns its `Weir-Position`.
+pub async fn post_position(s: &Server, lines: &[String]) -> String {
+    let r = client().post(format!("{}/ingest", s.url)).header("content-type", NDJSON).body(lines.join("\n"));
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["weir-position"].to_str().unwrap().to_owned()
+}
+
+/// `GET path`, which must answer 200 with JSON.
+pub async fn get_json(s: &Server, path: &str) -> serde_json::Value {
+    let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// SQL that must answer 200, as JSON rows.
+pub async fn sql_json(s: &Server, query: &str) -> serde_json::Value {
+    let r = client().post(format!("{}/api/v1/sql", s.url)).header("content-type", "text/plain").body(query.to_owned());
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{query}: {body}");
+    body
+}
