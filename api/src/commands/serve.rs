@@ -290,6 +290,7 @@ impl ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::metrics::handle();
+    raise_open_file_limit();
     let keys = ApiKeys::new(args.api_keys.iter().cloned());
     if !keys.enabled() {
         tracing::warn!(
@@ -374,6 +375,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as servers do: every connection is a file, and
+/// the common soft default (1 024) is reached by a thousand idle clients long before memory or CPU is.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read or write the struct passed, which lives on this stack frame.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max && {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 && before < limit.rlim_cur
+        }
+    };
+    if raised {
+        tracing::info!(open_files = limit.rlim_cur, "raised the limit on open files to its maximum");
+    }
 }
 
 /// Where this process sits in its cluster (`--cluster FILE` or `--cluster-hosts`, with `--process`), if anywhere.
