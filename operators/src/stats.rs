@@ -31,19 +31,32 @@ pub struct StatsDataflow<'scope> {
     pub probe: ProbeHandle<Time>,
 }
 
+/// `t` moved up to the next multiple of `grid` (itself when it is one): monotone, never earlier.
+pub fn on_grid(t: Time, grid: Time) -> Time {
+    let grid = grid.max(1);
+    t.div_ceil(grid).saturating_mul(grid)
+}
+
 /// Builds the dataflow in `scope`: readings → `dedup_first_write` → `window_stats` and `latest_by_time`.
 /// `on_window_updates` sees the updates going into the window arrangement (see [`window_stats`]).
+///
+/// Deduplication sees every reading at its own time (its write time: the order of first writes). The readings it
+/// admits then move on to the next multiple of `grid` ([`on_grid`]) before the arrangements, so that updates of one
+/// window within a grid cell consolidate in differential's batcher (one time per group commit made the batcher's
+/// merge 17 % of the process's CPU near the maximum rate). Whoever compares a time with the arrangements' frontier
+/// (marks, "loaded") moves it the same way.
 pub fn stats_dataflow<'scope>(
     scope: Scope<'scope, Time>,
     horizon_micros: i64,
+    grid: Time,
     on_window_updates: impl FnMut(&mut dyn Iterator<Item = (Time, WindowKey)>) + 'static,
 ) -> StatsDataflow<'scope> {
     let mut readings = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let (names, name_collection) = scope.new_collection::<(DeviceId, String), isize>();
 
-    let Deduplicated { admitted: deduplicated, verdicts } =
-        dedup_first_write(readings.to_stream(scope), horizon_micros);
+    let Deduplicated { admitted, verdicts } = dedup_first_write(readings.to_stream(scope), horizon_micros);
+    let deduplicated = admitted.delay(move |t| on_grid(*t, grid));
     let windows = window_stats(deduplicated.clone(), on_window_updates);
     let latest = latest_by_time(deduplicated);
     let device_names = name_collection.arrange_by_self_named("DeviceNames");

@@ -61,6 +61,8 @@ pub struct LogFeed {
     pub marked_at: Time,
     /// The position of the last snapshot batch fed, and how many rows were fed at it.
     pub snapshot_at: (u64, u32),
+    /// The arrangements' grid: a mark counts once the inputs pass its time moved onto it.
+    pub grid: Time,
 }
 
 impl LogFeed {
@@ -72,6 +74,7 @@ impl LogFeed {
         durable: watch::Receiver<u64>,
         clock: WriteClock,
         start: (Option<Snapshot>, u64),
+        grid: Time,
     ) -> Self {
         let (readings, names, marks) = inputs;
         let (snapshot, snapshot_through) = start;
@@ -92,6 +95,7 @@ impl LogFeed {
             marked: 0,
             marked_at: 0,
             snapshot_at: (u64::MAX, 0),
+            grid,
         }
     }
 
@@ -141,11 +145,14 @@ impl LogFeed {
 
     /// Whether a round is needed although nothing is left to read: the snapshot is done but no log round has
     /// followed it yet (so the frontier would stay below [`SNAPSHOT_TIMES`] and the snapshot would never count as
-    /// loaded), the position reached is not marked yet, or the inputs are still at the last mark's time (the safe
-    /// time was a group's that the writer had not finished yet: the mark counts once the inputs pass it).
+    /// loaded), the position reached is not marked yet, or the inputs have not passed the last mark's time on the
+    /// arrangements' grid yet (the mark counts once they have: rounds go on, each moving to the safe time, until
+    /// the clock has passed it — at most one grid cell).
     pub fn needs_round(&self) -> bool {
         self.snapshot.is_none()
-            && (self.time < SNAPSHOT_TIMES || self.read_through != self.marked || self.marked_at >= self.time)
+            && (self.time < SNAPSHOT_TIMES
+                || self.read_through != self.marked
+                || weir_operators::stats::on_grid(self.marked_at, self.grid) >= self.time)
     }
 
     /// Lets time pass for the rest of the cluster without reading: the inputs move to the safe time if the log is

@@ -29,7 +29,7 @@ use timely::dataflow::operators::{Inspect, Probe};
 use timely::progress::frontier::AntichainRef;
 use tokio::sync::oneshot;
 use weir_operators::WindowKey;
-use weir_operators::stats::{StatsDataflow, stats_dataflow};
+use weir_operators::stats::{StatsDataflow, on_grid, stats_dataflow};
 
 pub use answers::ArchiveControl;
 use changes::RecentChanges;
@@ -44,6 +44,10 @@ use feed::{Feeder, LogFeed, Mark};
 use positions::Positions;
 use verdicts::verdicts_to_their_process;
 pub use verdicts::{DedupVerdicts, Verdicts};
+
+/// Admitted readings reach the arrangements on a grid of this many microseconds of write time (see
+/// `weir_operators::stats::stats_dataflow`): what a read waits at most beyond the data, for far less merging.
+pub const ARRANGEMENT_GRID_MICROS: u64 = 20_000;
 
 /// How the statistics run.
 #[derive(Debug, Clone)]
@@ -337,7 +341,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     let workers = ctx.options.workers.max(1);
     let local = worker.index() % workers;
     let horizon = i64::try_from(ctx.options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
-    let positions = Rc::new(RefCell::new(Positions::new(ctx.options.processes())));
+    // The arrangements see admitted readings on a grid of ARRANGEMENT_GRID_MICROS (in this cluster's time units).
+    let grid = ARRANGEMENT_GRID_MICROS * ctx.options.processes() as u64;
+    let positions = Rc::new(RefCell::new(Positions::new(ctx.options.processes(), grid)));
     let marks_in = positions.clone();
     let processes = ctx.options.processes();
     let verdicts = ctx.verdicts.clone();
@@ -349,7 +355,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             recent.borrow_mut().record(updates);
         };
         let StatsDataflow { readings, names, windows, latest, device_names, verdicts: judged, probe } =
-            stats_dataflow(scope, horizon, record_changes);
+            stats_dataflow(scope, horizon, grid, record_changes);
         verdicts_to_their_process(judged, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
         let mut marks: InputHandleVec<u64, Mark> = InputHandleVec::new();
@@ -397,6 +403,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             ctx.tail.durable.clone(),
             ctx.tail.clock.clone(),
             (snapshot, ctx.start_through),
+            grid,
         ))
     } else {
         drop(readings);
@@ -422,8 +429,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             let durable = *ctx.tail.durable.borrow();
             let has_data = feed.snapshot.is_some() || durable > feed.read_through || feed.needs_round();
             if has_data || (in_cluster && last_tick.elapsed() >= ctx.options.idle_park) {
-                // Later writes here come after every round another process has fed (a hybrid logical clock).
-                clock.observe(positions.borrow().newest_time);
+                // Later writes here come after every round another process has fed (a hybrid logical clock), and
+                // after its grid time: the marks of that round count once every process has passed it.
+                clock.observe(on_grid(positions.borrow().newest_time, grid));
                 if feed.round(ctx.options.feed_limit) > 0 {
                     // Through the readings fed, not the time the inputs moved on to: in a cluster that is the
                     // others' to reach, and they may learn of it only from this process's next mark. While the
@@ -445,7 +453,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             let mut ticked = std::time::Instant::now();
             worker.step_while(|| {
                 if in_cluster && ticked.elapsed() >= ctx.options.idle_park {
-                    clock.observe(positions.borrow().newest_time);
+                    clock.observe(on_grid(positions.borrow().newest_time, grid));
                     feed.pass_time();
                     ticked = std::time::Instant::now();
                 }
@@ -471,7 +479,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         let mut positions = positions.borrow_mut();
         positions.advance(frontier);
         ctx.processed[local].store(positions.processed(ctx.options.process()), Ordering::Release);
-        if frontier.is_none_or(|f| f >= feed::SNAPSHOT_TIMES) {
+        if frontier.is_none_or(|f| f > on_grid(feed::SNAPSHOT_TIMES - 1, grid)) {
             ctx.loaded[local].store(true, Ordering::Release);
         }
         drop(positions);

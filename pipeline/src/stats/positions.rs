@@ -5,6 +5,7 @@
 //! through the dataflow.
 
 use weir_operators::Time;
+use weir_operators::stats::on_grid;
 
 use super::feed::Mark;
 
@@ -16,16 +17,19 @@ pub struct Positions {
     processed: Vec<u64>,
     /// The greatest time a mark has come with (the newest round any process has fed, as far as this worker knows).
     pub newest_time: Time,
+    /// The arrangements' grid: a mark counts once the frontier passes its time moved onto it.
+    grid: Time,
 }
 
 impl Positions {
-    pub fn new(processes: usize) -> Self {
-        Positions { pending: Vec::new(), processed: vec![0; processes], newest_time: 0 }
+    pub fn new(processes: usize, grid: Time) -> Self {
+        Positions { pending: Vec::new(), processed: vec![0; processes], newest_time: 0, grid }
     }
 
     pub fn receive(&mut self, time: Time, mark: Mark) {
         self.newest_time = self.newest_time.max(time);
-        self.pending.push((time, mark));
+        // The readings fed up to the mark reach the arrangements at its grid time at the latest.
+        self.pending.push((on_grid(time, self.grid), mark));
     }
 
     /// Counts every mark before `frontier` (`None`: the dataflow is complete, every mark counts).
@@ -54,7 +58,7 @@ mod tests {
 
     #[test]
     fn a_mark_counts_once_the_frontier_passes_its_time() {
-        let mut p = Positions::new(2);
+        let mut p = Positions::new(2, 1);
         p.receive(10, (0, 5));
         p.receive(12, (1, 7));
         p.receive(15, (0, 9));
@@ -64,5 +68,15 @@ mod tests {
         assert_eq!((p.processed(0), p.processed(1)), (5, 7));
         p.advance(None);
         assert_eq!((p.processed(0), p.processed(1), p.processed(9)), (9, 7, 0));
+    }
+
+    #[test]
+    fn a_mark_counts_once_the_frontier_passes_its_grid_time() {
+        let mut p = Positions::new(1, 10);
+        p.receive(11, (0, 5));
+        p.advance(Some(12));
+        assert_eq!(p.processed(0), 0, "readings fed at 11 reach the arrangements at 20");
+        p.advance(Some(21));
+        assert_eq!(p.processed(0), 5);
     }
 }
