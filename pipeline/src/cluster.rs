@@ -301,11 +301,35 @@ fn parse_hosts(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// `n` loopback addresses that were free a moment ago, for tests.
-#[cfg(test)]
-pub(crate) fn free_addresses(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
+/// `n` loopback addresses for a test cluster, each free a moment ago and below the kernel's ephemeral port range.
+///
+/// A cluster's addresses are chosen before its processes start and reused across their restarts, so they must stay
+/// free in between: a port from the ephemeral range (what `bind(":0")` and every outgoing connection are given) can
+/// be taken meanwhile by another server's port-0 listener or by a connection's local end, and the process that owns
+/// it then cannot join. Ports below that range are only ever taken by asking for them.
+#[doc(hidden)]
+pub fn free_addresses(n: usize) -> Vec<String> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u32, u32::from(ephemeral_start.max(20_000)));
+    // A per-process, per-call start so that concurrent tests spread out; each candidate is checked by binding it.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let mut seed = (std::process::id() ^ nanos ^ call.wrapping_mul(0x9E37_79B9)) as u64 | 1;
+    let mut listeners = Vec::with_capacity(n);
+    while listeners.len() < n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = low + (seed % u64::from(high - low)) as u32;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            listeners.push(l);
+        }
+    }
+    listeners.iter().map(|l| l.local_addr().expect("a bound listener has an address").to_string()).collect()
 }
 
 #[cfg(test)]

@@ -215,11 +215,7 @@ pub fn streaming_post(
     (tx, tokio::spawn(request.send()))
 }
 
-/// `n` loopback addresses that were free a moment ago.
-pub fn free_addresses(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
-}
+pub use weir_pipeline::cluster::free_addresses;
 
 /// The start of yesterday (UTC), in seconds since the epoch: a past day, sealed soon after its parts are written.
 pub fn start_of_yesterday() -> u64 {
