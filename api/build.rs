@@ -7,6 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([proto], ["../proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("weir_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    // ReadingBatch is hand-written (`src/grpc/batch.rs`): it keeps each reading a slice of the received message.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(".weir.v1.ReadingBatch", "crate::grpc::batch::ReadingBatch")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -21,16 +21,14 @@ fn batches(count: u64, batch: u64, devices: u64) -> Vec<ReadingBatch> {
     let start = 1_795_046_400i64 * 1_000_000;
     let timestamp = |n: u64| weir_pipeline::decode::format_timestamp(start + (n / (devices * 6)) as i64 * 1_000_000);
     (0..count.div_ceil(batch))
-        .map(|b| ReadingBatch {
-            readings: (b * batch..((b + 1) * batch).min(count))
-                .map(|n| Reading {
-                    sensor: SENSORS[(n % 6) as usize].to_owned(),
-                    value: Some((n % 1000) as f64 * 0.25),
-                    timestamp: timestamp(n),
-                    device: Some(format!("device-{}", (n / 6) % devices)),
-                })
-                .collect(),
-            atomic: false,
+        .map(|b| {
+            let readings = (b * batch..((b + 1) * batch).min(count)).map(|n| Reading {
+                sensor: SENSORS[(n % 6) as usize].to_owned(),
+                value: Some((n % 1000) as f64 * 0.25),
+                timestamp: timestamp(n),
+                device: Some(format!("device-{}", (n / 6) % devices)),
+            });
+            ReadingBatch::new(readings, false)
         })
         .collect()
 }

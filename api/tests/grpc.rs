@@ -34,11 +34,9 @@ async fn streamed_ingest_errors_queries_and_sql() {
 
     // 40 batches of 250 readings in one stream.
     let batches: Vec<ReadingBatch> = (0..40u64)
-        .map(|b| ReadingBatch {
-            readings: (0..250u64)
-                .map(|i| reading("speed", (b * 250 + i) as f64, T0 + b * 250 + i, "truck-7"))
-                .collect(),
-            atomic: false,
+        .map(|b| {
+            let readings = (0..250u64).map(|i| reading("speed", (b * 250 + i) as f64, T0 + b * 250 + i, "truck-7"));
+            ReadingBatch::new(readings, false)
         })
         .collect();
     let ack = client.ingest(futures_util::stream::iter(batches)).await.unwrap().into_inner();
@@ -46,11 +44,16 @@ async fn streamed_ingest_errors_queries_and_sql() {
     assert!(!ack.position.is_empty());
 
     // Per-reading errors: the good ones are stored, each bad one named by batch and index with the HTTP reason.
-    let mut bad = ReadingBatch { readings: vec![reading("fuel", 1.0, T0, "truck-7")], atomic: false };
-    bad.readings.push(reading("warp", 1.0, T0, "truck-7"));
-    bad.readings.push(Reading { value: None, ..reading("fuel", 0.0, T0 + 1, "truck-7") });
-    bad.readings.push(Reading { timestamp: "yesterday".into(), ..reading("fuel", 1.0, T0, "truck-7") });
-    bad.readings.push(reading("fuel", f64::NAN, T0 + 2, "truck-7"));
+    let bad = ReadingBatch::new(
+        [
+            reading("fuel", 1.0, T0, "truck-7"),
+            reading("warp", 1.0, T0, "truck-7"),
+            Reading { value: None, ..reading("fuel", 0.0, T0 + 1, "truck-7") },
+            Reading { timestamp: "yesterday".into(), ..reading("fuel", 1.0, T0, "truck-7") },
+            reading("fuel", f64::NAN, T0 + 2, "truck-7"),
+        ],
+        false,
+    );
     let ack = client.write(bad).await.unwrap().into_inner();
     assert_eq!((ack.accepted, ack.rejected_count), (1, 4), "{ack:?}");
     let reasons: Vec<(u32, u32, &str)> = ack.rejected.iter().map(|r| (r.batch, r.index, r.reason.as_str())).collect();
@@ -58,6 +61,20 @@ async fn streamed_ingest_errors_queries_and_sql() {
     assert!(reasons[0].2.contains("unknown sensor \"warp\""), "{reasons:?}");
     assert!(reasons[1].2.contains("missing field"), "{reasons:?}");
     assert!(reasons[2].2.contains("RFC 3339"), "{reasons:?}");
+
+    // A reading whose own encoding is broken (a sensor that is not UTF-8) is rejected alone, by index and reason;
+    // the message carries it as sent (the batch keeps each reading's bytes as received).
+    let good = prost::Message::encode_to_vec(&reading("fuel", 2.0, T0 + 3, "truck-7"));
+    let mut raw = Vec::new();
+    for r in [&good[..], &[0x0a, 0x02, 0xff, 0xfe][..], &good[..]] {
+        raw.extend([0x0a, r.len() as u8]);
+        raw.extend_from_slice(r);
+    }
+    let broken = <ReadingBatch as prost::Message>::decode(&raw[..]).unwrap();
+    let ack = client.write(broken).await.unwrap().into_inner();
+    assert_eq!((ack.accepted, ack.rejected_count), (2, 1), "{ack:?}");
+    assert_eq!(ack.rejected[0].index, 1);
+    assert!(ack.rejected[0].reason.contains("not a valid weir.v1.Reading") && ack.rejected[0].reason.contains("UTF-8"));
 
     // Latest and Series, reading our own writes; the same answers as HTTP.
     let latest = client
@@ -104,7 +121,8 @@ async fn streamed_ingest_errors_queries_and_sql() {
             }
         }
     }
-    assert_eq!(rows, vec![("fuel".to_owned(), 1), ("speed".to_owned(), 10_000)]);
+    // fuel: one from the batch with bad readings, one from the batch with a broken one (its two are the same reading).
+    assert_eq!(rows, vec![("fuel".to_owned(), 2), ("speed".to_owned(), 10_000)]);
     let refused = client.query(SqlRequest { sql: "DROP TABLE readings".into() }).await;
     let Err(status) = refused else { panic!("DROP TABLE must be refused") };
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -120,7 +138,7 @@ async fn the_same_api_keys_as_http() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &["--api-key", "k1"]);
     let mut client = connect(&server).await;
-    let batch = || ReadingBatch { readings: vec![reading("speed", 1.0, T0, "default")], atomic: false };
+    let batch = || ReadingBatch::new([reading("speed", 1.0, T0, "default")], false);
     let none = client.write(batch()).await.unwrap_err();
     assert_eq!(none.code(), tonic::Code::Unauthenticated);
     assert!(none.message().contains("no credentials"), "{none:?}");
@@ -159,7 +177,7 @@ async fn a_subscription_starts_from_the_state_then_sees_updates_and_corrections(
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let mut grpc = connect(&server).await;
-    let write = |readings: Vec<Reading>| ReadingBatch { readings, atomic: false };
+    let write = |readings: Vec<Reading>| ReadingBatch::new(readings, false);
     let ack = grpc
         .write(write(vec![reading("speed", 10.0, T0 + 5, "van-1"), reading("speed", 20.0, T0 + 65, "van-1")]))
         .await
@@ -244,8 +262,8 @@ async fn the_live_feed_sees_every_update_with_three_workers() {
     let mut feed = grpc.subscribe(request).await.unwrap().into_inner();
     next_matching(&mut feed, |u| u.kind == UpdateKind::Ready as i32).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let readings = (0..10).map(|d| reading("speed", f64::from(d), T0 + 5, &format!("truck-{d}"))).collect();
-    grpc.write(ReadingBatch { readings, atomic: false }).await.unwrap();
+    let readings = (0..10).map(|d| reading("speed", f64::from(d), T0 + 5, &format!("truck-{d}")));
+    grpc.write(ReadingBatch::new(readings, false)).await.unwrap();
     let mut devices = std::collections::BTreeSet::new();
     while devices.len() < 10 {
         let u = next_matching(&mut feed, |u| u.kind == UpdateKind::Update as i32).await;

@@ -43,16 +43,15 @@ impl TestNode {
 
     /// Ingests `(sensor, value, timestamp)` readings of device `d`; returns the position they were written at.
     async fn ingest(&self, readings: &[(&str, f64, &str)]) -> u64 {
-        let fields: Vec<ReadingFields<'_>> = readings
-            .iter()
-            .map(|&(sensor, value, timestamp)| ReadingFields {
+        let fields = readings.iter().map(|&(sensor, value, timestamp)| {
+            Ok(ReadingFields {
                 sensor: Some(sensor),
                 value: Some(value),
                 timestamp: Some(timestamp),
                 device: Some("d"),
             })
-            .collect();
-        let outcome = self.node().ingest().ingest_readings(&fields, 0, false).await;
+        });
+        let outcome = self.node().ingest().ingest_readings(fields, 0, false).await;
         assert_eq!((outcome.accepted, outcome.rejected), (readings.len() as u64, 0), "{:?}", outcome.errors);
         outcome.position.expect("written")
     }

@@ -55,7 +55,8 @@ pub struct LineError {
 }
 
 impl LineError {
-    fn undecodable(message: impl Into<String>) -> Self {
+    /// The error for a reading that cannot be decoded at all.
+    pub fn undecodable(message: impl Into<String>) -> Self {
         LineError { kind: LineErrorKind::Undecodable, message: message.into() }
     }
     fn invalid(message: impl Into<String>) -> Self {

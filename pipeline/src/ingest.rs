@@ -131,9 +131,13 @@ impl BodyDecoder {
     }
 
     /// Validates one reading given as fields (not as a line; gRPC sends them typed) with the same rules, counting
-    /// and reporting as a line: `number` is its 1-based place in the request.
-    pub fn push_reading(&mut self, number: u64, fields: ReadingFields<'_>) {
-        let result = self.decoder.validate_into(fields, &mut self.batch, &mut self.devices);
+    /// and reporting as a line: `number` is its 1-based place in the request. `Err` is why the transport could not
+    /// read the reading's fields (rejected as undecodable, with that reason).
+    pub fn push_reading(&mut self, number: u64, fields: Result<ReadingFields<'_>, String>) {
+        let result = match fields {
+            Ok(fields) => self.decoder.validate_into(fields, &mut self.batch, &mut self.devices),
+            Err(reason) => Err(LineError::undecodable(reason)),
+        };
         record(&mut self.rejections, &mut self.decoded, &self.limits, number, result.map_err(|e| (e, None)));
     }
 

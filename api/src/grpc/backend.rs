@@ -1,7 +1,8 @@
 //! The real backend of the gRPC API: the services the HTTP handlers use.
 //!
-//! A batch is written as the NDJSON lines `POST /ingest` would get (the same decoder, validation, limits, log and
-//! error reasons; a reading's index is its line number less one); statistics queries go through the same answer
+//! A batch's readings, read from the message in place ([`super::batch`]), are validated as the NDJSON lines of
+//! `POST /ingest` are (the same decoder, validation, limits, log and error reasons; a reading's index is its line
+//! number less one); statistics queries go through the same answer
 //! functions as `/api/v1/latest` and `/api/v1/series`; SQL through the same service as `/api/v1/sql`, its result
 //! encoded as Arrow IPC; subscriptions through [`crate::node::subscribe`].
 
@@ -9,7 +10,6 @@ use arrow::ipc::writer::StreamWriter;
 use futures_util::StreamExt;
 use prost::Message as _;
 use tonic::Status;
-use weir_pipeline::decode::ReadingFields;
 
 use super::proto::{
     LatestRequest, LatestResponse, ReadingBatch, SensorValue, SeriesRequest, SeriesResponse, SqlResponse,
@@ -81,17 +81,7 @@ fn ipc_messages(result: &weir_sinks::sql::SqlResult) -> Result<Vec<SqlResponse>,
 impl Backend for AppState {
     async fn write(&self, batch: ReadingBatch) -> BatchAck {
         let service = &self.ingest;
-        let readings: Vec<ReadingFields<'_>> = batch
-            .readings
-            .iter()
-            .map(|r| ReadingFields {
-                sensor: Some(r.sensor.as_str()),
-                value: r.value,
-                timestamp: Some(&r.timestamp).filter(|t| !t.is_empty()).map(|t| t.as_str()),
-                device: r.device.as_deref(),
-            })
-            .collect();
-        let outcome = service.ingest_readings(&readings, batch.encoded_len() as u64, batch.atomic).await;
+        let outcome = service.ingest_readings(batch.readings(), batch.encoded_len() as u64, batch.atomic).await;
         let position = service.position_text(outcome.position.unwrap_or_else(|| service.durable_position()));
         let failure = outcome.failure.map(Status::from);
         let rejected = outcome.errors.into_iter().map(|e| ((e.line - 1) as u32, e.error)).collect();

@@ -6,6 +6,7 @@
 //! store and answer alike; tests put a double behind the trait to check the adapter alone.
 
 pub mod backend;
+pub mod batch;
 pub mod connections;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,9 @@ use crate::auth::ApiKeys;
 /// The code generated from the proto file, and its descriptors (for server reflection).
 pub mod proto {
     tonic::include_proto!("weir.v1");
+
+    /// Hand-written in place of the generated type (see [`batch`](super::batch)).
+    pub use super::batch::ReadingBatch;
 
     /// The encoded `FileDescriptorSet` of `weir.proto`.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weir_descriptor.bin"));

@@ -16,11 +16,11 @@ struct Double {
 
 impl Backend for Double {
     async fn write(&self, batch: ReadingBatch) -> BatchAck {
-        self.writes.lock().unwrap().push(batch.readings.len());
-        let failure = (batch.readings.first().map(|r| r.sensor.as_str()) == Some("fail"))
-            .then(|| Status::unavailable("the log is full"));
+        self.writes.lock().unwrap().push(batch.len());
+        let first = batch.readings().next().and_then(|r| r.ok()).and_then(|r| r.sensor);
+        let failure = (first == Some("fail")).then(|| Status::unavailable("the log is full"));
         BatchAck {
-            accepted: batch.readings.len() as u64 - 1,
+            accepted: batch.len() as u64 - 1,
             rejected: vec![(0, "unknown sensor".into())],
             rejected_count: 1,
             position: "7".into(),
@@ -44,7 +44,7 @@ impl Backend for Double {
 
 fn batch(sensor: &str, n: usize) -> ReadingBatch {
     let reading = Reading { sensor: sensor.into(), value: Some(1.0), timestamp: "t".into(), device: None };
-    ReadingBatch { readings: vec![reading; n], atomic: false }
+    ReadingBatch::new(vec![reading; n], false)
 }
 
 fn service(keys: &[&str]) -> WeirGrpc<Double> {

@@ -120,15 +120,16 @@ impl IngestService {
     }
 
     /// Stores the valid readings of `readings`, given as typed fields (gRPC), validated with the same rules and
-    /// error texts as NDJSON lines; a reading's number in the report is its 1-based place in `readings`.
+    /// error texts as NDJSON lines; a reading's number in the report is its 1-based place in `readings`. An `Err`
+    /// is a reading whose fields could not be read, rejected with that reason. They are taken a batch at a time.
     /// `encoded_bytes` is the size the transport received them in (counted as body bytes).
-    pub async fn ingest_readings(
+    pub async fn ingest_readings<'r>(
         &self,
-        readings: &[ReadingFields<'_>],
+        mut readings: impl Iterator<Item = Result<ReadingFields<'r>, String>> + Send,
         encoded_bytes: u64,
         atomic: bool,
     ) -> IngestOutcome {
-        let outcome = self.run(Input::<NoSource>::Readings(readings), atomic).await;
+        let outcome = self.run(Input::<NoSource>::Readings(&mut readings), atomic).await;
         outcome.record_metrics(encoded_bytes);
         outcome
     }
@@ -159,15 +160,15 @@ impl IngestService {
                 }
                 Input::Readings(readings) => {
                     // A batch's worth at a time, so full batches go to the log as they fill.
-                    let take = readings.len().min(self.limits.decode.batch_rows.max(1));
-                    if take == 0 {
+                    let mut taken = 0;
+                    for fields in readings.by_ref().take(self.limits.decode.batch_rows.max(1)) {
+                        given += 1;
+                        taken += 1;
+                        decoder.push_reading(given, fields);
+                    }
+                    if taken == 0 {
                         break;
                     }
-                    for fields in &readings[..take] {
-                        given += 1;
-                        decoder.push_reading(given, *fields);
-                    }
-                    *readings = &readings[take..];
                 }
             }
             while let Some(batch) = decoder.take_full_batch() {
@@ -306,8 +307,8 @@ fn log_failure(e: AppendError) -> ServiceError {
 enum Input<'s, 'r, S> {
     /// NDJSON, chunk by chunk.
     Body(&'s mut S),
-    /// Readings given as typed fields; what is left of them.
-    Readings(&'s [ReadingFields<'r>]),
+    /// Readings given as typed fields (or why one could not be read); what is left of them.
+    Readings(&'s mut (dyn Iterator<Item = Result<ReadingFields<'r>, String>> + Send)),
 }
 
 /// The source type of an input that has none (typed readings).
@@ -391,7 +392,7 @@ mod tests {
             device: None,
         };
         let started = std::time::Instant::now();
-        let outcome = service.ingest_readings(&[fields], 10, false).await;
+        let outcome = service.ingest_readings([Ok(fields)].into_iter(), 10, false).await;
         assert!(started.elapsed() >= Duration::from_millis(50), "it waited for room first");
         let failure = outcome.failure.expect("a failure");
         assert_eq!((failure.kind, failure.accepted, outcome.accepted), (ErrorKind::Unavailable, 0, 0));

@@ -215,6 +215,7 @@ pub fn streaming_post(
     (tx, tokio::spawn(request.send()))
 }
 
+#[allow(unused_imports)]
 pub use weir_pipeline::cluster::free_addresses;
 
 /// The start of yesterday (UTC), in seconds since the epoch: a past day, sealed soon after its parts are written.
