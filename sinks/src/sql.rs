@@ -41,6 +41,8 @@ pub struct SqlLimits {
     pub concurrency: usize,
     /// Queries that may wait for a thread; more are refused at once.
     pub queue: usize,
+    /// How much lower the SQL threads' CPU priority is than the rest of the process (a nice increment, 0–19).
+    pub nice: u8,
 }
 
 impl Default for SqlLimits {
@@ -51,6 +53,7 @@ impl Default for SqlLimits {
             memory_bytes: 512 << 20,
             max_query_bytes: 64 << 10,
             concurrency: 2,
+            nice: 10,
             queue: 16,
         }
     }
@@ -198,7 +201,7 @@ fn nesting(statement: &Statement) -> usize {
 impl SqlArchive {
     /// Answers SQL over `location` on a pool of `limits.concurrency` SQL threads of its own.
     pub fn new(location: ArchiveLocation, progress: Option<Arc<ArchiveProgress>>, limits: SqlLimits) -> Self {
-        let threads = SqlThreads::start(limits.concurrency, limits.queue);
+        let threads = SqlThreads::start(limits.concurrency, limits.queue, limits.nice);
         SqlArchive { location, progress, limits, threads }
     }
 

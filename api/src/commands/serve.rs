@@ -208,6 +208,11 @@ pub struct ArchiveArgs {
     /// SQL queries that may wait for a thread; beyond them a query gets 503 at once.
     #[arg(long, env = "WEIR_SQL_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub sql_queue: u32,
+
+    /// How much lower the SQL threads' CPU priority is than ingest's and the statistics' (a nice increment; 0: the
+    /// same): where cores are short, queries take what the rest leaves.
+    #[arg(long, env = "WEIR_SQL_NICE", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub sql_nice: u8,
 }
 
 impl ArchiveArgs {
@@ -224,6 +229,7 @@ impl ArchiveArgs {
             max_query_bytes: usize::try_from(self.sql_max_query_bytes).unwrap_or(usize::MAX),
             concurrency: self.sql_concurrency as usize,
             queue: self.sql_queue as usize,
+            nice: self.sql_nice,
         }
     }
 }

@@ -8,6 +8,10 @@
 //! single-threaded tokio runtime of its own; the asker waits for the answer with the query's deadline and answers
 //! on time even while a query's thread is still busy. At most `queue` queries wait for a thread; more are refused
 //! at once (the caller answers 503).
+//!
+//! The threads also run at a lower CPU priority (`nice`, on Linux): where cores are short, ingest and the live
+//! statistics go first and queries take what is left (under a flood of slow queries the statistics fell seconds
+//! behind, as two SQL threads took the same share of two cores as the dataflow). Threads a query starts inherit it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,8 +40,8 @@ pub struct Busy {
 }
 
 impl SqlThreads {
-    /// Starts `threads` threads; at most `queue` jobs wait for one.
-    pub fn start(threads: usize, queue: usize) -> SqlThreads {
+    /// Starts `threads` threads at a CPU priority lowered by `nice` (0–19); at most `queue` jobs wait for one.
+    pub fn start(threads: usize, queue: usize, nice: u8) -> SqlThreads {
         let threads = threads.max(1);
         let (jobs, receiver) = mpsc::channel::<Job>(queue.max(1));
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
@@ -45,6 +49,7 @@ impl SqlThreads {
             let receiver = receiver.clone();
             let spawned =
                 std::thread::Builder::new().name(format!("weir-sql-{i}")).stack_size(STACK_BYTES).spawn(move || {
+                    lower_priority(nice);
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .thread_stack_size(STACK_BYTES)
@@ -96,6 +101,26 @@ impl SqlThreads {
     }
 }
 
+/// Lowers the calling thread's CPU priority by `nice` (Linux: the nice value is per thread). Best effort: a
+/// refusal (a sandbox) leaves the thread at the process's priority, which costs fairness, not correctness.
+fn lower_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread, no memory passed.
+        let done = unsafe {
+            let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let now = libc::getpriority(libc::PRIO_PROCESS, thread);
+            libc::setpriority(libc::PRIO_PROCESS, thread, (now + i32::from(nice)).min(19))
+        };
+        if done != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower a SQL thread's CPU priority");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,7 +133,7 @@ mod tests {
             let pad = std::hint::black_box([0u8; 512]);
             if n == 0 { u64::from(pad[0]) } else { 1 + depth(n - 1) }
         }
-        let threads = SqlThreads::start(1, 4);
+        let threads = SqlThreads::start(1, 4, 0);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let answer = threads.run(|| async { depth(100_000) }).unwrap();
         assert_eq!(rt.block_on(answer).unwrap(), 100_000);
@@ -116,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_panicking_query_ends_but_its_thread_goes_on() {
-        let threads = SqlThreads::start(1, 4);
+        let threads = SqlThreads::start(1, 4, 0);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let failed = threads.run(|| async { panic!("a query's bug") }).unwrap();
         let answer: Result<(), _> = rt.block_on(failed);
@@ -127,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_at_once() {
-        let threads = SqlThreads::start(1, 1);
+        let threads = SqlThreads::start(1, 1, 0);
         let (release, released) = std::sync::mpsc::channel::<()>();
         let released = Arc::new(Mutex::new(released));
         let hold = |released: Arc<Mutex<std::sync::mpsc::Receiver<()>>>| {
@@ -146,5 +171,21 @@ mod tests {
             first.await.unwrap();
             second.await.unwrap();
         });
+    }
+
+    /// Queries run below the caller's CPU priority by `nice`, and so do threads they start.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn queries_run_at_a_lower_cpu_priority() {
+        fn own_nice() -> i32 {
+            // SAFETY: reads the calling thread's nice value.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+        }
+        let mine = own_nice();
+        let threads = SqlThreads::start(1, 4, 5);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let answer = threads.run(|| async { (own_nice(), std::thread::spawn(own_nice).join().unwrap()) }).unwrap();
+        let expected = (mine + 5).min(19);
+        assert_eq!(rt.block_on(answer).unwrap(), (expected, expected));
     }
 }
