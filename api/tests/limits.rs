@@ -331,6 +331,41 @@ async fn silent_grpc_connections_are_bounded_and_closed() {
     assert!(s.stop().success());
 }
 
+/// The HTTP port's connections are bounded too: beyond --http-max-connections a connection is closed as it arrives
+/// (counted in `weir_connections_refused_total`), a silent one within the limit after --header-timeout, and once
+/// they are gone the port serves again.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_connections_are_bounded_and_closed() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--http-max-connections", "8", "--header-timeout", "2s"]);
+    let address = s.url.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let silent: Vec<std::net::TcpStream> = (0..8).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A ninth is closed at once, unanswered.
+    let mut ninth = std::net::TcpStream::connect(&address).unwrap();
+    ninth.set_read_timeout(Some(std::time::Duration::from_secs(1))).unwrap();
+    std::io::Write::write_all(&mut ninth, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").ok();
+    let mut answer = Vec::new();
+    let read = ninth.read_to_end(&mut answer);
+    assert!(read.is_ok() || answer.is_empty(), "{read:?}");
+    assert!(answer.is_empty(), "a connection beyond the limit was served: {}", String::from_utf8_lossy(&answer));
+    // The silent eight are closed by the header timeout; then the port serves again.
+    for mut c in silent {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut all = Vec::new();
+        assert!(c.read_to_end(&mut all).is_ok(), "a silent connection was still open after 10 s");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "{:?}", started.elapsed());
+    let r = client().get(format!("{}/healthz", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = client().get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    let refused = metrics.lines().find(|l| l.starts_with("weir_connections_refused_total{port=\"http\"}"));
+    assert!(refused.is_some_and(|l| !l.ends_with(" 0")), "{refused:?}");
+    assert!(s.stop().success());
+}
+
 /// Issue 17, 7: a gRPC `Write` of a 60 MB message held ~11× its size (an NDJSON copy, limited as if it were the
 /// message). Messages are decoded into readings directly (no copy) and --grpc-max-message-bytes applies to the
 /// message itself: a 24 MB message under a 32 MiB limit is accepted and costs the server less than 5× its size at

@@ -143,6 +143,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_GRPC_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub grpc_idle_timeout: Duration,
 
+    /// HTTP connections open at once; more are closed as they arrive.
+    #[arg(long, env = "WEIR_HTTP_MAX_CONNECTIONS", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
     /// A client must send a request's headers within this time, or its connection is closed (slow-loris guard).
     #[arg(long, env = "WEIR_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_timeout: Duration,
@@ -368,8 +372,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    let limits =
-        crate::listen::HttpLimits { header_timeout: args.header_timeout, shutdown_timeout: args.shutdown_timeout };
+    let limits = crate::listen::HttpLimits {
+        header_timeout: args.header_timeout,
+        max_connections: args.http_max_connections as usize,
+        shutdown_timeout: args.shutdown_timeout,
+    };
     crate::listen::serve(listener, app(state), limits, stopping(stopped)).await;
     tracing::debug!("HTTP connections drained");
     if let Some(grpc) = grpc {

@@ -20,6 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::listen::{Port, accept_within};
+
 /// Limits of the gRPC port's connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -36,31 +38,10 @@ pub fn incoming(
 ) -> impl futures_util::Stream<Item = io::Result<Guarded>> + Send {
     let permits = Arc::new(Semaphore::new(limits.max.max(1)));
     futures_util::stream::unfold((listener, permits), move |(listener, permits)| async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                metrics::counter!("weir_grpc_connections_refused_total").increment(1);
-                tracing::warn!(%peer, max = limits.max, "gRPC connection refused: the connection limit is reached");
-                drop(stream);
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let guarded = Guarded {
-                stream,
-                _permit: permit,
-                idle: limits.idle,
-                deadline: Box::pin(tokio::time::sleep(limits.idle)),
-            };
-            return Some((Ok(guarded), (listener, permits)));
-        }
+        let (stream, _peer, permit) = accept_within(&listener, &permits, Port::Grpc).await;
+        let deadline = Box::pin(tokio::time::sleep(limits.idle));
+        let guarded = Guarded { stream, _permit: permit, idle: limits.idle, deadline };
+        Some((Ok(guarded), (listener, permits)))
     })
 }
 
