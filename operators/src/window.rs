@@ -74,6 +74,37 @@ impl WindowAgg {
         WindowAgg { count: 1, sum, compensation: 0.0, min: r.value, max: r.value, first: s, last: s }
     }
 
+    /// The running sum as the window keeps it (scaled by 2^-[`SCALE_BITS`] when the window holds a value of
+    /// magnitude [`SCALED_FROM`] or more) and its compensation: what [`WindowAgg::from_stored`] needs to merge the
+    /// window with more readings exactly as if it had never been stored. [`WindowAgg::sum`] is what to report.
+    pub fn stored_sum(&self) -> (f64, f64) {
+        (self.sum, self.compensation)
+    }
+
+    /// A window as [`WindowAgg::stored_sum`] and its statistics stored it. Its first and last take sequence number
+    /// 0: whatever is merged into it later was written after it, so it wins ties of timestamps as the first write.
+    pub fn from_stored(
+        count: i64,
+        stored_sum: (f64, f64),
+        min: f64,
+        max: f64,
+        first: (i64, f64),
+        last: (i64, f64),
+    ) -> Self {
+        let stamp = |(micros, value): (i64, f64)| Stamped { micros, seq: 0, value };
+        let (sum, compensation) = stored_sum;
+        WindowAgg { count, sum, compensation, min, max, first: stamp(first), last: stamp(last) }
+    }
+
+    /// The statistics of `readings` together: what the arrangement accumulates for them.
+    pub fn of_all(readings: impl IntoIterator<Item = Reading>) -> Self {
+        let mut agg = WindowAgg::zero();
+        for r in readings {
+            agg.plus_equals(&WindowAgg::of(&r));
+        }
+        agg
+    }
+
     /// Whether the sum is kept scaled by 2^-[`SCALE_BITS`].
     fn is_scaled(&self) -> bool {
         self.count > 0 && scaled(self.min, self.max)

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod part;
+pub mod rollup;
 pub mod seal;
 pub mod snapshot;
 pub mod sql;

@@ -1,5 +1,6 @@
-//! Sealing a day: compact its parts into one sorted, deduplicated Parquet file and write the replaced system's
-//! dump, `dumps/YYYY-MM-DD.json.gz`.
+//! Sealing a day: compact its parts into one sorted, deduplicated Parquet file, write the day's window rollups
+//! (`rollups/width=W/date=YYYY-MM-DD/`, see [`crate::rollup`]) and the replaced system's dump,
+//! `dumps/YYYY-MM-DD.json.gz`.
 //!
 //! The same parts always seal to the same bytes (Parquet and dump), so sealing is idempotent. Readings that arrive
 //! late for a sealed day land in new parts (their WAL positions are higher than the sealed file's), and the next
@@ -191,6 +192,9 @@ pub async fn seal_committed_day(
     };
     let parquet = write_parquet(&rows)?;
     let dump_bytes = dump_gzip(&rows);
+    // Derived from exactly the rows the sealed file will hold, so written first: a crash before the swap leaves
+    // rollups of the merged rows, which the next seal of these parts writes again, byte for byte.
+    crate::rollup::write_day_rollups(location, date, &rows).await?;
 
     let changed = !(replacing.is_empty()
         && previous.as_ref().is_some_and(|p| location.share.is_some() || (p.first == first && p.last == last)));

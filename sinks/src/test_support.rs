@@ -145,3 +145,8 @@ impl Fixture {
 pub fn small_flushes() -> ArchiverOptions {
     ArchiverOptions { flush_rows: 7, flush_age: Duration::from_millis(1), ..ArchiverOptions::default() }
 }
+
+/// `PROPTEST_CASES` if set (to run many more cases: `PROPTEST_CASES=2000 cargo test …`), else `default`.
+pub fn cases_or(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
+}

@@ -49,7 +49,7 @@ fn records_strategy() -> impl Strategy<Value = Vec<Vec<Input>>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases_or(16), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: crate::test_support::cases_or(16), ..ProptestConfig::default() })]
 
     /// The archive holds exactly the first-written readings, each once.
     #[test]
@@ -200,11 +200,6 @@ fn a_checkpoint_that_does_not_say_exactly_one_position_is_an_error_naming_the_fi
         let err = checkpoint.read().unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()) && err.contains("restore"), "{bad:?}: {err}");
     }
-}
-
-/// `PROPTEST_CASES` if set (to run many more cases: `PROPTEST_CASES=2000 cargo test …`), else `default`.
-fn cases_or(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
 }
 
 /// Issue 17, 12: relative archive paths with `..` were refused (the object store refuses `..`), after creating

@@ -240,7 +240,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases_or(48), ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::test_support::cases_or(48), ..ProptestConfig::default() })]
 
         #[test]
         fn random_queries_answer_or_are_refused_never_crash(select in expr(), filter in expr()) {
@@ -255,11 +255,6 @@ mod fuzz {
                 }
             }
         }
-    }
-
-    /// `PROPTEST_CASES` if set, else `default`.
-    fn cases_or(default: u32) -> u32 {
-        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
     }
 }
 

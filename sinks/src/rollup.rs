@@ -1,0 +1,213 @@
+//! Rollups: a sealed day's windows, per width, kept in the archive beside its readings.
+//!
+//! Why: the live statistics hold windows only as far back as their horizon; for older days the windows come from
+//! here, and SQL over statistics (`windows_1m` …) reads them instead of scanning readings. When a day is sealed, its
+//! deduplicated readings are folded into every 1-minute, 15-minute, 1-hour and 1-day UTC window of every series
+//! with the live windows' own aggregate ([`WindowAgg`]: one implementation, so the numbers agree), and written as
+//! `rollups/width=W/date=YYYY-MM-DD/rollup.parquet`, one row per (sensor, device, window start) in the archive's
+//! order. The same readings give the same bytes; a reseal (late readings) writes them again.
+//!
+//! A rollup keeps what a window needs to go on merging (`stored_sum`, `stored_compensation`: the running sum as the
+//! live window keeps it) beside what users read (`sum`, `mean`, …), so a window loaded from a rollup and merged with
+//! later readings equals one that never left memory.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use weir_operators::model::{DeviceId, SeriesKey};
+use weir_operators::{Reading, Width, WindowAgg};
+
+use crate::archive::{ArchiveError, ArchiveLocation};
+use crate::part::{ArchivedReading, PartError};
+
+/// One window of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupRow {
+    pub device: String,
+    pub sensor: String,
+    /// Window start, microseconds since the Unix epoch, UTC.
+    pub start: i64,
+    pub agg: WindowAgg,
+}
+
+/// The rollups' Arrow schema (every width alike; the width is the path's `width=` partition).
+pub fn rollup_schema() -> SchemaRef {
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let float = |name: &str| Field::new(name, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        Field::new("device", dict.clone(), false),
+        Field::new("sensor", dict, false),
+        Field::new("window_start", time.clone(), false),
+        Field::new("window_end", time.clone(), false),
+        Field::new("count", DataType::Int64, false),
+        float("sum"),
+        float("mean"),
+        float("min"),
+        float("max"),
+        float("first"),
+        Field::new("first_timestamp", time.clone(), false),
+        float("last"),
+        Field::new("last_timestamp", time, false),
+        float("stored_sum"),
+        float("stored_compensation"),
+    ]))
+}
+
+/// Where the rollup of `width` for `date` lives under the archive root.
+pub fn rollup_path(root: &Path, width: Width, date: &str) -> Path {
+    root.clone()
+        .join("rollups")
+        .join(format!("width={}", width.name()))
+        .join(format!("date={date}"))
+        .join("rollup.parquet")
+}
+
+/// The windows of `rows` — one day's deduplicated readings in the archive's order (sensor, device, timestamp) — for
+/// each width, in [`Width::ALL`]'s order, each in (sensor, device, window start) order.
+pub fn day_rollups(rows: &[ArchivedReading]) -> [Vec<RollupRow>; 4] {
+    let mut out: [Vec<RollupRow>; 4] = Default::default();
+    let series = SeriesKey { device: DeviceId(0), sensor: 0 };
+    for run in rows.chunk_by(|a, b| a.sensor == b.sensor && a.device == b.device) {
+        for (width, windows) in Width::ALL.into_iter().zip(out.iter_mut()) {
+            // A run is sorted by timestamp, so each window's readings are contiguous in it.
+            for window in run.chunk_by(|a, b| width.start_of(a.micros) == width.start_of(b.micros)) {
+                let readings = window.iter().enumerate();
+                let agg = WindowAgg::of_all(readings.map(|(seq, r)| Reading {
+                    series,
+                    micros: r.micros,
+                    value: r.value,
+                    seq: seq as u64,
+                }));
+                let start = width.start_of(window[0].micros);
+                windows.push(RollupRow {
+                    device: window[0].device.clone(),
+                    sensor: window[0].sensor.clone(),
+                    start,
+                    agg,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Rollup rows as one Arrow batch, in the order given.
+pub fn rollup_batch(rows: &[RollupRow], width: Width) -> Result<RecordBatch, PartError> {
+    let device: DictionaryArray<Int32Type> = rows.iter().map(|r| r.device.as_str()).collect();
+    let sensor: DictionaryArray<Int32Type> = rows.iter().map(|r| r.sensor.as_str()).collect();
+    let time = |f: &dyn Fn(&RollupRow) -> i64| {
+        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC")) as ArrayRef
+    };
+    let float = |f: &dyn Fn(&WindowAgg) -> f64| {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| f(&r.agg)))) as ArrayRef
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(device),
+        Arc::new(sensor),
+        time(&|r| r.start),
+        time(&|r| r.start + width.micros()),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.agg.count))),
+        float(&|a| a.sum()),
+        float(&|a| a.mean()),
+        float(&|a| a.min),
+        float(&|a| a.max),
+        float(&|a| a.first.value),
+        time(&|r| r.agg.first.micros),
+        float(&|a| a.last.value),
+        time(&|r| r.agg.last.micros),
+        float(&|a| a.stored_sum().0),
+        float(&|a| a.stored_sum().1),
+    ];
+    Ok(RecordBatch::try_new(rollup_schema(), columns)?)
+}
+
+/// Rollup rows of one width as Parquet bytes.
+pub fn write_rollup_parquet(rows: &[RollupRow], width: Width) -> Result<Vec<u8>, PartError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_created_by("weir".into())
+        .build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, rollup_schema(), Some(props))?;
+    for chunk in rows.chunks(crate::part::ROW_GROUP_ROWS) {
+        writer.write(&rollup_batch(chunk, width)?)?;
+    }
+    writer.close()?;
+    Ok(out)
+}
+
+/// Reads a rollup file back into rows (the windows as the live statistics would hold them).
+pub fn read_rollup_parquet(bytes: bytes::Bytes) -> Result<Vec<RollupRow>, PartError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let text = |i: usize, name: &'static str| -> Result<Vec<String>, PartError> {
+            let dict = batch.column(i).as_dictionary_opt::<Int32Type>().ok_or(PartError::Column(name))?;
+            let values = dict.values().as_any().downcast_ref::<StringArray>().ok_or(PartError::Column(name))?;
+            Ok(dict.keys().iter().map(|k| values.value(k.unwrap_or_default() as usize).to_owned()).collect())
+        };
+        let float = |i: usize, name: &'static str| -> Result<&Float64Array, PartError> {
+            batch.column(i).as_primitive_opt::<Float64Type>().ok_or(PartError::Column(name))
+        };
+        let time = |i: usize, name: &'static str| -> Result<&TimestampMicrosecondArray, PartError> {
+            batch.column(i).as_primitive_opt().ok_or(PartError::Column(name))
+        };
+        let (devices, sensors) = (text(0, "device")?, text(1, "sensor")?);
+        let start = time(2, "window_start")?;
+        let count = batch.column(4).as_primitive_opt::<Int64Type>().ok_or(PartError::Column("count"))?;
+        let (min, max, first, last) = (float(7, "min")?, float(8, "max")?, float(9, "first")?, float(11, "last")?);
+        let (first_at, last_at) = (time(10, "first_timestamp")?, time(12, "last_timestamp")?);
+        let (stored_sum, stored_compensation) = (float(13, "stored_sum")?, float(14, "stored_compensation")?);
+        for (i, (device, sensor)) in devices.into_iter().zip(sensors).enumerate() {
+            let agg = WindowAgg::from_stored(
+                count.value(i),
+                (stored_sum.value(i), stored_compensation.value(i)),
+                min.value(i),
+                max.value(i),
+                (first_at.value(i), first.value(i)),
+                (last_at.value(i), last.value(i)),
+            );
+            out.push(RollupRow { device, sensor, start: start.value(i), agg });
+        }
+        debug_assert!(batch.num_rows() == start.len());
+    }
+    Ok(out)
+}
+
+/// Writes `date`'s rollups of every width, computed from its sealed readings `rows` (archive order, deduplicated).
+pub async fn write_day_rollups(
+    location: &ArchiveLocation,
+    date: &str,
+    rows: &[ArchivedReading],
+) -> Result<(), ArchiveError> {
+    for (width, windows) in Width::ALL.into_iter().zip(day_rollups(rows)) {
+        let bytes = write_rollup_parquet(&windows, width)?;
+        location.store.put(&rollup_path(&location.root, width, date), PutPayload::from(bytes)).await?;
+    }
+    Ok(())
+}
+
+/// Reads `date`'s rollup of `width`; `None` when the day has none (not sealed yet, or sealed before rollups).
+pub async fn read_day_rollup(
+    location: &ArchiveLocation,
+    width: Width,
+    date: &str,
+) -> Result<Option<Vec<RollupRow>>, ArchiveError> {
+    match location.store.get(&rollup_path(&location.root, width, date)).await {
+        Ok(r) => Ok(Some(read_rollup_parquet(r.bytes().await?)?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
