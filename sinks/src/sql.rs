@@ -334,8 +334,76 @@ impl SqlArchive {
              UNION ALL SELECT device, sensor, value, timestamp, date FROM unflushed",
         )
         .await?;
+        for width in weir_operators::Width::ALL {
+            register_windows(&ctx, &self.location, width).await?;
+        }
         Ok(ctx)
     }
+}
+
+/// `windows_1m`, `windows_15m`, `windows_1h`, `windows_1d`: one row per window of a series, with the statistics of
+/// `/api/v1/series`. A day with rollups ([`crate::rollup`], written when it is sealed) is read from them; a day without
+/// (not sealed yet) is aggregated from its readings at query time, with the same definitions (first: the value at
+/// the smallest timestamp, last: at the greatest).
+async fn register_windows(
+    ctx: &SessionContext,
+    location: &ArchiveLocation,
+    width: weir_operators::Width,
+) -> Result<(), SqlError> {
+    use futures_util::TryStreamExt;
+    let name = width.name();
+    let prefix = location.root.clone().join("rollups").join(format!("width={name}"));
+    let listed: Vec<_> = location
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(crate::archive::ArchiveError::from)
+        .map_err(|e| SqlError::Invalid(e.to_string()))?;
+    let mut days: Vec<String> = listed
+        .iter()
+        .filter_map(|m| m.location.parts().find_map(|p| p.as_ref().strip_prefix("date=").map(str::to_owned)))
+        .filter(|d| d.len() == 10 && d.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+        .collect();
+    days.sort();
+    days.dedup();
+    let table = format!("rollups_{name}");
+    let url = location.url.join(&format!("rollups/width={name}/")).map_err(|e| SqlError::Invalid(e.to_string()))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("date".into(), arrow::datatypes::DataType::Utf8)]);
+    let config = ListingTableConfig::new(ListingTableUrl::parse(url.as_str())?)
+        .with_listing_options(options)
+        .with_schema(crate::rollup::rollup_schema());
+    ctx.register_table(table.as_str(), Arc::new(ListingTable::try_new(config)?))?;
+    let interval = match width {
+        weir_operators::Width::Minute => "1 minute",
+        weir_operators::Width::QuarterHour => "15 minutes",
+        weir_operators::Width::Hour => "1 hour",
+        weir_operators::Width::Day => "1 day",
+    };
+    let rolled = if days.is_empty() {
+        "FALSE".to_owned()
+    } else {
+        format!("date IN ({})", days.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", "))
+    };
+    let start = format!("date_bin(INTERVAL '{interval}', timestamp, TIMESTAMP '1970-01-01T00:00:00Z')");
+    ctx.sql(&format!(
+        "CREATE VIEW windows_{name} AS \
+         SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, window_start, window_end, \
+                count, sum, mean, min, max, first, first_timestamp, last, last_timestamp, date \
+         FROM {table} \
+         UNION ALL \
+         SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, {start} AS window_start, \
+                {start} + INTERVAL '{interval}' AS window_end, count(*) AS count, sum(value) AS sum, \
+                avg(value) AS mean, min(value) AS min, max(value) AS max, \
+                first_value(value ORDER BY timestamp) AS first, min(timestamp) AS first_timestamp, \
+                last_value(value ORDER BY timestamp) AS last, max(timestamp) AS last_timestamp, date \
+         FROM readings WHERE NOT ({rolled}) \
+         GROUP BY device, sensor, {start}, date"
+    ))
+    .await?;
+    Ok(())
 }
 
 /// `seals (date, readings, late_readings)`: one row per sealed day, from the seal journal.

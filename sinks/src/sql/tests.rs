@@ -279,3 +279,41 @@ fn values_larger_than_the_query_memory_are_refused() {
     let n = ok.batches[0].column(0).as_any().downcast_ref::<arrow::array::Int32Array>().map(|a| a.value(0));
     assert_eq!(n, Some(2000));
 }
+
+/// Issue 18, 4: `windows_1m` … `windows_1d` answer the windows of every series: a day not yet sealed aggregated
+/// from its readings, a sealed day from its rollups — the same rows either way.
+#[test]
+fn window_tables_answer_from_readings_then_from_rollups_alike() {
+    let f = archived(None);
+    let q = |width: &str| {
+        let r = run(
+            &f,
+            &format!(
+                "SELECT device, sensor, CAST(window_start AS VARCHAR) AS s, CAST(window_end AS VARCHAR) AS e, count, \
+                 sum, mean, min, max, first, CAST(first_timestamp AS VARCHAR) AS f, last, \
+                 CAST(last_timestamp AS VARCHAR) AS l, date FROM windows_{width} ORDER BY device, sensor, s"
+            ),
+        );
+        arrow::util::pretty::pretty_format_batches(&r.batches).unwrap().to_string()
+    };
+    let before: Vec<String> = ["1m", "15m", "1h", "1d"].map(q).to_vec();
+    assert_eq!(before[0].lines().filter(|l| l.contains("| 2026-11-")).count(), 5, "{}", before[0]);
+    // default/speed on the 19th: 10 at 00:00:01, 20 at 00:00:02 (the 999 is a duplicate).
+    let day = run(
+        &f,
+        "SELECT count, sum, mean, min, max, first, last FROM windows_1d WHERE device = 'default' AND sensor = 'speed' AND date = '2026-11-19'",
+    );
+    let b = &day.batches[0];
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 2);
+    let floats: Vec<f64> = (1..7).map(|i| b.column(i).as_primitive::<Float64Type>().value(0)).collect();
+    assert_eq!(floats, vec![30.0, 15.0, 10.0, 20.0, 10.0, 20.0]);
+
+    f.runtime.block_on(crate::seal::seal_day(&f.location, "2026-11-19", None, None)).unwrap();
+    let after: Vec<String> = ["1m", "15m", "1h", "1d"].map(q).to_vec();
+    assert_eq!(after, before, "a sealed day's rollups answer as its readings did");
+    // The sealed day is read from its rollups, the other from readings.
+    let plan = run(&f, "EXPLAIN SELECT * FROM windows_1h");
+    let text = arrow::util::pretty::pretty_format_batches(&plan.batches).unwrap().to_string();
+    assert!(text.contains("rollups/width=1h/date=2026-11-19"), "{text}");
+    assert!(text.contains("date IN") || text.contains("2026-11-19"), "{text}");
+}
