@@ -64,6 +64,13 @@ pub const METRICS: &[(&str, &str)] = &[
     ("weir_sql_queries_total", "SQL queries, by result (ok, error, timeout, busy)"),
     ("weir_sql_query_duration_seconds", "SQL query time, including waiting for the archive to catch up"),
     ("weir_process_resident_memory_bytes", "Resident memory of the process"),
+    ("weir_live_windows", "Windows held in memory by the live statistics (the days within --live-horizon)"),
+    ("weir_live_series", "Series with windows in memory"),
+    ("weir_live_window_bytes", "Estimated memory of the live windows"),
+    (
+        "weir_live_dropped_readings_total",
+        "Readings older than the live horizon, not added to the live windows (they show after their day's reseal)",
+    ),
 ];
 
 /// Counters that always carry labels.
@@ -103,6 +110,12 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(Some(bytes)) = tokio::task::spawn_blocking(move || gauges.wal_bytes()).await {
         metrics::gauge!("weir_wal_bytes").set(bytes as f64);
     }
+    let live = state.stats.engine().live_windows();
+    metrics::gauge!("weir_live_windows").set(live.windows as f64);
+    metrics::gauge!("weir_live_series").set(live.series as f64);
+    metrics::gauge!("weir_live_window_bytes")
+        .set((live.windows * weir_operators::live::BYTES_PER_WINDOW as u64) as f64);
+    metrics::counter!("weir_live_dropped_readings_total").absolute(live.dropped_readings);
     if let Some(rss) = process_rss_bytes() {
         metrics::gauge!("weir_process_resident_memory_bytes").set(rss as f64);
     }

@@ -67,7 +67,7 @@ impl TestNode {
         let mut out = Vec::new();
         for (series, _) in latest {
             let query = Query::Series { series, width: weir_operators::Width::Day, from: i64::MIN, to: i64::MAX };
-            let Answer::Windows(windows) = stats.ask(query, None).await.unwrap() else { panic!("windows") };
+            let Answer::Windows { windows, .. } = stats.ask(query, None).await.unwrap() else { panic!("windows") };
             out.push((series.sensor, windows.iter().map(|(_, agg)| agg.count).sum()));
         }
         out.sort();

@@ -8,9 +8,9 @@ use timely::dataflow::{InputHandleVec, ProbeHandle, Scope, Stream};
 
 use crate::dedup::{Deduplicated, Verdict, dedup_first_write};
 use crate::latest::{LatestTrace, latest_by_time};
+use crate::live::{LiveWindows, SharedLiveWindows, live_windows};
 use crate::model::WindowKey;
 use crate::model::{DeviceId, Reading, Time};
-use crate::window::{WindowTrace, window_stats};
 
 /// The arrangement of device names: key `(DeviceId, name)`, a count as difference.
 pub type NamesTrace = TraceAgent<KeySpine<(DeviceId, String), Time, isize>>;
@@ -22,7 +22,7 @@ pub struct StatsDataflow<'scope> {
     pub readings: InputHandleVec<Time, Reading>,
     /// Device names, each inserted (at least) once.
     pub names: InputSession<Time, (DeviceId, String), isize>,
-    pub windows: WindowTrace,
+    pub windows: SharedLiveWindows,
     pub latest: LatestTrace,
     pub device_names: NamesTrace,
     /// Deduplication's verdicts (duplicates dropped, late readings admitted), for the archive of the process that
@@ -37,8 +37,8 @@ pub fn on_grid(t: Time, grid: Time) -> Time {
     t.div_ceil(grid).saturating_mul(grid)
 }
 
-/// Builds the dataflow in `scope`: readings → `dedup_first_write` → `window_stats` and `latest_by_time`.
-/// `on_window_updates` sees the updates going into the window arrangement (see [`window_stats`]).
+/// Builds the dataflow in `scope`: readings → `dedup_first_write` → `live_windows` and `latest_by_time`.
+/// `on_window_updates` sees which windows changed at which times (see [`live_windows`]).
 ///
 /// Deduplication sees every reading at its own time (its write time: the order of first writes). The readings it
 /// admits then move on to the next multiple of `grid` ([`on_grid`]) before the arrangements, so that updates of one
@@ -49,6 +49,7 @@ pub fn stats_dataflow<'scope>(
     scope: Scope<'scope, Time>,
     horizon_micros: i64,
     grid: Time,
+    live: LiveWindows,
     on_window_updates: impl FnMut(&mut dyn Iterator<Item = (Time, WindowKey)>) + 'static,
 ) -> StatsDataflow<'scope> {
     let mut readings = InputHandleVec::new();
@@ -57,20 +58,13 @@ pub fn stats_dataflow<'scope>(
 
     let Deduplicated { admitted, verdicts } = dedup_first_write(readings.to_stream(scope), horizon_micros);
     let deduplicated = admitted.delay(move |t| on_grid(*t, grid));
-    let windows = window_stats(deduplicated.clone(), on_window_updates);
+    let windows: SharedLiveWindows = std::rc::Rc::new(std::cell::RefCell::new(live));
+    let windows_applied = live_windows(deduplicated.clone(), windows.clone(), on_window_updates);
     let latest = latest_by_time(deduplicated);
     let device_names = name_collection.arrange_by_self_named("DeviceNames");
 
-    windows.stream.probe_with(&probe);
+    windows_applied.probe_with(&probe);
     latest.stream.probe_with(&probe);
     device_names.stream.probe_with(&probe);
-    StatsDataflow {
-        readings,
-        names,
-        windows: windows.trace,
-        latest: latest.trace,
-        device_names: device_names.trace,
-        verdicts,
-        probe,
-    }
+    StatsDataflow { readings, names, windows, latest: latest.trace, device_names: device_names.trace, verdicts, probe }
 }

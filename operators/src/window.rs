@@ -1,22 +1,14 @@
 //! Window statistics as a semigroup: a window's whole state is one [`WindowAgg`], whatever its reading count.
 //!
-//! Every deduplicated reading becomes one `WindowAgg` per window width it falls in, carried as the *difference* of a
-//! differential collection keyed by [`WindowKey`]. Differential adds differences of the same key together as it
-//! compacts its arrangement, so the arrangement holds one `WindowAgg` per window (plus not-yet-compacted updates),
-//! not one entry per reading, and a late reading simply adds into the window it belongs to.
+//! Every deduplicated reading becomes one `WindowAgg` per window width it falls in; adding aggregates together
+//! (in any order, in any grouping) gives the window's statistics, so the live windows ([`crate::live`]) hold one
+//! `WindowAgg` per window, not one entry per reading, a late reading simply adds into the window it belongs to, and
+//! a sealed day's rollups are the same sums.
 
-use differential_dataflow::AsCollection;
 use differential_dataflow::difference::{IsZero, Monoid, Multiply, Semigroup};
-use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::operators::arrange::arrangement::Arranged;
-use differential_dataflow::trace::cursor::{Cursor, cursor_list};
-use differential_dataflow::trace::implementations::KeySpine;
-use differential_dataflow::{Collection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::Inspect;
 
-use crate::fold::fold_by_key;
-use crate::model::{Reading, Time, Width, WindowKey};
+use crate::model::Reading;
 
 /// A value with the order of its event time and write, for first/last.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -228,56 +220,6 @@ impl Ord for WindowAgg {
         };
         bits(self).cmp(&bits(other))
     }
-}
-
-/// The arrangement of window statistics: key [`WindowKey`], accumulated difference [`WindowAgg`].
-pub type WindowTrace = TraceAgent<KeySpine<WindowKey, Time, WindowAgg>>;
-
-/// `window_stats`: deduplicated readings in, window statistics out.
-///
-/// In: a collection of [`Reading`]s (each present once). Out: an arrangement keyed by [`WindowKey`] — every
-/// 1-minute, 15-minute, 1-hour and 1-day UTC window of every series — whose accumulated difference is the window's
-/// [`WindowAgg`]. Windows are spread over workers by key. `on_updates` sees, on the worker that holds each window,
-/// which windows the arrangement took updates for and at which times (for live subscriptions): it is called per
-/// batch the arrangement accepts, with the batch's (time, key) pairs — read from the batch, not copied, and only
-/// when the callback pulls them.
-///
-/// (It used to watch the updates *before* the arrangement's exchange, on the worker that folded them — the one
-/// that owns the device — while the window lives on the worker that owns its key: with several workers a
-/// subscription then looked up changed windows where they were not, and missed them.)
-pub fn window_stats<'scope>(
-    readings: VecCollection<'scope, Time, Reading, isize>,
-    mut on_updates: impl FnMut(&mut dyn Iterator<Item = (Time, WindowKey)>) + 'static,
-) -> Arranged<'scope, WindowTrace> {
-    let windows: Collection<'scope, Time, Vec<(WindowKey, Time, WindowAgg)>> =
-        fold_by_key(readings, "WindowStatsFold", |r: &Reading| {
-            let agg = WindowAgg::of(r);
-            Width::ALL.map(|width| (WindowKey { series: r.series, width, start: width.start_of(r.micros) }, agg))
-        });
-    let arranged = windows.inner.as_collection().arrange_by_self_named("WindowStats");
-    arranged.stream.clone().inspect(move |span| {
-        let Some(batch) = span.inner.clone() else { return };
-        let (mut cursor, storage) = cursor_list(vec![batch]);
-        // Walks the batch only as far as the callback pulls: nothing when nobody subscribes.
-        let mut times: Vec<Time> = Vec::new();
-        let mut current: Option<WindowKey> = None;
-        let mut pairs = std::iter::from_fn(move || {
-            loop {
-                if let (Some(time), Some(key)) = (times.pop(), current) {
-                    return Some((time, key));
-                }
-                let key: WindowKey = *cursor.get_key(&storage)?;
-                while cursor.val_valid(&storage) {
-                    cursor.map_times(&storage, |time, _| times.push(*time));
-                    cursor.step_val(&storage);
-                }
-                cursor.step_key(&storage);
-                current = Some(key);
-            }
-        });
-        on_updates(&mut pairs);
-    });
-    arranged
 }
 
 #[cfg(test)]

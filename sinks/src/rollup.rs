@@ -152,36 +152,45 @@ pub fn read_rollup_parquet(bytes: bytes::Bytes) -> Result<Vec<RollupRow>, PartEr
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch?;
-        let text = |i: usize, name: &'static str| -> Result<Vec<String>, PartError> {
-            let dict = batch.column(i).as_dictionary_opt::<Int32Type>().ok_or(PartError::Column(name))?;
-            let values = dict.values().as_any().downcast_ref::<StringArray>().ok_or(PartError::Column(name))?;
-            Ok(dict.keys().iter().map(|k| values.value(k.unwrap_or_default() as usize).to_owned()).collect())
-        };
-        let float = |i: usize, name: &'static str| -> Result<&Float64Array, PartError> {
-            batch.column(i).as_primitive_opt::<Float64Type>().ok_or(PartError::Column(name))
-        };
-        let time = |i: usize, name: &'static str| -> Result<&TimestampMicrosecondArray, PartError> {
-            batch.column(i).as_primitive_opt().ok_or(PartError::Column(name))
-        };
-        let (devices, sensors) = (text(0, "device")?, text(1, "sensor")?);
-        let start = time(2, "window_start")?;
-        let count = batch.column(4).as_primitive_opt::<Int64Type>().ok_or(PartError::Column("count"))?;
-        let (min, max, first, last) = (float(7, "min")?, float(8, "max")?, float(9, "first")?, float(11, "last")?);
-        let (first_at, last_at) = (time(10, "first_timestamp")?, time(12, "last_timestamp")?);
-        let (stored_sum, stored_compensation) = (float(13, "stored_sum")?, float(14, "stored_compensation")?);
-        for (i, (device, sensor)) in devices.into_iter().zip(sensors).enumerate() {
-            let agg = WindowAgg::from_stored(
-                count.value(i),
-                (stored_sum.value(i), stored_compensation.value(i)),
-                min.value(i),
-                max.value(i),
-                (first_at.value(i), first.value(i)),
-                (last_at.value(i), last.value(i)),
-            );
-            out.push(RollupRow { device, sensor, start: start.value(i), agg });
-        }
-        debug_assert!(batch.num_rows() == start.len());
+        out.extend(rows_of_batch(&batch?)?);
+    }
+    Ok(out)
+}
+
+/// The rows of a batch in the rollup schema (its columns in [`rollup_schema`]'s order; more after them are ignored).
+pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
+    let text = |i: usize, name: &'static str| -> Result<Vec<String>, PartError> {
+        let dict = batch.column(i).as_dictionary_opt::<Int32Type>().ok_or(PartError::Column(name))?;
+        let values = dict.values().as_any().downcast_ref::<StringArray>().ok_or(PartError::Column(name))?;
+        let name_of = |k: Option<i32>| k.and_then(|k| usize::try_from(k).ok()).filter(|&k| k < values.len());
+        Ok(dict.keys().iter().map(|k| name_of(k).map_or_else(String::new, |k| values.value(k).to_owned())).collect())
+    };
+    let float = |i: usize, name: &'static str| -> Result<&Float64Array, PartError> {
+        batch.column(i).as_primitive_opt::<Float64Type>().ok_or(PartError::Column(name))
+    };
+    let time = |i: usize, name: &'static str| -> Result<&TimestampMicrosecondArray, PartError> {
+        batch.column(i).as_primitive_opt().ok_or(PartError::Column(name))
+    };
+    if batch.num_columns() < rollup_schema().fields().len() {
+        return Err(PartError::Column("rollup columns"));
+    }
+    let (devices, sensors) = (text(0, "device")?, text(1, "sensor")?);
+    let start = time(2, "window_start")?;
+    let count = batch.column(4).as_primitive_opt::<Int64Type>().ok_or(PartError::Column("count"))?;
+    let (min, max, first, last) = (float(7, "min")?, float(8, "max")?, float(9, "first")?, float(11, "last")?);
+    let (first_at, last_at) = (time(10, "first_timestamp")?, time(12, "last_timestamp")?);
+    let (stored_sum, stored_compensation) = (float(13, "stored_sum")?, float(14, "stored_compensation")?);
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for (i, (device, sensor)) in devices.into_iter().zip(sensors).enumerate() {
+        let agg = WindowAgg::from_stored(
+            count.value(i),
+            (stored_sum.value(i), stored_compensation.value(i)),
+            min.value(i),
+            max.value(i),
+            (first_at.value(i), first.value(i)),
+            (last_at.value(i), last.value(i)),
+        );
+        out.push(RollupRow { device, sensor, start: start.value(i), agg });
     }
     Ok(out)
 }
@@ -210,4 +219,27 @@ pub async fn read_day_rollup(
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// How far the rollups reach: days that end at or before the returned time (event time, a day boundary) either have
+/// their rollups written or hold no readings. It is the start of the earliest day that has readings in the archive
+/// but no rollups yet, or `not_due_from` (the start of the first day not yet due for sealing), whichever is earlier.
+/// (The 1-day rollup is written last of a day's, so its presence stands for all four.)
+pub async fn rolled_through(location: &ArchiveLocation, not_due_from: i64) -> Result<i64, ArchiveError> {
+    use futures_util::TryStreamExt;
+    let prefix = location.root.clone().join("rollups").join("width=1d");
+    let listed: Vec<_> = location.store.list(Some(&prefix)).try_collect().await?;
+    let date_of = |path: &Path| path.parts().find_map(|p| p.as_ref().strip_prefix("date=").map(str::to_owned));
+    let rolled: std::collections::HashSet<String> = listed.iter().filter_map(|m| date_of(&m.location)).collect();
+    let mut through = not_due_from;
+    for part in location.list_parts().await? {
+        if rolled.contains(&part.date) {
+            continue;
+        }
+        let Ok(day) = chrono::NaiveDate::parse_from_str(&part.date, "%Y-%m-%d") else { continue };
+        if let Some(start) = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros()) {
+            through = through.min(start);
+        }
+    }
+    Ok(through)
 }

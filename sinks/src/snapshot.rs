@@ -2,6 +2,12 @@
 //! statistics and the archiver's dedup filter can no longer be rebuilt by replaying the log from position 1; they
 //! start from the archive instead — every first-written reading through the committed position, exactly what
 //! replaying that prefix of the log would have admitted — and read the log after it.
+//!
+//! **Days before the live horizon are not read** ([`ArchiveSnapshot::open`]'s `live_from`): their windows would
+//! leave memory as soon as they were loaded, and answers take them from the rollups. Of those days only each
+//! series' last reading is fed, from the 1-day rollups (its `last` and `last_timestamp`), so that the latest values
+//! and the device names are whole. Start-up then reads the days within the horizon and one rollup row per series
+//! and older day, not every reading ever archived.
 
 use std::collections::VecDeque;
 
@@ -10,6 +16,7 @@ use weir_pipeline::reading::ReadingBatch;
 
 use crate::archive::{ArchiveError, ArchiveLocation, PartName};
 use crate::part::read_parquet_batches;
+use crate::rollup::read_day_rollup;
 
 /// Reads every committed part, in order of the last WAL position each covers, as reading batches.
 pub struct ArchiveSnapshot {
@@ -24,10 +31,15 @@ pub struct ArchiveSnapshot {
 impl ArchiveSnapshot {
     /// The parts holding readings through `committed` (a part starting after it belongs to a flush that never
     /// committed); in a cluster, this process's share of them. Reads happen on `runtime`, from a thread that is not one of its workers.
+    ///
+    /// With `live_from` (a day's start, event time), the parts of the days before it are left out — every such day
+    /// must have its rollups (see [`crate::rollup::rolled_through`]) — and each series' last reading of those days
+    /// is fed first instead.
     pub async fn open(
         location: &ArchiveLocation,
         committed: u64,
         runtime: tokio::runtime::Handle,
+        live_from: Option<i64>,
     ) -> Result<ArchiveSnapshot, ArchiveError> {
         // In a cluster each process loads its own committed parts and the sealed files of the days it owns, so
         // that together the processes load every archived reading once.
@@ -38,13 +50,24 @@ impl ArchiveSnapshot {
         };
         let mut parts: Vec<PartName> = location.list_parts().await?.into_iter().filter(mine).collect();
         parts.sort_by(|a, b| (a.last, a.first, &a.date).cmp(&(b.last, b.first, &b.date)));
-        Ok(ArchiveSnapshot {
-            location: location.clone(),
-            runtime,
-            parts: parts.into(),
-            pending: VecDeque::new(),
-            pending_last: 0,
-        })
+        let first_live_day =
+            live_from.and_then(chrono::DateTime::from_timestamp_micros).map(|t| t.format("%Y-%m-%d").to_string());
+        let (mut pending, mut pending_last) = (VecDeque::new(), 0);
+        if let Some(first_live_day) = first_live_day {
+            let (older, live): (Vec<PartName>, Vec<PartName>) =
+                parts.into_iter().partition(|p| p.date < first_live_day);
+            parts = live;
+            // In a cluster each day's last readings are fed by the process that owns the day, once.
+            let seeds_here = |date: &str| location.share.is_none_or(|share| share.owns_day(date));
+            let mut days: Vec<&str> = older.iter().map(|p| p.date.as_str()).filter(|d| seeds_here(d)).collect();
+            days.sort();
+            days.dedup();
+            if let Some(seeds) = last_readings(location, &days).await? {
+                pending.push_back(seeds);
+                pending_last = older.iter().map(|p| p.last).min().unwrap_or(0);
+            }
+        }
+        Ok(ArchiveSnapshot { location: location.clone(), runtime, parts: parts.into(), pending, pending_last })
     }
 
     /// How many parts it will read.
@@ -78,4 +101,45 @@ impl Iterator for ArchiveSnapshot {
             }
         }
     }
+}
+
+/// Each series' last reading over `days`, from their 1-day rollups, as one batch (`None`: no series).
+async fn last_readings(location: &ArchiveLocation, days: &[&str]) -> Result<Option<ReadingBatch>, ArchiveError> {
+    use std::collections::HashMap;
+    let mut last: HashMap<(String, String), (i64, f64)> = HashMap::new();
+    for day in days {
+        let rows =
+            read_day_rollup(location, weir_operators::Width::Day, day).await?.ok_or_else(|| ArchiveError::Url {
+                url: location.url.to_string(),
+                reason: format!("the day {day} is left out of the start as rolled up, but it has no rollups"),
+            })?;
+        for row in rows {
+            let candidate = (row.agg.last.micros, row.agg.last.value);
+            let entry = last.entry((row.device, row.sensor)).or_insert(candidate);
+            if candidate.0 > entry.0 {
+                *entry = candidate;
+            }
+        }
+    }
+    if last.is_empty() {
+        return Ok(None);
+    }
+    let mut sensors: Vec<Box<str>> = Vec::new();
+    let mut devices: Vec<Box<str>> = Vec::new();
+    let (mut sensor_ids, mut device_ids) = (HashMap::new(), HashMap::new());
+    let mut rows = Vec::with_capacity(last.len());
+    let mut entries: Vec<_> = last.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((device, sensor), (micros, value)) in entries {
+        let sensor = *sensor_ids.entry(sensor.clone()).or_insert_with(|| {
+            sensors.push(sensor.into_boxed_str());
+            sensors.len() as u16 - 1
+        });
+        let device = *device_ids.entry(device.clone()).or_insert_with(|| {
+            devices.push(device.into_boxed_str());
+            devices.len() as u32 - 1
+        });
+        rows.push(weir_pipeline::reading::Row { sensor, device, micros, value });
+    }
+    Ok(Some(ReadingBatch { sensors: sensors.into(), devices, rows }))
 }

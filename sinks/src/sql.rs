@@ -226,6 +226,63 @@ impl SqlArchive {
         }
     }
 
+    /// The windows of one series and width whose start is in `[from, to)` from the rollups, as the live statistics
+    /// held them (for windows that have left memory). On a SQL thread, within the query timeout; the days' files
+    /// are pruned by date and their rows by the Parquet statistics.
+    pub async fn rollup_windows(
+        &self,
+        width: weir_operators::Width,
+        device: &str,
+        sensor: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<crate::rollup::RollupRow>, SqlError> {
+        let (this, device, sensor) = (self.clone(), device.to_owned(), sensor.to_owned());
+        self.on_sql_thread(move || async move {
+            use datafusion::prelude::{col, lit};
+            if from >= to {
+                return Ok(Vec::new());
+            }
+            let ctx = SessionContext::new();
+            let url = &this.location.url;
+            let base = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority()))
+                .map_err(|e| SqlError::Invalid(e.to_string()))?;
+            ctx.register_object_store(&base, this.location.store.clone());
+            ctx.register_table("rollup", Arc::new(rollup_table(&this.location, width)?))?;
+            let day =
+                |micros: i64| chrono::DateTime::from_timestamp_micros(micros).map(|t| t.format("%Y-%m-%d").to_string());
+            let time = |micros: i64| {
+                lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
+            };
+            let mut df = ctx
+                .table("rollup")
+                .await?
+                .filter(col("device").eq(lit(device.as_str())))?
+                .filter(col("sensor").eq(lit(sensor.as_str())))?
+                .filter(col("window_start").gt_eq(time(from)))?
+                .filter(col("window_start").lt(time(to)))?;
+            if let Some(first) = day(from) {
+                df = df.filter(col("date").gt_eq(lit(first)))?;
+            }
+            if let Some(last) = day(to.saturating_sub(1)) {
+                df = df.filter(col("date").lt_eq(lit(last)))?;
+            }
+            let columns: Vec<String> =
+                crate::rollup::rollup_schema().fields().iter().map(|f| f.name().clone()).collect();
+            let df = df.select_columns(&columns.iter().map(String::as_str).collect::<Vec<_>>())?;
+            let run = async {
+                let mut rows = Vec::new();
+                for batch in df.collect().await? {
+                    rows.extend(crate::rollup::rows_of_batch(&batch).map_err(|e| SqlError::Invalid(e.to_string()))?);
+                }
+                rows.sort_by_key(|r| r.start);
+                Ok::<_, SqlError>(rows)
+            };
+            tokio::time::timeout(this.limits.timeout, run).await.map_err(|_| SqlError::Timeout(this.limits.timeout))?
+        })
+        .await
+    }
+
     pub fn limits(&self) -> &SqlLimits {
         &self.limits
     }
@@ -341,6 +398,19 @@ impl SqlArchive {
     }
 }
 
+/// The rollups of `width` as a listing table partitioned by `date`.
+fn rollup_table(location: &ArchiveLocation, width: weir_operators::Width) -> Result<ListingTable, SqlError> {
+    let url =
+        location.url.join(&format!("rollups/width={}/", width.name())).map_err(|e| SqlError::Invalid(e.to_string()))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("date".into(), arrow::datatypes::DataType::Utf8)]);
+    let config = ListingTableConfig::new(ListingTableUrl::parse(url.as_str())?)
+        .with_listing_options(options)
+        .with_schema(crate::rollup::rollup_schema());
+    Ok(ListingTable::try_new(config)?)
+}
+
 /// `windows_1m`, `windows_15m`, `windows_1h`, `windows_1d`: one row per window of a series, with the statistics of
 /// `/api/v1/series`. A day with rollups ([`crate::rollup`], written when it is sealed) is read from them; a day without
 /// (not sealed yet) is aggregated from its readings at query time, with the same definitions (first: the value at
@@ -368,14 +438,7 @@ async fn register_windows(
     days.sort();
     days.dedup();
     let table = format!("rollups_{name}");
-    let url = location.url.join(&format!("rollups/width={name}/")).map_err(|e| SqlError::Invalid(e.to_string()))?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![("date".into(), arrow::datatypes::DataType::Utf8)]);
-    let config = ListingTableConfig::new(ListingTableUrl::parse(url.as_str())?)
-        .with_listing_options(options)
-        .with_schema(crate::rollup::rollup_schema());
-    ctx.register_table(table.as_str(), Arc::new(ListingTable::try_new(config)?))?;
+    ctx.register_table(table.as_str(), Arc::new(rollup_table(location, width)?))?;
     let interval = match width {
         weir_operators::Width::Minute => "1 minute",
         weir_operators::Width::QuarterHour => "15 minutes",

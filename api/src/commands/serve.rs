@@ -122,6 +122,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_DEDUP_HORIZON", default_value = "48h", value_parser = parse_duration)]
     pub dedup_horizon: Duration,
 
+    /// A series keeps its windows in memory for the days within this much event time behind its newest reading
+    /// (and for every day not yet sealed); older windows are answered from the sealed days' rollups. At least
+    /// --dedup-horizon.
+    #[arg(long, env = "WEIR_LIVE_HORIZON", default_value = "48h", value_parser = parse_duration)]
+    pub live_horizon: Duration,
+
     /// Longest wait of a statistics request with `?after=` for the dataflow to catch up (503 beyond it).
     #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub read_wait: Duration,
@@ -242,6 +248,13 @@ impl ServeArgs {
     /// The node's configuration from these flags (`--config`, flags and `WEIR_*` variables already merged).
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
         let sensors = SensorSet::new(&self.sensors).context("--sensors / WEIR_SENSORS")?;
+        anyhow::ensure!(
+            self.live_horizon >= self.dedup_horizon,
+            "--live-horizon ({:?}) must cover --dedup-horizon ({:?}): the live windows must hold every day whose \
+             duplicates deduplication still catches",
+            self.live_horizon,
+            self.dedup_horizon
+        );
         let cluster = cluster_config(self)?;
         Ok(NodeConfig {
             data_dir: self.data_dir.clone(),
@@ -266,6 +279,7 @@ impl ServeArgs {
             stats: StatsOptions {
                 workers: self.workers as usize,
                 dedup_horizon: self.dedup_horizon,
+                live_horizon: Some(self.live_horizon),
                 cluster,
                 ..StatsOptions::default()
             },

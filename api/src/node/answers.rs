@@ -3,7 +3,6 @@
 
 use weir_operators::{DeviceId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::decode::parse_timestamp;
-use weir_pipeline::stats::{Answer, Query};
 
 use super::error::ServiceError;
 use super::stats::{StatsService, device_or_default, timestamp_text};
@@ -106,10 +105,7 @@ pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<Seri
     }
     let device = device_or_default(&p.device).to_owned();
     let series = SeriesKey { device: DeviceId::of(&device), sensor: index };
-    let windows = match stats.ask(Query::Series { series, width, from, to }, p.after).await? {
-        Answer::Windows(w) => w,
-        _ => Vec::new(),
-    };
+    let windows = stats.series_windows(series, (&device, sensor), width, (from, to), p.after).await?;
     if windows.len() > MAX_SERIES_WINDOWS {
         return Err(ServiceError::invalid(format!(
             "{} windows match; at most {MAX_SERIES_WINDOWS} are returned at once: narrow from/to or use a wider window",

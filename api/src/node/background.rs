@@ -12,11 +12,13 @@ use super::gauges::EngineGauges;
 use super::ingest::IngestService;
 use crate::node::stats::StatsService;
 
-/// Seals every day that has been over for `grace`, every `interval`.
+/// Seals every day that has been over for `grace`, every `interval`, and tells the statistics how far the rollups
+/// reach (their windows before it may leave memory).
 pub(super) async fn seal_due_days(
     location: ArchiveLocation,
     progress: Arc<ArchiveProgress>,
-    cluster: Option<Arc<StatsService>>,
+    stats: Arc<StatsService>,
+    in_cluster: bool,
     grace: Duration,
     interval: Duration,
     loaded: impl Fn() -> bool,
@@ -37,10 +39,10 @@ pub(super) async fn seal_due_days(
             }
         };
         // In a cluster: only once every process has loaded the archive, and only what every process committed.
-        let committed: Option<BTreeMap<u32, u64>> = match &cluster {
-            None => None,
-            Some(_) if due.is_empty() => None,
-            Some(stats) => match stats.archive_states(false).await {
+        let committed: Option<BTreeMap<u32, u64>> = match in_cluster {
+            false => None,
+            true if due.is_empty() => None,
+            true => match stats.archive_states(false).await {
                 Ok(states) if states.iter().all(|s| s.loaded) => {
                     Some(states.iter().map(|s| (s.process, s.committed)).collect())
                 }
@@ -69,6 +71,11 @@ pub(super) async fn seal_due_days(
                     tracing::warn!(%date, error = %e, "sealing failed; it is retried")
                 }
             }
+        }
+        let not_due_from = weir_operators::Width::Day.start_of(now.saturating_sub(grace));
+        match weir_sinks::rollup::rolled_through(&location, not_due_from).await {
+            Ok(through) => stats.engine().set_rolled_through(through),
+            Err(e) => tracing::warn!(error = %e, "cannot list the rollups; the live windows keep their days meanwhile"),
         }
     }
 }

@@ -109,6 +109,36 @@ pub struct Node {
     sealer_lock: SealerLock,
 }
 
+/// How far the archive's rollups reach at start, and the day the live windows start from: the days before it have
+/// rollups and end before the live horizon reaches back from the start of the archive's newest day, so no series
+/// would keep their windows in memory (`None`: load every day, as without a live horizon).
+async fn live_start(
+    location: &ArchiveLocation,
+    parts: &[weir_sinks::archive::PartName],
+    config: &NodeConfig,
+) -> Result<(i64, Option<i64>), weir_sinks::archive::ArchiveError> {
+    use weir_operators::Width;
+    let now = chrono::Utc::now().timestamp_micros();
+    let grace = i64::try_from(config.seal_grace.as_micros()).unwrap_or(i64::MAX);
+    let rolled_through =
+        weir_sinks::rollup::rolled_through(location, Width::Day.start_of(now.saturating_sub(grace))).await?;
+    let Some(horizon) = config.stats.live_horizon.map(|h| i64::try_from(h.as_micros()).unwrap_or(i64::MAX)) else {
+        return Ok((rolled_through, None));
+    };
+    let day_start = |date: &str| {
+        chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+            .ok()?
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_micros())
+    };
+    let Some(newest_day) = parts.iter().filter_map(|p| day_start(&p.date)).max() else {
+        return Ok((rolled_through, None));
+    };
+    // From the newest day's start: the newest series' own cutoff is never earlier, so it loads what it keeps.
+    let bound = newest_day.saturating_sub(horizon).min(rolled_through);
+    Ok((rolled_through, Some(Width::Day.start_of(bound))))
+}
+
 impl Node {
     /// Opens the data directory, recovers the log and checks it against the archive checkpoint, starts the
     /// statistics (from the archive, then the log after it; in a cluster this waits, bounded, for the other
@@ -183,10 +213,17 @@ impl Node {
 
         // The statistics start from the archive (what the log held through the checkpoint, deduplicated), then
         // read the log after it; so the log before the checkpoint may be deleted.
-        let snapshot = ArchiveSnapshot::open(&location, archived, tokio::runtime::Handle::current())
+        let (rolled_through, live_from) =
+            live_start(&location, &parts, &config).await.map_err(context("cannot list the archive's rollups"))?;
+        let snapshot = ArchiveSnapshot::open(&location, archived, tokio::runtime::Handle::current(), live_from)
             .await
             .map_err(context("cannot list the archive to load the statistics"))?;
-        tracing::info!(parts = snapshot.parts(), archived_through = archived, "statistics start from the archive");
+        tracing::info!(
+            parts = snapshot.parts(),
+            archived_through = archived,
+            live_from = live_from.map(weir_pipeline::decode::format_timestamp),
+            "statistics start from the archive (the days before live_from from their rollups)"
+        );
         let snapshot = snapshot.filter_map(|item| {
             item.map_err(
                 |e| tracing::error!(error = %e, "an archive part could not be read; the statistics leave it out"),
@@ -195,7 +232,7 @@ impl Node {
         });
         let engine = {
             let (tail, sensors, options) = (wal.tail(), config.sensors.clone(), config.stats.clone());
-            let start = StartFrom { through: archived, snapshot: Box::new(snapshot) };
+            let start = StartFrom { through: archived, snapshot: Box::new(snapshot), live_from };
             tokio::task::spawn_blocking(move || StatsEngine::start_from(tail, sensors, options, start))
                 .await
                 .map_err(context("starting the statistics"))?
@@ -209,6 +246,7 @@ impl Node {
             StatsService::new(engine, config.sensors.clone(), config.read_wait, log.clone())
                 .in_cluster(process, processes),
         );
+        stats.engine().set_rolled_through(rolled_through);
         // The statistics decide which readings are first writes; the archive stores exactly those (alone as in a
         // cluster: one verdict, no second filter).
         let archiver = Archiver::start(
@@ -238,7 +276,8 @@ impl Node {
         let mut tasks = vec![tokio::spawn(background::seal_due_days(
             location.clone(),
             archiver.progress.clone(),
-            share.map(|_| stats.clone()),
+            stats.clone(),
+            share.is_some(),
             config.seal_grace,
             config.seal_interval,
             loaded.clone(),
@@ -260,6 +299,7 @@ impl Node {
             log.clone(),
             config.read_wait,
         );
+        stats.attach_rollups(sql.archive().clone());
         if share.is_some() {
             sql = sql.in_cluster(stats.clone());
         }

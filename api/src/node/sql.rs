@@ -36,6 +36,11 @@ impl SqlService {
         SqlService { archive, progress, log, catch_up_wait, cluster: None }
     }
 
+    /// The archive it queries.
+    pub fn archive(&self) -> &SqlArchive {
+        &self.archive
+    }
+
     /// In a cluster, a query first has every process flush what it acknowledged, and then reads the shared archive
     /// only (its own archiver's unflushed readings are not the whole cluster's).
     pub fn in_cluster(mut self, stats: Arc<StatsService>) -> Self {

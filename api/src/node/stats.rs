@@ -1,14 +1,15 @@
 //! The live statistics as a service: questions to the dataflow, asked after a log position, answered with typed
 //! values or a [`ServiceError`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use weir_operators::{DeviceId, Latest, SeriesKey};
+use weir_operators::{DeviceId, Latest, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::decode::format_timestamp;
 use weir_pipeline::reading::{DEFAULT_DEVICE, SensorSet};
 use weir_pipeline::stats::{Answer, ArchiveState, Query, QueryError, StatsEngine};
 use weir_pipeline::wal::ReadingLog;
+use weir_sinks::sql::SqlArchive;
 
 use super::error::ServiceError;
 use crate::position::LogPosition;
@@ -23,11 +24,41 @@ pub struct StatsService {
     /// Longest wait for `after=` before 503.
     read_wait: Duration,
     log: Arc<dyn ReadingLog>,
+    /// The archive's rollups, for windows that have left the live statistics.
+    rollups: OnceLock<SqlArchive>,
 }
 
 impl StatsService {
     pub fn new(engine: StatsEngine, sensors: SensorSet, read_wait: Duration, log: Arc<dyn ReadingLog>) -> Self {
-        StatsService { engine, process: 0, processes: 1, sensors, read_wait, log }
+        StatsService { engine, process: 0, processes: 1, sensors, read_wait, log, rollups: OnceLock::new() }
+    }
+
+    /// Lets series answers reach before the live windows, into the archive's rollups; set once.
+    pub fn attach_rollups(&self, archive: SqlArchive) {
+        let _ = self.rollups.set(archive);
+    }
+
+    /// The windows of one series (`device`'s `sensor`) and width whose start is in `[from, to)`: the live windows,
+    /// and before the series' live days (beyond the live horizon) the sealed days' rollups, which hold the same
+    /// numbers. Every answer about windows comes through here.
+    pub async fn series_windows(
+        &self,
+        series: SeriesKey,
+        (device, sensor): (&str, &str),
+        width: Width,
+        (from, to): (i64, i64),
+        after: Option<LogPosition>,
+    ) -> Result<Vec<(WindowKey, WindowAgg)>, ServiceError> {
+        let (live, live_from) = match self.ask(Query::Series { series, width, from, to }, after).await? {
+            Answer::Windows { windows, live_from } => (windows, live_from),
+            _ => (Vec::new(), i64::MIN),
+        };
+        let Some(rollups) = self.rollups.get().filter(|_| from < live_from) else { return Ok(live) };
+        let rows = rollups.rollup_windows(width, device, sensor, from, to.min(live_from)).await?;
+        let mut windows: Vec<(WindowKey, WindowAgg)> =
+            rows.into_iter().map(|r| (WindowKey { series, width, start: r.start }, r.agg)).collect();
+        windows.extend(live);
+        Ok(windows)
     }
 
     /// The same, for process `process` of a cluster of `processes`.

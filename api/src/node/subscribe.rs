@@ -178,11 +178,12 @@ impl Subscription {
         };
         let mut out = Vec::new();
         for series in series {
+            let device = self.names.get(&series.device).cloned().unwrap_or_default();
+            let sensor =
+                self.stats.sensors().names().get(usize::from(series.sensor)).map(|s| s.to_string()).unwrap_or_default();
             for width in Width::ALL.into_iter().filter(|w| self.filter.width.is_none_or(|f| f == *w)) {
-                let query = Query::Series { series, width, from: self.from, to: i64::MAX };
-                if let Answer::Windows(windows) = self.stats.ask(query, None).await? {
-                    out.extend(windows);
-                }
+                let range = (self.from, i64::MAX);
+                out.extend(self.stats.series_windows(series, (&device, &sensor), width, range, None).await?);
             }
         }
         Ok(out)

@@ -78,12 +78,8 @@ pub async fn sensor_day(
     };
     let day_start = parse_date(&date)?;
     let series = SeriesKey { device: DeviceId::of(DEFAULT_DEVICE), sensor: index };
-    let query =
-        Query::Series { series, width: Width::QuarterHour, from: day_start, to: day_start + Width::Day.micros() };
-    let windows = match stats.ask(query, p.after).await? {
-        Answer::Windows(w) => w,
-        _ => Vec::new(),
-    };
+    let day = (day_start, day_start + Width::Day.micros());
+    let windows = stats.series_windows(series, (DEFAULT_DEVICE, &sensor), Width::QuarterHour, day, p.after).await?;
     let quarter = Width::QuarterHour.micros();
     let buckets = (0..96)
         .map(|i| {

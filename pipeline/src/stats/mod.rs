@@ -18,7 +18,7 @@ mod verdicts;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,9 @@ pub struct StatsOptions {
     pub workers: usize,
     /// Deduplication is exact for duplicates within this much event time behind its series' newest reading.
     pub dedup_horizon: Duration,
+    /// A series keeps its windows in memory for the days within this much event time behind its newest reading
+    /// (and for every day whose rollups are not written yet, see [`StatsEngine::set_rolled_through`]); `None`: all.
+    pub live_horizon: Option<Duration>,
     /// How long an idle worker sleeps before it looks at the log again.
     pub idle_park: Duration,
     /// At most this many readings are fed in before the dataflow is stepped.
@@ -72,6 +75,7 @@ impl Default for StatsOptions {
         StatsOptions {
             workers: 1,
             dedup_horizon: Duration::from_secs(48 * 3600),
+            live_horizon: None,
             idle_park: Duration::from_millis(1),
             feed_limit: 16_384,
             cluster: None,
@@ -100,12 +104,15 @@ pub struct StartFrom {
     pub through: u64,
     /// The snapshot's readings.
     pub snapshot: Snapshot,
+    /// Where the live windows start (a day's start, event time): the snapshot left out the days before it (they
+    /// are in the archive's rollups), so every series is live from there. `None`: from the beginning.
+    pub live_from: Option<i64>,
 }
 
 impl StartFrom {
     /// No snapshot: the whole log, from position 1.
     pub fn log_start() -> StartFrom {
-        StartFrom { through: 0, snapshot: Box::new(std::iter::empty()) }
+        StartFrom { through: 0, snapshot: Box::new(std::iter::empty()), live_from: None }
     }
 }
 
@@ -163,6 +170,8 @@ pub struct StatsEngine {
     stop: Arc<AtomicBool>,
     verdicts: Arc<Verdicts>,
     archive: Arc<OnceLock<Arc<dyn ArchiveControl>>>,
+    /// What the live windows hold and how far the archive's rollups reach (shared with the workers).
+    live: Arc<LiveState>,
     /// In a mutex only to make the engine `Sync` (the guards are not); touched once, at stop.
     guards: Mutex<Option<timely::communication::initialize::WorkerGuards<()>>>,
 }
@@ -198,7 +207,9 @@ impl StatsEngine {
         let verdicts = Arc::new(Verdicts::new(processed.clone()));
         let archive = Arc::new(OnceLock::new());
         let cluster = options.cluster.clone();
+        let live = Arc::new(LiveState::new(workers));
         let context = WorkerContext {
+            live: live.clone(),
             tail,
             sensors,
             options,
@@ -206,6 +217,7 @@ impl StatsEngine {
             loaded: loaded.clone(),
             stop: stop.clone(),
             start_through: start.through,
+            live_from: start.live_from,
             snapshot: Mutex::new(Some(start.snapshot)),
             requests: Mutex::new(Some(requests)),
             verdicts: verdicts.clone(),
@@ -224,8 +236,20 @@ impl StatsEngine {
             stop,
             verdicts,
             archive,
+            live,
             guards: Mutex::new(Some(guards)),
         })
+    }
+
+    /// Days ending at or before `micros` (event time) have their rollups in the archive: their windows may leave
+    /// memory once they are beyond the live horizon. Only moves forward.
+    pub fn set_rolled_through(&self, micros: i64) {
+        self.live.rolled_through.fetch_max(micros, Ordering::AcqRel);
+    }
+
+    /// What the live windows hold in this process, over its workers.
+    pub fn live_windows(&self) -> LiveWindowsSize {
+        self.live.size()
     }
 
     /// This process's index in its cluster (0 alone).
@@ -318,7 +342,47 @@ impl Drop for StatsEngine {
     }
 }
 
+/// What the live windows of this process's workers hold, and how far the rollups reach.
+#[derive(Debug)]
+struct LiveState {
+    rolled_through: AtomicI64,
+    /// Per local worker: windows held, series held, readings dropped as no longer live.
+    sizes: Vec<[AtomicU64; 3]>,
+}
+
+/// What the live windows of one process hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveWindowsSize {
+    pub windows: u64,
+    pub series: u64,
+    /// Readings not added to the live windows because their day had left them (older than the horizon, late).
+    pub dropped_readings: u64,
+}
+
+impl LiveState {
+    fn new(workers: usize) -> Self {
+        let sizes = (0..workers).map(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]).collect();
+        LiveState { rolled_through: AtomicI64::new(i64::MIN), sizes }
+    }
+
+    fn size(&self) -> LiveWindowsSize {
+        let sum = |i: usize| self.sizes.iter().map(|s| s[i].load(Ordering::Relaxed)).sum();
+        LiveWindowsSize { windows: sum(0), series: sum(1), dropped_readings: sum(2) }
+    }
+
+    /// Brings a worker's live windows up to the rolled-through mark and records their size.
+    fn sync(&self, local: usize, windows: &mut weir_operators::LiveWindows) {
+        windows.set_rolled_through(self.rolled_through.load(Ordering::Acquire));
+        if let Some(size) = self.sizes.get(local) {
+            size[0].store(windows.len() as u64, Ordering::Relaxed);
+            size[1].store(windows.series() as u64, Ordering::Relaxed);
+            size[2].store(windows.dropped_readings(), Ordering::Relaxed);
+        }
+    }
+}
+
 struct WorkerContext {
+    live: Arc<LiveState>,
     tail: LogTail,
     sensors: SensorSet,
     options: StatsOptions,
@@ -327,6 +391,8 @@ struct WorkerContext {
     loaded: Arc<Vec<AtomicBool>>,
     stop: Arc<AtomicBool>,
     start_through: u64,
+    /// Where the live windows start (see [`StartFrom::live_from`]).
+    live_from: Option<i64>,
     /// Taken by the feeding worker.
     snapshot: Mutex<Option<Snapshot>>,
     /// Taken by the feeding worker.
@@ -354,8 +420,13 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         let record_changes = move |updates: &mut dyn Iterator<Item = (u64, WindowKey)>| {
             recent.borrow_mut().record(updates);
         };
+        let live_horizon = ctx.options.live_horizon.map(|h| i64::try_from(h.as_micros()).unwrap_or(i64::MAX));
+        let mut live = weir_operators::LiveWindows::new(live_horizon);
+        if let Some(from) = ctx.live_from {
+            live.set_start_from(from);
+        }
         let StatsDataflow { readings, names, windows, latest, device_names, verdicts: judged, probe } =
-            stats_dataflow(scope, horizon, grid, record_changes);
+            stats_dataflow(scope, horizon, grid, live, record_changes);
         verdicts_to_their_process(judged, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
         let mut marks: InputHandleVec<u64, Mark> = InputHandleVec::new();
@@ -463,18 +534,17 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             worker.step_or_park(Some(ctx.options.idle_park));
         }
 
-        // Let the arrangements compact up to what is complete: one entry per window, not per reading.
+        // Let the arrangements compact up to what is complete: one entry per series or name, not per reading.
         let frontier = probe.with_frontier(|f| f.first().copied());
         if let Some(f) = frontier {
             let bound = [f];
             let mut traces = traces.borrow_mut();
-            traces.windows.set_logical_compaction(AntichainRef::new(&bound));
-            traces.windows.set_physical_compaction(AntichainRef::new(&bound));
             traces.latest.set_logical_compaction(AntichainRef::new(&bound));
             traces.latest.set_physical_compaction(AntichainRef::new(&bound));
             traces.names.set_logical_compaction(AntichainRef::new(&bound));
             traces.names.set_physical_compaction(AntichainRef::new(&bound));
         }
+        ctx.live.sync(local, &mut traces.borrow().windows.borrow_mut());
         recent.borrow_mut().frontier = frontier;
         let mut positions = positions.borrow_mut();
         positions.advance(frontier);

@@ -1,13 +1,13 @@
 //! Questions the HTTP side asks the statistics dataflow, and how each worker answers from its arrangements.
 
-use differential_dataflow::difference::{IsZero, Monoid, Semigroup};
+use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use timely::progress::Antichain;
 use weir_operators::stats::NamesTrace;
 
 pub use super::changes::WindowFilter;
-use weir_operators::{DeviceId, Latest, LatestTrace, SeriesKey, Width, WindowAgg, WindowKey, WindowTrace};
+use weir_operators::{DeviceId, Latest, LatestTrace, SeriesKey, SharedLiveWindows, Width, WindowAgg, WindowKey};
 
 /// A question for the statistics.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -42,7 +42,12 @@ pub struct ArchiveState {
 /// An answer, merged over all workers and sorted by key.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
-    Windows(Vec<(WindowKey, WindowAgg)>),
+    /// The live windows asked for, and from where the series' windows are live (a day boundary; `i64::MIN`: all):
+    /// the windows before it have left memory and are in the archive's rollups.
+    Windows {
+        windows: Vec<(WindowKey, WindowAgg)>,
+        live_from: i64,
+    },
     Latest(Vec<(SeriesKey, Latest)>),
     Devices(Vec<(DeviceId, String)>),
     Archive(Vec<ArchiveState>),
@@ -62,7 +67,11 @@ impl Answer {
         let mut out = parts.next()?;
         for part in parts {
             match (&mut out, part) {
-                (Answer::Windows(a), Answer::Windows(b)) => a.extend(b),
+                (Answer::Windows { windows, live_from }, Answer::Windows { windows: more, live_from: other }) => {
+                    windows.extend(more);
+                    // Only the worker holding the series knows it; the others say where any series starts.
+                    *live_from = (*live_from).max(other);
+                }
                 (Answer::Latest(a), Answer::Latest(b)) => a.extend(b),
                 (Answer::Devices(a), Answer::Devices(b)) => a.extend(b),
                 (Answer::Archive(a), Answer::Archive(b)) => a.extend(b),
@@ -78,7 +87,7 @@ impl Answer {
             }
         }
         match &mut out {
-            Answer::Windows(a) => a.sort_by_key(|(k, _)| *k),
+            Answer::Windows { windows, .. } => windows.sort_by_key(|(k, _)| *k),
             Answer::Latest(a) => a.sort_by_key(|(k, _)| *k),
             Answer::Devices(a) => {
                 a.sort();
@@ -91,9 +100,9 @@ impl Answer {
     }
 }
 
-/// The traces one worker answers from.
+/// The state one worker answers from.
 pub struct WorkerTraces {
-    pub windows: WindowTrace,
+    pub windows: SharedLiveWindows,
     pub latest: LatestTrace,
     pub names: NamesTrace,
 }
@@ -103,9 +112,11 @@ impl WorkerTraces {
     pub fn answer(&mut self, query: &Query) -> Answer {
         match query {
             Query::Series { series, width, from, to } => {
-                let lower = WindowKey { series: *series, width: *width, start: *from };
-                let upper = WindowKey { series: *series, width: *width, start: *to };
-                Answer::Windows(scan!(self.windows, &lower, |k: &WindowKey| *k < upper, WindowAgg::zero()))
+                let windows = self.windows.borrow();
+                Answer::Windows {
+                    windows: windows.scan(*series, *width, *from, *to),
+                    live_from: windows.live_from(*series),
+                }
             }
             Query::Latest { device } => {
                 let (lower, device) = match device {
@@ -133,26 +144,8 @@ impl WorkerTraces {
 impl WorkerTraces {
     /// The current statistics of each of `keys` (sorted) that this worker holds.
     pub fn windows_at(&mut self, keys: &[WindowKey]) -> Vec<(WindowKey, WindowAgg)> {
-        let mut out = Vec::with_capacity(keys.len());
-        if let Some(spans) = self.windows.spans_through(Antichain::new().borrow()) {
-            let batches = spans.into_iter().filter_map(|s| s.inner).collect();
-            let (mut cursor, storage) = cursor_list(batches);
-            for key in keys {
-                cursor.seek_key(&storage, key);
-                if cursor.get_key(&storage) != Some(key) {
-                    continue;
-                }
-                let mut acc = WindowAgg::zero();
-                while cursor.val_valid(&storage) {
-                    cursor.map_times(&storage, |_time, diff| acc.plus_equals(diff));
-                    cursor.step_val(&storage);
-                }
-                if !acc.is_zero() {
-                    out.push((*key, acc));
-                }
-            }
-        }
-        out
+        let windows = self.windows.borrow();
+        keys.iter().filter_map(|key| windows.get(key).map(|agg| (*key, agg))).collect()
     }
 }
 

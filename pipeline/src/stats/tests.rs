@@ -37,7 +37,7 @@ fn snapshot_of(records: &[Vec<Input>], through: usize, sensors: &SensorSet) -> S
     let m = chunks.len().max(1);
     let batches: Vec<(u64, ReadingBatch)> =
         chunks.iter().enumerate().map(|(j, c)| ((through * (j + 1) / m).max(1) as u64, batch_of(c, sensors))).collect();
-    StartFrom { through: through as u64, snapshot: Box::new(batches.into_iter()) }
+    StartFrom { through: through as u64, snapshot: Box::new(batches.into_iter()), live_from: None }
 }
 
 /// Writes `records` to a fresh WAL, runs the engine with `workers` and reads every statistic back.
@@ -82,7 +82,9 @@ fn run_engine_from(
     for (series, _) in &latest {
         for width in Width::ALL {
             let q = Query::Series { series: *series, width, from: i64::MIN, to: i64::MAX };
-            let Answer::Windows(w) = rt.block_on(engine.query(q, last, wait)).unwrap() else { panic!() };
+            let Answer::Windows { windows: w, .. } = rt.block_on(engine.query(q, last, wait)).unwrap() else {
+                panic!()
+            };
             windows.extend(w);
         }
     }
@@ -250,7 +252,7 @@ fn a_snapshot_through_position_zero_is_still_fed() {
     let appender = wal.appender();
     let last = appender.append_blocking(&batch_of(&[(0, 0, t, 99.0), (0, 0, t + 1, 2.0)], &sensors)).unwrap();
     let sealed_elsewhere = batch_of(&[(0, 0, t, 1.0), (1, 0, t, 5.0)], &sensors);
-    let start = StartFrom { through: 0, snapshot: Box::new(std::iter::once((0, sealed_elsewhere))) };
+    let start = StartFrom { through: 0, snapshot: Box::new(std::iter::once((0, sealed_elsewhere))), live_from: None };
     let options = StatsOptions { dedup_horizon: Duration::from_secs(100 * 365 * 86_400), ..StatsOptions::default() };
     let engine = StatsEngine::start_from(wal.tail(), sensors, options, start).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
@@ -260,7 +262,7 @@ fn a_snapshot_through_position_zero_is_still_fed() {
     };
     let series = SeriesKey { device: DeviceId::of(DEVICES[0]), sensor: 0 };
     let q = Query::Series { series, width: Width::Minute, from: i64::MIN, to: i64::MAX };
-    let Answer::Windows(windows) = rt.block_on(engine.query(q, last, wait)).unwrap() else { panic!() };
+    let Answer::Windows { windows, .. } = rt.block_on(engine.query(q, last, wait)).unwrap() else { panic!() };
     engine.stop();
     wal.close();
     assert_eq!(latest.len(), 2, "both devices of the snapshot are live: {latest:?}");
@@ -279,7 +281,8 @@ fn a_snapshot_keeps_write_order_across_the_batches_of_one_position() {
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     let first = batch_of(&[(1, 0, t, 7.0), (2, 0, t, 8.0), (0, 0, t, 5.0)], &sensors);
     let second = batch_of(&[(0, 0, t, 3.0)], &sensors);
-    let start = StartFrom { through: 4, snapshot: Box::new(vec![(4, first), (4, second)].into_iter()) };
+    let start =
+        StartFrom { through: 4, snapshot: Box::new(vec![(4, first), (4, second)].into_iter()), live_from: None };
     let engine = StatsEngine::start_from(wal.tail(), sensors, Default::default(), start).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let wait = Duration::from_secs(30);
@@ -288,7 +291,7 @@ fn a_snapshot_keeps_write_order_across_the_batches_of_one_position() {
     }
     let series = SeriesKey { device: DeviceId::of(DEVICES[0]), sensor: 0 };
     let q = Query::Series { series, width: Width::Minute, from: i64::MIN, to: i64::MAX };
-    let Answer::Windows(windows) = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
+    let Answer::Windows { windows, .. } = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
     engine.stop();
     wal.close();
     assert_eq!((windows[0].1.count, windows[0].1.sum()), (1, 5.0), "the first write wins: {windows:?}");
@@ -456,7 +459,7 @@ fn the_snapshot_counts_as_loaded_only_once_it_has_gone_through() {
         released.recv().unwrap();
         (0, batch.clone())
     });
-    let start = StartFrom { through: 0, snapshot: Box::new(slow_archive) };
+    let start = StartFrom { through: 0, snapshot: Box::new(slow_archive), live_from: None };
     let engine =
         StatsEngine::start_from(wal.tail(), sensors, StatsOptions { workers: 2, ..StatsOptions::default() }, start)
             .unwrap();
@@ -549,7 +552,7 @@ fn read_all(
     for (series, _) in &latest {
         for width in Width::ALL {
             let q = Query::Series { series: *series, width, from: i64::MIN, to: i64::MAX };
-            let Answer::Windows(w) = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
+            let Answer::Windows { windows: w, .. } = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
             windows.extend(w);
         }
     }
@@ -676,7 +679,7 @@ fn a_cross_process_verdict_survives_restarts_in_any_order_with_skewed_clocks() {
             rt.block_on(engine.query_at(Query::Devices, p, last, wait)).unwrap();
         }
         let q = Query::Series { series, width: Width::Minute, from: i64::MIN, to: i64::MAX };
-        let Answer::Windows(windows) = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
+        let Answer::Windows { windows, .. } = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
         (windows[0].1.count, windows[0].1.sum())
     };
     let rejected_at_process_0 = |engine: &StatsEngine, through: u64| {
