@@ -494,3 +494,69 @@ async fn probes_of_the_cluster_port_do_not_end_a_process() {
     }
     assert!(servers[0].log_text().contains("ignoring a connection to the cluster port"));
 }
+
+/// Issue 18, 6: a fresh device with every reading grew every per-series state without bound. Beyond --max-series a
+/// reading that would start a new series is rejected on its line ("series limit reached"), readings of stored
+/// series are accepted, and the count survives a restart (rebuilt from the log and the archive).
+#[tokio::test(flavor = "multi_thread")]
+async fn new_series_beyond_the_limit_are_refused_on_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--max-series", "100"];
+    let s = Server::start(&data, &args);
+    let line = |device: u64, n: u64| {
+        format!(
+            r#"{{"sensor":"speed","value":{n},"timestamp":"{}","device":"random-{device}"}}"#,
+            chrono_like(1_795_000_000 + n, 0)
+        )
+    };
+    let lines: Vec<String> = (0..300).map(|i| line(i, i)).collect();
+    let r = client()
+        .post(format!("{}/ingest?verbose=true", s.url))
+        .header("content-type", NDJSON)
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(100), Some(200)), "{body}");
+    let first = &body["errors"][0];
+    assert_eq!(first["line"], 101, "{body}");
+    assert!(first["error"].as_str().unwrap().contains("series limit reached"), "{first}");
+    assert!(first["error"].as_str().unwrap().contains("--max-series"), "{first}");
+    // A stored series is accepted; another sensor of a stored device is a new series, refused.
+    let stored = line(7, 1_000);
+    let other_sensor = stored.replace("speed", "fuel");
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .body(format!("{stored}\n{other_sensor}"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(1), Some(1)), "{body}");
+    assert!(s.stop().success());
+
+    // After a restart the stored series are counted again from the log (once ready: the statistics count them as
+    // they load).
+    let s = Server::start(&data, &args);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client().get(format!("{}/readyz", s.url)).send().await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = client()
+        .post(format!("{}/ingest", s.url))
+        .header("content-type", NDJSON)
+        .body(format!("{}\n{}", line(3, 2_000), line(500, 2_001)))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(1), Some(1)), "{body}");
+    let devices = get_json(&s, "/api/v1/devices").await;
+    assert_eq!(devices["devices"].as_array().map(Vec::len), Some(100), "{devices}");
+    assert!(s.stop().success());
+}

@@ -215,7 +215,20 @@ impl Decoder {
                 truncate(&taken.holder, 64)
             )));
         }
+        let sensors = batch.sensors.len();
+        if !found.is_some_and(|i| devices.has_series(i, sensor, sensors))
+            && let Err(limit) = self.names.claim_series(device, sensor)
+        {
+            return Err(LineError::invalid(format!(
+                "series limit reached: {} series (device, sensor) are stored (--max-series); this reading would \
+                 start a new one (device {:?}, sensor {:?}): readings of stored series are still accepted",
+                limit.max,
+                truncate(device, 64),
+                &*batch.sensors[usize::from(sensor)]
+            )));
+        }
         let device = devices.add_if_missing(&mut batch.devices, device, found);
+        devices.add_series(device, sensor, sensors);
         batch.rows.push(Row { sensor, device, micros, value });
         Ok(())
     }

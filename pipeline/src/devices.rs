@@ -5,8 +5,14 @@
 //! (about 2^32 hashes). [`DeviceNames`] remembers the name of every id this process has stored or read from its log
 //! and archive; ingest refuses a new name whose id another name holds, so the two can never merge.
 //!
+//! It also counts the **series** (device, sensor) stored, and refuses a reading that would start a new one beyond
+//! `--max-series` ([`DeviceNames::claim_series`]): a client that sends a fresh device name with every reading
+//! would otherwise grow every per-series state (live windows, deduplication, names) without bound. Readings of
+//! series already stored are always accepted.
+//!
 //! Scope: one process. In a cluster, a name stored only at another process is not known here (the README says so).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hashbrown::HashMap;
@@ -14,16 +20,46 @@ use hashbrown::HashMap;
 use weir_operators::DeviceId;
 
 /// The names of the device ids this process knows; cloning shares them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DeviceNames {
     known: Arc<RwLock<Known>>,
+    max_series: Arc<AtomicUsize>,
 }
 
-/// Both ways, so that a name seen before costs one map lookup (hashbrown's fast hasher) and no SHA-256.
+impl Default for DeviceNames {
+    fn default() -> Self {
+        DeviceNames { known: Arc::default(), max_series: Arc::new(AtomicUsize::new(usize::MAX)) }
+    }
+}
+
+/// Both ways, so that a name seen before costs one map lookup (hashbrown's fast hasher) and no SHA-256; with each
+/// name, the sensors it has series of (a bit per sensor index).
 #[derive(Debug, Default)]
 struct Known {
-    by_name: HashMap<Arc<str>, DeviceId>,
+    by_name: HashMap<Arc<str>, (DeviceId, Vec<u64>)>,
     by_id: HashMap<DeviceId, Arc<str>>,
+    series: usize,
+}
+
+/// A new series refused: `--max-series` are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesLimit {
+    pub max: usize,
+}
+
+fn has_bit(mask: &[u64], sensor: u16) -> bool {
+    mask.get(usize::from(sensor) / 64).is_some_and(|w| w & (1 << (sensor % 64)) != 0)
+}
+
+/// Sets the bit; whether it was new.
+fn set_bit(mask: &mut Vec<u64>, sensor: u16) -> bool {
+    let word = usize::from(sensor) / 64;
+    if mask.len() <= word {
+        mask.resize(word + 1, 0);
+    }
+    let new = mask[word] & (1 << (sensor % 64)) == 0;
+    mask[word] |= 1 << (sensor % 64);
+    new
 }
 
 /// A name whose id is another name's.
@@ -36,7 +72,7 @@ pub struct IdTaken {
 impl DeviceNames {
     /// The id of `name`, remembered as its; `Err` with the other name when another holds the id.
     pub fn claim(&self, name: &str) -> Result<DeviceId, IdTaken> {
-        if let Some(id) = self.known.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name) {
+        if let Some((id, _)) = self.known.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name) {
             return Ok(*id);
         }
         let id = DeviceId::of(name);
@@ -46,8 +82,49 @@ impl DeviceNames {
         }
         let name: Arc<str> = name.into();
         known.by_id.insert(id, name.clone());
-        known.by_name.insert(name, id);
+        known.by_name.insert(name, (id, Vec::new()));
         Ok(id)
+    }
+
+    /// Series beyond this many are refused by [`Self::claim_series`] (shared by the clones).
+    pub fn set_max_series(&self, max: usize) {
+        self.max_series.store(max, Ordering::Relaxed);
+    }
+
+    /// Records the series (`name`, `sensor`) of a reading to be stored (the name claimed before); `Err` when it is
+    /// new and `--max-series` series are stored already.
+    pub fn claim_series(&self, name: &str, sensor: u16) -> Result<(), SeriesLimit> {
+        self.add_series(name, sensor, self.max_series.load(Ordering::Relaxed))
+    }
+
+    /// Records a series read from the log or the archive: stored already, so never refused.
+    pub fn note_series(&self, name: &str, sensor: u16) {
+        let _ = self.add_series(name, sensor, usize::MAX);
+    }
+
+    fn add_series(&self, name: &str, sensor: u16, max: usize) -> Result<(), SeriesLimit> {
+        if let Some((_, mask)) = self.known.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name)
+            && has_bit(mask, sensor)
+        {
+            return Ok(());
+        }
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let Known { by_name, series, .. } = &mut *known;
+        let Some((_, mask)) = by_name.get_mut(name) else { return Ok(()) };
+        if has_bit(mask, sensor) {
+            return Ok(());
+        }
+        if *series >= max {
+            return Err(SeriesLimit { max });
+        }
+        set_bit(mask, sensor);
+        *series += 1;
+        Ok(())
+    }
+
+    /// How many series are stored.
+    pub fn series(&self) -> usize {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).series
     }
 
     /// How many names it knows.
@@ -66,7 +143,7 @@ impl DeviceNames {
         let holder: Arc<str> = holder.into();
         let mut known = self.known.write().unwrap();
         known.by_id.insert(DeviceId::of(name), holder.clone());
-        known.by_name.insert(holder, DeviceId::of(name));
+        known.by_name.insert(holder, (DeviceId::of(name), Vec::new()));
     }
 }
 
@@ -83,5 +160,24 @@ mod tests {
         assert_eq!(names.claim("truck-8"), Err(IdTaken { holder: "planted".into() }));
         assert_eq!(names.clone().len(), 2, "clones share the names");
         assert_eq!(names.claim("planted"), Ok(DeviceId::of("truck-8")), "the holder keeps its id");
+    }
+
+    #[test]
+    fn new_series_beyond_the_limit_are_refused_and_stored_ones_never() {
+        let names = DeviceNames::default();
+        names.set_max_series(3);
+        for device in ["a", "b"] {
+            names.claim(device).unwrap();
+        }
+        assert_eq!(names.claim_series("a", 0), Ok(()));
+        assert_eq!(names.claim_series("a", 70), Ok(()));
+        assert_eq!(names.claim_series("a", 0), Ok(()), "the same series again");
+        assert_eq!(names.claim_series("b", 1), Ok(()));
+        assert_eq!(names.claim_series("b", 2), Err(SeriesLimit { max: 3 }));
+        assert_eq!(names.claim_series("a", 70), Ok(()), "a stored series is always accepted");
+        // Read from the log or the archive: stored already, counted, never refused.
+        names.note_series("b", 2);
+        assert_eq!(names.series(), 4);
+        assert_eq!(names.claim_series("b", 2), Ok(()));
     }
 }

@@ -163,6 +163,9 @@ impl ReadingBatch {
 pub struct DeviceInterner {
     last: Option<u32>,
     map: hashbrown::HashMap<Box<str>, u32>,
+    /// The (device index, sensor) pairs of the batch: bit `sensor` of device `d` in word `d * words + sensor / 64`.
+    series: Vec<u64>,
+    words: usize,
 }
 
 impl DeviceInterner {
@@ -210,6 +213,34 @@ impl DeviceInterner {
     pub fn reset(&mut self) {
         self.last = None;
         self.map.clear();
+        self.series.clear();
+    }
+
+    /// Whether the batch has a reading of device `device` (its index) and `sensor` already; `sensors` is the size
+    /// of the sensor table.
+    #[inline]
+    pub fn has_series(&self, device: u32, sensor: u16, sensors: usize) -> bool {
+        let words = sensors.div_ceil(64).max(1);
+        if words != self.words {
+            return false;
+        }
+        let word = device as usize * words + usize::from(sensor) / 64;
+        self.series.get(word).is_some_and(|w| w & (1 << (sensor % 64)) != 0)
+    }
+
+    /// Notes that the batch has a reading of `device` (its index) and `sensor`.
+    #[inline]
+    pub fn add_series(&mut self, device: u32, sensor: u16, sensors: usize) {
+        let words = sensors.div_ceil(64).max(1);
+        if words != self.words {
+            self.series.clear();
+            self.words = words;
+        }
+        let word = device as usize * words + usize::from(sensor) / 64;
+        if self.series.len() <= word {
+            self.series.resize(word + 1, 0);
+        }
+        self.series[word] |= 1 << (sensor % 64);
     }
 }
 

@@ -128,6 +128,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_LIVE_HORIZON", default_value = "48h", value_parser = parse_duration)]
     pub live_horizon: Duration,
 
+    /// Most series (device, sensor) stored: a reading that would start another is rejected with its line number
+    /// and "series limit reached"; readings of stored series are always accepted.
+    #[arg(long, env = "WEIR_MAX_SERIES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_series: u64,
+
     /// Longest wait of a statistics request with `?after=` for the dataflow to catch up (503 beyond it).
     #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub read_wait: Duration,
@@ -280,6 +285,11 @@ impl ServeArgs {
                 workers: self.workers as usize,
                 dedup_horizon: self.dedup_horizon,
                 live_horizon: Some(self.live_horizon),
+                device_names: {
+                    let names = weir_pipeline::devices::DeviceNames::default();
+                    names.set_max_series(usize::try_from(self.max_series).unwrap_or(usize::MAX));
+                    names
+                },
                 cluster,
                 ..StatsOptions::default()
             },
