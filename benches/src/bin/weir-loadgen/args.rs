@@ -78,6 +78,10 @@ pub struct Args {
     #[arg(long, env = "WEIR_LOADGEN_START")]
     pub start: Option<String>,
 
+    /// Event time between two readings of one series (`100ms`, `5m`): with --rate, how fast event time runs.
+    #[arg(long, env = "WEIR_LOADGEN_TICK", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub tick: Duration,
+
     /// Seed of the generator's random choices (late, duplicate), so that a run can be repeated exactly.
     #[arg(long, env = "WEIR_LOADGEN_SEED", default_value_t = 1)]
     pub seed: u64,
@@ -145,6 +149,7 @@ impl Args {
             batch: self.batch as usize,
             count: self.count(),
             start_micros,
+            tick_micros: i64::try_from(self.tick.as_micros()).unwrap_or(i64::MAX).max(1),
             late_fraction: self.late_fraction,
             dup_fraction: self.dup_fraction,
             seed: self.seed,

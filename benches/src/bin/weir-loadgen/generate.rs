@@ -1,7 +1,7 @@
 //! Request bodies, built ahead of time on their own threads so that generating load is never what limits it.
 //!
 //! The stream is a grid: line `n` is device `n % devices`, sensor `(n / devices) % sensors`, at event time
-//! `start + tick * 100 ms` with `tick = n / (devices * sensors)`, so every reading is distinct by construction
+//! `start + tick * --tick` (100 ms by default) with `tick = n / (devices * sensors)`, so every reading is distinct by construction
 //! (Weir identifies a reading by device, sensor and timestamp). On top of that grid:
 //!
 //! - a **late** reading keeps its device and sensor but moves `h` whole hours back (`h` in 1..=47) plus a
@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-/// Event time between two readings of one series.
+/// Event time between two readings of one series, by default.
+#[cfg(test)]
 const TICK_MICROS: i64 = 100_000;
 const HOUR_MICROS: i64 = 3_600_000_000;
 /// Recent bodies a thread keeps to copy duplicates from.
@@ -40,6 +41,8 @@ pub struct Plan {
     pub count: Option<u64>,
     /// Event time of tick 0, µs since the epoch.
     pub start_micros: i64,
+    /// Event time between two readings of one series.
+    pub tick_micros: i64,
     pub late_fraction: f64,
     pub dup_fraction: f64,
     pub seed: u64,
@@ -170,7 +173,7 @@ impl Generator {
         match hours_late {
             None => buf.extend_from_slice(self.tick_timestamp(tick).as_bytes()),
             Some(h) => {
-                let on_time = self.plan.start_micros + tick as i64 * TICK_MICROS;
+                let on_time = self.plan.start_micros + tick as i64 * self.plan.tick_micros;
                 let micros = on_time - h * HOUR_MICROS + 1 + (tick % 99_999) as i64;
                 buf.extend_from_slice(weir_pipeline::decode::format_timestamp(micros).as_bytes());
             }
@@ -182,7 +185,7 @@ impl Generator {
     /// The timestamp of on-time readings of `tick`, formatted once per tick.
     fn tick_timestamp(&mut self, tick: u64) -> &str {
         if self.tick_text.as_ref().is_none_or(|(t, _)| *t != tick) {
-            let micros = self.plan.start_micros + tick as i64 * TICK_MICROS;
+            let micros = self.plan.start_micros + tick as i64 * self.plan.tick_micros;
             self.tick_text = Some((tick, weir_pipeline::decode::format_timestamp(micros)));
         }
         &self.tick_text.as_ref().expect("just set").1
@@ -361,6 +364,7 @@ mod tests {
             batch: 1000,
             count: Some(count),
             start_micros: START,
+            tick_micros: super::TICK_MICROS,
             late_fraction: late,
             dup_fraction: dup,
             seed: 42,
