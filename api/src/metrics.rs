@@ -67,6 +67,8 @@ pub const METRICS: &[(&str, &str)] = &[
     ("weir_live_windows", "Windows held in memory by the live statistics (the days within --live-horizon)"),
     ("weir_live_series", "Series with windows in memory"),
     ("weir_live_window_bytes", "Estimated memory of the live windows"),
+    ("weir_memory_limit_bytes", "The memory budget of the state that grows with the data (--memory-limit)"),
+    ("weir_memory_used_bytes", "What each part of the state uses of the memory budget, by part"),
     (
         "weir_live_dropped_readings_total",
         "Readings older than the live horizon, not added to the live windows (they show after their day's reseal)",

@@ -34,6 +34,8 @@ pub struct FirstWriteFilter {
     horizon_micros: i64,
     series: SeriesMap<SeriesTimestamps>,
     late: u64,
+    /// Keys remembered, over all series (kept as they come and go).
+    remembered: usize,
 }
 
 /// One series' remembered timestamps: `in_order` is strictly increasing and ends at the newest timestamp seen;
@@ -50,8 +52,9 @@ impl SeriesTimestamps {
     }
 
     /// Forgets timestamps before `cutoff`: the ring at once (cheap, from the front), the B-tree in steps of
-    /// `slack` so its cost is amortised.
-    fn expire(&mut self, cutoff: i64, slack: i64) {
+    /// `slack` so its cost is amortised. Returns how many it forgot.
+    fn expire(&mut self, cutoff: i64, slack: i64) -> usize {
+        let before = self.in_order.len() + self.late.len();
         while self.in_order.front().is_some_and(|&t| t < cutoff) {
             self.in_order.pop_front();
         }
@@ -60,13 +63,14 @@ impl SeriesTimestamps {
         {
             self.late = self.late.split_off(&cutoff);
         }
+        before - (self.in_order.len() + self.late.len())
     }
 }
 
 impl FirstWriteFilter {
     /// A filter that is exact for duplicates within `horizon_micros` of event time behind each series' newest.
     pub fn new(horizon_micros: i64) -> Self {
-        FirstWriteFilter { horizon_micros: horizon_micros.max(0), series: SeriesMap::default(), late: 0 }
+        FirstWriteFilter { horizon_micros: horizon_micros.max(0), series: SeriesMap::default(), late: 0, remembered: 0 }
     }
 
     /// Whether `r` is the first reading with its key; remembers it.
@@ -80,16 +84,20 @@ impl FirstWriteFilter {
         let newest = series.newest();
         if r.micros > newest {
             series.in_order.push_back(r.micros);
-            series.expire(r.micros.saturating_sub(self.horizon_micros), self.horizon_micros / 8);
+            self.remembered += 1;
+            self.remembered -= series.expire(r.micros.saturating_sub(self.horizon_micros), self.horizon_micros / 8);
             return Admission::InOrder;
         }
         if r.micros == newest {
             return Admission::Duplicate;
         }
-        let admitted = r.micros < newest.saturating_sub(self.horizon_micros)
-            || (series.in_order.binary_search(&r.micros).is_err() && series.late.insert(r.micros));
+        let beyond = r.micros < newest.saturating_sub(self.horizon_micros);
+        let admitted = beyond || (series.in_order.binary_search(&r.micros).is_err() && series.late.insert(r.micros));
         if !admitted {
             return Admission::Duplicate;
+        }
+        if !beyond {
+            self.remembered += 1;
         }
         self.late += 1;
         Admission::Late
@@ -102,7 +110,7 @@ impl FirstWriteFilter {
 
     /// Keys remembered, over all series.
     pub fn remembered(&self) -> usize {
-        self.series.values().map(|s| s.in_order.len() + s.late.len()).sum()
+        self.remembered
     }
 }
 
@@ -136,6 +144,8 @@ pub struct Deduplicated<'scope> {
     /// The duplicates dropped and the late readings admitted, at their record's time (few: only readings whose
     /// series already had their timestamp or a newer one).
     pub verdicts: Stream<'scope, Time, Vec<Verdict>>,
+    /// Keys this worker's filter remembers (updated as it works; for the memory budget).
+    pub remembered: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 /// `dedup_first_write`: readings in (as written, possibly with duplicates), each key's first-written reading out,
@@ -157,6 +167,8 @@ pub fn dedup_first_write<'scope>(
     let mut admitted_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<(Reading, Time, isize)>>>::from(admitted_out);
     let mut verdicts_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Verdict>>>::from(verdicts_out);
+    let remembered = std::rc::Rc::new(std::cell::Cell::new(0));
+    let remembered_out = remembered.clone();
     builder.build(move |_capabilities| {
         let mut filter = FirstWriteFilter::new(horizon_micros);
         // Per logical time: a capability for each output and the readings.
@@ -194,9 +206,10 @@ pub fn dedup_first_write<'scope>(
                     }
                 }
             }
+            remembered_out.set(filter.remembered());
         }
     });
-    Deduplicated { admitted: admitted.as_collection(), verdicts }
+    Deduplicated { admitted: admitted.as_collection(), verdicts, remembered }
 }
 
 #[cfg(test)]

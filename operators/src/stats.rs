@@ -28,6 +28,8 @@ pub struct StatsDataflow<'scope> {
     /// Deduplication's verdicts (duplicates dropped, late readings admitted), for the archive of the process that
     /// wrote them.
     pub verdicts: Stream<'scope, Time, Vec<Verdict>>,
+    /// Keys deduplication remembers on this worker.
+    pub dedup_keys: std::rc::Rc<std::cell::Cell<usize>>,
     pub probe: ProbeHandle<Time>,
 }
 
@@ -56,7 +58,7 @@ pub fn stats_dataflow<'scope>(
     let probe = ProbeHandle::new();
     let (names, name_collection) = scope.new_collection::<(DeviceId, String), isize>();
 
-    let Deduplicated { admitted, verdicts } = dedup_first_write(readings.to_stream(scope), horizon_micros);
+    let Deduplicated { admitted, verdicts, remembered } = dedup_first_write(readings.to_stream(scope), horizon_micros);
     let deduplicated = admitted.delay(move |t| on_grid(*t, grid));
     let windows: SharedLiveWindows = std::rc::Rc::new(std::cell::RefCell::new(live));
     let windows_applied = live_windows(deduplicated.clone(), windows.clone(), on_window_updates);
@@ -66,5 +68,14 @@ pub fn stats_dataflow<'scope>(
     windows_applied.probe_with(&probe);
     latest.stream.probe_with(&probe);
     device_names.stream.probe_with(&probe);
-    StatsDataflow { readings, names, windows, latest: latest.trace, device_names: device_names.trace, verdicts, probe }
+    StatsDataflow {
+        readings,
+        names,
+        windows,
+        latest: latest.trace,
+        device_names: device_names.trace,
+        verdicts,
+        dedup_keys: remembered,
+        probe,
+    }
 }

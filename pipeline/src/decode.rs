@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::devices::DeviceNames;
+use crate::devices::{DeviceNames, SeriesLimit};
 use crate::reading::{DEFAULT_DEVICE, DeviceInterner, MAX_DEVICE_BYTES, ReadingBatch, Row, SensorSet};
 
 /// Microseconds since the epoch of Go's zero time, 0001-01-01T00:00:00Z, which the replaced system rejected.
@@ -219,10 +219,16 @@ impl Decoder {
         if !found.is_some_and(|i| devices.has_series(i, sensor, sensors))
             && let Err(limit) = self.names.claim_series(device, sensor)
         {
+            let why = match limit {
+                SeriesLimit::Count { max } => format!("{max} series (device, sensor) are stored (--max-series)"),
+                SeriesLimit::Memory { limit } => format!(
+                    "the memory budget is nearly used up (--memory-limit {} MiB; see weir_memory_used_bytes)",
+                    limit >> 20
+                ),
+            };
             return Err(LineError::invalid(format!(
-                "series limit reached: {} series (device, sensor) are stored (--max-series); this reading would \
-                 start a new one (device {:?}, sensor {:?}): readings of stored series are still accepted",
-                limit.max,
+                "series limit reached: {why}; this reading would start a new series (device {:?}, sensor {:?}): \
+                 readings of stored series are still accepted",
                 truncate(device, 64),
                 &*batch.sensors[usize::from(sensor)]
             )));

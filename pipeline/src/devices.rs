@@ -13,7 +13,9 @@
 //! Scope: one process. In a cluster, a name stored only at another process is not known here (the README says so).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::budget::MemoryBudget;
 
 use hashbrown::HashMap;
 
@@ -24,11 +26,17 @@ use weir_operators::DeviceId;
 pub struct DeviceNames {
     known: Arc<RwLock<Known>>,
     max_series: Arc<AtomicUsize>,
+    /// New series are also refused while the memory budget says so.
+    budget: Arc<OnceLock<Arc<MemoryBudget>>>,
 }
 
 impl Default for DeviceNames {
     fn default() -> Self {
-        DeviceNames { known: Arc::default(), max_series: Arc::new(AtomicUsize::new(usize::MAX)) }
+        DeviceNames {
+            known: Arc::default(),
+            max_series: Arc::new(AtomicUsize::new(usize::MAX)),
+            budget: Arc::default(),
+        }
     }
 }
 
@@ -41,10 +49,13 @@ struct Known {
     series: usize,
 }
 
-/// A new series refused: `--max-series` are stored.
+/// Why a new series was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeriesLimit {
-    pub max: usize,
+pub enum SeriesLimit {
+    /// `--max-series` series are stored.
+    Count { max: usize },
+    /// The memory budget is nearly used up (`--memory-limit`, bytes).
+    Memory { limit: u64 },
 }
 
 fn has_bit(mask: &[u64], sensor: u16) -> bool {
@@ -91,18 +102,29 @@ impl DeviceNames {
         self.max_series.store(max, Ordering::Relaxed);
     }
 
+    /// Refuses new series while `budget` is nearly used up (shared by the clones; set once).
+    pub fn set_budget(&self, budget: Arc<MemoryBudget>) {
+        let _ = self.budget.set(budget);
+    }
+
     /// Records the series (`name`, `sensor`) of a reading to be stored (the name claimed before); `Err` when it is
-    /// new and `--max-series` series are stored already.
+    /// new and `--max-series` series are stored already, or the memory budget refuses new series.
     pub fn claim_series(&self, name: &str, sensor: u16) -> Result<(), SeriesLimit> {
-        self.add_series(name, sensor, self.max_series.load(Ordering::Relaxed))
+        self.add_series(name, sensor, self.max_series.load(Ordering::Relaxed), self.budget.get())
     }
 
     /// Records a series read from the log or the archive: stored already, so never refused.
     pub fn note_series(&self, name: &str, sensor: u16) {
-        let _ = self.add_series(name, sensor, usize::MAX);
+        let _ = self.add_series(name, sensor, usize::MAX, None);
     }
 
-    fn add_series(&self, name: &str, sensor: u16, max: usize) -> Result<(), SeriesLimit> {
+    fn add_series(
+        &self,
+        name: &str,
+        sensor: u16,
+        max: usize,
+        budget: Option<&Arc<MemoryBudget>>,
+    ) -> Result<(), SeriesLimit> {
         if let Some((_, mask)) = self.known.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name)
             && has_bit(mask, sensor)
         {
@@ -115,7 +137,10 @@ impl DeviceNames {
             return Ok(());
         }
         if *series >= max {
-            return Err(SeriesLimit { max });
+            return Err(SeriesLimit::Count { max });
+        }
+        if let Some(budget) = budget.filter(|b| !b.admits_new_series()) {
+            return Err(SeriesLimit::Memory { limit: budget.limit() });
         }
         set_bit(mask, sensor);
         *series += 1;
@@ -173,7 +198,7 @@ mod tests {
         assert_eq!(names.claim_series("a", 70), Ok(()));
         assert_eq!(names.claim_series("a", 0), Ok(()), "the same series again");
         assert_eq!(names.claim_series("b", 1), Ok(()));
-        assert_eq!(names.claim_series("b", 2), Err(SeriesLimit { max: 3 }));
+        assert_eq!(names.claim_series("b", 2), Err(SeriesLimit::Count { max: 3 }));
         assert_eq!(names.claim_series("a", 70), Ok(()), "a stored series is always accepted");
         // Read from the log or the archive: stored already, counted, never refused.
         names.note_series("b", 2);

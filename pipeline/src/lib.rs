@@ -1,6 +1,7 @@
 //! Weir's pipeline: the reading model, the NDJSON decoder, and the durable write-ahead log that ingest writes
 //! before it acknowledges.
 
+pub mod budget;
 pub mod clock;
 pub mod cluster;
 pub mod data_dir;

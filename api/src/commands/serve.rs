@@ -133,6 +133,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_MAX_SERIES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_series: u64,
 
+    /// Memory the state that grows with the data may take (live windows, deduplication keys, device registry,
+    /// unflushed archive readings, and SQL's --sql-memory × --sql-concurrency): from 90 % of it new series are
+    /// refused on their line, at 100 % ingest answers 503 [default: half of the machine's or the cgroup's memory].
+    #[arg(long, env = "WEIR_MEMORY_LIMIT", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+
     /// Longest wait of a statistics request with `?after=` for the dataflow to catch up (503 beyond it).
     #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub read_wait: Duration,
@@ -253,6 +259,15 @@ impl ServeArgs {
     /// The node's configuration from these flags (`--config`, flags and `WEIR_*` variables already merged).
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
         let sensors = SensorSet::new(&self.sensors).context("--sensors / WEIR_SENSORS")?;
+        let memory_limit = self.memory_limit.unwrap_or_else(weir_pipeline::budget::default_limit);
+        let sql_share = self.archive.sql_memory.saturating_mul(u64::from(self.archive.sql_concurrency));
+        anyhow::ensure!(
+            memory_limit > sql_share.saturating_add(16 << 20),
+            "--memory-limit ({} MiB) must leave room beyond SQL's share (--sql-memory × --sql-concurrency = {} MiB) \
+             and 16 MiB for the data's state: raise it, or lower --sql-memory",
+            memory_limit >> 20,
+            sql_share >> 20
+        );
         anyhow::ensure!(
             self.live_horizon >= self.dedup_horizon,
             "--live-horizon ({:?}) must cover --dedup-horizon ({:?}): the live windows must hold every day whose \
@@ -305,6 +320,7 @@ impl ServeArgs {
             seal_interval: self.archive.seal_interval,
             sql: self.archive.sql_limits(),
             keep_archived_wal: self.keep_archived_wal,
+            memory_limit,
         })
     }
 

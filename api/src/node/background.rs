@@ -119,3 +119,30 @@ pub(super) async fn trim_archived_wal(
         }
     }
 }
+
+/// Keeps the memory budget's parts current (every 100 ms) and exports them: `weir_memory_limit_bytes`,
+/// `weir_memory_used_bytes{part}`.
+pub(super) async fn measure_memory(
+    budget: Arc<weir_pipeline::budget::MemoryBudget>,
+    stats: Arc<StatsService>,
+    names: weir_pipeline::devices::DeviceNames,
+    progress: Arc<ArchiveProgress>,
+) {
+    use weir_pipeline::budget::{Part, cost};
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    metrics::gauge!("weir_memory_limit_bytes").set(budget.limit() as f64);
+    loop {
+        tick.tick().await;
+        let live = stats.engine().live_windows();
+        let windows = live.windows * weir_operators::live::BYTES_PER_WINDOW as u64;
+        budget.set(Part::LiveWindows, windows + live.series * cost::SERIES);
+        budget.set(Part::DedupKeys, live.dedup_keys * cost::DEDUP_KEY);
+        budget.set(Part::Registry, names.len() as u64 * cost::DEVICE);
+        let unflushed: u64 =
+            progress.unflushed.lock().map(|u| u.iter().map(|r| r.batch.rows.len() as u64).sum()).unwrap_or(0);
+        budget.set(Part::ArchiveBuffer, unflushed * cost::UNFLUSHED_READING);
+        for part in Part::ALL {
+            metrics::gauge!("weir_memory_used_bytes", "part" => part.name()).set(budget.used_by(part) as f64);
+        }
+    }
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
+use weir_pipeline::budget::MemoryBudget;
 use weir_pipeline::decode::{Decoder, ReadingFields};
 use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport, RejectionCounts};
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch};
@@ -53,6 +54,8 @@ pub struct IngestService {
     log: Arc<dyn ReadingLog>,
     /// In a cluster, this process's index: positions are then written `PROCESS:POS`.
     process: Option<u32>,
+    /// Requests are refused while it is used up.
+    budget: Option<Arc<MemoryBudget>>,
 }
 
 /// What happened to one request.
@@ -78,7 +81,13 @@ pub struct IngestOutcome {
 
 impl IngestService {
     pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
-        IngestService { decoder, limits, log, process: None }
+        IngestService { decoder, limits, log, process: None, budget: None }
+    }
+
+    /// Refuses requests (503) while `budget` is used up.
+    pub fn with_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The same, for process `process` of a cluster.
@@ -140,9 +149,9 @@ impl IngestService {
         let mut held = ReadingBatch::new(self.decoder.sensors());
         let mut held_devices = DeviceInterner::default();
         let mut pending: Vec<(PendingAppend, u64)> = Vec::new();
-        let mut failure = None;
+        let mut failure = self.budget.as_ref().filter(|b| !b.admits_requests()).map(|b| memory_full(b));
         let mut given = 0u64;
-        loop {
+        while failure.is_none() {
             match &mut input {
                 Input::Body(source) => {
                     let chunk = match tokio::time::timeout_at(deadline, source.next_chunk()).await {
@@ -300,6 +309,22 @@ fn log_failure(e: AppendError) -> ServiceError {
     if matches!(e, AppendError::Failed(_)) {
         error.retry_after = Some(std::time::Duration::from_secs(30));
     }
+    error
+}
+
+/// The memory budget is used up: nothing of the request is read.
+fn memory_full(budget: &MemoryBudget) -> ServiceError {
+    let mut error = ServiceError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "the memory budget is used up ({} of {} MiB, --memory-limit; see weir_memory_used_bytes): nothing of this \
+             request was stored; retry later — the state shrinks as days leave the live horizon and the archive \
+             flushes — or raise --memory-limit",
+            budget.used() >> 20,
+            budget.limit() >> 20
+        ),
+    );
+    error.retry_after = Some(std::time::Duration::from_secs(30));
     error
 }
 

@@ -73,6 +73,8 @@ pub struct NodeConfig {
     pub sql: SqlLimits,
     /// Keep WAL segments after their readings are archived.
     pub keep_archived_wal: bool,
+    /// The memory budget of the state that grows with the data (`--memory-limit`, bytes).
+    pub memory_limit: u64,
 }
 
 /// Why a node could not start.
@@ -305,8 +307,12 @@ impl Node {
         }
         // Ingest refuses a device name whose id another name holds; the statistics fill the same registry from the
         // log and the archive.
+        let budget = weir_pipeline::budget::MemoryBudget::new(config.memory_limit);
+        let sql_share = (config.sql.memory_bytes as u64).saturating_mul(config.sql.concurrency as u64);
+        budget.set(weir_pipeline::budget::Part::Sql, sql_share);
+        config.stats.device_names.set_budget(budget.clone());
         let decoder = Decoder::new(config.sensors.clone()).with_device_names(config.stats.device_names.clone());
-        let mut ingest = IngestService::new(decoder, config.ingest.clone(), log);
+        let mut ingest = IngestService::new(decoder, config.ingest.clone(), log).with_budget(budget.clone());
         if cluster.is_some() {
             ingest = ingest.in_cluster(process);
         }
@@ -315,6 +321,12 @@ impl Node {
             Arc::new(Readiness { log_at_start: recovery.last_position, archive: archiver.progress.clone() });
         let gauges = Arc::new(EngineGauges::new(Some(wal_dir)));
         tasks.push(tokio::spawn(background::sample_dataflow_lag(gauges.clone(), ingest.clone(), stats.clone())));
+        tasks.push(tokio::spawn(background::measure_memory(
+            budget.clone(),
+            stats.clone(),
+            config.stats.device_names.clone(),
+            archiver.progress.clone(),
+        )));
         Ok(Node { ingest, stats, sql: Arc::new(sql), readiness, gauges, recovery, wal, archiver, tasks, sealer_lock })
     }
 

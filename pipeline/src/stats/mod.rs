@@ -346,8 +346,8 @@ impl Drop for StatsEngine {
 #[derive(Debug)]
 struct LiveState {
     rolled_through: AtomicI64,
-    /// Per local worker: windows held, series held, readings dropped as no longer live.
-    sizes: Vec<[AtomicU64; 3]>,
+    /// Per local worker: windows held, series held, readings dropped as no longer live, deduplication keys.
+    sizes: Vec<[AtomicU64; 4]>,
 }
 
 /// What the live windows of one process hold.
@@ -357,26 +357,29 @@ pub struct LiveWindowsSize {
     pub series: u64,
     /// Readings not added to the live windows because their day had left them (older than the horizon, late).
     pub dropped_readings: u64,
+    /// Keys deduplication remembers (each series' timestamps within the dedup horizon).
+    pub dedup_keys: u64,
 }
 
 impl LiveState {
     fn new(workers: usize) -> Self {
-        let sizes = (0..workers).map(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]).collect();
+        let sizes = (0..workers).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect();
         LiveState { rolled_through: AtomicI64::new(i64::MIN), sizes }
     }
 
     fn size(&self) -> LiveWindowsSize {
         let sum = |i: usize| self.sizes.iter().map(|s| s[i].load(Ordering::Relaxed)).sum();
-        LiveWindowsSize { windows: sum(0), series: sum(1), dropped_readings: sum(2) }
+        LiveWindowsSize { windows: sum(0), series: sum(1), dropped_readings: sum(2), dedup_keys: sum(3) }
     }
 
     /// Brings a worker's live windows up to the rolled-through mark and records their size.
-    fn sync(&self, local: usize, windows: &mut weir_operators::LiveWindows) {
+    fn sync(&self, local: usize, windows: &mut weir_operators::LiveWindows, dedup_keys: usize) {
         windows.set_rolled_through(self.rolled_through.load(Ordering::Acquire));
         if let Some(size) = self.sizes.get(local) {
             size[0].store(windows.len() as u64, Ordering::Relaxed);
             size[1].store(windows.series() as u64, Ordering::Relaxed);
             size[2].store(windows.dropped_readings(), Ordering::Relaxed);
+            size[3].store(dedup_keys as u64, Ordering::Relaxed);
         }
     }
 }
@@ -425,7 +428,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         if let Some(from) = ctx.live_from {
             live.set_start_from(from);
         }
-        let StatsDataflow { readings, names, windows, latest, device_names, verdicts: judged, probe } =
+        let StatsDataflow { readings, names, windows, latest, device_names, verdicts: judged, dedup_keys, probe } =
             stats_dataflow(scope, horizon, grid, live, record_changes);
         verdicts_to_their_process(judged, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
@@ -443,9 +446,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
                 }
             })
             .probe_with(&probe);
-        ((readings, names, windows, latest, device_names, probe), marks)
+        ((readings, names, windows, latest, device_names, dedup_keys, probe), marks)
     });
-    let (readings, names, windows, latest, device_names, probe) = dataflow;
+    let (readings, names, windows, latest, device_names, dedup_keys, probe) = dataflow;
     let traces = Rc::new(RefCell::new(WorkerTraces { windows, latest, names: device_names }));
     let waiting = Rc::new(RefCell::new(Waiting::default()));
     let (queries, _query_probe) = worker.dataflow(|scope| {
@@ -544,7 +547,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             traces.names.set_logical_compaction(AntichainRef::new(&bound));
             traces.names.set_physical_compaction(AntichainRef::new(&bound));
         }
-        ctx.live.sync(local, &mut traces.borrow().windows.borrow_mut());
+        ctx.live.sync(local, &mut traces.borrow().windows.borrow_mut(), dedup_keys.get());
         recent.borrow_mut().frontier = frontier;
         let mut positions = positions.borrow_mut();
         positions.advance(frontier);
