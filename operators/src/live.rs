@@ -7,8 +7,9 @@
 //! the input frontier has passed that time (so an answer read after the probe passes a position sees exactly the
 //! updates through it, as with the arrangement), and reports which windows changed for live subscriptions.
 //!
-//! **The horizon.** A series keeps the windows of the days that end within `horizon` of its newest reading (event
-//! time), and of every day whose rollups are not written yet (`rolled_through`: the archive's seals say how far
+//! **The horizon.** A series keeps the windows of the days that lie wholly within `horizon` of its newest reading
+//! (event time; so, with the live horizon equal to the dedup horizon, a live window never holds a duplicate that
+//! deduplication admitted as older than its horizon), and of every day whose rollups are not written yet (`rolled_through`: the archive's seals say how far
 //! they are); older days leave memory, a whole day (every width) at a time, so that per series the live windows
 //! are exactly those from [`LiveWindows::live_from`] on, and the ones before are answered from the day's rollups,
 //! which hold the same numbers. An update for a window before `live_from` (a reading older than the horizon,
@@ -205,13 +206,15 @@ impl LiveWindows {
 /// left.
 fn evict(series: &mut SeriesWindows, horizon_micros: Option<i64>, rolled_through: i64) -> usize {
     let Some(horizon) = horizon_micros else { return 0 };
-    // Days that end at or before both bounds: those before the day that holds the smaller bound.
-    let bound = series.newest.saturating_sub(horizon).min(rolled_through);
+    // Only days wholly within the horizon stay, so that a live day lies wholly within the dedup horizon too (with
+    // --live-horizon = --dedup-horizon) and never holds a duplicate that deduplication let through as too old; and
+    // every day not rolled up yet stays.
+    let (within, rolled) = (series.newest.saturating_sub(horizon), rolled_through);
     // (Far below any timestamp a reading may have, and where a day's start would overflow.)
-    if bound < -(1 << 62) {
+    if within.min(rolled) < -(1 << 62) {
         return 0;
     }
-    let cutoff = Width::Day.start_of(bound);
+    let cutoff = day_ceil(within).min(Width::Day.start_of(rolled));
     if cutoff <= series.live_from {
         return 0;
     }
@@ -224,6 +227,12 @@ fn evict(series: &mut SeriesWindows, horizon_micros: Option<i64>, rolled_through
         left += gone;
     }
     left
+}
+
+/// The first day boundary at or after `micros`.
+fn day_ceil(micros: i64) -> i64 {
+    let start = Width::Day.start_of(micros);
+    if start == micros { start } else { start.saturating_add(Width::Day.micros()) }
 }
 
 /// The updates of one time not yet applied, with a capability for that time (which holds the probe back).
@@ -355,8 +364,11 @@ mod tests {
                     prop_assert_eq!(live.live_from(series), i64::MIN);
                     continue;
                 };
-                let bound = (newest - horizon).min(rolled);
-                let live_from = if bound == i64::MIN { i64::MIN } else { Width::Day.start_of(bound) };
+                let live_from = if rolled == i64::MIN {
+                    i64::MIN
+                } else {
+                    day_ceil(newest - horizon).min(Width::Day.start_of(rolled))
+                };
                 prop_assert_eq!(live.live_from(series), live_from);
                 for width in Width::ALL {
                     let mut model: BTreeMap<i64, WindowAgg> = BTreeMap::new();

@@ -196,6 +196,9 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
 }
 
 /// Writes `date`'s rollups of every width, computed from its sealed readings `rows` (archive order, deduplicated).
+///
+/// They are staged ([`staged_rollup_path`]); [`publish_day_rollups`] moves them into place, under the lock queries
+/// hold (a query that listed a rollup file and read it while a reseal replaced it read a torn file).
 pub async fn write_day_rollups(
     location: &ArchiveLocation,
     date: &str,
@@ -203,7 +206,24 @@ pub async fn write_day_rollups(
 ) -> Result<(), ArchiveError> {
     for (width, windows) in Width::ALL.into_iter().zip(day_rollups(rows)) {
         let bytes = write_rollup_parquet(&windows, width)?;
-        location.store.put(&rollup_path(&location.root, width, date), PutPayload::from(bytes)).await?;
+        location.store.put(&staged_rollup_path(location, width, date), PutPayload::from(bytes)).await?;
+    }
+    Ok(())
+}
+
+/// Where the rollup of `width` for `date` waits to be published (outside `rollups/`, so no query sees it).
+pub fn staged_rollup_path(location: &ArchiveLocation, width: Width, date: &str) -> Path {
+    location.staging_root().join(format!("rollup-{date}-{}.parquet", width.name()))
+}
+
+/// Moves `date`'s staged rollups into place (those staged; the 1-day one last, which says the day is rolled up).
+pub async fn publish_day_rollups(location: &ArchiveLocation, date: &str) -> Result<(), ArchiveError> {
+    for width in Width::ALL {
+        let staged = staged_rollup_path(location, width, date);
+        match location.store.rename(&staged, &rollup_path(&location.root, width, date)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -192,8 +192,7 @@ pub async fn seal_committed_day(
     };
     let parquet = write_parquet(&rows)?;
     let dump_bytes = dump_gzip(&rows);
-    // Derived from exactly the rows the sealed file will hold, so written first: a crash before the swap leaves
-    // rollups of the merged rows, which the next seal of these parts writes again, byte for byte.
+    // Derived from exactly the rows the sealed file will hold: staged now, published with the swap.
     crate::rollup::write_day_rollups(location, date, &rows).await?;
 
     let changed = !(replacing.is_empty()
@@ -209,6 +208,7 @@ pub async fn seal_committed_day(
         };
         write_journal(location, &record).await?;
         location.store.rename(&staged, &sealed).await?;
+        crate::rollup::publish_day_rollups(location, date).await?;
         for old in &replacing {
             location.store.delete(old).await?;
         }
@@ -252,6 +252,7 @@ pub async fn finish_interrupted_seals(location: &ArchiveLocation) -> Result<(), 
             write_journal(location, &SealRecord { replacing: Vec::new(), ..record }).await?;
             continue;
         }
+        crate::rollup::publish_day_rollups(location, &record.date).await?;
         for old in &record.replacing {
             // The journal holds each path as written (already encoded): parse it back, never encode it again, or
             // an archive path with `~ # % [ ] …` names another object and the NotFound below hides the duplicate.

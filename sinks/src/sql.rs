@@ -239,6 +239,37 @@ impl SqlArchive {
     ) -> Result<Vec<crate::rollup::RollupRow>, SqlError> {
         let (this, device, sensor) = (self.clone(), device.to_owned(), sensor.to_owned());
         self.on_sql_thread(move || async move {
+            // A reseal publishes a day's rollups under the visibility lock; without a local archiver (a cluster) a
+            // read that met a replaced file is tried again.
+            let mut attempt = 0;
+            loop {
+                let _visible = match &this.progress {
+                    Some(p) => Some(p.visibility.read().await),
+                    None => None,
+                };
+                match this.rollup_windows_once(width, &device, &sensor, from, to).await {
+                    Err(e) if attempt < 3 && this.progress.is_none() => {
+                        tracing::debug!(error = %e, "reading rollups failed; trying again");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    result => return result,
+                }
+            }
+        })
+        .await
+    }
+
+    async fn rollup_windows_once(
+        &self,
+        width: weir_operators::Width,
+        device: &str,
+        sensor: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<crate::rollup::RollupRow>, SqlError> {
+        let this = self;
+        {
             use datafusion::prelude::{col, lit};
             if from >= to {
                 return Ok(Vec::new());
@@ -257,8 +288,8 @@ impl SqlArchive {
             let mut df = ctx
                 .table("rollup")
                 .await?
-                .filter(col("device").eq(lit(device.as_str())))?
-                .filter(col("sensor").eq(lit(sensor.as_str())))?
+                .filter(col("device").eq(lit(device)))?
+                .filter(col("sensor").eq(lit(sensor)))?
                 .filter(col("window_start").gt_eq(time(from)))?
                 .filter(col("window_start").lt(time(to)))?;
             if let Some(first) = day(from) {
@@ -279,8 +310,7 @@ impl SqlArchive {
                 Ok::<_, SqlError>(rows)
             };
             tokio::time::timeout(this.limits.timeout, run).await.map_err(|_| SqlError::Timeout(this.limits.timeout))?
-        })
-        .await
+        }
     }
 
     pub fn limits(&self) -> &SqlLimits {
