@@ -268,18 +268,17 @@ impl SqlArchive {
         from: i64,
         to: i64,
     ) -> Result<Vec<crate::rollup::RollupRow>, SqlError> {
-        let this = self;
         {
             use datafusion::prelude::{col, lit};
             if from >= to {
                 return Ok(Vec::new());
             }
             let ctx = SessionContext::new();
-            let url = &this.location.url;
+            let url = &self.location.url;
             let base = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority()))
                 .map_err(|e| SqlError::Invalid(e.to_string()))?;
-            ctx.register_object_store(&base, this.location.store.clone());
-            ctx.register_table("rollup", Arc::new(rollup_table(&this.location, width)?))?;
+            ctx.register_object_store(&base, self.location.store.clone());
+            ctx.register_table("rollup", Arc::new(rollup_table(&self.location, width)?))?;
             let day =
                 |micros: i64| chrono::DateTime::from_timestamp_micros(micros).map(|t| t.format("%Y-%m-%d").to_string());
             let time = |micros: i64| {
@@ -309,7 +308,7 @@ impl SqlArchive {
                 rows.sort_by_key(|r| r.start);
                 Ok::<_, SqlError>(rows)
             };
-            tokio::time::timeout(this.limits.timeout, run).await.map_err(|_| SqlError::Timeout(this.limits.timeout))?
+            tokio::time::timeout(self.limits.timeout, run).await.map_err(|_| SqlError::Timeout(self.limits.timeout))?
         }
     }
 
