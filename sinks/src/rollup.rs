@@ -245,14 +245,19 @@ pub async fn read_day_rollup(
 /// their rollups written or hold no readings. It is the start of the earliest day that has readings in the archive
 /// but no rollups yet, or `not_due_from` (the start of the first day not yet due for sealing), whichever is earlier.
 /// (The 1-day rollup is written last of a day's, so its presence stands for all four.)
-pub async fn rolled_through(location: &ArchiveLocation, not_due_from: i64) -> Result<i64, ArchiveError> {
+/// `parts` is the archive's listing (`ArchiveLocation::list_parts`).
+pub async fn rolled_through(
+    location: &ArchiveLocation,
+    parts: &[crate::archive::PartName],
+    not_due_from: i64,
+) -> Result<i64, ArchiveError> {
     use futures_util::TryStreamExt;
     let prefix = location.root.clone().join("rollups").join("width=1d");
     let listed: Vec<_> = location.store.list(Some(&prefix)).try_collect().await?;
     let date_of = |path: &Path| path.parts().find_map(|p| p.as_ref().strip_prefix("date=").map(str::to_owned));
     let rolled: std::collections::HashSet<String> = listed.iter().filter_map(|m| date_of(&m.location)).collect();
     let mut through = not_due_from;
-    for part in location.list_parts().await? {
+    for part in parts {
         if rolled.contains(&part.date) {
             continue;
         }

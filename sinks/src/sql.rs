@@ -268,48 +268,41 @@ impl SqlArchive {
         from: i64,
         to: i64,
     ) -> Result<Vec<crate::rollup::RollupRow>, SqlError> {
-        {
-            use datafusion::prelude::{col, lit};
-            if from >= to {
-                return Ok(Vec::new());
-            }
-            let ctx = SessionContext::new();
-            let url = &self.location.url;
-            let base = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority()))
-                .map_err(|e| SqlError::Invalid(e.to_string()))?;
-            ctx.register_object_store(&base, self.location.store.clone());
-            ctx.register_table("rollup", Arc::new(rollup_table(&self.location, width)?))?;
-            let day =
-                |micros: i64| chrono::DateTime::from_timestamp_micros(micros).map(|t| t.format("%Y-%m-%d").to_string());
-            let time = |micros: i64| {
-                lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
-            };
-            let mut df = ctx
-                .table("rollup")
-                .await?
-                .filter(col("device").eq(lit(device)))?
-                .filter(col("sensor").eq(lit(sensor)))?
-                .filter(col("window_start").gt_eq(time(from)))?
-                .filter(col("window_start").lt(time(to)))?;
-            if let Some(first) = day(from) {
-                df = df.filter(col("date").gt_eq(lit(first)))?;
-            }
-            if let Some(last) = day(to.saturating_sub(1)) {
-                df = df.filter(col("date").lt_eq(lit(last)))?;
-            }
-            let columns: Vec<String> =
-                crate::rollup::rollup_schema().fields().iter().map(|f| f.name().clone()).collect();
-            let df = df.select_columns(&columns.iter().map(String::as_str).collect::<Vec<_>>())?;
-            let run = async {
-                let mut rows = Vec::new();
-                for batch in df.collect().await? {
-                    rows.extend(crate::rollup::rows_of_batch(&batch).map_err(|e| SqlError::Invalid(e.to_string()))?);
-                }
-                rows.sort_by_key(|r| r.start);
-                Ok::<_, SqlError>(rows)
-            };
-            tokio::time::timeout(self.limits.timeout, run).await.map_err(|_| SqlError::Timeout(self.limits.timeout))?
+        use datafusion::prelude::{col, lit};
+        if from >= to {
+            return Ok(Vec::new());
         }
+        let ctx = SessionContext::new();
+        register_store(&ctx, &self.location)?;
+        ctx.register_table("rollup", Arc::new(rollup_table(&self.location, width)?))?;
+        let day =
+            |micros: i64| chrono::DateTime::from_timestamp_micros(micros).map(|t| t.format("%Y-%m-%d").to_string());
+        let time =
+            |micros: i64| lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())));
+        let mut df = ctx
+            .table("rollup")
+            .await?
+            .filter(col("device").eq(lit(device)))?
+            .filter(col("sensor").eq(lit(sensor)))?
+            .filter(col("window_start").gt_eq(time(from)))?
+            .filter(col("window_start").lt(time(to)))?;
+        if let Some(first) = day(from) {
+            df = df.filter(col("date").gt_eq(lit(first)))?;
+        }
+        if let Some(last) = day(to.saturating_sub(1)) {
+            df = df.filter(col("date").lt_eq(lit(last)))?;
+        }
+        let columns: Vec<String> = crate::rollup::rollup_schema().fields().iter().map(|f| f.name().clone()).collect();
+        let df = df.select_columns(&columns.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let run = async {
+            let mut rows = Vec::new();
+            for batch in df.collect().await? {
+                rows.extend(crate::rollup::rows_of_batch(&batch).map_err(|e| SqlError::Invalid(e.to_string()))?);
+            }
+            rows.sort_by_key(|r| r.start);
+            Ok::<_, SqlError>(rows)
+        };
+        tokio::time::timeout(self.limits.timeout, run).await.map_err(|_| SqlError::Timeout(self.limits.timeout))?
     }
 
     pub fn limits(&self) -> &SqlLimits {
@@ -393,10 +386,8 @@ impl SqlArchive {
         for function in bounded::bounded_string_functions(self.limits.memory_bytes) {
             ctx.register_udf(function);
         }
+        register_store(&ctx, &self.location)?;
         let url = &self.location.url;
-        let base = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority()))
-            .map_err(|e| SqlError::Invalid(e.to_string()))?;
-        ctx.register_object_store(&base, self.location.store.clone());
 
         let readings_url = url.join("readings/").map_err(|e| SqlError::Invalid(e.to_string()))?;
         let table_url = ListingTableUrl::parse(readings_url.as_str())?;
@@ -420,11 +411,49 @@ impl SqlArchive {
              UNION ALL SELECT device, sensor, value, timestamp, date FROM unflushed",
         )
         .await?;
-        for width in weir_operators::Width::ALL {
-            register_windows(&ctx, &self.location, width).await?;
+        let rolled = rolled_days(&self.location).await?;
+        for (width, days) in weir_operators::Width::ALL.into_iter().zip(rolled) {
+            register_windows(&ctx, &self.location, width, &days).await?;
         }
         Ok(ctx)
     }
+}
+
+/// Lets `ctx` read the archive's object store.
+fn register_store(ctx: &SessionContext, location: &ArchiveLocation) -> Result<(), SqlError> {
+    let url = &location.url;
+    let base = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority()))
+        .map_err(|e| SqlError::Invalid(e.to_string()))?;
+    ctx.register_object_store(&base, location.store.clone());
+    Ok(())
+}
+
+/// The days that have rollups, per width (in [`weir_operators::Width::ALL`]'s order), sorted: one listing of
+/// `rollups/`.
+async fn rolled_days(location: &ArchiveLocation) -> Result<[Vec<String>; 4], SqlError> {
+    use futures_util::TryStreamExt;
+    let prefix = location.root.clone().join("rollups");
+    let listed: Vec<_> = location
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(crate::archive::ArchiveError::from)
+        .map_err(|e| SqlError::Invalid(e.to_string()))?;
+    let mut days: [Vec<String>; 4] = Default::default();
+    for meta in &listed {
+        let part = |key: &str| meta.location.parts().find_map(|p| p.as_ref().strip_prefix(key).map(str::to_owned));
+        let (Some(width), Some(day)) = (part("width="), part("date=")) else { continue };
+        let valid_day = day.len() == 10 && day.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+        if let Some(i) = weir_operators::Width::ALL.iter().position(|w| w.name() == width).filter(|_| valid_day) {
+            days[i].push(day);
+        }
+    }
+    for list in &mut days {
+        list.sort();
+        list.dedup();
+    }
+    Ok(days)
 }
 
 /// The rollups of `width` as a listing table partitioned by `date`.
@@ -448,24 +477,9 @@ async fn register_windows(
     ctx: &SessionContext,
     location: &ArchiveLocation,
     width: weir_operators::Width,
+    days: &[String],
 ) -> Result<(), SqlError> {
-    use futures_util::TryStreamExt;
     let name = width.name();
-    let prefix = location.root.clone().join("rollups").join(format!("width={name}"));
-    let listed: Vec<_> = location
-        .store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(crate::archive::ArchiveError::from)
-        .map_err(|e| SqlError::Invalid(e.to_string()))?;
-    let mut days: Vec<String> = listed
-        .iter()
-        .filter_map(|m| m.location.parts().find_map(|p| p.as_ref().strip_prefix("date=").map(str::to_owned)))
-        .filter(|d| d.len() == 10 && d.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
-        .collect();
-    days.sort();
-    days.dedup();
     let table = format!("rollups_{name}");
     ctx.register_table(table.as_str(), Arc::new(rollup_table(location, width)?))?;
     let interval = match width {

@@ -73,7 +73,12 @@ pub(super) async fn seal_due_days(
             }
         }
         let not_due_from = weir_operators::Width::Day.start_of(now.saturating_sub(grace));
-        match weir_sinks::rollup::rolled_through(&location, not_due_from).await {
+        // Listed again: the seals above replaced parts.
+        let rolled = match location.list_parts().await {
+            Ok(parts) => weir_sinks::rollup::rolled_through(&location, &parts, not_due_from).await,
+            Err(e) => Err(e),
+        };
+        match rolled {
             Ok(through) => stats.engine().set_rolled_through(through),
             Err(e) => tracing::warn!(error = %e, "cannot list the rollups; the live windows keep their days meanwhile"),
         }

@@ -123,7 +123,7 @@ async fn live_start(
     let now = chrono::Utc::now().timestamp_micros();
     let grace = i64::try_from(config.seal_grace.as_micros()).unwrap_or(i64::MAX);
     let rolled_through =
-        weir_sinks::rollup::rolled_through(location, Width::Day.start_of(now.saturating_sub(grace))).await?;
+        weir_sinks::rollup::rolled_through(location, parts, Width::Day.start_of(now.saturating_sub(grace))).await?;
     let Some(horizon) = config.stats.live_horizon.map(|h| i64::try_from(h.as_micros()).unwrap_or(i64::MAX)) else {
         return Ok((rolled_through, None));
     };
