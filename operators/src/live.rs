@@ -202,8 +202,8 @@ impl LiveWindows {
     }
 }
 
-/// Lets `series`' days leave that end within neither its horizon nor the rolled-up days; returns how many windows
-/// left.
+/// Lets `series`' days leave that lie neither wholly within its horizon nor among the days not rolled up yet;
+/// returns how many windows left.
 fn evict(series: &mut SeriesWindows, horizon_micros: Option<i64>, rolled_through: i64) -> usize {
     let Some(horizon) = horizon_micros else { return 0 };
     // Only days wholly within the horizon stay, so that a live day lies wholly within the dedup horizon too (with

@@ -163,9 +163,8 @@ impl ReadingBatch {
 pub struct DeviceInterner {
     last: Option<u32>,
     map: hashbrown::HashMap<Box<str>, u32>,
-    /// The (device index, sensor) pairs of the batch: bit `sensor` of device `d` in word `d * words + sensor / 64`.
-    series: Vec<u64>,
-    words: usize,
+    /// The (device index, sensor) pairs of the batch.
+    series: SeriesBits,
 }
 
 impl DeviceInterner {
@@ -220,27 +219,13 @@ impl DeviceInterner {
     /// of the sensor table.
     #[inline]
     pub fn has_series(&self, device: u32, sensor: u16, sensors: usize) -> bool {
-        let words = sensors.div_ceil(64).max(1);
-        if words != self.words {
-            return false;
-        }
-        let word = device as usize * words + usize::from(sensor) / 64;
-        self.series.get(word).is_some_and(|w| w & (1 << (sensor % 64)) != 0)
+        self.series.contains(device, sensor, sensors)
     }
 
     /// Notes that the batch has a reading of `device` (its index) and `sensor`.
     #[inline]
     pub fn add_series(&mut self, device: u32, sensor: u16, sensors: usize) {
-        let words = sensors.div_ceil(64).max(1);
-        if words != self.words {
-            self.series.clear();
-            self.words = words;
-        }
-        let word = device as usize * words + usize::from(sensor) / 64;
-        if self.series.len() <= word {
-            self.series.resize(word + 1, 0);
-        }
-        self.series[word] |= 1 << (sensor % 64);
+        self.series.insert(device, sensor, sensors);
     }
 }
 
@@ -273,5 +258,47 @@ mod tests {
         for (n, i) in names.iter().zip(ids) {
             assert_eq!(&*devices[i as usize], n.as_str());
         }
+    }
+}
+
+/// A set of (device index, sensor) pairs of one batch, as bits: bit `sensor` of device `d` in word
+/// `d * words + sensor / 64`, `words` from the size of the sensor table.
+#[derive(Debug, Default)]
+pub struct SeriesBits {
+    bits: Vec<u64>,
+    words: usize,
+}
+
+impl SeriesBits {
+    /// Whether the pair is in the set (`sensors`: the size of the sensor table).
+    #[inline]
+    pub fn contains(&self, device: u32, sensor: u16, sensors: usize) -> bool {
+        let words = sensors.div_ceil(64).max(1);
+        words == self.words
+            && self
+                .bits
+                .get(device as usize * words + usize::from(sensor) / 64)
+                .is_some_and(|w| w & (1 << (sensor % 64)) != 0)
+    }
+
+    /// Adds the pair; whether it was new.
+    #[inline]
+    pub fn insert(&mut self, device: u32, sensor: u16, sensors: usize) -> bool {
+        let words = sensors.div_ceil(64).max(1);
+        if words != self.words {
+            self.bits.clear();
+            self.words = words;
+        }
+        let word = device as usize * words + usize::from(sensor) / 64;
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        let new = self.bits[word] & (1 << (sensor % 64)) == 0;
+        self.bits[word] |= 1 << (sensor % 64);
+        new
+    }
+
+    pub fn clear(&mut self) {
+        self.bits.clear();
     }
 }

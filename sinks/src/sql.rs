@@ -227,8 +227,9 @@ impl SqlArchive {
     }
 
     /// The windows of one series and width whose start is in `[from, to)` from the rollups, as the live statistics
-    /// held them (for windows that have left memory). On a SQL thread, within the query timeout; the days' files
-    /// are pruned by date and their rows by the Parquet statistics.
+    /// held them (for windows that have left memory). On a SQL thread, within the query timeout and at most
+    /// `--sql-max-rows` windows (beyond: [`SqlError::TooManyRows`]); the days' files are pruned by date and their
+    /// rows by the Parquet statistics.
     pub async fn rollup_windows(
         &self,
         width: weir_operators::Width,
@@ -293,11 +294,17 @@ impl SqlArchive {
             df = df.filter(col("date").lt_eq(lit(last)))?;
         }
         let columns: Vec<String> = crate::rollup::rollup_schema().fields().iter().map(|f| f.name().clone()).collect();
-        let df = df.select_columns(&columns.iter().map(String::as_str).collect::<Vec<_>>())?;
+        // At most --sql-max-rows windows, read one past it to tell: a range of years of minutes stays bounded.
+        let max_rows = self.limits.max_rows;
+        let df =
+            df.select_columns(&columns.iter().map(String::as_str).collect::<Vec<_>>())?.limit(0, Some(max_rows + 1))?;
         let run = async {
             let mut rows = Vec::new();
             for batch in df.collect().await? {
                 rows.extend(crate::rollup::rows_of_batch(&batch).map_err(|e| SqlError::Invalid(e.to_string()))?);
+            }
+            if rows.len() > max_rows {
+                return Err(SqlError::TooManyRows(max_rows));
             }
             rows.sort_by_key(|r| r.start);
             Ok::<_, SqlError>(rows)

@@ -298,13 +298,10 @@ impl Feeder {
         }
         let mut sent = 0;
         // The series stored count against --max-series (each noted once per batch).
-        let words = sensor_index.len().div_ceil(64).max(1);
-        let mut noted = vec![0u64; batch.devices.len() * words];
+        let mut noted = crate::reading::SeriesBits::default();
         for (i, row) in batch.rows.iter().enumerate() {
             let Some(sensor) = sensor_index[row.sensor as usize] else { continue };
-            let word = row.device as usize * words + row.sensor as usize / 64;
-            if let Some(w) = noted.get_mut(word).filter(|w| **w & (1 << (row.sensor % 64)) == 0) {
-                *w |= 1 << (row.sensor % 64);
+            if noted.insert(row.device, row.sensor, sensor_index.len()) {
                 self.names.note_series(&batch.devices[row.device as usize], sensor);
             }
             let series = SeriesKey { device: devices[row.device as usize], sensor };
