@@ -36,6 +36,8 @@ pub enum ArchiveError {
     Url { url: String, reason: String },
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    #[error("writing the dump of {date}: {source}")]
+    Dump { date: String, source: std::io::Error },
     #[error(transparent)]
     Part(#[from] PartError),
     #[error("archive checkpoint {path}: {source}")]

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, DictionaryArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+    Array, ArrayRef, DictionaryArray, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -54,6 +55,8 @@ pub enum PartError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("part column {0} has an unexpected type")]
     Column(&'static str),
+    #[error("a day holds {0} readings, more than a seal can merge (4 294 967 295); seal it with a smaller day")]
+    DayTooLarge(usize),
 }
 
 /// Sorts readings, given in write order, into the archive's order: (sensor, device, timestamp), and among equal keys
@@ -64,42 +67,107 @@ pub fn sort_for_archive(readings: &mut [ArchivedReading]) {
     readings.sort_by(|a, b| (&a.sensor, &a.device, a.micros).cmp(&(&b.sensor, &b.device, b.micros)));
 }
 
+/// A reading borrowed from wherever it is held (owned rows, a sealed day's compact rows): what the encoder reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadingRef<'a> {
+    pub device: &'a str,
+    pub sensor: &'a str,
+    pub value: f64,
+    pub micros: i64,
+    pub written: u64,
+}
+
+impl ArchivedReading {
+    /// The reading as the encoder reads it.
+    pub fn borrowed(&self) -> ReadingRef<'_> {
+        ReadingRef {
+            device: &self.device,
+            sensor: &self.sensor,
+            value: self.value,
+            micros: self.micros,
+            written: self.written,
+        }
+    }
+}
+
 /// The readings as one Arrow batch, in the order given.
 pub fn to_record_batch(readings: &[ArchivedReading]) -> Result<RecordBatch, PartError> {
-    let device: DictionaryArray<Int32Type> = readings.iter().map(|r| r.device.as_str()).collect();
-    let sensor: DictionaryArray<Int32Type> = readings.iter().map(|r| r.sensor.as_str()).collect();
-    let value = Float64Array::from_iter_values(readings.iter().map(|r| r.value));
-    let timestamp = TimestampMicrosecondArray::from_iter_values(readings.iter().map(|r| r.micros)).with_timezone("UTC");
-    let written = UInt64Array::from_iter_values(readings.iter().map(|r| r.written));
+    encode_batch(readings.iter().map(ArchivedReading::borrowed))
+}
+
+/// The archive's one encoder: borrowed readings as one Arrow batch in the archive schema, in the order given.
+pub fn encode_batch<'a>(readings: impl Iterator<Item = ReadingRef<'a>> + Clone) -> Result<RecordBatch, PartError> {
+    let device: DictionaryArray<Int32Type> = readings.clone().map(|r| r.device).collect();
+    let sensor: DictionaryArray<Int32Type> = readings.clone().map(|r| r.sensor).collect();
+    let value = Float64Array::from_iter_values(readings.clone().map(|r| r.value));
+    let timestamp =
+        TimestampMicrosecondArray::from_iter_values(readings.clone().map(|r| r.micros)).with_timezone("UTC");
+    let written = UInt64Array::from_iter_values(readings.map(|r| r.written));
     let columns: Vec<ArrayRef> =
         vec![Arc::new(device), Arc::new(sensor), Arc::new(value), Arc::new(timestamp), Arc::new(written)];
     Ok(RecordBatch::try_new(archive_schema(), columns)?)
 }
 
-/// Writes `readings` (already in archive order) as Parquet bytes.
-pub fn write_parquet(readings: &[ArchivedReading]) -> Result<Vec<u8>, PartError> {
-    let props = WriterProperties::builder()
+/// The writer properties of every Parquet file Weir writes (parts, sealed files, rollups): zstd, page statistics,
+/// row groups of [`ROW_GROUP_ROWS`], no timestamps, so the same rows give the same bytes.
+pub fn parquet_properties() -> WriterProperties {
+    WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("weir".into())
-        .build();
-    let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, archive_schema(), Some(props))?;
-    for chunk in readings.chunks(ROW_GROUP_ROWS) {
-        writer.write(&to_record_batch(chunk)?)?;
+        .build()
+}
+
+/// A part or sealed file being written, a chunk of rows at a time (so no caller holds a whole day as Arrow arrays).
+pub struct PartWriter {
+    writer: ArrowWriter<Vec<u8>>,
+}
+
+impl PartWriter {
+    /// An empty file in the archive schema.
+    pub fn new() -> Result<PartWriter, PartError> {
+        Ok(PartWriter { writer: ArrowWriter::try_new(Vec::new(), archive_schema(), Some(parquet_properties()))? })
     }
-    writer.close()?;
-    Ok(out)
+
+    /// Appends `readings` (in archive order after those written before). Chunks of [`ROW_GROUP_ROWS`] keep the bytes
+    /// independent of how the caller chunks.
+    pub fn write<'a>(&mut self, readings: impl Iterator<Item = ReadingRef<'a>> + Clone) -> Result<(), PartError> {
+        Ok(self.writer.write(&encode_batch(readings)?)?)
+    }
+
+    /// The file's bytes.
+    pub fn finish(self) -> Result<Vec<u8>, PartError> {
+        Ok(self.writer.into_inner()?)
+    }
+}
+
+/// Writes `readings` (already in archive order) as Parquet bytes.
+pub fn write_parquet(readings: &[ArchivedReading]) -> Result<Vec<u8>, PartError> {
+    let mut writer = PartWriter::new()?;
+    for chunk in readings.chunks(ROW_GROUP_ROWS) {
+        writer.write(chunk.iter().map(ArchivedReading::borrowed))?;
+    }
+    writer.finish()
 }
 
 /// Reads a part back with the parquet crate's own reader (no DataFusion), one owned row per reading, with its
 /// write time.
 pub fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<ArchivedReading>, PartError> {
     let mut out = Vec::new();
-    for (batch, written) in read_parts(bytes)? {
-        let rows = crate::archive::archived_readings(&batch, 0);
-        out.extend(rows.zip(written).map(|(r, written)| ArchivedReading { written, ..r }));
+    for batch in part_batches(bytes)? {
+        let batch = batch?;
+        let part = PartColumns::of(&batch)?;
+        out.extend((0..batch.num_rows()).map(|i| {
+            let r = part.reading(i);
+            ArchivedReading {
+                device: r.device.to_owned(),
+                sensor: r.sensor.to_owned(),
+                value: r.value,
+                micros: r.micros,
+                written: r.written,
+            }
+        }));
     }
     Ok(out)
 }
@@ -107,55 +175,110 @@ pub fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<ArchivedReading>, PartErr
 /// Reads a part as compact reading batches, one per Arrow batch: the dictionaries become the batch's name tables,
 /// so no name is copied per row. This is how the statistics and the archiver load the archive on start.
 pub fn read_parquet_batches(bytes: bytes::Bytes) -> Result<Vec<ReadingBatch>, PartError> {
-    Ok(read_parts(bytes)?.into_iter().map(|(batch, _)| batch).collect())
-}
-
-/// Each Arrow batch of a part as a reading batch and the write times of its rows (0s for an older part).
-fn read_parts(bytes: bytes::Bytes) -> Result<Vec<(ReadingBatch, Vec<u64>)>, PartError> {
-    use arrow::array::{Array, AsArray};
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
     let mut out = Vec::new();
-    for batch in reader {
+    for batch in part_batches(bytes)? {
         let batch = batch?;
-        let names = |i: usize, name: &'static str| -> Result<(Vec<Box<str>>, Vec<u32>), PartError> {
-            let dict = batch.column(i).as_dictionary_opt::<Int32Type>().ok_or(PartError::Column(name))?;
-            let values = dict.values().as_any().downcast_ref::<StringArray>().ok_or(PartError::Column(name))?;
-            let table = values.iter().map(|v| Box::from(v.unwrap_or_default())).collect();
-            let keys = dict.keys().iter().map(|k| k.unwrap_or_default() as u32).collect();
-            Ok((table, keys))
-        };
-        let (devices, device_keys) = names(0, "device")?;
-        let (sensors, sensor_keys) = names(1, "sensor")?;
+        let part = PartColumns::of(&batch)?;
+        let table =
+            |names: &StringArray| -> Vec<Box<str>> { names.iter().map(|v| Box::from(v.unwrap_or_default())).collect() };
+        let sensors = table(part.sensor_names);
         if sensors.len() > usize::from(u16::MAX) {
             return Err(PartError::Column("sensor"));
         }
+        let rows = (0..batch.num_rows())
+            .map(|i| Row {
+                sensor: part.sensor_key(i) as u16,
+                device: part.device_key(i),
+                micros: part.times.value(i),
+                value: part.values.value(i),
+            })
+            .collect();
+        out.push(ReadingBatch { sensors: Arc::from(sensors), devices: table(part.device_names), rows });
+    }
+    Ok(out)
+}
+
+/// The rows a part holds, from its footer.
+pub fn part_rows(bytes: &bytes::Bytes) -> Result<usize, PartError> {
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(bytes)?;
+    Ok(usize::try_from(meta.file_metadata().num_rows()).unwrap_or(0))
+}
+
+/// The Arrow batches of a part, decoded one at a time (a part's rows are never all decoded at once).
+pub fn part_batches(bytes: bytes::Bytes) -> Result<impl Iterator<Item = Result<RecordBatch, PartError>>, PartError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    Ok(reader.map(|batch| batch.map_err(PartError::from)))
+}
+
+/// The archive's one decoder: the columns of a batch in the archive schema, typed. Keys index the name arrays;
+/// a part written before write times existed reads as written 0.
+pub struct PartColumns<'a> {
+    pub device_keys: &'a Int32Array,
+    pub device_names: &'a StringArray,
+    pub sensor_keys: &'a Int32Array,
+    pub sensor_names: &'a StringArray,
+    pub values: &'a Float64Array,
+    pub times: &'a TimestampMicrosecondArray,
+    pub written: Option<&'a UInt64Array>,
+}
+
+impl<'a> PartColumns<'a> {
+    /// The columns of `batch`, or which one is not what the archive schema says.
+    pub fn of(batch: &'a RecordBatch) -> Result<PartColumns<'a>, PartError> {
+        use arrow::array::AsArray;
+        let names = |i: usize, name: &'static str| -> Result<(&'a Int32Array, &'a StringArray), PartError> {
+            let dict = batch.column(i).as_dictionary_opt::<Int32Type>().ok_or(PartError::Column(name))?;
+            let values = dict.values().as_any().downcast_ref::<StringArray>().ok_or(PartError::Column(name))?;
+            if dict.keys().null_count() > 0 || values.null_count() > 0 {
+                return Err(PartError::Column(name));
+            }
+            Ok((dict.keys(), values))
+        };
+        let (device_keys, device_names) = names(0, "device")?;
+        let (sensor_keys, sensor_names) = names(1, "sensor")?;
         let values =
             batch.column(2).as_primitive_opt::<arrow::datatypes::Float64Type>().ok_or(PartError::Column("value"))?;
         let times = batch
             .column(3)
             .as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>()
             .ok_or(PartError::Column("timestamp"))?;
-        let rows = (0..batch.num_rows())
-            .map(|i| Row {
-                sensor: sensor_keys[i] as u16,
-                device: device_keys[i],
-                micros: times.value(i),
-                value: values.value(i),
-            })
-            .collect();
         let written = match batch.schema().index_of("written") {
-            Ok(i) => {
-                let column = batch
+            Ok(i) => Some(
+                batch
                     .column(i)
                     .as_primitive_opt::<arrow::datatypes::UInt64Type>()
-                    .ok_or(PartError::Column("written"))?;
-                (0..batch.num_rows()).map(|row| if column.is_null(row) { 0 } else { column.value(row) }).collect()
-            }
-            Err(_) => vec![0; batch.num_rows()],
+                    .ok_or(PartError::Column("written"))?,
+            ),
+            Err(_) => None,
         };
-        out.push((ReadingBatch { sensors: Arc::from(sensors), devices, rows }, written));
+        Ok(PartColumns { device_keys, device_names, sensor_keys, sensor_names, values, times, written })
     }
-    Ok(out)
+
+    /// Row `i`'s index into [`Self::device_names`].
+    pub fn device_key(&self, i: usize) -> u32 {
+        self.device_keys.value(i) as u32
+    }
+
+    /// Row `i`'s index into [`Self::sensor_names`].
+    pub fn sensor_key(&self, i: usize) -> u32 {
+        self.sensor_keys.value(i) as u32
+    }
+
+    /// Row `i`'s write time (0: unknown).
+    pub fn written(&self, i: usize) -> u64 {
+        self.written.map_or(0, |w| if w.is_null(i) { 0 } else { w.value(i) })
+    }
+
+    /// Row `i`, borrowed.
+    pub fn reading(&self, i: usize) -> ReadingRef<'a> {
+        ReadingRef {
+            device: self.device_names.value(self.device_key(i) as usize),
+            sensor: self.sensor_names.value(self.sensor_key(i) as usize),
+            value: self.values.value(i),
+            micros: self.times.value(i),
+            written: self.written(i),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,13 +21,12 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schem
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use weir_operators::model::{DeviceId, SeriesKey};
 use weir_operators::{Reading, Width, WindowAgg};
 
 use crate::archive::{ArchiveError, ArchiveLocation};
-use crate::part::{ArchivedReading, PartError};
+use crate::part::PartError;
+use crate::seal::DayRows;
 
 /// One window of one series.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,51 +71,42 @@ pub fn rollup_path(root: &Path, width: Width, date: &str) -> Path {
         .join("rollup.parquet")
 }
 
-/// The windows of `rows` — one day's deduplicated readings in the archive's order (sensor, device, timestamp) — for
-/// each width, in [`Width::ALL`]'s order, each in (sensor, device, window start) order.
-pub fn day_rollups(rows: &[ArchivedReading]) -> [Vec<RollupRow>; 4] {
-    let mut out: [Vec<RollupRow>; 4] = Default::default();
-    let series = SeriesKey { device: DeviceId(0), sensor: 0 };
-    for run in rows.chunk_by(|a, b| a.sensor == b.sensor && a.device == b.device) {
-        for (width, windows) in Width::ALL.into_iter().zip(out.iter_mut()) {
-            // A run is sorted by timestamp, so each window's readings are contiguous in it.
-            for window in run.chunk_by(|a, b| width.start_of(a.micros) == width.start_of(b.micros)) {
-                let readings = window.iter().enumerate();
-                let agg = WindowAgg::of_all(readings.map(|(seq, r)| Reading {
-                    series,
-                    micros: r.micros,
-                    value: r.value,
-                    seq: seq as u64,
-                }));
-                let start = width.start_of(window[0].micros);
-                windows.push(RollupRow {
-                    device: window[0].device.clone(),
-                    sensor: window[0].sensor.clone(),
-                    start,
-                    agg,
-                });
-            }
-        }
-    }
-    out
+/// A window borrowed, as the encoder reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct RollupRef<'a> {
+    pub device: &'a str,
+    pub sensor: &'a str,
+    pub start: i64,
+    pub agg: &'a WindowAgg,
 }
 
-/// Rollup rows as one Arrow batch, in the order given.
-pub fn rollup_batch(rows: &[RollupRow], width: Width) -> Result<RecordBatch, PartError> {
-    let device: DictionaryArray<Int32Type> = rows.iter().map(|r| r.device.as_str()).collect();
-    let sensor: DictionaryArray<Int32Type> = rows.iter().map(|r| r.sensor.as_str()).collect();
-    let time = |f: &dyn Fn(&RollupRow) -> i64| {
-        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC")) as ArrayRef
+impl RollupRow {
+    /// The window as the encoder reads it.
+    pub fn borrowed(&self) -> RollupRef<'_> {
+        RollupRef { device: &self.device, sensor: &self.sensor, start: self.start, agg: &self.agg }
+    }
+}
+
+/// The rollups' one encoder: windows of one width as one Arrow batch, in the order given.
+pub fn rollup_batch<'a>(
+    rows: impl Iterator<Item = RollupRef<'a>> + Clone,
+    width: Width,
+) -> Result<RecordBatch, PartError> {
+    let device: DictionaryArray<Int32Type> = rows.clone().map(|r| r.device).collect();
+    let sensor: DictionaryArray<Int32Type> = rows.clone().map(|r| r.sensor).collect();
+    let time = |f: &dyn Fn(&RollupRef) -> i64| {
+        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.clone().map(|r| f(&r))).with_timezone("UTC"))
+            as ArrayRef
     };
     let float = |f: &dyn Fn(&WindowAgg) -> f64| {
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| f(&r.agg)))) as ArrayRef
+        Arc::new(Float64Array::from_iter_values(rows.clone().map(|r| f(r.agg)))) as ArrayRef
     };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(device),
         Arc::new(sensor),
         time(&|r| r.start),
         time(&|r| r.start + width.micros()),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.agg.count))),
+        Arc::new(Int64Array::from_iter_values(rows.clone().map(|r| r.agg.count))),
         float(&|a| a.sum()),
         float(&|a| a.mean()),
         float(&|a| a.min),
@@ -131,20 +121,42 @@ pub fn rollup_batch(rows: &[RollupRow], width: Width) -> Result<RecordBatch, Par
     Ok(RecordBatch::try_new(rollup_schema(), columns)?)
 }
 
-/// Rollup rows of one width as Parquet bytes.
-pub fn write_rollup_parquet(rows: &[RollupRow], width: Width) -> Result<Vec<u8>, PartError> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_created_by("weir".into())
-        .build();
-    let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, rollup_schema(), Some(props))?;
-    for chunk in rows.chunks(crate::part::ROW_GROUP_ROWS) {
-        writer.write(&rollup_batch(chunk, width)?)?;
+/// Windows encoded into one Arrow batch at a time when a day's rollups are written (16 Ki × ~128 bytes: 2 MiB).
+const ENCODE_WINDOWS: usize = 16 * 1024;
+
+/// The rollup of one width of a sealed day, as Parquet bytes: the windows of each series in turn — a series' rows
+/// are sorted by timestamp, so each window's readings are contiguous — folded with the live windows' aggregate and
+/// encoded [`ENCODE_WINDOWS`] windows at a time (never the whole day's windows at once; the writer still cuts row
+/// groups of [`ROW_GROUP_ROWS`](crate::part::ROW_GROUP_ROWS)).
+pub(crate) fn day_rollup_parquet(day: &DayRows, width: Width) -> Result<Vec<u8>, PartError> {
+    let mut writer = ArrowWriter::try_new(Vec::new(), rollup_schema(), Some(crate::part::parquet_properties()))?;
+    let mut chunk: Vec<(&str, &str, i64, WindowAgg)> = Vec::with_capacity(ENCODE_WINDOWS);
+    let series = SeriesKey { device: DeviceId(0), sensor: 0 };
+    let mut flush = |chunk: &mut Vec<(&str, &str, i64, WindowAgg)>| -> Result<(), PartError> {
+        let refs = chunk.iter().map(|(sensor, device, start, agg)| RollupRef { device, sensor, start: *start, agg });
+        writer.write(&rollup_batch(refs, width)?)?;
+        chunk.clear();
+        Ok(())
+    };
+    for (sensor, device, run) in day.series() {
+        for window in run.chunk_by(|a, b| width.start_of(a.micros) == width.start_of(b.micros)) {
+            let readings = window.iter().enumerate();
+            let agg = WindowAgg::of_all(readings.map(|(seq, r)| Reading {
+                series,
+                micros: r.micros,
+                value: r.value,
+                seq: seq as u64,
+            }));
+            chunk.push((sensor, device, width.start_of(window[0].micros), agg));
+            if chunk.len() == ENCODE_WINDOWS {
+                flush(&mut chunk)?;
+            }
+        }
     }
-    writer.close()?;
-    Ok(out)
+    if !chunk.is_empty() {
+        flush(&mut chunk)?;
+    }
+    Ok(writer.into_inner()?)
 }
 
 /// Reads a rollup file back into rows (the windows as the live statistics would hold them).
@@ -195,17 +207,17 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
     Ok(out)
 }
 
-/// Writes `date`'s rollups of every width, computed from its sealed readings `rows` (archive order, deduplicated).
+/// Writes `date`'s rollups of every width, computed from its sealed readings (archive order, deduplicated).
 ///
 /// They are staged ([`staged_rollup_path`]); [`publish_day_rollups`] moves them into place, under the lock queries
 /// hold (a query that listed a rollup file and read it while a reseal replaced it read a torn file).
-pub async fn write_day_rollups(
+pub(crate) async fn write_day_rollups(
     location: &ArchiveLocation,
     date: &str,
-    rows: &[ArchivedReading],
+    day: &DayRows,
 ) -> Result<(), ArchiveError> {
-    for (width, windows) in Width::ALL.into_iter().zip(day_rollups(rows)) {
-        let bytes = write_rollup_parquet(&windows, width)?;
+    for width in Width::ALL {
+        let bytes = day_rollup_parquet(day, width)?;
         location.store.put(&staged_rollup_path(location, width, date), PutPayload::from(bytes)).await?;
     }
     Ok(())

@@ -15,12 +15,14 @@
 //! lock queries hold — the journal records what it replaces, the file moves into place and the replaced parts are
 //! deleted; [`finish_interrupted_seals`] completes a seal that a crash interrupted.
 
+mod day;
 mod lock;
 
+pub(crate) use day::DayRows;
+use day::DayRowsBuilder;
 pub use lock::SealerLock;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 
 use object_store::path::Path;
@@ -28,8 +30,6 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{ArchiveError, ArchiveLocation, ArchiveProgress, PartName};
-use crate::part::{ArchivedReading, read_parquet, write_parquet};
-use weir_pipeline::decode::format_timestamp;
 
 /// The record of a day's seals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,22 +152,20 @@ pub async fn seal_committed_day(
         (Some(previous), None) => part.first > previous.last,
         (Some(previous), Some(q)) => part.first > previous.through.get(&q).copied().unwrap_or(0),
     };
-    // One stable sort by the archive's order (sensor, device, timestamp), then sealed rows first, then write time,
-    // keeps among equal keys the first write first (ties in part and row order); keeping the first of each run is
-    // first-write-wins. (A hash set of owned keys cost ~3× more: hashing, and two string clones per row.)
-    let mut rows: Vec<SealRow> = Vec::new();
+    // The day's rows, compact (see [`day`]): one stable sort by the archive's order (sensor, device, timestamp),
+    // then sealed rows first, then write time, keeps among equal keys the first write first (ties in part and row
+    // order); keeping the first of each run is first-write-wins.
+    let mut fetched = Vec::with_capacity(parts.len());
     for part in &parts {
-        let bytes = location.store.get(&part.path).await?.bytes().await?;
-        let (late, sealed) = (is_late(part), part.sealed);
-        rows.extend(read_parquet(bytes)?.into_iter().map(|reading| SealRow { reading, late, sealed }));
+        fetched.push(location.store.get(&part.path).await?.bytes().await?);
     }
-    rows.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    rows.dedup_by(|later, kept| {
-        let (later, kept) = (&later.reading, &kept.reading);
-        later.micros == kept.micros && later.sensor == kept.sensor && later.device == kept.device
-    });
-    let late_now = rows.iter().filter(|r| r.late).count() as u64;
-    let rows: Vec<ArchivedReading> = rows.into_iter().map(|r| r.reading).collect();
+    let mut builder = DayRowsBuilder::default();
+    builder.reserve(fetched.iter().map(crate::part::part_rows).sum::<Result<usize, _>>()?);
+    for (part, bytes) in parts.iter().zip(fetched) {
+        builder.add_part(bytes, is_late(part), part.sealed)?;
+    }
+    let rows = builder.finish();
+    let late_now = rows.late();
     let ranged = parts.iter().filter(|p| !p.sealed);
     let first = ranged.clone().map(|p| p.first).min().or(previous.as_ref().map(|p| p.first)).unwrap_or(0);
     let last = ranged.clone().map(|p| p.last).max().unwrap_or(first).max(previous.as_ref().map_or(0, |p| p.last));
@@ -190,8 +188,8 @@ pub async fn seal_committed_day(
         replacing: replacing.iter().map(|p| p.to_string()).collect(),
         through,
     };
-    let parquet = write_parquet(&rows)?;
-    let dump_bytes = dump_gzip(&rows);
+    let parquet = rows.parquet()?;
+    let dump_bytes = rows.dump_gzip().map_err(|source| ArchiveError::Dump { date: date.to_owned(), source })?;
     // Derived from exactly the rows the sealed file will hold: staged now, published with the swap.
     crate::rollup::write_day_rollups(location, date, &rows).await?;
 
@@ -216,23 +214,6 @@ pub async fn seal_committed_day(
     let done = SealRecord { replacing: Vec::new(), ..record };
     write_journal(location, &done).await?;
     Ok(SealOutcome { record: done, parts_merged: parts.len(), sealed, dump, changed, late_now })
-}
-
-/// A row on its way into a sealed file.
-struct SealRow {
-    reading: ArchivedReading,
-    /// From a part written after the day's last seal.
-    late: bool,
-    /// From the day's sealed file.
-    sealed: bool,
-}
-
-impl SealRow {
-    /// The key, then the first write first: the sealed file's row, then by write time.
-    fn order_key(&self) -> (&str, &str, i64, bool, u64) {
-        let r = &self.reading;
-        (&r.sensor, &r.device, r.micros, !self.sealed, r.written)
-    }
 }
 
 /// Completes seals that a crash interrupted: moves the merged file into place if it is still staged, then deletes
@@ -268,31 +249,6 @@ pub async fn finish_interrupted_seals(location: &ArchiveLocation) -> Result<(), 
         write_journal(location, &SealRecord { replacing: Vec::new(), ..record }).await?;
     }
     Ok(())
-}
-
-/// The dump: gzip NDJSON in the ingest shape, sorted by timestamp (then sensor and device, so it is deterministic).
-pub fn dump_gzip(rows: &[ArchivedReading]) -> Vec<u8> {
-    let mut sorted: Vec<&ArchivedReading> = rows.iter().collect();
-    sorted.sort_by(|a, b| (a.micros, &a.sensor, &a.device).cmp(&(b.micros, &b.sensor, &b.device)));
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    /// One dump line, in the replaced system's field order.
-    #[derive(serde::Serialize)]
-    struct Line<'a> {
-        sensor: &'a str,
-        value: f64,
-        timestamp: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        device: Option<&'a str>,
-    }
-    let mut text = Vec::with_capacity(rows.len() * 80);
-    for r in sorted {
-        let device = (r.device != weir_pipeline::reading::DEFAULT_DEVICE).then_some(r.device.as_str());
-        let line = Line { sensor: &r.sensor, value: r.value, timestamp: format_timestamp(r.micros), device };
-        let _ = serde_json::to_writer(&mut text, &line);
-        text.push(b'\n');
-    }
-    let _ = gz.write_all(&text);
-    gz.finish().unwrap_or_default()
 }
 
 /// Days that are due for a seal: over for `grace` already, with parts not yet merged into a sealed file (in a

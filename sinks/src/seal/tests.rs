@@ -5,7 +5,7 @@ use std::io::Read;
 use object_store::ObjectStoreExt;
 
 use super::*;
-use crate::part::sort_for_archive;
+use crate::part::{ArchivedReading, read_parquet, sort_for_archive, write_parquet};
 
 const DAY: &str = "2026-11-19";
 const T: i64 = 1_795_046_400_000_000; // 2026-11-19T00:00:00Z
