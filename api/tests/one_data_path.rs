@@ -462,17 +462,18 @@ impl Weir {
         assert!(self.servers.is_empty());
         let flush_rows = rng.range(1, 5).to_string();
         let workers = if self.processes == 1 { rng.range(1, 2) } else { 1 }.to_string();
-        // 2026-11-20 is a past day: sealed soon after each flush, or (grace of a year) never, so that restarts find
-        // several parts of the day (more often alone, where the parts are what a restart rebuilds from; more
-        // often sealed in a cluster, where each day's sealed file is loaded by the process owning the day).
-        let seal = if rng.chance(if self.processes == 1 { 30 } else { 50 }) {
-            ["--seal-interval", "200ms"]
+        // 2026-11-20 is a past day: sealed soon after each flush, or (grace of a year) never — its parts compacted
+        // in tiers as they come instead — so that restarts find several parts of the day (more often alone, where
+        // the parts are what a restart rebuilds from; more often sealed in a cluster, where each day's sealed file
+        // is loaded by the process owning the day).
+        let seal: &[&str] = if rng.chance(if self.processes == 1 { 30 } else { 50 }) {
+            &["--seal-interval", "200ms"]
         } else {
-            ["--seal-grace", "8760h"]
+            &["--seal-grace", "8760h", "--seal-interval", "200ms"]
         };
         let mut args: Vec<String> = ["--archive-flush-rows", &flush_rows, "--archive-flush-age", "50ms"]
             .into_iter()
-            .chain(seal)
+            .chain(seal.iter().copied())
             .chain(["--workers", &workers])
             .map(str::to_owned)
             .collect();

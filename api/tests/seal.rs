@@ -121,3 +121,51 @@ async fn weir_dump_seals_a_day_on_demand_and_idempotently() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("YYYY-MM-DD"));
 }
+
+#[tokio::test]
+async fn todays_parts_are_compacted_in_tiers_and_every_reading_stays_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // Today, at midnight: the day is not over, so it is compacted, not sealed.
+    let midnight = now - now % 86_400;
+    let date = chrono_like(midnight, 0)[..10].to_owned();
+    let args = ["--archive-flush-rows", "1", "--archive-flush-age", "10ms", "--seal-interval", "50ms"];
+    let s = Server::start(&data, &args);
+    // 20 requests, each flushed as its own part (one record per part): 8 + 8 become two tier-1 parts.
+    for i in 0..20u64 {
+        let line = json!({"sensor": "speed", "value": i as f64, "timestamp": chrono_like(midnight + i, 0), "device": "t"});
+        // Every fifth request repeats an earlier reading with another value: the first write stays.
+        let again = json!({"sensor": "speed", "value": -1.0, "timestamp": chrono_like(midnight + i / 5, 0), "device": "t"});
+        ingest(&s, &[line]).await;
+        if i % 5 == 4 {
+            ingest(&s, &[again]).await;
+        }
+    }
+    let day_dir = data.join(format!("archive/readings/date={date}"));
+    let tiers = || -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(&day_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    wait_for("two tier-1 parts", || tiers().iter().filter(|n| n.ends_with("-t1.parquet")).count() == 2);
+    assert!(tiers().len() <= 2 + 7, "{:?}", tiers());
+    let expect = json!([{"n": 20, "sum": 190.0}]);
+    let q = "SELECT count(*) AS n, sum(value) AS sum FROM readings WHERE device = 't'";
+    assert_eq!(sql_json(&s, q).await, expect);
+    // After a restart (the statistics and the archiver rebuild from the compacted parts) nothing changed.
+    s.kill9();
+    let s = Server::start(&data, &args);
+    assert_eq!(sql_json(&s, q).await, expect);
+    let series = client()
+        .get(format!("{}/api/v1/series?device=t&sensor=speed&window=1d&from={date}T00:00:00Z", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(series["windows"][0]["count"], json!(20), "{series}");
+    assert!(s.stop().success());
+}

@@ -143,16 +143,23 @@ impl ArchiveLocation {
         self
     }
 
-    fn part_file(&self, first: u64, last: u64) -> String {
+    fn part_file(&self, first: u64, last: u64, tier: u8) -> String {
+        let tier = if tier == 0 { String::new() } else { format!("-t{tier}") };
         match self.share {
-            None => format!("part-{first:020}-{last:020}.parquet"),
-            Some(share) => format!("part-p{}-{first:020}-{last:020}.parquet", share.process),
+            None => format!("part-{first:020}-{last:020}{tier}.parquet"),
+            Some(share) => format!("part-p{}-{first:020}-{last:020}{tier}.parquet", share.process),
         }
     }
 
-    /// The object path of a part.
+    /// The object path of a part (a flush's: tier 0).
     pub fn part_path(&self, date: &str, first: u64, last: u64) -> Path {
-        self.root.clone().join("readings").join(format!("date={date}")).join(self.part_file(first, last))
+        self.tiered_part_path(date, first, last, 0)
+    }
+
+    /// The object path of a part of `tier`: 0 for a flush's, `t` for one compacted from parts of tier `t - 1`
+    /// (see [`crate::compact`]).
+    pub fn tiered_part_path(&self, date: &str, first: u64, last: u64, tier: u8) -> Path {
+        self.root.clone().join("readings").join(format!("date={date}")).join(self.part_file(first, last, tier))
     }
 
     /// Where a day's sealed file lives: alone, a part named by the positions it covers; in a cluster,
@@ -174,7 +181,7 @@ impl ArchiveLocation {
 
     /// Where a part waits between upload and commit.
     pub fn staging_path(&self, date: &str, first: u64, last: u64) -> Path {
-        self.staging_root().join(format!("date={date}")).join(self.part_file(first, last))
+        self.staging_root().join(format!("date={date}")).join(self.part_file(first, last, 0))
     }
 
     /// Whether `part` is one of this process's own flushes (alone: every part).
@@ -205,6 +212,8 @@ pub struct PartName {
     pub sealed: bool,
     pub first: u64,
     pub last: u64,
+    /// How many compactions its readings went through (`-t<N>` in the name; 0: a flush's part, or a sealed file).
+    pub tier: u8,
 }
 
 impl PartName {
@@ -213,9 +222,21 @@ impl PartName {
         let file = parts.pop()?;
         let date = parts.pop()?.strip_prefix("date=")?.to_owned();
         if file == "sealed.parquet" {
-            return Some(PartName { path: path.clone(), date, process: None, sealed: true, first: 0, last: 0 });
+            return Some(PartName {
+                path: path.clone(),
+                date,
+                process: None,
+                sealed: true,
+                first: 0,
+                last: 0,
+                tier: 0,
+            });
         }
         let range = file.strip_prefix("part-")?.strip_suffix(".parquet")?;
+        let (range, tier) = match range.rsplit_once("-t") {
+            Some((range, tier)) => (range, tier.parse().ok()?),
+            None => (range, 0),
+        };
         let (process, range) = match range.strip_prefix('p') {
             Some(rest) => {
                 let (process, range) = rest.split_once('-')?;
@@ -231,6 +252,7 @@ impl PartName {
             sealed: false,
             first: first.parse().ok()?,
             last: last.parse().ok()?,
+            tier,
         })
     }
 }

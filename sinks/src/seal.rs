@@ -18,8 +18,7 @@
 mod day;
 mod lock;
 
-pub(crate) use day::DayRows;
-use day::DayRowsBuilder;
+pub(crate) use day::{DayRows, DayRowsBuilder};
 pub use lock::SealerLock;
 
 use std::collections::BTreeMap;
@@ -82,6 +81,11 @@ async fn read_journal(location: &ArchiveLocation, date: &str) -> Result<Option<S
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `date` was ever sealed (it has a seal journal).
+pub async fn is_sealed(location: &ArchiveLocation, date: &str) -> Result<bool, ArchiveError> {
+    Ok(read_journal(location, date).await?.is_some())
 }
 
 async fn write_journal(location: &ArchiveLocation, record: &SealRecord) -> Result<(), ArchiveError> {

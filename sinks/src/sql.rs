@@ -319,9 +319,9 @@ impl SqlArchive {
     /// Runs `sql` (one read-only query) and collects its result within the limits.
     ///
     /// With a running archiver in this process, its visibility lock keeps flushes and seals from changing the
-    /// parts under the query. Without one (a cluster, whose days are sealed by other processes, or `weir sql
-    /// --archive`), the query is optimistic: it waits while a seal is under way, and runs again when the seal
-    /// journals changed while it ran (a seal only swaps parts between two journal writes).
+    /// parts under the query. Without one (a cluster, whose days are sealed and compacted by other processes, or
+    /// `weir sql --archive`), the query is optimistic: it waits while a seal or compaction is under way, and runs
+    /// again when their journals changed while it ran (both swap parts only between two journal writes).
     ///
     /// Runs on a SQL thread ([`SqlThreads`]); the answer comes within the query timeout.
     pub async fn query(&self, sql: &str) -> Result<SqlResult, SqlError> {
@@ -336,8 +336,8 @@ impl SqlArchive {
         }
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         loop {
-            let before = self.seals().await?;
-            if before.iter().any(|r| !r.replacing.is_empty()) {
+            let before = self.journals().await?;
+            if before.0.iter().any(|r| !r.replacing.is_empty()) || before.1.iter().any(|r| !r.replacing.is_empty()) {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(SqlError::Timeout(self.limits.timeout));
                 }
@@ -345,15 +345,20 @@ impl SqlArchive {
                 continue;
             }
             let result = self.query_once(sql).await;
-            if self.seals().await? == before {
+            if self.journals().await? == before {
                 return result;
             }
-            tracing::debug!("a seal ran during the query; running it again");
+            tracing::debug!("a seal or a compaction ran during the query; running it again");
         }
     }
 
-    async fn seals(&self) -> Result<Vec<crate::seal::SealRecord>, SqlError> {
-        crate::seal::seal_records(&self.location).await.map_err(|e| SqlError::Invalid(e.to_string()))
+    /// The seal and compaction journals: parts are swapped only between two writes of one of them.
+    async fn journals(
+        &self,
+    ) -> Result<(Vec<crate::seal::SealRecord>, Vec<crate::compact::CompactionRecord>), SqlError> {
+        let invalid = |e: crate::archive::ArchiveError| SqlError::Invalid(e.to_string());
+        let seals = crate::seal::seal_records(&self.location).await.map_err(invalid)?;
+        Ok((seals, crate::compact::compaction_records(&self.location).await.map_err(invalid)?))
     }
 
     async fn query_once(&self, sql: &str) -> Result<SqlResult, SqlError> {

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_sinks::archive::{ArchiveLocation, ArchiveProgress};
+use weir_sinks::compact::compact_due_parts;
 use weir_sinks::seal::{days_due, seal_committed_day};
 
 use super::gauges::EngineGauges;
 use super::ingest::IngestService;
 use crate::node::stats::StatsService;
 
-/// Seals every day that has been over for `grace`, every `interval`, and tells the statistics how far the rollups
-/// reach (their windows before it may leave memory).
+/// Seals every day that has been over for `grace`, every `interval`, compacts the parts of days not yet due, and
+/// tells the statistics how far the rollups reach (their windows before it may leave memory).
 pub(super) async fn seal_due_days(
     location: ArchiveLocation,
     progress: Arc<ArchiveProgress>,
@@ -70,6 +71,21 @@ pub(super) async fn seal_due_days(
                     metrics::counter!("weir_seal_runs_total", "result" => "error").increment(1);
                     tracing::warn!(%date, error = %e, "sealing failed; it is retried")
                 }
+            }
+        }
+        // Today's parts (and any day's not close to due) merged in tiers: a bounded number of files per day.
+        let committed = progress.committed.load(std::sync::atomic::Ordering::Acquire);
+        match compact_due_parts(&location, Some(&progress), committed, now, grace).await {
+            Ok(done) => {
+                for o in done {
+                    metrics::counter!("weir_compactions_total", "tier" => o.tier.to_string()).increment(1);
+                    metrics::counter!("weir_compaction_readings_total").increment(o.readings);
+                    tracing::debug!(date = %o.date, tier = o.tier, parts = o.parts_merged, readings = o.readings, "compacted parts");
+                }
+            }
+            Err(e) => {
+                metrics::counter!("weir_compaction_errors_total").increment(1);
+                tracing::warn!(error = %e, "compacting parts failed; it is retried")
             }
         }
         let not_due_from = weir_operators::Width::Day.start_of(now.saturating_sub(grace));

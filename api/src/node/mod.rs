@@ -199,6 +199,9 @@ impl Node {
             Some(_) => SealerLock::share(&location).map_err(context("the archive"))?,
         };
         finish_interrupted_seals(&location).await.map_err(context("finishing an interrupted seal"))?;
+        weir_sinks::compact::finish_interrupted_compactions(&location)
+            .await
+            .map_err(context("finishing an interrupted compaction"))?;
         let checkpoint = checkpoint_path(&config.data_dir);
         let archived = read_checkpoint(&checkpoint).map_err(context("the archive checkpoint"))?;
         let wal_first = weir_pipeline::wal::first_position(&wal_dir).map_err(context("the write-ahead log"))?;
