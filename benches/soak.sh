@@ -33,6 +33,7 @@ done
 wait $L || true
 sleep 15   # the last flushes and seals
 kill -TERM $W; wait $W || true
+cp "$D/samples.csv" /tmp/weir-soak-samples.csv   # kept for a look afterwards
 RESTART_T0=$(date +%s.%N); serve; ready; RESTART=$(python3 -c "print(round($(date +%s.%N) - $RESTART_T0, 2))")
 RSS_AFTER=$(awk '/VmRSS/{print $2}' /proc/$W/status)
 python3 - "$D" "$START" "$RESTART" "$RSS_AFTER" "http://$HTTP" "$MINUTES" <<'EOF'
@@ -48,8 +49,10 @@ mean = sum(rss) / len(rss)
 spread = max(abs(x - mean) for x in rss) / mean
 last = rows[-1]
 windows, series = float(last["live_windows"]), float(last["live_series"])
+q = max(1, len(rss) // 4)
+trend = (sum(rss[-q:]) / q) / (sum(rss[:q]) / q) - 1
 print(f"RSS, second half: mean {mean / 1024:.0f} MiB, min {min(rss) / 1024:.0f}, max {max(rss) / 1024:.0f} "
-      f"(within ±{spread:.1%} of the mean)")
+      f"(within ±{spread:.1%} of the mean); its last quarter's mean vs its first quarter's: {trend:+.1%}")
 print(f"live state at the end: {windows:.0f} windows, {series:.0f} series, {float(last['live_window_bytes']) / 2**20:.0f} MiB "
       f"estimated ({float(last['live_window_bytes']) / max(windows, 1):.0f} B per window), "
       f"{mean * 1024 / max(series, 1):.0f} B of RSS per series, {last['dropped']} readings dropped as beyond the horizon")
