@@ -134,9 +134,11 @@ async fn todays_parts_are_compacted_in_tiers_and_every_reading_stays_once() {
     let s = Server::start(&data, &args);
     // 20 requests, each flushed as its own part (one record per part): 8 + 8 become two tier-1 parts.
     for i in 0..20u64 {
-        let line = json!({"sensor": "speed", "value": i as f64, "timestamp": chrono_like(midnight + i, 0), "device": "t"});
+        let line =
+            json!({"sensor": "speed", "value": i as f64, "timestamp": chrono_like(midnight + i, 0), "device": "t"});
         // Every fifth request repeats an earlier reading with another value: the first write stays.
-        let again = json!({"sensor": "speed", "value": -1.0, "timestamp": chrono_like(midnight + i / 5, 0), "device": "t"});
+        let again =
+            json!({"sensor": "speed", "value": -1.0, "timestamp": chrono_like(midnight + i / 5, 0), "device": "t"});
         ingest(&s, &[line]).await;
         if i % 5 == 4 {
             ingest(&s, &[again]).await;
@@ -144,8 +146,10 @@ async fn todays_parts_are_compacted_in_tiers_and_every_reading_stays_once() {
     }
     let day_dir = data.join(format!("archive/readings/date={date}"));
     let tiers = || -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(&day_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(&day_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         names
     };

@@ -102,6 +102,7 @@ fn unflushed_readings_are_seen_once() {
     let count = |s: &SqlArchive| single_i64(&f.runtime.block_on(s.query("SELECT count(*) FROM readings")).unwrap());
     assert_eq!(count(&live), 6, "all unflushed, all visible");
     archiver.stop().unwrap(); // flushes on stop
+    assert_eq!(count(&live), 6, "the same session after the flush: all flushed, once");
     assert_eq!(count(&SqlArchive::new(f.location.clone(), None, SqlLimits::default())), 6, "all flushed, once");
 }
 
@@ -285,6 +286,9 @@ fn values_larger_than_the_query_memory_are_refused() {
 #[test]
 fn window_tables_answer_from_readings_then_from_rollups_alike() {
     let f = archived(None);
+    // One archive's SQL for every query below: its session, built once, is rebuilt when the seal adds rollups.
+    let archive = sql(&f, SqlLimits::default());
+    let run = |_: &Fixture, q: &str| f.runtime.block_on(archive.query(q)).unwrap();
     let q = |width: &str| {
         let r = run(
             &f,
