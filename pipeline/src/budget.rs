@@ -5,7 +5,8 @@
 //! What grows with the data is counted here, each part in bytes, kept current by its owner:
 //! [`Part::LiveWindows`] (the windows of the live horizon), [`Part::DedupKeys`] (each series' timestamps within the
 //! dedup horizon), [`Part::Registry`] (device names and their series), [`Part::ArchiveBuffer`] (readings read but
-//! not yet flushed to Parquet), and [`Part::Sql`] (what `--sql-memory × --sql-concurrency` may take, reserved).
+//! not yet flushed to Parquet), [`Part::Merge`] (the day a seal or compaction is merging, while it runs), and
+//! [`Part::Sql`] (what `--sql-memory × --sql-concurrency` may take, reserved).
 //!
 //! Near the limit Weir refuses what would grow the state, in this order: at [`NEW_SERIES_SHARE`] of it a reading that
 //! would start a new series is rejected on its line (the rest of its request is stored); at the limit whole ingest
@@ -22,11 +23,13 @@ pub enum Part {
     DedupKeys,
     Registry,
     ArchiveBuffer,
+    Merge,
     Sql,
 }
 
 impl Part {
-    pub const ALL: [Part; 5] = [Part::LiveWindows, Part::DedupKeys, Part::Registry, Part::ArchiveBuffer, Part::Sql];
+    pub const ALL: [Part; 6] =
+        [Part::LiveWindows, Part::DedupKeys, Part::Registry, Part::ArchiveBuffer, Part::Merge, Part::Sql];
 
     /// The name used in metrics (`weir_memory_used_bytes{part=…}`).
     pub const fn name(self) -> &'static str {
@@ -35,6 +38,7 @@ impl Part {
             Part::DedupKeys => "dedup_keys",
             Part::Registry => "registry",
             Part::ArchiveBuffer => "archive_buffer",
+            Part::Merge => "merge",
             Part::Sql => "sql",
         }
     }
@@ -45,7 +49,8 @@ impl Part {
             Part::DedupKeys => 1,
             Part::Registry => 2,
             Part::ArchiveBuffer => 3,
-            Part::Sql => 4,
+            Part::Merge => 4,
+            Part::Sql => 5,
         }
     }
 }
@@ -62,6 +67,9 @@ pub mod cost {
     pub const DEVICE: u64 = 160;
     /// A reading read by the archiver and not yet flushed (a compact batch row, 24 bytes, and its share of names).
     pub const UNFLUSHED_READING: u64 = 32;
+    /// A reading of the day a seal or compaction merges: 40 bytes of compact row, plus the compressed outputs and
+    /// encoders (the seal's peak: ~60 bytes per reading, `benches/examples/seal_memory.rs`).
+    pub const MERGED_READING: u64 = 60;
     /// A series, besides its windows: its entry in the live windows' map, deduplication's ring, the latest value's
     /// and the device name's arrangements. Calibrated so that the budget's total matches the process's growth
     /// under a fresh series per reading (`api/tests/limits.rs`: ~1.4 KB a series of one reading, measured).
@@ -72,7 +80,7 @@ pub mod cost {
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,
-    used: [AtomicU64; 5],
+    used: [AtomicU64; 6],
 }
 
 impl MemoryBudget {

@@ -201,6 +201,20 @@ impl ArchiveLocation {
     }
 }
 
+/// Readings counted in [`ArchiveProgress::merging`] while a merge holds them.
+pub struct MergingGuard {
+    progress: Option<Arc<ArchiveProgress>>,
+    readings: u64,
+}
+
+impl Drop for MergingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = &self.progress {
+            p.merging.fetch_sub(self.readings, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A part's location and the WAL positions it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartName {
@@ -313,12 +327,23 @@ pub struct ArchiveProgress {
     /// A flush of everything read is wanted as soon as the log has been read through this position (SQL in a
     /// cluster asks for it, so that a query sees every process's readings acknowledged before it).
     pub flush_requested: AtomicU64,
+    /// Readings a seal or compaction holds while it merges a day (0 when none runs): for the memory budget.
+    pub merging: AtomicU64,
     /// Set once the archiver has cleaned up after an interrupted flush and reads the log; until then nothing may
     /// replace the parts it works on (the sealer waits for this).
     pub started: AtomicBool,
 }
 
 impl ArchiveProgress {
+    /// Counts `readings` as being merged until the returned guard is dropped.
+    pub fn merging(progress: Option<&Arc<ArchiveProgress>>, readings: usize) -> MergingGuard {
+        let progress = progress.cloned();
+        if let Some(p) = &progress {
+            p.merging.fetch_add(readings as u64, Ordering::AcqRel);
+        }
+        MergingGuard { progress, readings: readings as u64 }
+    }
+
     /// Records that flushes fail (`Some(reason)`) or work again (`None`); returns whether that changed.
     pub fn set_failing(&self, reason: Option<String>) -> bool {
         let Ok(mut failing) = self.failing.lock() else { return false };

@@ -163,8 +163,10 @@ pub async fn seal_committed_day(
     for part in &parts {
         fetched.push(location.store.get(&part.path).await?.bytes().await?);
     }
+    let rows_in_parts = fetched.iter().map(crate::part::part_rows).sum::<Result<usize, _>>()?;
+    let _merging = ArchiveProgress::merging(progress, rows_in_parts);
     let mut builder = DayRowsBuilder::default();
-    builder.reserve(fetched.iter().map(crate::part::part_rows).sum::<Result<usize, _>>()?);
+    builder.reserve(rows_in_parts);
     for (part, bytes) in parts.iter().zip(fetched) {
         builder.add_part(bytes, is_late(part), part.sealed)?;
     }

@@ -240,3 +240,18 @@ proptest! {
         prop_assert_eq!(compacted.visible(), model);
     }
 }
+
+#[test]
+fn a_merge_counts_its_readings_for_the_memory_budget_until_it_ends_however_it_ends() {
+    let progress = Arc::new(ArchiveProgress::default());
+    {
+        let _guard = ArchiveProgress::merging(Some(&progress), 40);
+        assert_eq!(progress.merging.load(std::sync::atomic::Ordering::Acquire), 40);
+    }
+    assert_eq!(progress.merging.load(std::sync::atomic::Ordering::Acquire), 0);
+    let a = Archive::new();
+    a.put_flushes(&flushes(8));
+    let parts = a.parts();
+    assert!(a.rt.block_on(compact(&a.location, DAY, &parts, Some(&progress), Some(Stop::Journaled))).is_err());
+    assert_eq!(progress.merging.load(std::sync::atomic::Ordering::Acquire), 0, "released on the error path");
+}
