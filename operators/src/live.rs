@@ -25,15 +25,15 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
+use differential_dataflow::VecCollection;
+use differential_dataflow::difference::Multiply;
 use differential_dataflow::difference::Semigroup;
-use differential_dataflow::{Collection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::fold::fold_by_key;
 use crate::model::{Reading, SeriesKey, Time, Width, WindowKey};
 use crate::window::WindowAgg;
 
@@ -103,36 +103,48 @@ impl LiveWindows {
 
     /// Adds `agg` into the window `key`, unless that window is no longer live (then it is counted as dropped).
     pub fn add(&mut self, key: WindowKey, agg: &WindowAgg) {
+        self.add_widths(key.series, &[(key.width, key.start)], agg);
+    }
+
+    /// Adds one reading (`agg`: its aggregate, times its multiplicity) into its window of every width, with one
+    /// lookup of its series (four, one per width, were the top of the statistics' profile).
+    pub fn add_reading(&mut self, series: SeriesKey, micros: i64, agg: &WindowAgg) {
+        self.add_widths(series, &Width::ALL.map(|w| (w, w.start_of(micros))), agg);
+    }
+
+    fn add_widths(&mut self, key: SeriesKey, windows: &[(Width, i64)], agg: &WindowAgg) {
         let start_from = self.start_from;
-        let series = self.series.entry(key.series).or_insert_with(|| SeriesWindows {
+        let series = self.series.entry(key).or_insert_with(|| SeriesWindows {
             by_width: Default::default(),
             newest: i64::MIN,
             live_from: start_from,
         });
-        if key.start < series.live_from {
-            // Each reading updates one window of every width: count it once.
-            if key.width == Width::Day {
-                self.dropped_readings += agg.count.max(0) as u64;
+        for &(width, start) in windows {
+            if start < series.live_from {
+                // Each reading updates one window of every width: count it once.
+                if width == Width::Day {
+                    self.dropped_readings += agg.count.max(0) as u64;
+                }
+                continue;
             }
-            return;
-        }
-        let windows = &mut series.by_width[width_index(key.width)];
-        match windows.last_mut() {
-            Some((start, window)) if *start == key.start => window.plus_equals(agg),
-            Some((start, _)) if *start > key.start => match windows.binary_search_by_key(&key.start, |(s, _)| *s) {
-                Ok(i) => windows[i].1.plus_equals(agg),
-                Err(i) => {
-                    windows.insert(i, (key.start, *agg));
+            let windows = &mut series.by_width[width_index(width)];
+            match windows.last_mut() {
+                Some((last, window)) if *last == start => window.plus_equals(agg),
+                Some((last, _)) if *last > start => match windows.binary_search_by_key(&start, |(s, _)| *s) {
+                    Ok(i) => windows[i].1.plus_equals(agg),
+                    Err(i) => {
+                        windows.insert(i, (start, *agg));
+                        self.windows += 1;
+                    }
+                },
+                _ => {
+                    // A series with one window (most of a sparse or short-lived one) holds room for one, not four.
+                    if windows.capacity() == 0 {
+                        windows.reserve_exact(1);
+                    }
+                    windows.push((start, *agg));
                     self.windows += 1;
                 }
-            },
-            _ => {
-                // A series with one window (most of a sparse or short-lived one) holds room for one, not four.
-                if windows.capacity() == 0 {
-                    windows.reserve_exact(1);
-                }
-                windows.push((key.start, *agg));
-                self.windows += 1;
             }
         }
         if agg.last.micros > series.newest {
@@ -235,8 +247,9 @@ fn day_ceil(micros: i64) -> i64 {
     if start == micros { start } else { start.saturating_add(Width::Day.micros()) }
 }
 
-/// The updates of one time not yet applied, with a capability for that time (which holds the probe back).
-type Pending = (Capability<Time>, Vec<(WindowKey, WindowAgg)>);
+/// The readings of one time not yet applied (with their multiplicity), with a capability for that time (which
+/// holds the probe back).
+type Pending = (Capability<Time>, Vec<(Reading, isize)>);
 
 /// `live_windows`: deduplicated readings in, the live windows filled.
 ///
@@ -249,37 +262,40 @@ pub fn live_windows<'scope>(
     store: SharedLiveWindows,
     mut on_updates: impl FnMut(&mut dyn Iterator<Item = (Time, WindowKey)>) + 'static,
 ) -> Stream<'scope, Time, Vec<()>> {
-    let windows: Collection<'scope, Time, Vec<(WindowKey, Time, WindowAgg)>> =
-        fold_by_key(readings, "WindowStatsFold", |r: &Reading| {
-            let agg = WindowAgg::of(r);
-            Width::ALL.map(|width| (WindowKey { series: r.series, width, start: width.start_of(r.micros) }, agg))
-        });
-    windows.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+    readings.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
         Pipeline,
         "LiveWindows",
         move |_capability, _info| {
-            // Updates not yet complete, by time, each with a capability for its time (which holds the probe back).
+            // Readings not yet applied, by time, each with a capability for its time (which holds the probe back).
             let mut pending: BTreeMap<Time, Pending> = BTreeMap::new();
+            let mut changed: Vec<WindowKey> = Vec::new();
             move |(input, frontier), _output| {
                 input.for_each(|capability, data| {
-                    for (key, time, agg) in data.drain(..) {
-                        let (_, updates) =
+                    for (reading, time, diff) in data.drain(..) {
+                        let (_, readings) =
                             pending.entry(time).or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
-                        updates.push((key, agg));
+                        readings.push((reading, diff));
                     }
                 });
                 while let Some((&time, _)) = pending.first_key_value() {
                     if frontier.less_equal(&time) {
                         break;
                     }
-                    let Some((_, (_capability, updates))) = pending.pop_first() else { break };
+                    let Some((_, (_capability, readings))) = pending.pop_first() else { break };
                     {
                         let mut store = store.borrow_mut();
-                        for (key, agg) in &updates {
-                            store.add(*key, agg);
+                        for (r, diff) in &readings {
+                            store.add_reading(r.series, r.micros, &WindowAgg::of(r).multiply(diff));
                         }
                     }
-                    on_updates(&mut updates.iter().map(|(key, _)| (time, *key)));
+                    // Each changed window once, as the subscriptions expect.
+                    changed.clear();
+                    changed.extend(readings.iter().flat_map(|(r, _)| {
+                        Width::ALL.map(|width| WindowKey { series: r.series, width, start: width.start_of(r.micros) })
+                    }));
+                    changed.sort_unstable();
+                    changed.dedup();
+                    on_updates(&mut changed.iter().map(|key| (time, *key)));
                 }
             }
         },
