@@ -16,9 +16,10 @@
 //! arriving late) is dropped and counted: it is archived, its day is sealed again, and the rollup then has it.
 //! Memory is therefore bounded by series × (horizon + 1 day + the days not yet rolled up), not by history.
 //!
-//! Readings reach this operator on the worker that owns their device (deduplication routes them by device and the
-//! fold stays on that worker), so all windows of a series live on one worker: a series' windows can be read, and
-//! later evicted, in one place. Cost: about [`BYTES_PER_WINDOW`] bytes per window (the aggregate and its start in a
+//! Readings reach this operator on the worker that owns their device (deduplication routes them by device and this
+//! operator reads its input in place), so all windows of a series live on one worker: a series' windows can be read,
+//! and later evicted, in one place. Each reading costs one lookup of its series, every width updated in place (a
+//! fold into one entry per window first, then a lookup per width, were the worker's top symbols). Cost: about [`BYTES_PER_WINDOW`] bytes per window (the aggregate and its start in a
 //! sorted vector), against ~162 measured for the arrangement.
 
 use std::cell::RefCell;
