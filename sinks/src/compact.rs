@@ -12,7 +12,7 @@
 //! sealed and is not close to being due (its end plus half the grace still lies ahead, so the sealer of a day never
 //! races a compaction of it, even on a process whose clock is off by less than half the grace), and only parts the
 //! archiver has committed (a part beyond its checkpoint may be written again after a crash). The merge is the
-//! seal's own ([`crate::seal`]'s day rows: first write wins, in write order), and a part of tier `t` covers exactly
+//! seal's own ([`crate::seal`]'s `merge_parts`: first write wins, in write order), and a part of tier `t` covers exactly
 //! the log positions of the parts it replaced, so a later seal keeps exactly what it would have kept without it.
 //!
 //! Crash safety, as the seal's: the merged part is staged; then, under the visibility lock queries hold, the journal
@@ -28,7 +28,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{ArchiveError, ArchiveLocation, ArchiveProgress, PartName};
-use crate::seal::DayRowsBuilder;
+use crate::seal::merge_parts;
 
 /// Parts of one tier merged at a time.
 pub const FANOUT: usize = 8;
@@ -166,18 +166,7 @@ async fn compact(
     let tier = parts.iter().map(|p| p.tier).max().unwrap_or(0) + 1;
     let first = parts.iter().map(|p| p.first).min().unwrap_or(0);
     let last = parts.iter().map(|p| p.last).max().unwrap_or(0);
-    let mut fetched = Vec::with_capacity(parts.len());
-    for part in parts {
-        fetched.push(location.store.get(&part.path).await?.bytes().await?);
-    }
-    let rows_in_parts = fetched.iter().map(crate::part::part_rows).sum::<Result<usize, _>>()?;
-    let _merging = ArchiveProgress::merging(progress, rows_in_parts);
-    let mut builder = DayRowsBuilder::default();
-    builder.reserve(rows_in_parts);
-    for bytes in fetched {
-        builder.add_part(bytes, false, false)?;
-    }
-    let rows = builder.finish();
+    let (rows, _merging) = merge_parts(location, parts, |_| false, progress).await?;
     let target = location.tiered_part_path(date, first, last, tier);
     let staged = staged_path(location, date);
     location.store.put(&staged, PutPayload::from(rows.parquet()?)).await?;

@@ -18,7 +18,7 @@
 mod day;
 mod lock;
 
-pub(crate) use day::{DayRows, DayRowsBuilder};
+pub(crate) use day::{DayRows, merge_parts};
 pub use lock::SealerLock;
 
 use std::collections::BTreeMap;
@@ -159,18 +159,7 @@ pub async fn seal_committed_day(
     // The day's rows, compact (see [`day`]): one stable sort by the archive's order (sensor, device, timestamp),
     // then sealed rows first, then write time, keeps among equal keys the first write first (ties in part and row
     // order); keeping the first of each run is first-write-wins.
-    let mut fetched = Vec::with_capacity(parts.len());
-    for part in &parts {
-        fetched.push(location.store.get(&part.path).await?.bytes().await?);
-    }
-    let rows_in_parts = fetched.iter().map(crate::part::part_rows).sum::<Result<usize, _>>()?;
-    let _merging = ArchiveProgress::merging(progress, rows_in_parts);
-    let mut builder = DayRowsBuilder::default();
-    builder.reserve(rows_in_parts);
-    for (part, bytes) in parts.iter().zip(fetched) {
-        builder.add_part(bytes, is_late(part), part.sealed)?;
-    }
-    let rows = builder.finish();
+    let (rows, _merging) = merge_parts(location, &parts, is_late, progress).await?;
     let late_now = rows.late();
     let ranged = parts.iter().filter(|p| !p.sealed);
     let first = ranged.clone().map(|p| p.first).min().or(previous.as_ref().map(|p| p.first)).unwrap_or(0);

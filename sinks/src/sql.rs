@@ -214,11 +214,8 @@ impl SqlArchive {
     /// Answers SQL over `location` on a pool of `limits.concurrency` SQL threads of its own.
     pub fn new(location: ArchiveLocation, progress: Option<Arc<ArchiveProgress>>, limits: SqlLimits) -> Self {
         let threads = SqlThreads::start(limits.concurrency, limits.queue, limits.nice);
-        let stores = Arc::new(DefaultObjectStoreRegistry::new());
-        let url = &location.url;
-        if let Ok(base) = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority())) {
-            stores.register_store(&base, location.store.clone());
-        }
+        // An archive URL always has a scheme (ArchiveLocation::open made it one); an empty registry only fails reads.
+        let stores = store_registry(&location).unwrap_or_default();
         SqlArchive { location, progress, limits, threads, session: Default::default(), stores }
     }
 
@@ -290,8 +287,8 @@ impl SqlArchive {
         if from >= to {
             return Ok(Vec::new());
         }
-        let ctx = SessionContext::new();
-        register_store(&ctx, &self.location)?;
+        let runtime = RuntimeEnvBuilder::new().with_object_store_registry(self.stores.clone()).build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(SessionConfig::default(), runtime);
         ctx.register_table("rollup", Arc::new(rollup_table(&self.location, width)?))?;
         let day =
             |micros: i64| chrono::DateTime::from_timestamp_micros(micros).map(|t| t.format("%Y-%m-%d").to_string());
@@ -466,13 +463,14 @@ impl SqlArchive {
     }
 }
 
-/// Lets `ctx` read the archive's object store.
-fn register_store(ctx: &SessionContext, location: &ArchiveLocation) -> Result<(), SqlError> {
+/// The object stores SQL reads: the archive's, under its URL's scheme and authority.
+fn store_registry(location: &ArchiveLocation) -> Result<Arc<DefaultObjectStoreRegistry>, SqlError> {
     let url = &location.url;
     let base = url::Url::parse(&format!("{}://{}", url.scheme(), url.authority()))
         .map_err(|e| SqlError::Invalid(e.to_string()))?;
-    ctx.register_object_store(&base, location.store.clone());
-    Ok(())
+    let stores = Arc::new(DefaultObjectStoreRegistry::new());
+    stores.register_store(&base, location.store.clone());
+    Ok(stores)
 }
 
 /// The days that have rollups, per width (in [`weir_operators::Width::ALL`]'s order), sorted: one listing of

@@ -10,7 +10,35 @@
 
 use std::collections::HashMap;
 
-use crate::part::{PartColumns, PartError, PartWriter, ROW_GROUP_ROWS, ReadingRef, part_batches};
+use std::sync::Arc;
+
+use object_store::ObjectStoreExt;
+
+use crate::archive::{ArchiveError, ArchiveLocation, ArchiveProgress, MergingGuard, PartName};
+use crate::part::{PartColumns, PartError, PartWriter, ROW_GROUP_ROWS, ReadingRef, part_batches, part_rows};
+
+/// Reads `parts` (in the order that breaks ties between equal write times) and merges them into a day's rows,
+/// first write of each key only; `late` says which parts were written after the day's last seal. The guard counts
+/// the rows in the memory budget (`progress`) for as long as the caller holds it.
+pub(crate) async fn merge_parts(
+    location: &ArchiveLocation,
+    parts: &[PartName],
+    late: impl Fn(&PartName) -> bool,
+    progress: Option<&Arc<ArchiveProgress>>,
+) -> Result<(DayRows, MergingGuard), ArchiveError> {
+    let mut fetched = Vec::with_capacity(parts.len());
+    for part in parts {
+        fetched.push(location.store.get(&part.path).await?.bytes().await?);
+    }
+    let rows_in_parts = fetched.iter().map(part_rows).sum::<Result<usize, _>>()?;
+    let merging = ArchiveProgress::merging(progress, rows_in_parts);
+    let mut builder = DayRowsBuilder::default();
+    builder.reserve(rows_in_parts);
+    for (part, bytes) in parts.iter().zip(fetched) {
+        builder.add_part(bytes, late(part), part.sealed)?;
+    }
+    Ok((builder.finish(), merging))
+}
 
 /// One reading of the day: names by their rank among the day's names.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +70,7 @@ impl DayRow {
 
 /// Collects a day's parts, in the order that breaks ties between equal write times.
 #[derive(Default)]
-pub(crate) struct DayRowsBuilder {
+struct DayRowsBuilder {
     sensors: HashMap<Box<str>, u32>,
     devices: HashMap<Box<str>, u32>,
     rows: Vec<DayRow>,
@@ -51,12 +79,12 @@ pub(crate) struct DayRowsBuilder {
 impl DayRowsBuilder {
     /// Room for `rows` more rows (the parts' row counts, from their footers), so the rows take 40 bytes each and not
     /// up to twice that after doubling.
-    pub fn reserve(&mut self, rows: usize) {
+    fn reserve(&mut self, rows: usize) {
         self.rows.reserve_exact(rows);
     }
 
     /// Adds every row of one part, an Arrow batch at a time.
-    pub fn add_part(&mut self, bytes: bytes::Bytes, late: bool, sealed: bool) -> Result<(), PartError> {
+    fn add_part(&mut self, bytes: bytes::Bytes, late: bool, sealed: bool) -> Result<(), PartError> {
         for batch in part_batches(bytes)? {
             let batch = batch?;
             let start = self.rows.len();
@@ -81,7 +109,7 @@ impl DayRowsBuilder {
     }
 
     /// The day's rows in the archive's order, the first write of each key only.
-    pub fn finish(self) -> DayRows {
+    fn finish(self) -> DayRows {
         let (sensors, sensor_rank) = ranked(self.sensors);
         let (devices, device_rank) = ranked(self.devices);
         let mut rows = self.rows;
