@@ -10,6 +10,9 @@
 #   - /api/v1/series (1-hour windows) for day 1 and day 30 equals the model.
 #
 #   benches/soak.sh BIN_DIR [MINUTES]     # BIN_DIR holds release `weir` and `weir-loadgen`
+#
+# SOAK_SAMPLE_SECONDS (default 10) sets the sampling period; the samples (RSS, live state, and each part of the
+# memory budget) are copied to /tmp/weir-soak-samples.csv.
 set -euo pipefail
 BIN=$1; MINUTES=${2:-30}
 D=$(mktemp -d); trap 'kill $W 2>/dev/null || true; rm -rf "$D"' EXIT
@@ -22,13 +25,14 @@ START=$(python3 -c "import datetime as d; t=d.datetime.now(d.timezone.utc)-d.tim
 "$BIN/weir-loadgen" --url "http://$HTTP" --devices 1000 --sensors 6 --tick 5m --rate 28800 --duration "${MINUTES}m" \
   --start "$START" --batch 1000 --connections 4 --json > "$D/load.json" 2> "$D/load.err" &
 L=$!
-echo "seconds,rss_kib,live_windows,live_series,live_window_bytes,dropped" > "$D/samples.csv"
+PARTS="live_windows dedup_keys registry archive_buffer merge"
+echo "seconds,rss_kib,live_windows,live_series,live_window_bytes,dropped$(for p in $PARTS; do printf ',mem_%s' $p; done)" > "$D/samples.csv"
 T0=$(date +%s)
 while kill -0 $L 2>/dev/null; do
   M=$(curl -s "http://$HTTP/metrics")
   metric() { echo "$M" | awk -v n="$1" '$1 == n {print $2}'; }
-  echo "$(( $(date +%s) - T0 )),$(awk '/VmRSS/{print $2}' /proc/$W/status),$(metric weir_live_windows),$(metric weir_live_series),$(metric weir_live_window_bytes),$(metric weir_live_dropped_readings_total)" >> "$D/samples.csv"
-  sleep 10
+  echo "$(( $(date +%s) - T0 )),$(awk '/VmRSS/{print $2}' /proc/$W/status),$(metric weir_live_windows),$(metric weir_live_series),$(metric weir_live_window_bytes),$(metric weir_live_dropped_readings_total)$(for p in $PARTS; do printf ',%s' "$(metric "weir_memory_used_bytes{part=\"$p\"}")"; done)" >> "$D/samples.csv"
+  sleep "${SOAK_SAMPLE_SECONDS:-10}"
 done
 wait $L || true
 sleep 15   # the last flushes and seals

@@ -94,6 +94,14 @@ fn main() {
             peak as f64 / (1 << 20) as f64,
             peak as f64 / outcome.record.readings as f64
         );
+        // What a seal must hold however it streams: the compressed files it writes (and, before, reads).
+        let size = |sub: &str| walk(&dir.path().join(sub)) as f64 / (1 << 20) as f64;
+        println!(
+            "  written: sealed file {:.1} MiB, rollups {:.1} MiB, dump {:.1} MiB",
+            size("readings"),
+            size("rollups"),
+            size("dumps")
+        );
     };
     seal("first seal");
     let late = (0..1000)
@@ -107,4 +115,18 @@ fn main() {
         .collect::<Vec<_>>();
     put(&mut late.clone());
     seal("reseal with a late part");
+}
+
+/// The bytes of the files under `dir`.
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => walk(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

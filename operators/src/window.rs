@@ -88,6 +88,11 @@ impl WindowAgg {
         WindowAgg { count, sum, compensation, min, max, first: stamp(first), last: stamp(last) }
     }
 
+    /// Adds one more reading: merges [`WindowAgg::of`] it in.
+    pub fn add(&mut self, r: &Reading) {
+        self.plus_equals(&WindowAgg::of(r));
+    }
+
     /// The statistics of `readings` together: what the arrangement accumulates for them.
     pub fn of_all(readings: impl IntoIterator<Item = Reading>) -> Self {
         let mut agg = WindowAgg::zero();

@@ -5,7 +5,7 @@
 //! What grows with the data is counted here, each part in bytes, kept current by its owner:
 //! [`Part::LiveWindows`] (the windows of the live horizon), [`Part::DedupKeys`] (each series' timestamps within the
 //! dedup horizon), [`Part::Registry`] (device names and their series), [`Part::ArchiveBuffer`] (readings read but
-//! not yet flushed to Parquet), [`Part::Merge`] (the day a seal or compaction is merging, while it runs), and
+//! not yet flushed to Parquet), [`Part::Merge`] (what a seal or compaction holds while it runs), and
 //! [`Part::Sql`] (what `--sql-memory × --sql-concurrency` may take, reserved).
 //!
 //! Near the limit Weir refuses what would grow the state, in this order: at [`NEW_SERIES_SHARE`] of it a reading that
@@ -67,9 +67,14 @@ pub mod cost {
     pub const DEVICE: u64 = 160;
     /// A reading read by the archiver and not yet flushed (a compact batch row, 24 bytes, and its share of names).
     pub const UNFLUSHED_READING: u64 = 32;
-    /// A reading of the day a seal or compaction merges: 40 bytes of compact row, plus the compressed outputs and
-    /// encoders (the seal's peak: ~60 bytes per reading, `benches/examples/seal_memory.rs`).
-    pub const MERGED_READING: u64 = 60;
+    /// A merge (seal or compaction) streams its parts, so it holds, besides the parts' and outputs' compressed
+    /// bytes (counted as twice the parts' bytes): this much for its encoders and row buffers, whatever the day's
+    /// size…
+    pub const MERGE_BASE: u64 = 48 << 20;
+    /// …and this much per part it reads (a reader's dictionaries and pages). Measured with
+    /// `cargo run --release -p weir-benches --example seal_memory`: 79 MiB for 60 parts of 1.7 M readings in all,
+    /// 62 MiB for the sealed file and one late part.
+    pub const MERGE_PART: u64 = 1 << 20;
     /// A series, besides its windows: its entry in the live windows' map, deduplication's ring, the latest value's
     /// and the device name's arrangements. Calibrated so that the budget's total matches the process's growth
     /// under a fresh series per reading (`api/tests/limits.rs`: ~1.4 KB a series of one reading, measured).

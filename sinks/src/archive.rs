@@ -40,6 +40,11 @@ pub enum ArchiveError {
     Dump { date: String, source: std::io::Error },
     #[error(transparent)]
     Part(#[from] PartError),
+    #[error(
+        "the part {path}: {source}. Weir did not write it so, or it was damaged: move it out of the archive (keep \
+         it to recover its readings by hand), then seal the day again"
+    )]
+    BadPart { path: String, source: PartError },
     #[error("archive checkpoint {path}: {source}")]
     Checkpoint { path: PathBuf, source: std::io::Error },
     #[error(
@@ -201,16 +206,16 @@ impl ArchiveLocation {
     }
 }
 
-/// Readings counted in [`ArchiveProgress::merging`] while a merge holds them.
+/// Bytes counted in [`ArchiveProgress::merging`] while a merge holds them.
 pub struct MergingGuard {
     progress: Option<Arc<ArchiveProgress>>,
-    readings: u64,
+    bytes: u64,
 }
 
 impl Drop for MergingGuard {
     fn drop(&mut self) {
         if let Some(p) = &self.progress {
-            p.merging.fetch_sub(self.readings, Ordering::AcqRel);
+            p.merging.fetch_sub(self.bytes, Ordering::AcqRel);
         }
     }
 }
@@ -327,7 +332,8 @@ pub struct ArchiveProgress {
     /// A flush of everything read is wanted as soon as the log has been read through this position (SQL in a
     /// cluster asks for it, so that a query sees every process's readings acknowledged before it).
     pub flush_requested: AtomicU64,
-    /// Readings a seal or compaction holds while it merges a day (0 when none runs): for the memory budget.
+    /// Bytes a seal or compaction is estimated to hold while it merges a day (0 when none runs): for the memory
+    /// budget.
     pub merging: AtomicU64,
     /// Set once the archiver has cleaned up after an interrupted flush and reads the log; until then nothing may
     /// replace the parts it works on (the sealer waits for this).
@@ -335,13 +341,13 @@ pub struct ArchiveProgress {
 }
 
 impl ArchiveProgress {
-    /// Counts `readings` as being merged until the returned guard is dropped.
-    pub fn merging(progress: Option<&Arc<ArchiveProgress>>, readings: usize) -> MergingGuard {
+    /// Counts `bytes` as held by a merge until the returned guard is dropped.
+    pub fn merging(progress: Option<&Arc<ArchiveProgress>>, bytes: u64) -> MergingGuard {
         let progress = progress.cloned();
         if let Some(p) = &progress {
-            p.merging.fetch_add(readings as u64, Ordering::AcqRel);
+            p.merging.fetch_add(bytes, Ordering::AcqRel);
         }
-        MergingGuard { progress, readings: readings as u64 }
+        MergingGuard { progress, bytes }
     }
 
     /// Records that flushes fail (`Some(reason)`) or work again (`None`); returns whether that changed.

@@ -28,7 +28,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{ArchiveError, ArchiveLocation, ArchiveProgress, PartName};
-use crate::seal::merge_parts;
+use crate::seal::{Derived, merge_parts};
 
 /// Parts of one tier merged at a time.
 pub const FANOUT: usize = 8;
@@ -166,10 +166,10 @@ async fn compact(
     let tier = parts.iter().map(|p| p.tier).max().unwrap_or(0) + 1;
     let first = parts.iter().map(|p| p.first).min().unwrap_or(0);
     let last = parts.iter().map(|p| p.last).max().unwrap_or(0);
-    let (rows, _merging) = merge_parts(location, parts, |_| false, progress).await?;
+    let (day, _merging) = merge_parts(location, parts, |_| false, progress, Derived::None).await?;
     let target = location.tiered_part_path(date, first, last, tier);
     let staged = staged_path(location, date);
-    location.store.put(&staged, PutPayload::from(rows.parquet()?)).await?;
+    location.store.put(&staged, PutPayload::from(day.parquet)).await?;
     if stop == Some(Stop::Staged) {
         return Err(injected(Stop::Staged));
     }
@@ -201,13 +201,7 @@ async fn compact(
         }
         write_journal(location, &CompactionRecord { replacing: Vec::new(), ..record }).await?;
     }
-    Ok(CompactOutcome {
-        date: date.to_owned(),
-        tier,
-        parts_merged: parts.len(),
-        readings: rows.len() as u64,
-        part: target,
-    })
+    Ok(CompactOutcome { date: date.to_owned(), tier, parts_merged: parts.len(), readings: day.readings, part: target })
 }
 
 /// Completes this process's compactions that a crash interrupted: moves the merged part into place if it is still

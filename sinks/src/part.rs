@@ -55,8 +55,8 @@ pub enum PartError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("part column {0} has an unexpected type")]
     Column(&'static str),
-    #[error("a day holds {0} readings, more than a seal can merge (4 294 967 295); seal it with a smaller day")]
-    DayTooLarge(usize),
+    #[error("row {row} is out of the archive's order (sensor, device, timestamp), so it cannot be merged")]
+    OutOfOrder { row: u64 },
 }
 
 /// Sorts readings, given in write order, into the archive's order: (sensor, device, timestamp), and among equal keys

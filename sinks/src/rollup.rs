@@ -26,7 +26,7 @@ use weir_operators::{Reading, Width, WindowAgg};
 
 use crate::archive::{ArchiveError, ArchiveLocation};
 use crate::part::PartError;
-use crate::seal::DayRows;
+use crate::seal::{MergedRow, Names};
 
 /// One window of one series.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,39 +124,72 @@ pub fn rollup_batch<'a>(
 /// Windows encoded into one Arrow batch at a time when a day's rollups are written (16 Ki × ~128 bytes: 2 MiB).
 const ENCODE_WINDOWS: usize = 16 * 1024;
 
-/// The rollup of one width of a sealed day, as Parquet bytes: the windows of each series in turn — a series' rows
-/// are sorted by timestamp, so each window's readings are contiguous — folded with the live windows' aggregate and
-/// encoded [`ENCODE_WINDOWS`] windows at a time (never the whole day's windows at once; the writer still cuts row
-/// groups of [`ROW_GROUP_ROWS`](crate::part::ROW_GROUP_ROWS)).
-pub(crate) fn day_rollup_parquet(day: &DayRows, width: Width) -> Result<Vec<u8>, PartError> {
-    let mut writer = ArrowWriter::try_new(Vec::new(), rollup_schema(), Some(crate::part::parquet_properties()))?;
-    let mut chunk: Vec<(&str, &str, i64, WindowAgg)> = Vec::with_capacity(ENCODE_WINDOWS);
-    let series = SeriesKey { device: DeviceId(0), sensor: 0 };
-    let mut flush = |chunk: &mut Vec<(&str, &str, i64, WindowAgg)>| -> Result<(), PartError> {
-        let refs = chunk.iter().map(|(sensor, device, start, agg)| RollupRef { device, sensor, start: *start, agg });
-        writer.write(&rollup_batch(refs, width)?)?;
-        chunk.clear();
-        Ok(())
-    };
-    for (sensor, device, run) in day.series() {
-        for window in run.chunk_by(|a, b| width.start_of(a.micros) == width.start_of(b.micros)) {
-            let readings = window.iter().enumerate();
-            let agg = WindowAgg::of_all(readings.map(|(seq, r)| Reading {
-                series,
-                micros: r.micros,
-                value: r.value,
-                seq: seq as u64,
-            }));
-            chunk.push((sensor, device, width.start_of(window[0].micros), agg));
-            if chunk.len() == ENCODE_WINDOWS {
-                flush(&mut chunk)?;
+/// The rollup of one width of a day being sealed, written as the merged rows stream by (archive order, first
+/// writes only): a series' rows are sorted by timestamp, so each window's readings are contiguous and one window is
+/// open at a time, folded with the live windows' aggregate (each reading numbered within its window, as the live
+/// windows number them). Finished windows are encoded [`ENCODE_WINDOWS`] at a time (never the whole day's windows
+/// at once; the writer still cuts row groups of [`ROW_GROUP_ROWS`](crate::part::ROW_GROUP_ROWS)).
+pub(crate) struct DayRollupWriter {
+    width: Width,
+    writer: ArrowWriter<Vec<u8>>,
+    /// The open window: (sensor, device, start) by name number, its aggregate, and how many readings it holds.
+    open: Option<((u32, u32, i64), WindowAgg, u64)>,
+    /// Finished windows not yet encoded.
+    chunk: Vec<((u32, u32, i64), WindowAgg)>,
+}
+
+impl DayRollupWriter {
+    pub fn new(width: Width) -> Result<DayRollupWriter, PartError> {
+        let writer = ArrowWriter::try_new(Vec::new(), rollup_schema(), Some(crate::part::parquet_properties()))?;
+        Ok(DayRollupWriter { width, writer, open: None, chunk: Vec::with_capacity(ENCODE_WINDOWS) })
+    }
+
+    /// Folds the next reading (in archive order) into its window.
+    pub fn push(&mut self, row: &MergedRow, names: &Names) -> Result<(), PartError> {
+        let key = (row.sensor, row.device, self.width.start_of(row.micros));
+        let series = SeriesKey { device: DeviceId(0), sensor: 0 };
+        match &mut self.open {
+            Some((open, agg, seq)) if *open == key => {
+                agg.add(&Reading { series, micros: row.micros, value: row.value, seq: *seq });
+                *seq += 1;
+            }
+            _ => {
+                let reading = Reading { series, micros: row.micros, value: row.value, seq: 0 };
+                if let Some((open, agg, _)) = self.open.replace((key, WindowAgg::of(&reading), 1)) {
+                    self.finish_window(open, agg, names)?;
+                }
             }
         }
+        Ok(())
     }
-    if !chunk.is_empty() {
-        flush(&mut chunk)?;
+
+    fn finish_window(&mut self, key: (u32, u32, i64), agg: WindowAgg, names: &Names) -> Result<(), PartError> {
+        self.chunk.push((key, agg));
+        if self.chunk.len() == ENCODE_WINDOWS { self.encode(names) } else { Ok(()) }
     }
-    Ok(writer.into_inner()?)
+
+    fn encode(&mut self, names: &Names) -> Result<(), PartError> {
+        let refs = self.chunk.iter().map(|((sensor, device, start), agg)| RollupRef {
+            device: names.get(*device),
+            sensor: names.get(*sensor),
+            start: *start,
+            agg,
+        });
+        self.writer.write(&rollup_batch(refs, self.width)?)?;
+        self.chunk.clear();
+        Ok(())
+    }
+
+    /// The rollup's Parquet bytes.
+    pub fn finish(mut self, names: &Names) -> Result<Vec<u8>, PartError> {
+        if let Some((open, agg, _)) = self.open.take() {
+            self.finish_window(open, agg, names)?;
+        }
+        if !self.chunk.is_empty() {
+            self.encode(names)?;
+        }
+        Ok(self.writer.into_inner()?)
+    }
 }
 
 /// Reads a rollup file back into rows (the windows as the live statistics would hold them).
@@ -207,17 +240,17 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
     Ok(out)
 }
 
-/// Writes `date`'s rollups of every width, computed from its sealed readings (archive order, deduplicated).
+/// Stages `date`'s rollups (`rollups`: each width's Parquet bytes, written by [`DayRollupWriter`] from the rows the
+/// sealed file will hold).
 ///
 /// They are staged ([`staged_rollup_path`]); [`publish_day_rollups`] moves them into place, under the lock queries
 /// hold (a query that listed a rollup file and read it while a reseal replaced it read a torn file).
 pub(crate) async fn write_day_rollups(
     location: &ArchiveLocation,
     date: &str,
-    day: &DayRows,
+    rollups: Vec<(Width, Vec<u8>)>,
 ) -> Result<(), ArchiveError> {
-    for width in Width::ALL {
-        let bytes = day_rollup_parquet(day, width)?;
+    for (width, bytes) in rollups {
         location.store.put(&staged_rollup_path(location, width, date), PutPayload::from(bytes)).await?;
     }
     Ok(())

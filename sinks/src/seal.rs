@@ -17,9 +17,11 @@
 
 mod day;
 mod lock;
+mod merge;
 
-pub(crate) use day::{DayRows, merge_parts};
+pub(crate) use day::{Derived, merge_parts};
 pub use lock::SealerLock;
+pub(crate) use merge::{MergedRow, Names};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -156,11 +158,10 @@ pub async fn seal_committed_day(
         (Some(previous), None) => part.first > previous.last,
         (Some(previous), Some(q)) => part.first > previous.through.get(&q).copied().unwrap_or(0),
     };
-    // The day's rows, compact (see [`day`]): one stable sort by the archive's order (sensor, device, timestamp),
-    // then sealed rows first, then write time, keeps among equal keys the first write first (ties in part and row
-    // order); keeping the first of each run is first-write-wins.
-    let (rows, _merging) = merge_parts(location, &parts, is_late, progress).await?;
-    let late_now = rows.late();
+    // The day's rows, merged (see [`merge`]) in the archive's order (sensor, device, timestamp), then sealed rows
+    // first, then write time (ties in part and row order): the first row of each key is its first write.
+    let (day, _merging) = merge_parts(location, &parts, is_late, progress, Derived::RollupsAndDump).await?;
+    let late_now = day.late;
     let ranged = parts.iter().filter(|p| !p.sealed);
     let first = ranged.clone().map(|p| p.first).min().or(previous.as_ref().map(|p| p.first)).unwrap_or(0);
     let last = ranged.clone().map(|p| p.last).max().unwrap_or(first).max(previous.as_ref().map_or(0, |p| p.last));
@@ -176,23 +177,22 @@ pub async fn seal_committed_day(
     let replacing: Vec<Path> = parts.iter().map(|p| p.path.clone()).filter(|p| *p != sealed).collect();
     let record = SealRecord {
         date: date.to_owned(),
-        readings: rows.len() as u64,
+        readings: day.readings,
         late_readings,
         first,
         last,
         replacing: replacing.iter().map(|p| p.to_string()).collect(),
         through,
     };
-    let parquet = rows.parquet()?;
-    let dump_bytes = rows.dump_gzip().map_err(|source| ArchiveError::Dump { date: date.to_owned(), source })?;
-    // Derived from exactly the rows the sealed file will hold: staged now, published with the swap.
-    crate::rollup::write_day_rollups(location, date, &rows).await?;
+    let dump_bytes = day.dump.unwrap_or_default();
+    // Derived from exactly the rows the sealed file holds: staged now, published with the swap.
+    crate::rollup::write_day_rollups(location, date, day.rollups).await?;
 
     let changed = !(replacing.is_empty()
         && previous.as_ref().is_some_and(|p| location.share.is_some() || (p.first == first && p.last == last)));
     // Stage, then swap under the lock queries hold.
     let staged = location.staging_root().join(format!("seal-{date}.parquet"));
-    location.store.put(&staged, PutPayload::from(parquet)).await?;
+    location.store.put(&staged, PutPayload::from(day.parquet)).await?;
     dump_root.store.put(&dump, PutPayload::from(dump_bytes)).await?;
     {
         let _visible = match progress {

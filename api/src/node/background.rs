@@ -163,7 +163,7 @@ pub(super) async fn measure_memory(
             progress.unflushed.lock().map(|u| u.iter().map(|r| r.batch.rows.len() as u64).sum()).unwrap_or(0);
         budget.set(Part::ArchiveBuffer, unflushed * cost::UNFLUSHED_READING);
         let merging = progress.merging.load(std::sync::atomic::Ordering::Acquire);
-        budget.set(Part::Merge, merging * cost::MERGED_READING);
+        budget.set(Part::Merge, merging);
         for part in Part::ALL {
             metrics::gauge!("weir_memory_used_bytes", "part" => part.name()).set(budget.used_by(part) as f64);
         }

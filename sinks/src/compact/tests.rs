@@ -242,7 +242,7 @@ proptest! {
 }
 
 #[test]
-fn a_merge_counts_its_readings_for_the_memory_budget_until_it_ends_however_it_ends() {
+fn a_merge_counts_its_bytes_for_the_memory_budget_until_it_ends_however_it_ends() {
     let progress = Arc::new(ArchiveProgress::default());
     {
         let _guard = ArchiveProgress::merging(Some(&progress), 40);

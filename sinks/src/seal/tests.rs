@@ -73,7 +73,7 @@ fn sealing_merges_parts_keeps_first_writes_and_is_byte_identical_when_repeated()
 }
 
 #[test]
-fn the_dump_is_the_replaced_systems_format_sorted_by_timestamp() {
+fn the_dump_is_the_replaced_systems_format_in_the_archives_order() {
     let s = Store::new();
     s.put_part(
         1,
@@ -85,8 +85,8 @@ fn the_dump_is_the_replaced_systems_format_sorted_by_timestamp() {
     assert_eq!(
         lines,
         vec![
-            serde_json::json!({"sensor": "fuel", "value": 2.0, "timestamp": "2026-11-19T00:00:10Z", "device": "truck-7"}),
             serde_json::json!({"sensor": "fuel", "value": 12.0, "timestamp": "2026-11-19T00:00:20Z"}),
+            serde_json::json!({"sensor": "fuel", "value": 2.0, "timestamp": "2026-11-19T00:00:10Z", "device": "truck-7"}),
             serde_json::json!({"sensor": "speed", "value": 55.5, "timestamp": "2026-11-19T00:00:30Z"}),
         ]
     );
