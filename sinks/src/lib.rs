@@ -2,7 +2,8 @@
 
 pub mod archive;
 pub mod compact;
-pub mod part;
+/// The archive's file format (its own crate, so that what needs only the format builds without DataFusion).
+pub use weir_format as part;
 pub mod rollup;
 pub mod seal;
 pub mod snapshot;

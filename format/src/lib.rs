@@ -307,10 +307,18 @@ mod tests {
         assert_eq!(read_parquet(bytes.clone().into()).unwrap(), readings);
         // The same rows as compact batches.
         let batches = read_parquet_batches(bytes.into()).unwrap();
-        let rows: Vec<ArchivedReading> = batches.iter().flat_map(|b| crate::archive::archived_readings(b, 0)).collect();
-        let without_write_times: Vec<ArchivedReading> =
-            readings.iter().map(|r| ArchivedReading { written: 0, ..r.clone() }).collect();
-        assert_eq!(rows, without_write_times);
+        let rows: Vec<(String, String, i64, u64)> = batches
+            .iter()
+            .flat_map(|b| {
+                b.rows.iter().map(|row| {
+                    let (device, sensor) = (&b.devices[row.device as usize], &b.sensors[row.sensor as usize]);
+                    (device.to_string(), sensor.to_string(), row.micros, row.value.to_bits())
+                })
+            })
+            .collect();
+        let expected: Vec<(String, String, i64, u64)> =
+            readings.iter().map(|r| (r.device.clone(), r.sensor.clone(), r.micros, r.value.to_bits())).collect();
+        assert_eq!(rows, expected);
     }
 
     #[test]
