@@ -1,6 +1,7 @@
 //! Issue 18's proof, in-process: random readings over eight days (late, out of order, repeated at once) with seals
 //! running and random restarts; after every step, every window of every width of every series — live, from the
-//! rollups, or both — equals a from-scratch model of the first writes, before and after the horizon passes it.
+//! rollups, or both — equals a from-scratch model of the first writes, before and after the horizon passes it; alone
+//! with 1–4 workers, and as a cluster of three processes sharing one archive.
 //! (Late readings for days out of memory show after their day's reseal: the comparison waits for it, bounded.)
 //!
 //! Replay a case: `WEIR_TEST_SEED=… cargo test -p weir-api --test horizon_model`; more cases: `WEIR_TEST_CASES=…`.
@@ -48,12 +49,51 @@ struct Model {
     sum: f64,
 }
 
-fn config(dir: &std::path::Path) -> NodeConfig {
-    let mut config = ServeArgs::defaults(dir).node_config().expect("the defaults are a valid configuration");
-    config.archiver.flush_rows = 1;
-    config.archiver.flush_age = Duration::from_millis(20);
-    config.seal_interval = Duration::from_millis(50);
-    config
+/// Weir under test: one process, or a cluster of `hosts.len()` processes sharing one archive (in this test's process:
+/// a single Weir is a cluster of one, and the cluster runs the same code over loopback).
+struct Weir {
+    root: std::path::PathBuf,
+    hosts: Vec<String>,
+    workers: u32,
+    nodes: Vec<Node>,
+}
+
+impl Weir {
+    fn new(root: &std::path::Path, processes: usize, workers: u32) -> Weir {
+        let hosts = if processes > 1 { weir_pipeline::cluster::free_addresses(processes) } else { Vec::new() };
+        Weir { root: root.to_path_buf(), hosts, workers, nodes: Vec::new() }
+    }
+
+    fn config(&self, process: usize) -> NodeConfig {
+        let mut args = ServeArgs::defaults(&self.root.join(format!("data-{process}")));
+        args.workers = self.workers;
+        if !self.hosts.is_empty() {
+            args.cluster_hosts = self.hosts.clone();
+            args.process = Some(process as u32);
+            args.archive.archive_url = Some(self.root.join("archive").display().to_string());
+        }
+        let mut config = args.node_config().expect("a valid configuration");
+        config.archiver.flush_rows = 1;
+        config.archiver.flush_age = Duration::from_millis(20);
+        config.seal_interval = Duration::from_millis(50);
+        config
+    }
+
+    /// Starts every process at once (a cluster's wait for each other).
+    async fn start(&mut self) {
+        let starting: Vec<_> =
+            (0..self.hosts.len().max(1)).map(|p| tokio::spawn(Node::start(self.config(p)))).collect();
+        for node in starting {
+            self.nodes.push(node.await.expect("the start task").expect("the node starts"));
+        }
+    }
+
+    async fn stop(&mut self) {
+        let stopping: Vec<_> = self.nodes.drain(..).map(|node| tokio::spawn(node.shutdown())).collect();
+        for stopped in stopping {
+            stopped.await.expect("the node stops");
+        }
+    }
 }
 
 /// The windows `node` answers for every series and width, as the model's shape.
@@ -124,6 +164,17 @@ fn same(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_window_equals_the_model_before_and_after_the_horizon() {
+    for_each_case("alone", |seed| async move { run_case(seed, 1, 1 + (seed >> 8) as u32 % 4).await }).await;
+}
+
+/// The same with three processes sharing one archive, each day sealed by its owner: readings go to any process,
+/// answers come from any process, the whole cluster restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_window_equals_the_model_before_and_after_the_horizon_in_a_cluster() {
+    for_each_case("cluster", |seed| async move { run_case(seed, 3, 1).await }).await;
+}
+
+async fn for_each_case<F: std::future::Future<Output = ()>>(name: &str, run: impl Fn(u64) -> F) {
     let seed: u64 = std::env::var("WEIR_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
     });
@@ -131,16 +182,18 @@ async fn every_window_equals_the_model_before_and_after_the_horizon() {
     for case in 0..cases {
         let seed = seed.wrapping_add(case.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
         eprintln!(
-            "horizon model: seed {seed} (replay: WEIR_TEST_SEED={seed} cargo test -p weir-api --test horizon_model)"
+            "horizon model ({name}): seed {seed} (replay: WEIR_TEST_SEED={seed} cargo test -p weir-api --test \
+             horizon_model)"
         );
-        run_case(seed).await;
+        run(seed).await;
     }
 }
 
-async fn run_case(seed: u64) {
+async fn run_case(seed: u64, processes: usize, workers: u32) {
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Some(Node::start(config(dir.path())).await.expect("the node starts"));
+    let mut weir = Weir::new(dir.path(), processes, workers);
+    weir.start().await;
     let mut first_writes: BTreeMap<(usize, usize, i64), f64> = BTreeMap::new();
     // Event time mostly moves forward through eight days; some readings are late (up to four days back).
     let mut now = DAY0;
@@ -169,8 +222,8 @@ async fn run_case(seed: u64) {
                 device: Some(DEVICES[d]).filter(|d| *d != "default"),
             })
         });
-        let running = node.as_ref().expect("running");
-        let outcome = running.ingest().ingest_readings(readings, 0, false).await;
+        let to = &weir.nodes[rng.below(processes as u64) as usize];
+        let outcome = to.ingest().ingest_readings(readings, 0, false).await;
         assert_eq!(outcome.rejected, 0, "{:?}", outcome.errors);
         for &(d, s, micros, value) in &lines {
             first_writes.entry((d, s, micros)).or_insert(value);
@@ -178,6 +231,7 @@ async fn run_case(seed: u64) {
         // Eventually (seals and reseals run every 50 ms) every answer equals the model.
         let expected = model(&first_writes);
         let deadline = Instant::now() + Duration::from_secs(30);
+        let running = &weir.nodes[rng.below(processes as u64) as usize];
         loop {
             let got = answers(running).await;
             if same(&got, &expected) {
@@ -187,8 +241,8 @@ async fn run_case(seed: u64) {
                 let missing: Vec<_> = expected.iter().filter(|(k, v)| got.get(k) != Some(v)).take(5).collect();
                 let extra: Vec<_> = got.iter().filter(|(k, _)| !expected.contains_key(k)).take(5).collect();
                 panic!(
-                    "seed {seed}, step {step}: answers differ from the model; {} expected, {} answered; first \
-                     differences {missing:?}, extra {extra:?}; live {:?}",
+                    "seed {seed}, {processes} process(es) of {workers} worker(s), step {step}: answers differ from \
+                     the model; {} expected, {} answered; first differences {missing:?}, extra {extra:?}; live {:?}",
                     expected.len(),
                     got.len(),
                     running.stats().engine().live_windows()
@@ -197,12 +251,12 @@ async fn run_case(seed: u64) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if rng.chance(30) {
-            node.take().expect("running").shutdown().await;
-            node = Some(Node::start(config(dir.path())).await.expect("the node restarts"));
+            weir.stop().await;
+            weir.start().await;
         }
     }
     // The horizon passed days: some windows left memory, and the answers above still equalled the model.
-    let live = node.as_ref().expect("running").stats().engine().live_windows();
-    eprintln!("seed {seed}: {} windows live at the end, of {}", live.windows, model(&first_writes).len());
-    node.take().expect("running").shutdown().await;
+    let live: u64 = weir.nodes.iter().map(|node| node.stats().engine().live_windows().windows).sum();
+    eprintln!("seed {seed}: {live} windows live at the end (all processes), of {}", model(&first_writes).len());
+    weir.stop().await;
 }
