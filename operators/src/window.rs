@@ -88,6 +88,11 @@ impl WindowAgg {
         WindowAgg { count, sum, compensation, min, max, first: stamp(first), last: stamp(last) }
     }
 
+    /// Merges `other` in (the semigroup's addition, for callers without differential's traits).
+    pub fn merge(&mut self, other: &WindowAgg) {
+        self.plus_equals(other);
+    }
+
     /// Adds one more reading: merges [`WindowAgg::of`] it in.
     pub fn add(&mut self, r: &Reading) {
         self.plus_equals(&WindowAgg::of(r));

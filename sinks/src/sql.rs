@@ -25,6 +25,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 mod bounded;
 mod scan_time;
 mod threads;
+mod window_functions;
 pub use threads::{Busy, SqlThreads};
 
 use crate::archive::{ArchiveLocation, ArchiveProgress};
@@ -437,6 +438,9 @@ impl SqlArchive {
         for function in bounded::bounded_string_functions(self.limits.memory_bytes) {
             ctx.register_udf(function);
         }
+        for function in window_functions::window_functions() {
+            ctx.register_udaf(function);
+        }
         let url = &self.location.url;
 
         let readings_url = url.join("readings/").map_err(|e| SqlError::Invalid(e.to_string()))?;
@@ -516,8 +520,8 @@ fn rollup_table(location: &ArchiveLocation, width: weir_operators::Width) -> Res
 
 /// `windows_1m`, `windows_15m`, `windows_1h`, `windows_1d`: one row per window of a series, with the statistics of
 /// `/api/v1/series`. A day with rollups ([`crate::rollup`], written when it is sealed) is read from them; a day without
-/// (not sealed yet) is aggregated from its readings at query time, with the same definitions (first: the value at
-/// the smallest timestamp, last: at the greatest).
+/// (not sealed yet) is aggregated from its readings at query time with the live windows' own aggregate
+/// ([`window_functions`]; first: the value at the smallest timestamp, last: at the greatest).
 async fn register_windows(
     ctx: &SessionContext,
     location: &ArchiveLocation,
@@ -546,8 +550,8 @@ async fn register_windows(
          FROM {table} \
          UNION ALL \
          SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, {start} AS window_start, \
-                {start} + INTERVAL '{interval}' AS window_end, count(*) AS count, sum(value) AS sum, \
-                avg(value) AS mean, min(value) AS min, max(value) AS max, \
+                {start} + INTERVAL '{interval}' AS window_end, count(*) AS count, window_sum(value) AS sum, \
+                window_mean(value) AS mean, window_min(value) AS min, window_max(value) AS max, \
                 first_value(value ORDER BY timestamp) AS first, min(timestamp) AS first_timestamp, \
                 last_value(value ORDER BY timestamp) AS last, max(timestamp) AS last_timestamp, date \
          FROM readings WHERE NOT ({rolled}) \

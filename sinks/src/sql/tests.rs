@@ -8,6 +8,8 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use super::*;
 use crate::archive::{Archiver, ArchiverOptions};
 use crate::test_support::*;
+use weir_operators::model::{DeviceId, SeriesKey};
+use weir_operators::{Reading, WindowAgg};
 
 const DAY: i64 = 86_400_000_000;
 const T0: i64 = 1_795_046_400_000_000; // 2026-11-19T00:00:00Z
@@ -320,4 +322,47 @@ fn window_tables_answer_from_readings_then_from_rollups_alike() {
     let text = arrow::util::pretty::pretty_format_batches(&plan.batches).unwrap().to_string();
     assert!(text.contains("rollups/width=1h/date=2026-11-19"), "{text}");
     assert!(text.contains("date IN") || text.contains("2026-11-19"), "{text}");
+}
+
+/// Extreme values: a window of the live windows' aggregate reports a sum beyond `f64::MAX` as `f64::MAX` (not
+/// infinity) and orders -0.0 before 0.0 — `windows_*` give those numbers over readings, as over rollups and as
+/// `/api/v1/series` (SQL's own `sum`, `min` and `max` would not).
+#[test]
+fn window_tables_fold_extreme_values_as_the_live_windows_do() {
+    let big = f64::MAX;
+    let records = vec![
+        vec![(0, 0, T0 + 1_000_000, big), (0, 0, T0 + 2_000_000, big), (0, 0, T0 + 3_000_000, 0.0)],
+        vec![(0, 1, T0 + 1_000_000, 0.0), (0, 1, T0 + 2_000_000, -0.0), (0, 1, T0 + 3_000_000, 1e-300)],
+    ];
+    let f = fixture(&records, None);
+    f.archive(small_flushes()).unwrap();
+    let archive = sql(&f, SqlLimits::default());
+    let windows = || {
+        let r = f
+            .runtime
+            .block_on(archive.query("SELECT sum, mean, min, max FROM windows_1m ORDER BY sensor DESC"))
+            .unwrap();
+        let b = &r.batches[0];
+        (0..2).map(|row| (0..4).map(|c| b.column(c).as_primitive::<Float64Type>().value(row)).collect()).collect()
+    };
+    // The model: the live windows' aggregate over the same values.
+    let agg = |values: &[f64]| {
+        let reading =
+            |value| Reading { series: SeriesKey { device: DeviceId(0), sensor: 0 }, micros: 0, value, seq: 0 };
+        let mut agg = WindowAgg::of(&reading(values[0]));
+        for &v in &values[1..] {
+            agg.add(&reading(v));
+        }
+        vec![agg.sum(), agg.mean(), agg.min, agg.max]
+    };
+    let expected: Vec<Vec<f64>> = vec![agg(&[big, big, 0.0]), agg(&[0.0, -0.0, 1e-300])];
+    assert_eq!(expected[0][0], f64::MAX, "the live windows saturate the sum");
+    let bits = |rows: &Vec<Vec<f64>>| -> Vec<Vec<u64>> {
+        rows.iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect()
+    };
+    let from_readings: Vec<Vec<f64>> = windows();
+    assert_eq!(bits(&from_readings), bits(&expected), "over readings");
+    f.runtime.block_on(crate::seal::seal_day(&f.location, "2026-11-19", None, None)).unwrap();
+    let from_rollups: Vec<Vec<f64>> = windows();
+    assert_eq!(bits(&from_rollups), bits(&expected), "over rollups");
 }
