@@ -15,7 +15,10 @@
 # memory budget) are copied to /tmp/weir-soak-samples.csv.
 set -euo pipefail
 BIN=$1; MINUTES=${2:-30}
-D=$(mktemp -d); trap 'kill $W 2>/dev/null || true; rm -rf "$D"' EXIT
+D=$(mktemp -d); W=; L=
+# However the script ends, its server and load generator end too (a load generator left running once fed the next
+# run's server from another month).
+trap 'kill $W $L 2>/dev/null || true; rm -rf "$D"' EXIT
 HTTP=127.0.0.1:18490
 serve() { "$BIN/weir" serve --data-dir "$D/data" --listen $HTTP --grpc-listen off --seal-interval 10s \
   --archive-flush-age 2s >> "$D/weir.log" 2>&1 & W=$!; }
