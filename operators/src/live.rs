@@ -19,8 +19,9 @@
 //! Readings reach this operator on the worker that owns their device (deduplication routes them by device and this
 //! operator reads its input in place), so all windows of a series live on one worker: a series' windows can be read,
 //! and later evicted, in one place. Each reading costs one lookup of its series, every width updated in place (a
-//! fold into one entry per window first, then a lookup per width, were the worker's top symbols). Cost: about [`BYTES_PER_WINDOW`] bytes per window (the aggregate and its start in a
-//! sorted vector), against ~162 measured for the arrangement.
+//! fold into one entry per window first, then a lookup per width, were the worker's top symbols). Cost: about
+//! [`BYTES_PER_WINDOW`] bytes per window (the aggregate and its start in a sorted vector), against ~162 measured for
+//! the arrangement.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -102,8 +103,9 @@ impl LiveWindows {
         }
     }
 
-    /// Adds `agg` into the window `key`, unless that window is no longer live (then it is counted as dropped).
-    pub fn add(&mut self, key: WindowKey, agg: &WindowAgg) {
+    /// Adds `agg` into the window `key` alone, unless that window is no longer live (then it is counted as dropped).
+    #[cfg(test)]
+    fn add(&mut self, key: WindowKey, agg: &WindowAgg) {
         self.add_widths(key.series, &[(key.width, key.start)], agg);
     }
 

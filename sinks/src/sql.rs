@@ -452,8 +452,12 @@ impl SqlArchive {
         let archived = ListingTable::try_new(config)?;
         let schema = datafusion::datasource::TableProvider::schema(&archived);
         ctx.register_table("archived", Arc::new(archived))?;
-        ctx.register_table("unflushed", Arc::new(scan_time::Unflushed { schema, progress: self.progress.clone() }))?;
-        ctx.register_table("seals", Arc::new(scan_time::Seals { location: self.location.clone() }))?;
+        let unflushed = scan_time::Unflushed { schema, progress: self.progress.clone() };
+        ctx.register_table("unflushed", Arc::new(scan_time::ScanTime(unflushed)))?;
+        ctx.register_table(
+            "seals",
+            Arc::new(scan_time::ScanTime(scan_time::Seals { location: self.location.clone() })),
+        )?;
         ctx.sql(
             "CREATE VIEW readings AS \
              SELECT device, sensor, value, timestamp, date FROM archived \

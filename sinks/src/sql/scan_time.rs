@@ -17,17 +17,22 @@ use datafusion::physical_plan::ExecutionPlan;
 use crate::archive::{ArchiveLocation, ArchiveProgress, archived_readings};
 use crate::part::{ArchivedReading, to_record_batch};
 
-/// `unflushed`: the running archiver's buffered readings, in the `archived` table's schema (none without one).
-#[derive(Debug)]
-pub(super) struct Unflushed {
-    pub schema: SchemaRef,
-    pub progress: Option<Arc<ArchiveProgress>>,
+/// What a scan-time table reads when a query is planned.
+#[async_trait::async_trait]
+pub(super) trait Snapshot: std::fmt::Debug + Send + Sync + 'static {
+    fn schema(&self) -> SchemaRef;
+    /// The table's rows now.
+    async fn snapshot(&self) -> Result<MemTable>;
 }
 
+/// A table whose rows are [`Snapshot::snapshot`] taken when a query scans it.
+#[derive(Debug)]
+pub(super) struct ScanTime<S>(pub S);
+
 #[async_trait::async_trait]
-impl TableProvider for Unflushed {
+impl<S: Snapshot> TableProvider for ScanTime<S> {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.0.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -41,12 +46,33 @@ impl TableProvider for Unflushed {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.0.snapshot().await?.scan(state, projection, filters, limit).await
+    }
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// `unflushed`: the running archiver's buffered readings, in the `archived` table's schema (none without one).
+#[derive(Debug)]
+pub(super) struct Unflushed {
+    pub schema: SchemaRef,
+    pub progress: Option<Arc<ArchiveProgress>>,
+}
+
+#[async_trait::async_trait]
+impl Snapshot for Unflushed {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn snapshot(&self) -> Result<MemTable> {
         let records = self.progress.as_ref().map(|p| p.unflushed_snapshot()).unwrap_or_default();
         let rows: Vec<ArchivedReading> = records.iter().flat_map(|r| archived_readings(&r.batch, r.written)).collect();
-        let batch = to_record_batch(&rows).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let batch =
-            super::with_date(&batch, &rows, &self.schema).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+        let batch = to_record_batch(&rows).map_err(external)?;
+        let batch = super::with_date(&batch, &rows, &self.schema).map_err(external)?;
+        MemTable::try_new(self.schema.clone(), vec![vec![batch]])
     }
 }
 
@@ -57,23 +83,12 @@ pub(super) struct Seals {
 }
 
 #[async_trait::async_trait]
-impl TableProvider for Seals {
+impl Snapshot for Seals {
     fn schema(&self) -> SchemaRef {
         super::seals_schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let table = super::seals_table(&self.location).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
-        table.scan(state, projection, filters, limit).await
+    async fn snapshot(&self) -> Result<MemTable> {
+        super::seals_table(&self.location).await.map_err(external)
     }
 }
