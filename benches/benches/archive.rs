@@ -73,7 +73,7 @@ fn archive(c: &mut Criterion) {
 
     let location = archive_with_parts(&rt, &readings);
     rt.block_on(seal_day(&location, DAY, None, None)).unwrap();
-    let sql = SqlArchive::new(location, None, SqlLimits::default());
+    let sql = SqlArchive::new(location, None, SqlLimits::default()).expect("SQL threads start");
     let queries = [
         (
             "15min-means-one-sensor",

@@ -59,7 +59,7 @@ fn main() {
     }
     let measure = |what: &str| {
         let files = rt.block_on(location.list_parts()).unwrap().len();
-        let sql = SqlArchive::new(location.clone(), None, SqlLimits::default());
+        let sql = SqlArchive::new(location.clone(), None, SqlLimits::default()).expect("SQL threads start");
         println!("{what}: {files} files");
         for (name, query) in QUERIES {
             let best = (0..5)

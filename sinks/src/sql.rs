@@ -26,7 +26,7 @@ mod bounded;
 mod scan_time;
 mod threads;
 mod window_functions;
-pub use threads::{Busy, SqlThreads};
+pub use threads::{Busy, SqlThreads, StartError};
 
 use crate::archive::{ArchiveLocation, ArchiveProgress};
 use crate::part::{ArchivedReading, archive_schema};
@@ -42,6 +42,9 @@ pub struct SqlLimits {
     pub max_query_bytes: usize,
     /// Queries that run at once, each on a thread of its own ([`SqlThreads`]).
     pub concurrency: usize,
+    /// Workers that run the queries' partitions, shared by the queries (0: one per core); also each query's
+    /// `target_partitions`.
+    pub parallelism: usize,
     /// Queries that may wait for a thread; more are refused at once.
     pub queue: usize,
     /// How much lower the SQL threads' CPU priority is than the rest of the process (a nice increment, 0–19).
@@ -56,6 +59,7 @@ impl Default for SqlLimits {
             memory_bytes: 512 << 20,
             max_query_bytes: 64 << 10,
             concurrency: 2,
+            parallelism: 0,
             nice: 10,
             queue: 16,
         }
@@ -213,11 +217,15 @@ fn nesting(statement: &Statement) -> usize {
 
 impl SqlArchive {
     /// Answers SQL over `location` on a pool of `limits.concurrency` SQL threads of its own.
-    pub fn new(location: ArchiveLocation, progress: Option<Arc<ArchiveProgress>>, limits: SqlLimits) -> Self {
-        let threads = SqlThreads::start(limits.concurrency, limits.queue, limits.nice);
+    pub fn new(
+        location: ArchiveLocation,
+        progress: Option<Arc<ArchiveProgress>>,
+        limits: SqlLimits,
+    ) -> Result<Self, StartError> {
+        let threads = SqlThreads::start(limits.concurrency, limits.parallelism, limits.queue, limits.nice)?;
         // An archive URL always has a scheme (ArchiveLocation::open made it one); an empty registry only fails reads.
         let stores = store_registry(&location).unwrap_or_default();
-        SqlArchive { location, progress, limits, threads, session: Default::default(), stores }
+        Ok(SqlArchive { location, progress, limits, threads, session: Default::default(), stores })
     }
 
     /// [`check_query`] on a SQL thread.
@@ -433,7 +441,7 @@ impl SqlArchive {
     /// the rollups of the `rolled` days).
     async fn session_state(&self, rolled: &[Vec<String>; 4]) -> Result<SessionState, SqlError> {
         let runtime = RuntimeEnvBuilder::new().with_object_store_registry(self.stores.clone()).build_arc()?;
-        let config = SessionConfig::from_env().unwrap_or_default();
+        let config = SessionConfig::from_env().unwrap_or_default().with_target_partitions(self.threads.parallelism());
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         for function in bounded::bounded_string_functions(self.limits.memory_bytes) {
             ctx.register_udf(function);

@@ -226,6 +226,11 @@ pub struct ArchiveArgs {
     #[arg(long, env = "WEIR_SQL_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub sql_concurrency: u32,
 
+    /// Workers that run the queries' partitions, shared by all queries (0: one per core): how many cores one query
+    /// may use at once, and each query's `target_partitions`.
+    #[arg(long, env = "WEIR_SQL_PARALLELISM", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub sql_parallelism: u32,
+
     /// SQL queries that may wait for a thread; beyond them a query gets 503 at once.
     #[arg(long, env = "WEIR_SQL_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub sql_queue: u32,
@@ -249,6 +254,7 @@ impl ArchiveArgs {
             memory_bytes: usize::try_from(self.sql_memory).unwrap_or(usize::MAX),
             max_query_bytes: usize::try_from(self.sql_max_query_bytes).unwrap_or(usize::MAX),
             concurrency: self.sql_concurrency as usize,
+            parallelism: self.sql_parallelism as usize,
             queue: self.sql_queue as usize,
             nice: self.sql_nice,
         }

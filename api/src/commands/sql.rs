@@ -49,7 +49,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let archive = match &args.archive {
         Some(url) => {
             let location = ArchiveLocation::open(url).with_context(|| format!("cannot open the archive {url}"))?;
-            Some(SqlArchive::new(location, None, SqlLimits::default()))
+            Some(SqlArchive::new(location, None, SqlLimits::default())?)
         }
         None => None,
     };

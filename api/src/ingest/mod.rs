@@ -208,7 +208,7 @@ mod tests {
         );
         let location = weir_sinks::archive::ArchiveLocation::open("memory:///").unwrap();
         let progress = Arc::new(weir_sinks::archive::ArchiveProgress::default());
-        let archive = weir_sinks::sql::SqlArchive::new(location, Some(progress.clone()), Default::default());
+        let archive = weir_sinks::sql::SqlArchive::new(location, Some(progress.clone()), Default::default()).unwrap();
         let readiness = Arc::new(crate::node::Readiness { log_at_start: 0, archive: progress.clone() });
         let sql = crate::node::sql::SqlService::new(archive, progress, Arc::new(FullLog), Duration::from_secs(1));
         let state = AppState {

@@ -299,7 +299,7 @@ impl Node {
         // flushes first and the query reads the shared archive only.
         let local_progress = share.is_none().then(|| archiver.progress.clone());
         let mut sql = SqlService::new(
-            SqlArchive::new(location, local_progress, config.sql.clone()),
+            SqlArchive::new(location, local_progress, config.sql.clone()).map_err(context("SQL"))?,
             archiver.progress.clone(),
             log.clone(),
             config.read_wait,

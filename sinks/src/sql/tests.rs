@@ -30,7 +30,7 @@ fn archived(url: Option<&str>) -> Fixture {
 }
 
 fn sql(f: &Fixture, limits: SqlLimits) -> SqlArchive {
-    SqlArchive::new(f.location.clone(), None, limits)
+    SqlArchive::new(f.location.clone(), None, limits).unwrap()
 }
 
 fn run(f: &Fixture, q: &str) -> SqlResult {
@@ -100,12 +100,16 @@ fn unflushed_readings_are_seen_once() {
     while archiver.progress.read_through.load(std::sync::atomic::Ordering::Acquire) < f.last {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let live = SqlArchive::new(f.location.clone(), Some(archiver.progress.clone()), SqlLimits::default());
+    let live = SqlArchive::new(f.location.clone(), Some(archiver.progress.clone()), SqlLimits::default()).unwrap();
     let count = |s: &SqlArchive| single_i64(&f.runtime.block_on(s.query("SELECT count(*) FROM readings")).unwrap());
     assert_eq!(count(&live), 6, "all unflushed, all visible");
     archiver.stop().unwrap(); // flushes on stop
     assert_eq!(count(&live), 6, "the same session after the flush: all flushed, once");
-    assert_eq!(count(&SqlArchive::new(f.location.clone(), None, SqlLimits::default())), 6, "all flushed, once");
+    assert_eq!(
+        count(&SqlArchive::new(f.location.clone(), None, SqlLimits::default()).unwrap()),
+        6,
+        "all flushed, once"
+    );
 }
 
 #[test]
@@ -182,7 +186,7 @@ fn an_empty_archive_answers_zero() {
 fn deep_and_long_queries_answer_or_are_refused_never_crash() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let location = ArchiveLocation::open("memory:///").unwrap();
-    let archive = SqlArchive::new(location, None, SqlLimits::default());
+    let archive = SqlArchive::new(location, None, SqlLimits::default()).unwrap();
     // Near the limit (1 000 of MAX_NESTING's 1 024 levels).
     let ors = (0..1000).map(|d| format!("device = 'd{d}'")).collect::<Vec<_>>().join(" OR ");
     let result = rt.block_on(archive.query(&format!("SELECT count(*) AS n FROM readings WHERE {ors}"))).unwrap();
@@ -250,7 +254,7 @@ mod fuzz {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let location = ArchiveLocation::open("memory:///").unwrap();
             let limits = SqlLimits { timeout: Duration::from_secs(20), ..SqlLimits::default() };
-            let archive = SqlArchive::new(location, None, limits);
+            let archive = SqlArchive::new(location, None, limits).unwrap();
             for sql in [format!("SELECT {select} AS a"), format!("SELECT count(*) FROM readings WHERE {filter}")] {
                 match rt.block_on(archive.query(&sql)) {
                     Ok(_) => {}
@@ -268,7 +272,7 @@ fn values_larger_than_the_query_memory_are_refused() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let location = ArchiveLocation::open("memory:///").unwrap();
     let limits = SqlLimits { memory_bytes: 64 << 20, ..SqlLimits::default() };
-    let archive = SqlArchive::new(location, None, limits);
+    let archive = SqlArchive::new(location, None, limits).unwrap();
     for sql in [
         "SELECT length(repeat('x', 300000000)) AS n",
         "SELECT length(lpad('x', 300000000)) AS n",
