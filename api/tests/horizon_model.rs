@@ -218,7 +218,7 @@ async fn run_case(seed: u64, processes: usize, workers: u32) {
             Ok(ReadingFields {
                 sensor: Some(SENSORS[s]),
                 value: Some(*value),
-                timestamp: Some(timestamp.as_str()),
+                timestamp: Some(weir_pipeline::decode::Timestamp::Rfc3339(timestamp.as_str())),
                 device: Some(DEVICES[d]).filter(|d| *d != "default"),
             })
         });

@@ -47,7 +47,7 @@ impl TestNode {
             Ok(ReadingFields {
                 sensor: Some(sensor),
                 value: Some(value),
-                timestamp: Some(timestamp),
+                timestamp: Some(weir_pipeline::decode::Timestamp::Rfc3339(timestamp)),
                 device: Some("d"),
             })
         });

@@ -59,7 +59,8 @@ impl LineError {
     pub fn undecodable(message: impl Into<String>) -> Self {
         LineError { kind: LineErrorKind::Undecodable, message: message.into() }
     }
-    fn invalid(message: impl Into<String>) -> Self {
+    /// The error for a reading that decodes but breaks a rule.
+    pub fn invalid(message: impl Into<String>) -> Self {
         LineError { kind: LineErrorKind::Invalid, message: message.into() }
     }
     /// The error for a line longer than the limit.
@@ -89,8 +90,17 @@ struct WireReading<'a> {
 pub struct ReadingFields<'a> {
     pub sensor: Option<&'a str>,
     pub value: Option<f64>,
-    pub timestamp: Option<&'a str>,
+    pub timestamp: Option<Timestamp<'a>>,
     pub device: Option<&'a str>,
+}
+
+/// A reading's event time as a transport gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timestamp<'a> {
+    /// RFC 3339 text (NDJSON, gRPC).
+    Rfc3339(&'a str),
+    /// Microseconds since the Unix epoch, UTC, already converted from the transport's integer form (line protocol).
+    Micros(i64),
 }
 
 /// A JSON string borrowed from the input, owned only when it contains escapes. (serde's own `Cow<str>` inside an
@@ -165,7 +175,7 @@ impl Decoder {
         let fields = ReadingFields {
             sensor: wire.sensor.as_deref(),
             value: wire.value,
-            timestamp: wire.timestamp.as_deref(),
+            timestamp: wire.timestamp.as_deref().map(Timestamp::Rfc3339),
             device: wire.device.as_deref(),
         };
         self.validate_into(fields, batch, devices)
@@ -192,7 +202,10 @@ impl Decoder {
             return Err(LineError::invalid("value is not a finite number"));
         }
         let timestamp = fields.timestamp.ok_or_else(|| LineError::invalid("missing field `timestamp`"))?;
-        let micros = parse_timestamp(timestamp)?;
+        let micros = match timestamp {
+            Timestamp::Rfc3339(text) => parse_timestamp(text)?,
+            Timestamp::Micros(micros) => check_micros(micros)?,
+        };
         let device = match fields.device {
             None => DEFAULT_DEVICE,
             Some("") => return Err(LineError::invalid("device is empty; omit the field for the default device")),
@@ -262,6 +275,20 @@ pub fn parse_timestamp(text: &str) -> Result<i64, LineError> {
             "timestamp {:?} falls outside the years 0000 to 9999 in UTC, which RFC 3339 cannot write; send it in UTC \
              or with an offset that keeps it within those years",
             truncate(text, 64)
+        )));
+    }
+    Ok(micros)
+}
+
+/// Checks an event time given as microseconds with the rules RFC 3339 text gets: not the zero time, within the
+/// years 0000 to 9999.
+pub fn check_micros(micros: i64) -> Result<i64, LineError> {
+    if micros == GO_ZERO_TIME_MICROS {
+        return Err(LineError::invalid("timestamp is the zero time 0001-01-01T00:00:00Z"));
+    }
+    if !UTC_RANGE_MICROS.contains(&micros) {
+        return Err(LineError::invalid(format!(
+            "timestamp {micros} µs since 1970 falls outside the years 0000 to 9999 in UTC; check its precision"
         )));
     }
     Ok(micros)

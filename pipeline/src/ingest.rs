@@ -141,6 +141,17 @@ impl BodyDecoder {
         record(&mut self.rejections, &mut self.decoded, &self.limits, number, result.map_err(|e| (e, None)));
     }
 
+    /// Rejects reading or line `number` with `error` (a transport's own reasons: line protocol's parse errors,
+    /// string fields), counted and reported like any rejected line.
+    pub fn reject(&mut self, number: u64, error: LineError) {
+        record(&mut self.rejections, &mut self.decoded, &self.limits, number, Err((error, None)));
+    }
+
+    /// The decode limits this decoder enforces.
+    pub fn limits(&self) -> &DecodeLimits {
+        &self.limits
+    }
+
     /// The current batch if it has reached the batch size.
     pub fn take_full_batch(&mut self) -> Option<ReadingBatch> {
         (self.batch.len() >= self.limits.batch_rows).then(|| self.take_batch()).flatten()

@@ -8,6 +8,7 @@ pub mod data_dir;
 pub mod decode;
 pub mod devices;
 pub mod ingest;
+pub mod line_protocol;
 pub mod lines;
 pub mod reading;
 pub mod stats;

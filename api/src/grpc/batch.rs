@@ -14,7 +14,7 @@
 use bytes::{Buf, BufMut, Bytes};
 use prost::DecodeError;
 use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, skip_field};
-use weir_pipeline::decode::ReadingFields;
+use weir_pipeline::decode::{ReadingFields, Timestamp};
 
 use super::proto::Reading;
 
@@ -81,7 +81,7 @@ fn reading_fields(mut buf: &[u8]) -> Result<ReadingFields<'_>, ReadingError> {
                 }
                 fields.value = Some(buf.get_f64_le());
             }
-            (3, WireType::LengthDelimited) => fields.timestamp = Some(text(&mut buf, "timestamp")?),
+            (3, WireType::LengthDelimited) => fields.timestamp = Some(Timestamp::Rfc3339(text(&mut buf, "timestamp")?)),
             (4, WireType::LengthDelimited) => fields.device = Some(text(&mut buf, "device")?),
             (1..=4, _) => return Err(ReadingError::WireType { tag, wire_type }),
             _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
@@ -89,7 +89,7 @@ fn reading_fields(mut buf: &[u8]) -> Result<ReadingFields<'_>, ReadingError> {
     }
     // proto3 strings: absent and empty are the same; an empty sensor or timestamp is a missing one.
     fields.sensor = fields.sensor.filter(|s| !s.is_empty());
-    fields.timestamp = fields.timestamp.filter(|t| !t.is_empty());
+    fields.timestamp = fields.timestamp.filter(|t| *t != Timestamp::Rfc3339(""));
     Ok(fields)
 }
 
@@ -185,7 +185,7 @@ mod tests {
                 let fields = fields.unwrap();
                 prop_assert_eq!(fields.sensor, Some(r.sensor.as_str()).filter(|s| !s.is_empty()));
                 prop_assert_eq!(fields.value.map(f64::to_bits), r.value.map(f64::to_bits));
-                prop_assert_eq!(fields.timestamp, Some(r.timestamp.as_str()).filter(|t| !t.is_empty()));
+                prop_assert_eq!(fields.timestamp, Some(r.timestamp.as_str()).filter(|t| !t.is_empty()).map(Timestamp::Rfc3339));
                 prop_assert_eq!(fields.device, r.device.as_deref());
             }
             prop_assert_eq!(batch.encode_to_vec(), bytes.clone());

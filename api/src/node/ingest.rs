@@ -413,7 +413,7 @@ mod tests {
         let fields = ReadingFields {
             sensor: Some("speed"),
             value: Some(1.0),
-            timestamp: Some("2026-11-22T18:25:43Z"),
+            timestamp: Some(weir_pipeline::decode::Timestamp::Rfc3339("2026-11-22T18:25:43Z")),
             device: None,
         };
         let started = std::time::Instant::now();
