@@ -1,5 +1,7 @@
 //! API-key authentication, compatible with the replaced system: HTTP basic auth whose *username* is the key
-//! (the password is ignored).
+//! (the password is ignored). For the clients of InfluxDB's write APIs (issue 20) a key is also accepted as
+//! `Authorization: Token KEY` (v2), `Authorization: Bearer KEY` (v3), as basic auth's password (v1 clients given
+//! a username and the key as password), and on `/write` alone as the `p` or `u` query parameter (v1's own way).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,17 +38,63 @@ impl ApiKeys {
         }
         // A script (the dashboard) that says so gets no `WWW-Authenticate`: browsers would open their login dialog.
         let challenge = !headers.contains_key("x-requested-with");
-        match basic_auth_username(headers) {
-            None => Err(unauthorized("no credentials provided", challenge)),
-            Some(key) if self.0.contains(&key) => Ok(()),
-            Some(_) => Err(unauthorized("invalid api key", challenge)),
+        self.check_candidates(&header_keys(headers), challenge)
+    }
+
+    /// [`Self::check`], plus InfluxDB 1.x's `u`/`p` query parameters on `/write`.
+    pub fn check_request(&self, request: &Request) -> Result<(), Response> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let headers = request.headers();
+        let challenge = !headers.contains_key("x-requested-with");
+        let mut keys = header_keys(headers);
+        if request.uri().path() == "/write" {
+            keys.extend(query_keys(request.uri().query().unwrap_or("")));
+        }
+        self.check_candidates(&keys, challenge)
+    }
+
+    fn check_candidates(&self, keys: &[String], challenge: bool) -> Result<(), Response> {
+        if keys.is_empty() {
+            Err(unauthorized("no credentials provided", challenge))
+        } else if keys.iter().any(|k| self.0.contains(k)) {
+            Ok(())
+        } else {
+            Err(unauthorized("invalid api key", challenge))
         }
     }
+}
+
+/// The keys a request's `Authorization` header offers: basic auth's username and password, or a `Token`/`Bearer`.
+fn header_keys(headers: &HeaderMap) -> Vec<String> {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return Vec::new() };
+    let Some((scheme, credential)) = value.split_once(' ') else { return Vec::new() };
+    if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") {
+        return vec![credential.trim().to_owned()];
+    }
+    match basic_auth(headers) {
+        Some((user, password)) => vec![user, password],
+        None => Vec::new(),
+    }
+}
+
+/// InfluxDB 1.x's `p` (password) and `u` (user) query parameters.
+fn query_keys(query: &str) -> Vec<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "p" || k == "u")
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 /// The username of an `Authorization: Basic` header, as Go's `Request.BasicAuth` reads it: base64 of
 /// `user:password`, with the colon required.
 pub(crate) fn basic_auth_username(headers: &HeaderMap) -> Option<String> {
+    basic_auth(headers).map(|(user, _)| user)
+}
+
+/// The username and password of an `Authorization: Basic` header.
+fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -54,8 +102,8 @@ pub(crate) fn basic_auth_username(headers: &HeaderMap) -> Option<String> {
     }
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
-    let (user, _password) = text.split_once(':')?;
-    Some(user.to_owned())
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
 }
 
 fn unauthorized(message: &'static str, challenge: bool) -> Response {
@@ -70,7 +118,7 @@ fn unauthorized(message: &'static str, challenge: bool) -> Response {
 
 /// Middleware that refuses requests without a valid API key.
 pub async fn require_api_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
-    match keys.check(request.headers()) {
+    match keys.check_request(&request) {
         Ok(()) => next.run(request).await,
         Err(response) => response,
     }
@@ -99,8 +147,22 @@ mod tests {
         assert!(keys.check(&headers(Some(&basic("k1:")))).is_ok());
         assert!(keys.check(&headers(Some(&basic("k2:x")))).is_err());
         assert!(keys.check(&headers(Some(&basic("k1")))).is_err(), "no colon: not basic auth");
-        assert!(keys.check(&headers(Some("Bearer k1"))).is_err());
+        assert!(keys.check(&headers(Some("Bearer k2"))).is_err());
         assert!(keys.check(&headers(None)).is_err());
+    }
+
+    #[test]
+    fn influxdb_clients_give_the_key_as_a_token_a_password_or_on_write_a_query_parameter() {
+        let keys = ApiKeys::new(["k1".to_string()]);
+        assert!(keys.check(&headers(Some("Token k1"))).is_ok());
+        assert!(keys.check(&headers(Some("Bearer k1"))).is_ok());
+        assert!(keys.check(&headers(Some(&basic("someone:k1")))).is_ok());
+        assert!(keys.check(&headers(Some("Token k2"))).is_err());
+        let request = |uri: &str| Request::builder().uri(uri).body(axum::body::Body::empty()).unwrap();
+        assert!(keys.check_request(&request("/write?db=x&u=me&p=k1")).is_ok());
+        assert!(keys.check_request(&request("/write?u=k1")).is_ok());
+        assert!(keys.check_request(&request("/write?p=k2")).is_err());
+        assert!(keys.check_request(&request("/api/v1/sql?p=k1")).is_err(), "only /write reads keys from the query");
     }
 
     #[test]

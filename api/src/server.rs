@@ -42,12 +42,16 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/devices", get(v1::devices))
         .route("/api/v1/sql", post(crate::sql::sql))
         .route("/api/v1/subscribe", get(crate::stats::sse::sse))
+        .route("/write", post(crate::ingest::line_protocol::write_v1))
+        .route("/api/v2/write", post(crate::ingest::line_protocol::write_v2))
+        .route("/api/v3/write_lp", post(crate::ingest::line_protocol::write_v3))
         .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_api_key));
     authenticated
         .route("/", get(crate::dashboard::index))
         .route("/dashboard/app.js", get(crate::dashboard::script))
         .route("/dashboard/style.css", get(crate::dashboard::style))
         .route("/healthz", get(healthz))
+        .route("/ping", get(ping).head(ping))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::metrics))
         .with_state(state)
@@ -55,6 +59,14 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(crate::requests::observe))
+}
+
+/// `GET /ping`: what InfluxDB clients (the 1.x `influx` CLI, client libraries) ask first; 204 with a version.
+async fn ping() -> impl axum::response::IntoResponse {
+    (
+        axum::http::StatusCode::NO_CONTENT,
+        [("x-influxdb-version", "1.8-compatible (weir)"), ("x-influxdb-build", "weir")],
+    )
 }
 
 /// Headers every answer carries: the dashboard loads only its own script and style and may not be framed; no

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use weir_pipeline::cluster::ClusterConfig;
 use weir_pipeline::ingest::DecodeLimits;
+use weir_pipeline::line_protocol::{LineProtocolMapping, SensorNaming};
 use weir_pipeline::reading::{DEFAULT_SENSORS, SensorSet};
 use weir_pipeline::stats::StatsOptions;
 use weir_pipeline::wal::WalOptions;
@@ -51,6 +52,16 @@ pub struct ServeArgs {
     /// Accepted sensor names, comma-separated; replaces the default set.
     #[arg(long, env = "WEIR_SENSORS", value_delimiter = ',', default_values_t = DEFAULT_SENSORS.map(String::from))]
     pub sensors: Vec<String>,
+
+    /// How line protocol (`/write`, `/api/v2/write`, `/api/v3/write_lp`) names a field's sensor: `field` (the field
+    /// key) or `measurement_field` (`cpu usage=1` is sensor `cpu_usage`).
+    #[arg(long, env = "WEIR_LINE_PROTOCOL_SENSOR", default_value = "field", value_parser = parse_sensor_naming)]
+    pub line_protocol_sensor: SensorNaming,
+
+    /// The line protocol tags that name the device, comma-separated, first present wins; a line with none of them
+    /// is the default device's.
+    #[arg(long, env = "WEIR_LINE_PROTOCOL_DEVICE_TAGS", value_delimiter = ',', default_values_t = ["device".to_string(), "host".to_string()])]
+    pub line_protocol_device_tags: Vec<String>,
 
     /// An API key (repeat the flag for several; the variable takes a comma-separated list). No key: auth is off.
     #[arg(long = "api-key", env = "WEIR_API_KEYS", value_delimiter = ',', hide_env_values = true, value_parser = parse_api_key)]
@@ -285,6 +296,10 @@ impl ServeArgs {
         Ok(NodeConfig {
             data_dir: self.data_dir.clone(),
             sensors,
+            line_protocol: LineProtocolMapping {
+                sensor: self.line_protocol_sensor,
+                device_tags: self.line_protocol_device_tags.iter().map(|t| t.trim().to_owned()).collect(),
+            },
             wal: WalOptions {
                 segment_bytes: self.wal_segment_bytes,
                 queue_depth: self.wal_queue_depth as usize,
@@ -506,4 +521,8 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
         }
     })
+}
+
+fn parse_sensor_naming(s: &str) -> Result<SensorNaming, String> {
+    s.parse()
 }

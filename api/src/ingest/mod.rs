@@ -4,6 +4,7 @@
 //! [`ServiceError`](crate::node::error::ServiceError) becomes a status here, at the edge.
 
 pub mod body;
+pub mod line_protocol;
 
 use std::time::Duration;
 
@@ -76,10 +77,26 @@ pub async fn ingest(
     if let Err(response) = check_content_type(&headers) {
         return response;
     }
-    let coding = match content_coding(&headers) {
-        Ok(c) => c,
+    let mut source = match body_source(service, &headers, body).await {
+        Ok(source) => source,
         Err(response) => return response,
     };
+    let outcome = service.ingest(&mut source, params.atomic).await;
+    drain_after_failure(&outcome, &mut source).await;
+    tracing::Span::current().record("readings", outcome.accepted);
+    let response = respond(outcome, params, service.durable_position(), service.process());
+    metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
+    response
+}
+
+/// The request body as the ingest service reads it: decompressed as `Content-Encoding` says and limited to
+/// `--max-body-bytes`; a body whose declared length is over the limit is refused at once (413).
+pub(crate) async fn body_source(
+    service: &crate::node::ingest::IngestService,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<BodySource, Response> {
+    let coding = content_coding(headers)?;
     let limit = service.limits().max_body_bytes;
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit
@@ -88,17 +105,16 @@ pub async fn ingest(
         if len - limit <= DRAIN_BYTES {
             BodySource::new(body, Coding::Identity, u64::MAX).drain(DRAIN_BYTES, DRAIN_TIME).await;
         }
-        return plain(StatusCode::PAYLOAD_TOO_LARGE, BodyError::TooLarge { limit }.to_string());
+        return Err(plain(StatusCode::PAYLOAD_TOO_LARGE, BodyError::TooLarge { limit }.to_string()));
     }
-    let mut source = BodySource::new(body, coding, limit);
-    let outcome = service.ingest(&mut source, params.atomic).await;
+    Ok(BodySource::new(body, coding, limit))
+}
+
+/// After a 413 or 408 mid-body, reads a little of the rest away so the client reads the answer.
+pub(crate) async fn drain_after_failure(outcome: &IngestOutcome, source: &mut BodySource) {
     if outcome.failure.as_ref().is_some_and(|f| matches!(f.kind, ErrorKind::TooLarge | ErrorKind::Timeout)) {
         source.drain(DRAIN_BYTES, DRAIN_TIME).await;
     }
-    tracing::Span::current().record("readings", outcome.accepted);
-    let response = respond(outcome, params, service.durable_position(), service.process());
-    metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
-    response
 }
 
 fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64, process: Option<u32>) -> Response {

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use weir_pipeline::budget::MemoryBudget;
 use weir_pipeline::decode::{Decoder, ReadingFields};
 use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport, RejectionCounts};
+use weir_pipeline::line_protocol::{LineProtocolDecoder, LineProtocolMapping};
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch};
 use weir_pipeline::wal::{AppendError, PendingAppend, ReadingLog};
 
@@ -56,6 +57,8 @@ pub struct IngestService {
     process: Option<u32>,
     /// Requests are refused while it is used up.
     budget: Option<Arc<MemoryBudget>>,
+    /// How line protocol's fields and tags become readings.
+    line_protocol: LineProtocolMapping,
 }
 
 /// What happened to one request.
@@ -81,7 +84,18 @@ pub struct IngestOutcome {
 
 impl IngestService {
     pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
-        IngestService { decoder, limits, log, process: None, budget: None }
+        IngestService { decoder, limits, log, process: None, budget: None, line_protocol: Default::default() }
+    }
+
+    /// Maps line protocol onto readings with `mapping` (default: sensor = field key, device = tag `device` or `host`).
+    pub fn with_line_protocol(mut self, mapping: LineProtocolMapping) -> Self {
+        self.line_protocol = mapping;
+        self
+    }
+
+    /// How line protocol becomes readings.
+    pub fn line_protocol(&self) -> &LineProtocolMapping {
+        &self.line_protocol
     }
 
     /// Refuses requests (503) while `budget` is used up.
@@ -143,6 +157,19 @@ impl IngestService {
         outcome
     }
 
+    /// Reads `source` to its end as InfluxDB line protocol and stores its valid readings (one per numeric field);
+    /// `lines` keeps the rejected lines' texts for the answer.
+    pub async fn ingest_line_protocol(
+        &self,
+        source: &mut impl ChunkSource,
+        lines: &mut LineProtocolDecoder,
+        atomic: bool,
+    ) -> IngestOutcome {
+        let outcome = self.run(Input::LineProtocol(source, lines), atomic).await;
+        outcome.record_metrics(source.bytes_read());
+        outcome
+    }
+
     async fn run<S: ChunkSource>(&self, mut input: Input<'_, '_, S>, atomic: bool) -> IngestOutcome {
         let deadline = Instant::now() + self.limits.max_request_time;
         let mut decoder = BodyDecoder::new(self.decoder.clone(), self.limits.decode.clone());
@@ -153,20 +180,25 @@ impl IngestService {
         let mut given = 0u64;
         while failure.is_none() {
             match &mut input {
-                Input::Body(source) => {
-                    let chunk = match tokio::time::timeout_at(deadline, source.next_chunk()).await {
-                        Err(_) => Err(self.timed_out()),
-                        Ok(chunk) => chunk,
-                    };
-                    match chunk {
-                        Ok(Some(chunk)) => decoder.feed(&chunk),
-                        Ok(None) => break,
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
+                Input::Body(source) => match self.next_chunk(*source, deadline).await {
+                    Ok(Some(chunk)) => decoder.feed(&chunk),
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
                     }
-                }
+                },
+                Input::LineProtocol(source, lines) => match self.next_chunk(*source, deadline).await {
+                    Ok(Some(chunk)) => lines.feed(&chunk, &mut decoder),
+                    Ok(None) => {
+                        lines.finish(&mut decoder);
+                        break;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                },
                 Input::Readings(readings) => {
                     // A batch's worth at a time, so full batches go to the log as they fill.
                     let mut taken = 0;
@@ -247,6 +279,17 @@ impl IngestService {
             invalid: rejections.invalid,
             truncated: rejections.truncated,
             failure,
+        }
+    }
+
+    async fn next_chunk(
+        &self,
+        source: &mut impl ChunkSource,
+        deadline: Instant,
+    ) -> Result<Option<Bytes>, ServiceError> {
+        match tokio::time::timeout_at(deadline, source.next_chunk()).await {
+            Err(_) => Err(self.timed_out()),
+            Ok(chunk) => chunk,
         }
     }
 
@@ -332,6 +375,8 @@ fn memory_full(budget: &MemoryBudget) -> ServiceError {
 enum Input<'s, 'r, S> {
     /// NDJSON, chunk by chunk.
     Body(&'s mut S),
+    /// Line protocol, chunk by chunk.
+    LineProtocol(&'s mut S, &'s mut LineProtocolDecoder),
     /// Readings given as typed fields (or why one could not be read); what is left of them.
     Readings(&'s mut (dyn Iterator<Item = Result<ReadingFields<'r>, String>> + Send)),
 }

@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The accepted sensor names.
     pub sensors: SensorSet,
+    /// How line protocol becomes readings.
+    pub line_protocol: weir_pipeline::line_protocol::LineProtocolMapping,
     pub wal: WalOptions,
     pub ingest: IngestLimits,
     /// Workers, dedup horizon and cluster of the statistics dataflow.
@@ -315,7 +317,9 @@ impl Node {
         budget.set(weir_pipeline::budget::Part::Sql, sql_share);
         config.stats.device_names.set_budget(budget.clone());
         let decoder = Decoder::new(config.sensors.clone()).with_device_names(config.stats.device_names.clone());
-        let mut ingest = IngestService::new(decoder, config.ingest.clone(), log).with_budget(budget.clone());
+        let mut ingest = IngestService::new(decoder, config.ingest.clone(), log)
+            .with_budget(budget.clone())
+            .with_line_protocol(config.line_protocol.clone());
         if cluster.is_some() {
             ingest = ingest.in_cluster(process);
         }
