@@ -75,6 +75,16 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_MAX_BODY_BYTES", default_value = "1GiB", value_parser = parse_size)]
     pub max_body_bytes: u64,
 
+    /// Largest message of a protocol that is decoded whole (Prometheus remote write), both as sent and once
+    /// decompressed (413 beyond it; a body that declares a larger expansion is refused before decompressing).
+    #[arg(long, env = "WEIR_MAX_MESSAGE_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub max_message_bytes: u64,
+
+    /// The Prometheus remote write label that names a sample's device (a series without it is the default
+    /// device's).
+    #[arg(long, env = "WEIR_REMOTE_WRITE_DEVICE_LABEL", default_value = "instance")]
+    pub remote_write_device_label: String,
+
     /// Longest time one ingest request may take to send its body (408 beyond it).
     #[arg(long, env = "WEIR_MAX_REQUEST_TIME", default_value = "5m", value_parser = parse_duration)]
     pub max_request_time: Duration,
@@ -296,6 +306,7 @@ impl ServeArgs {
         Ok(NodeConfig {
             data_dir: self.data_dir.clone(),
             sensors,
+            remote_write_device_label: self.remote_write_device_label.clone(),
             line_protocol: LineProtocolMapping {
                 sensor: self.line_protocol_sensor,
                 device_tags: self.line_protocol_device_tags.iter().map(|t| t.trim().to_owned()).collect(),
@@ -313,6 +324,7 @@ impl ServeArgs {
                     batch_rows: self.batch_rows as usize,
                 },
                 max_body_bytes: self.max_body_bytes,
+                max_message_bytes: self.max_message_bytes,
                 max_request_time: self.max_request_time,
                 queue_timeout: self.ingest_queue_timeout,
                 max_atomic_readings: self.max_atomic_readings as usize,

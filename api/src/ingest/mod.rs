@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod line_protocol;
+pub mod remote_write;
 
 use std::time::Duration;
 
@@ -207,6 +208,7 @@ mod tests {
         let limits = IngestLimits {
             decode: DecodeLimits::default(),
             max_body_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
             max_request_time: Duration::from_secs(10),
             queue_timeout: Duration::from_millis(50),
             max_atomic_readings: 1_000_000,

@@ -33,6 +33,9 @@ pub struct IngestLimits {
     pub max_request_time: Duration,
     /// How long a request waits for room in the WAL queue before it fails as unavailable.
     pub queue_timeout: Duration,
+    /// The largest message of a protocol read whole (remote write, OTLP), compressed and decompressed alike
+    /// (`--max-message-bytes`).
+    pub max_message_bytes: u64,
     /// The most readings an atomic request may hold until its end (`--max-atomic-readings`; about 24–48 bytes each).
     pub max_atomic_readings: usize,
 }
@@ -59,6 +62,8 @@ pub struct IngestService {
     budget: Option<Arc<MemoryBudget>>,
     /// How line protocol's fields and tags become readings.
     line_protocol: LineProtocolMapping,
+    /// The Prometheus label that names the device.
+    device_label: String,
 }
 
 /// What happened to one request.
@@ -84,7 +89,15 @@ pub struct IngestOutcome {
 
 impl IngestService {
     pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
-        IngestService { decoder, limits, log, process: None, budget: None, line_protocol: Default::default() }
+        IngestService {
+            decoder,
+            limits,
+            log,
+            process: None,
+            budget: None,
+            line_protocol: Default::default(),
+            device_label: "instance".into(),
+        }
     }
 
     /// Maps line protocol onto readings with `mapping` (default: sensor = field key, device = tag `device` or `host`).
@@ -96,6 +109,22 @@ impl IngestService {
     /// How line protocol becomes readings.
     pub fn line_protocol(&self) -> &LineProtocolMapping {
         &self.line_protocol
+    }
+
+    /// Takes the device of a Prometheus series from `label` (default `instance`).
+    pub fn with_device_label(mut self, label: String) -> Self {
+        self.device_label = label;
+        self
+    }
+
+    /// The Prometheus label that names the device.
+    pub fn device_label(&self) -> &str {
+        &self.device_label
+    }
+
+    /// The largest message of a protocol read whole (`--max-message-bytes`).
+    pub fn message_limit(&self) -> u64 {
+        self.limits.max_message_bytes
     }
 
     /// Refuses requests (503) while `budget` is used up.
@@ -445,6 +474,7 @@ mod tests {
         IngestLimits {
             decode: DecodeLimits::default(),
             max_body_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
             max_request_time,
             queue_timeout: Duration::from_millis(50),
             max_atomic_readings: 1_000_000,
