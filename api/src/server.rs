@@ -46,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v2/write", post(crate::ingest::line_protocol::write_v2))
         .route("/api/v3/write_lp", post(crate::ingest::line_protocol::write_v3))
         .route("/api/v1/prom/write", post(crate::ingest::remote_write::write))
+        .route("/v1/metrics", post(crate::ingest::otlp::metrics))
         .route_layer(middleware::from_fn_with_state(state.keys.clone(), require_api_key));
     authenticated
         .route("/", get(crate::dashboard::index))

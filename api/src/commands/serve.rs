@@ -29,7 +29,7 @@ fn parse_api_key(text: &str) -> Result<String, String> {
     Ok(key.to_owned())
 }
 use crate::auth::ApiKeys;
-use crate::node::ingest::IngestLimits;
+use crate::node::ingest::{IngestLimits, Protocols};
 use crate::node::{Node, NodeConfig};
 use crate::server::{AppState, app};
 
@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// device's).
     #[arg(long, env = "WEIR_REMOTE_WRITE_DEVICE_LABEL", default_value = "instance")]
     pub remote_write_device_label: String,
+
+    /// The OTLP resource attribute that names a data point's device (a resource without it is the default
+    /// device's).
+    #[arg(long, env = "WEIR_OTLP_DEVICE_ATTRIBUTE", default_value = "service.instance.id")]
+    pub otlp_device_attribute: String,
 
     /// Longest time one ingest request may take to send its body (408 beyond it).
     #[arg(long, env = "WEIR_MAX_REQUEST_TIME", default_value = "5m", value_parser = parse_duration)]
@@ -306,10 +311,13 @@ impl ServeArgs {
         Ok(NodeConfig {
             data_dir: self.data_dir.clone(),
             sensors,
-            remote_write_device_label: self.remote_write_device_label.clone(),
-            line_protocol: LineProtocolMapping {
-                sensor: self.line_protocol_sensor,
-                device_tags: self.line_protocol_device_tags.iter().map(|t| t.trim().to_owned()).collect(),
+            protocols: Protocols {
+                line_protocol: LineProtocolMapping {
+                    sensor: self.line_protocol_sensor,
+                    device_tags: self.line_protocol_device_tags.iter().map(|t| t.trim().to_owned()).collect(),
+                },
+                remote_write_device_label: self.remote_write_device_label.clone(),
+                otlp_device_attribute: self.otlp_device_attribute.clone(),
             },
             wal: WalOptions {
                 segment_bytes: self.wal_segment_bytes,

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod line_protocol;
+pub mod otlp;
 pub mod remote_write;
 
 use std::time::Duration;

@@ -60,10 +60,29 @@ pub struct IngestService {
     process: Option<u32>,
     /// Requests are refused while it is used up.
     budget: Option<Arc<MemoryBudget>>,
-    /// How line protocol's fields and tags become readings.
-    line_protocol: LineProtocolMapping,
-    /// The Prometheus label that names the device.
-    device_label: String,
+    /// How the other protocols' names become readings' devices and sensors.
+    protocols: Protocols,
+}
+
+/// How the protocols other than NDJSON and gRPC name devices and sensors (`weir serve`'s flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protocols {
+    /// Line protocol: sensor naming and the device tags.
+    pub line_protocol: LineProtocolMapping,
+    /// Prometheus remote write: the label that names the device.
+    pub remote_write_device_label: String,
+    /// OTLP: the resource attribute that names the device.
+    pub otlp_device_attribute: String,
+}
+
+impl Default for Protocols {
+    fn default() -> Self {
+        Protocols {
+            line_protocol: LineProtocolMapping::default(),
+            remote_write_device_label: "instance".into(),
+            otlp_device_attribute: "service.instance.id".into(),
+        }
+    }
 }
 
 /// What happened to one request.
@@ -89,37 +108,28 @@ pub struct IngestOutcome {
 
 impl IngestService {
     pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
-        IngestService {
-            decoder,
-            limits,
-            log,
-            process: None,
-            budget: None,
-            line_protocol: Default::default(),
-            device_label: "instance".into(),
-        }
+        IngestService { decoder, limits, log, process: None, budget: None, protocols: Protocols::default() }
     }
 
-    /// Maps line protocol onto readings with `mapping` (default: sensor = field key, device = tag `device` or `host`).
-    pub fn with_line_protocol(mut self, mapping: LineProtocolMapping) -> Self {
-        self.line_protocol = mapping;
+    /// Names devices and sensors of the other protocols with `protocols`.
+    pub fn with_protocols(mut self, protocols: Protocols) -> Self {
+        self.protocols = protocols;
         self
     }
 
     /// How line protocol becomes readings.
     pub fn line_protocol(&self) -> &LineProtocolMapping {
-        &self.line_protocol
-    }
-
-    /// Takes the device of a Prometheus series from `label` (default `instance`).
-    pub fn with_device_label(mut self, label: String) -> Self {
-        self.device_label = label;
-        self
+        &self.protocols.line_protocol
     }
 
     /// The Prometheus label that names the device.
     pub fn device_label(&self) -> &str {
-        &self.device_label
+        &self.protocols.remote_write_device_label
+    }
+
+    /// The OTLP resource attribute that names the device.
+    pub fn otlp_device_attribute(&self) -> &str {
+        &self.protocols.otlp_device_attribute
     }
 
     /// The largest message of a protocol read whole (`--max-message-bytes`).

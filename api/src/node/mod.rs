@@ -56,10 +56,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The accepted sensor names.
     pub sensors: SensorSet,
-    /// How line protocol becomes readings.
-    pub line_protocol: weir_pipeline::line_protocol::LineProtocolMapping,
-    /// The Prometheus remote write label that names the device.
-    pub remote_write_device_label: String,
+    /// How line protocol, remote write and OTLP name devices and sensors.
+    pub protocols: crate::node::ingest::Protocols,
     pub wal: WalOptions,
     pub ingest: IngestLimits,
     /// Workers, dedup horizon and cluster of the statistics dataflow.
@@ -321,8 +319,7 @@ impl Node {
         let decoder = Decoder::new(config.sensors.clone()).with_device_names(config.stats.device_names.clone());
         let mut ingest = IngestService::new(decoder, config.ingest.clone(), log)
             .with_budget(budget.clone())
-            .with_line_protocol(config.line_protocol.clone())
-            .with_device_label(config.remote_write_device_label.clone());
+            .with_protocols(config.protocols.clone());
         if cluster.is_some() {
             ingest = ingest.in_cluster(process);
         }
