@@ -11,6 +11,7 @@ pub mod health;
 pub mod ingest;
 pub mod listen;
 pub mod metrics;
+pub mod mqtt;
 pub mod node;
 pub mod position;
 pub mod requests;

@@ -142,12 +142,22 @@ pub struct Decoder {
     sensors: SensorSet,
     /// A device name whose id another name holds is refused ([`DeviceNames`]).
     names: DeviceNames,
+    /// The device of a reading that names none (`None`: [`DEFAULT_DEVICE`]).
+    default_device: Option<std::sync::Arc<str>>,
 }
 
 impl Decoder {
     /// A decoder with its own registry of device names.
     pub fn new(sensors: SensorSet) -> Self {
-        Decoder { sensors, names: DeviceNames::default() }
+        Decoder { sensors, names: DeviceNames::default(), default_device: None }
+    }
+
+    /// The same, giving readings that name no device to `device` instead of [`DEFAULT_DEVICE`] (an MQTT topic's
+    /// device level). `device` must satisfy the rules a named device does (the caller checks it with
+    /// [`check_device`]).
+    pub fn with_default_device(mut self, device: &str) -> Self {
+        self.default_device = Some(device.into());
+        self
     }
 
     /// The same, sharing `names` (the process's, which the statistics also fill from the log and the archive).
@@ -207,7 +217,7 @@ impl Decoder {
             Timestamp::Micros(micros) => check_micros(micros)?,
         };
         let device = match fields.device {
-            None => DEFAULT_DEVICE,
+            None => self.default_device.as_deref().unwrap_or(DEFAULT_DEVICE),
             Some("") => return Err(LineError::invalid("device is empty; omit the field for the default device")),
             Some(d) if d.len() > MAX_DEVICE_BYTES => {
                 return Err(LineError::invalid(format!(
@@ -278,6 +288,20 @@ pub fn parse_timestamp(text: &str) -> Result<i64, LineError> {
         )));
     }
     Ok(micros)
+}
+
+/// Checks a device name with the rules a reading's `device` gets: not empty, at most [`MAX_DEVICE_BYTES`].
+pub fn check_device(device: &str) -> Result<(), LineError> {
+    if device.is_empty() {
+        return Err(LineError::invalid("device is empty"));
+    }
+    if device.len() > MAX_DEVICE_BYTES {
+        return Err(LineError::invalid(format!(
+            "device is {} bytes long, the limit is {MAX_DEVICE_BYTES}",
+            device.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks an event time given as microseconds with the rules RFC 3339 text gets: not the zero time, within the

@@ -85,6 +85,31 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_REMOTE_WRITE_DEVICE_LABEL", default_value = "instance")]
     pub remote_write_device_label: String,
 
+    /// Subscribe to this MQTT broker (`mqtt://[user[:password]@]host[:port]`): QoS 1, a persistent session, each
+    /// message acknowledged only once its readings are durable. Needs --mqtt-topic.
+    #[arg(long, env = "WEIR_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+
+    /// A topic filter to subscribe to (`+` and `#` wildcards); repeat the flag (the variable: comma-separated).
+    #[arg(long = "mqtt-topic", env = "WEIR_MQTT_TOPICS", value_delimiter = ',')]
+    pub mqtt_topics: Vec<String>,
+
+    /// The MQTT client id: the broker keeps this session's undelivered messages while Weir is down.
+    #[arg(long, env = "WEIR_MQTT_CLIENT_ID", default_value = "weir")]
+    pub mqtt_client_id: String,
+
+    /// How MQTT payloads are written: `ndjson` or `line-protocol`.
+    #[arg(long, env = "WEIR_MQTT_FORMAT", default_value = "ndjson", value_parser = ["ndjson", "line-protocol"])]
+    pub mqtt_format: String,
+
+    /// Line protocol payloads' timestamp precision (ns, us, ms, s, auto, …).
+    #[arg(long, env = "WEIR_MQTT_PRECISION", default_value = "ns")]
+    pub mqtt_precision: String,
+
+    /// The topic level (0-based) that names the device of readings that name none (`fleet/+/telemetry`: 1).
+    #[arg(long, env = "WEIR_MQTT_DEVICE_LEVEL")]
+    pub mqtt_device_level: Option<usize>,
+
     /// The OTLP resource attribute that names a data point's device (a resource without it is the default
     /// device's).
     #[arg(long, env = "WEIR_OTLP_DEVICE_ATTRIBUTE", default_value = "service.instance.id")]
@@ -289,6 +314,25 @@ impl ArchiveArgs {
 
 impl ServeArgs {
     /// The node's configuration from these flags (`--config`, flags and `WEIR_*` variables already merged).
+    /// The MQTT subscription, if `--mqtt-url` is given.
+    pub fn mqtt_config(&self) -> anyhow::Result<Option<crate::mqtt::MqttConfig>> {
+        let Some(url) = &self.mqtt_url else { return Ok(None) };
+        let format = match self.mqtt_format.as_str() {
+            "line-protocol" => crate::node::ingest::MessageFormat::LineProtocol(
+                self.mqtt_precision.parse().map_err(|e: String| anyhow::anyhow!("--mqtt-precision: {e}"))?,
+            ),
+            _ => crate::node::ingest::MessageFormat::Ndjson,
+        };
+        Ok(Some(crate::mqtt::MqttConfig {
+            url: url.clone(),
+            topics: self.mqtt_topics.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+            client_id: self.mqtt_client_id.clone(),
+            format,
+            device_level: self.mqtt_device_level,
+            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+        }))
+    }
+
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
         let sensors = SensorSet::new(&self.sensors).context("--sensors / WEIR_SENSORS")?;
         let memory_limit = self.memory_limit.unwrap_or_else(weir_pipeline::budget::default_limit);
@@ -391,6 +435,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The settings first (no side effects), then the ports: a port in use is found at once, not after the log is
     // recovered and the archive loaded. (Connections wait in the backlog until the node serves.)
     let config = args.node_config()?;
+    let mqtt = args.mqtt_config()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen / WEIR_LISTEN)", args.listen))?;
@@ -419,6 +464,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         stopping: stopped.clone(),
     };
 
+    let mqtt = match mqtt {
+        None => None,
+        Some(mqtt) => {
+            tracing::info!(url = %mqtt.url, topics = ?mqtt.topics, "subscribing to MQTT");
+            Some(crate::mqtt::start(mqtt, node.ingest().clone(), stopped.clone()).context("--mqtt-url")?)
+        }
+    };
     let signal = shutdown_signal()?;
     tokio::spawn(async move {
         signal.await;
@@ -460,6 +512,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     crate::listen::serve(listener, app(state), limits, stopping(stopped)).await;
     tracing::debug!("HTTP connections drained");
+    if let Some(mqtt) = mqtt {
+        let _ = tokio::time::timeout(args.shutdown_timeout, mqtt).await;
+    }
     if let Some(grpc) = grpc {
         // Subscriptions have ended with the stop signal; calls in flight get the same bound as HTTP requests.
         if tokio::time::timeout(args.shutdown_timeout, grpc).await.is_err() {

@@ -176,7 +176,7 @@ impl IngestService {
     /// Reads `source` to its end and stores its valid NDJSON readings. With `atomic`, nothing is stored unless every
     /// line is valid (the valid readings are then held in memory until the end and written as one record).
     pub async fn ingest(&self, source: &mut impl ChunkSource, atomic: bool) -> IngestOutcome {
-        let outcome = self.run(Input::Body(source), atomic).await;
+        let outcome = self.run(Input::Body(source), atomic, None).await;
         outcome.record_metrics(source.bytes_read());
         outcome
     }
@@ -191,7 +191,7 @@ impl IngestService {
         encoded_bytes: u64,
         atomic: bool,
     ) -> IngestOutcome {
-        let outcome = self.run(Input::<NoSource>::Readings(&mut readings), atomic).await;
+        let outcome = self.run(Input::<NoSource>::Readings(&mut readings), atomic, None).await;
         outcome.record_metrics(encoded_bytes);
         outcome
     }
@@ -204,14 +204,44 @@ impl IngestService {
         lines: &mut LineProtocolDecoder,
         atomic: bool,
     ) -> IngestOutcome {
-        let outcome = self.run(Input::LineProtocol(source, lines), atomic).await;
+        let outcome = self.run(Input::LineProtocol(source, lines), atomic, None).await;
         outcome.record_metrics(source.bytes_read());
         outcome
     }
 
-    async fn run<S: ChunkSource>(&self, mut input: Input<'_, '_, S>, atomic: bool) -> IngestOutcome {
+    /// Stores the readings of one message (an MQTT payload) in `format`; readings that name no device are
+    /// `default_device`'s when given (checked with the rules of a device name by the caller).
+    pub async fn ingest_message(
+        &self,
+        payload: Bytes,
+        format: MessageFormat,
+        default_device: Option<&str>,
+    ) -> IngestOutcome {
+        let mut source = OneChunk(Some(payload), 0);
+        let outcome = match format {
+            MessageFormat::Ndjson => self.run(Input::Body(&mut source), false, default_device).await,
+            MessageFormat::LineProtocol(precision) => {
+                let now = chrono::Utc::now().timestamp_micros();
+                let mut lines = LineProtocolDecoder::new(self.line_protocol().clone(), precision, now);
+                self.run(Input::LineProtocol(&mut source, &mut lines), false, default_device).await
+            }
+        };
+        outcome.record_metrics(source.1);
+        outcome
+    }
+
+    async fn run<S: ChunkSource>(
+        &self,
+        mut input: Input<'_, '_, S>,
+        atomic: bool,
+        default_device: Option<&str>,
+    ) -> IngestOutcome {
         let deadline = Instant::now() + self.limits.max_request_time;
-        let mut decoder = BodyDecoder::new(self.decoder.clone(), self.limits.decode.clone());
+        let decoder = match default_device {
+            Some(device) => self.decoder.clone().with_default_device(device),
+            None => self.decoder.clone(),
+        };
+        let mut decoder = BodyDecoder::new(decoder, self.limits.decode.clone());
         let mut held = ReadingBatch::new(self.decoder.sensors());
         let mut held_devices = DeviceInterner::default();
         let mut pending: Vec<(PendingAppend, u64)> = Vec::new();
@@ -418,6 +448,29 @@ enum Input<'s, 'r, S> {
     LineProtocol(&'s mut S, &'s mut LineProtocolDecoder),
     /// Readings given as typed fields (or why one could not be read); what is left of them.
     Readings(&'s mut (dyn Iterator<Item = Result<ReadingFields<'r>, String>> + Send)),
+}
+
+/// How a message's payload is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageFormat {
+    Ndjson,
+    /// Line protocol, timestamps at this precision.
+    LineProtocol(weir_pipeline::line_protocol::Precision),
+}
+
+/// A payload already in memory, as a source of one chunk; counts its bytes.
+struct OneChunk(Option<Bytes>, u64);
+
+impl ChunkSource for OneChunk {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ServiceError> {
+        let chunk = self.0.take();
+        self.1 += chunk.as_ref().map_or(0, |c| c.len() as u64);
+        Ok(chunk)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.1
+    }
 }
 
 /// The source type of an input that has none (typed readings).
