@@ -61,6 +61,20 @@ pub struct Args {
     #[arg(long, env = "WEIR_LOADGEN_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
 
+    /// Send InfluxDB line protocol to `/api/v2/write?precision=us` (`v,device=… sensor=value µs`, one reading a
+    /// line) instead of NDJSON to `/ingest`; `--path` changes the endpoint (e.g. `/write?db=weir&precision=u` for
+    /// InfluxDB 1.x).
+    #[arg(long, env = "WEIR_LOADGEN_LINE_PROTOCOL")]
+    pub line_protocol: bool,
+
+    /// No freshness probe (it reads Weir's live statistics; other servers have none).
+    #[arg(long, env = "WEIR_LOADGEN_NO_FRESHNESS")]
+    pub no_freshness: bool,
+
+    /// The path bodies are posted to (default: `/ingest`, or `/api/v2/write?precision=us` with --line-protocol).
+    #[arg(long, env = "WEIR_LOADGEN_PATH")]
+    pub path: Option<String>,
+
     /// Compress each body with gzip (Content-Encoding: gzip).
     #[arg(long, env = "WEIR_LOADGEN_GZIP")]
     pub gzip: bool,
@@ -154,7 +168,17 @@ impl Args {
             dup_fraction: self.dup_fraction,
             seed: self.seed,
             gzip: self.gzip,
+            line_protocol: self.line_protocol,
         })
+    }
+
+    /// Where bodies are posted.
+    pub fn ingest_path(&self) -> &str {
+        match (&self.path, self.line_protocol) {
+            (Some(path), _) => path,
+            (None, true) => "/api/v2/write?precision=us",
+            (None, false) => "/ingest",
+        }
     }
 
     pub fn generator_threads(&self) -> usize {

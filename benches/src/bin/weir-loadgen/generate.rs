@@ -47,6 +47,8 @@ pub struct Plan {
     pub dup_fraction: f64,
     pub seed: u64,
     pub gzip: bool,
+    /// Line protocol instead of NDJSON: one line a reading, `v,device=vehicle-00001 speed=60.5 <µs>`.
+    pub line_protocol: bool,
 }
 
 impl Plan {
@@ -165,6 +167,14 @@ impl Generator {
         let sensor = ((n / plan.devices) % sensors) as usize;
         let tick = n / plan.devices.saturating_mul(sensors);
         let value = sensor_value(&plan.sensors[sensor], device, tick);
+        if plan.line_protocol {
+            let on_time = plan.start_micros + tick as i64 * plan.tick_micros;
+            let micros = hours_late.map_or(on_time, |h| on_time - h * HOUR_MICROS + 1 + (tick % 99_999) as i64);
+            let _ = write!(buf, "v,device=vehicle-{device:05} {}=", plan.sensors[sensor]);
+            write_milli(buf, (value * 1000.0).round() as i64);
+            let _ = writeln!(buf, " {micros}");
+            return;
+        }
         buf.extend_from_slice(b"{\"sensor\":\"");
         buf.extend_from_slice(plan.sensors[sensor].as_bytes());
         buf.extend_from_slice(b"\",\"value\":");
@@ -369,6 +379,7 @@ mod tests {
             dup_fraction: dup,
             seed: 42,
             gzip: false,
+            line_protocol: false,
         }
     }
 
@@ -396,6 +407,34 @@ mod tests {
         assert_eq!(lines.len(), 60_500);
         let keys: HashSet<_> = lines.iter().map(|l| key(l)).collect();
         assert_eq!(keys.len(), lines.len(), "every (device, sensor, timestamp) is distinct");
+    }
+
+    /// The same plan as line protocol gives the same readings, late ones and duplicates included.
+    #[test]
+    fn line_protocol_bodies_hold_the_same_readings_as_ndjson() {
+        use weir_pipeline::line_protocol::{LineProtocolDecoder, Precision};
+        let decode = |body: &Body, lp: bool| {
+            let mut d = BodyDecoder::new(Decoder::new(SensorSet::default()), DecodeLimits::default());
+            if lp {
+                let mut lines = LineProtocolDecoder::new(Default::default(), Precision::Microsecond, 0);
+                lines.feed(&body.bytes, &mut d);
+                lines.finish(&mut d);
+            } else {
+                d.feed(&body.bytes);
+            }
+            d.finish();
+            assert_eq!(d.rejections().rejected, 0);
+            let mut out = Vec::new();
+            while let Some(batch) = d.take_batch() {
+                out.extend(batch.iter());
+            }
+            out
+        };
+        let ndjson = bodies(plan(5_000, 0.2, 0.1));
+        let lp = bodies(Plan { line_protocol: true, ..plan(5_000, 0.2, 0.1) });
+        for (a, b) in ndjson.iter().zip(&lp) {
+            assert_eq!(decode(a, false), decode(b, true));
+        }
     }
 
     #[test]

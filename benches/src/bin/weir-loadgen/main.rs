@@ -81,13 +81,17 @@ async fn run_load(
     let load = Load::new(args, url, bodies)?;
     let bar = progress::Progress::start(args, load.counters());
     let done = Arc::new(AtomicBool::new(false));
-    let probe = freshness::spawn_probe(args, url, probe_sensor, done.clone())?;
+    let probe =
+        (!args.no_freshness).then(|| freshness::spawn_probe(args, url, probe_sensor, done.clone())).transpose()?;
     let started = Instant::now();
     let totals = load.run().await?;
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
     bar.finish();
-    let freshness = probe.await.context("the freshness probe panicked")?;
+    let freshness = match probe {
+        Some(probe) => probe.await.context("the freshness probe panicked")?,
+        None => freshness::Freshness::default(),
+    };
     Ok((totals, freshness, elapsed))
 }
 

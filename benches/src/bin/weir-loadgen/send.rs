@@ -127,6 +127,7 @@ pub struct Load {
 /// What every connection reads.
 struct Shared {
     ingest_url: String,
+    content_type: &'static str,
     api_key: Option<String>,
     gzip: bool,
     bodies: BodyReceiver,
@@ -141,7 +142,8 @@ impl Load {
             .map(|_| reqwest::Client::builder().pool_max_idle_per_host(1).timeout(args.timeout).build())
             .collect::<Result<_, _>>()?;
         let shared = Shared {
-            ingest_url: format!("{url}/ingest"),
+            ingest_url: format!("{url}{}", args.ingest_path()),
+            content_type: if args.line_protocol { "text/plain; charset=utf-8" } else { "application/stream+json" },
             api_key: args.api_key.clone(),
             gzip: args.gzip,
             bodies,
@@ -211,7 +213,7 @@ impl Shared {
     async fn post(&self, client: &reqwest::Client, body: &Body) -> Outcome {
         let mut request = client
             .post(&self.ingest_url)
-            .header(reqwest::header::CONTENT_TYPE, "application/stream+json")
+            .header(reqwest::header::CONTENT_TYPE, self.content_type)
             .body(body.bytes.clone());
         if self.gzip {
             request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
