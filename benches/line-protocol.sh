@@ -27,11 +27,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # run NAME URL [loadgen flags…]: loads the running $SERVER and prints one row.
 run() {
   local name="$1" url="$2"; shift 2
-  local before after start end
+  local before after start end out="$WORK/load-$RANDOM.out"
   before=$(cpu_s "$SERVER"); start=$(date +%s.%N)
   "$BIN/weir-loadgen" --url "$url" --count "$READINGS" --batch "$BATCH" --connections "$CONNECTIONS" \
-    --devices 1000 --start 2026-11-18T00:00:00Z --no-freshness "$@" >"$WORK/$name.out" 2>&1 ||
-    { cat "$WORK/$name.out"; exit 1; }
+    --devices 1000 --start 2026-11-18T00:00:00Z --no-freshness "$@" >"$out" 2>&1 ||
+    { cat "$out"; exit 1; }
   end=$(date +%s.%N); after=$(cpu_s "$SERVER")
   printf '%-34s %12.0f %14.2f\n' "$name" "$(echo "$READINGS / ($end - $start)" | bc -l)" \
     "$(echo "($after - $before) * 1000000 / $READINGS" | bc -l)"
