@@ -152,3 +152,50 @@ async fn bad_payloads_are_counted_and_never_block_the_subscription() {
     let log = s.log_text();
     assert!(log.contains("not json"), "the payload's first bytes are logged");
 }
+
+#[tokio::test]
+async fn line_protocol_payloads_take_the_topics_device_when_the_line_names_none() {
+    let broker = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("--mqtt-url=mqtt://127.0.0.1:{}", broker.port);
+    let s = Server::start(
+        dir.path(),
+        &[
+            &url,
+            "--mqtt-topic=fleet/+/lp",
+            "--mqtt-device-level=1",
+            "--mqtt-format=line-protocol",
+            "--mqtt-precision=s",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        publish(broker.port, "fleet/probe/lp", &["v speed=0 1795000000".into()]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = sql_json(&s, "SELECT count(*) AS n FROM readings WHERE device = 'probe'").await;
+        if got[0]["n"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Weir did not subscribe");
+    }
+    publish(
+        broker.port,
+        "fleet/truck-4/lp",
+        &["v speed=1.5,fuel=2i 1795000001\nv,device=tagged speed=3 1795000002".into()],
+    );
+    let query = "SELECT device, sensor, value FROM readings WHERE device <> 'probe' ORDER BY value";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = sql_json(&s, query).await;
+        let expected = serde_json::json!([
+            {"device": "truck-4", "sensor": "speed", "value": 1.5},
+            {"device": "truck-4", "sensor": "fuel", "value": 2.0},
+            {"device": "tagged", "sensor": "speed", "value": 3.0},
+        ]);
+        if got == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
