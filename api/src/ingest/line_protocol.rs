@@ -19,12 +19,12 @@
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use weir_pipeline::line_protocol::{LineProtocolDecoder, Precision, RejectedLine};
 
-use super::{POSITION_HEADER, body_source, drain_after_failure};
+use super::{body_source, drain_after_failure, finish};
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
@@ -105,18 +105,7 @@ async fn write(
     let outcome = service.ingest_line_protocol(&mut source, &mut lines, atomic).await;
     drain_after_failure(&outcome, &mut source).await;
     tracing::Span::current().record("readings", outcome.accepted);
-    let mut response = respond(&outcome, lines.rejected_lines());
-    let position = service.position_text(outcome.position.unwrap_or_else(|| service.durable_position()));
-    if let Ok(v) = HeaderValue::from_str(&position) {
-        response.headers_mut().insert(POSITION_HEADER, v);
-    }
-    if let Some(after) = outcome.failure.as_ref().and_then(|f| f.retry_after)
-        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
-    response
+    finish(service, &outcome, respond(&outcome, lines.rejected_lines()))
 }
 
 /// One rejected line as InfluxDB 3 reports it.

@@ -119,6 +119,52 @@ pub(crate) async fn drain_after_failure(outcome: &IngestOutcome, source: &mut Bo
     }
 }
 
+/// A message of a protocol decoded whole (remote write, OTLP): `source` read to its end within
+/// `--max-request-time`; `Err` is the status and reason to answer (413 beyond `--max-message-bytes`, as the source
+/// counts, after any gzip).
+pub(crate) async fn read_message(
+    service: &crate::node::ingest::IngestService,
+    source: &mut BodySource,
+) -> Result<Vec<u8>, (StatusCode, String)> {
+    let deadline = tokio::time::Instant::now() + service.limits().max_request_time;
+    let mut bytes = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, source.next_chunk()).await {
+            Err(_) => {
+                return Err((StatusCode::REQUEST_TIMEOUT, "the body took longer than --max-request-time".into()));
+            }
+            Ok(Ok(Some(chunk))) => bytes.extend_from_slice(&chunk),
+            Ok(Ok(None)) => return Ok(bytes),
+            Ok(Err(BodyError::TooLarge { .. })) => {
+                let limit = service.message_limit();
+                let message = format!("the body is larger than {limit} bytes (--max-message-bytes)");
+                return Err((StatusCode::PAYLOAD_TOO_LARGE, message));
+            }
+            Ok(Err(e)) => return Err((StatusCode::BAD_REQUEST, e.to_string())),
+        }
+    }
+}
+
+/// What every answer of the other protocols' endpoints carries, added to `response`: `Weir-Position`, and
+/// `Retry-After` where a retry helps; the request is counted by status.
+pub(crate) fn finish(
+    service: &crate::node::ingest::IngestService,
+    outcome: &IngestOutcome,
+    mut response: Response,
+) -> Response {
+    let position = service.position_text(outcome.position.unwrap_or_else(|| service.durable_position()));
+    if let Ok(v) = HeaderValue::from_str(&position) {
+        response.headers_mut().insert(POSITION_HEADER, v);
+    }
+    if let Some(after) = outcome.failure.as_ref().and_then(|f| f.retry_after)
+        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
+    response
+}
+
 fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64, process: Option<u32>) -> Response {
     let status = match &outcome.failure {
         None if outcome.rejected == 0 => StatusCode::OK,

@@ -21,7 +21,7 @@ use std::borrow::Cow;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
@@ -30,8 +30,8 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use weir_pipeline::decode::{ReadingFields, Timestamp};
 
-use super::POSITION_HEADER;
-use super::body::{BodyError, BodySource, Coding};
+use super::body::{BodySource, Coding};
+use super::{finish, read_message};
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
@@ -141,23 +141,10 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Bo
     };
     // The whole message (OTLP is decoded whole), bounded once gunzipped as BodySource counts.
     let mut source = BodySource::new(body, coding, limit);
-    let mut bytes = Vec::new();
-    let deadline = tokio::time::Instant::now() + service.limits().max_request_time;
-    loop {
-        match tokio::time::timeout_at(deadline, source.next_chunk()).await {
-            Err(_) => {
-                let message = "the body took longer than --max-request-time".to_owned();
-                return status_response(encoding, StatusCode::REQUEST_TIMEOUT, message);
-            }
-            Ok(Ok(Some(chunk))) => bytes.extend_from_slice(&chunk),
-            Ok(Ok(None)) => break,
-            Ok(Err(BodyError::TooLarge { .. })) => {
-                let message = format!("the body is larger than {limit} bytes (--max-message-bytes)");
-                return status_response(encoding, StatusCode::PAYLOAD_TOO_LARGE, message);
-            }
-            Ok(Err(e)) => return status_response(encoding, StatusCode::BAD_REQUEST, e.to_string()),
-        }
-    }
+    let bytes = match read_message(service, &mut source).await {
+        Ok(bytes) => bytes,
+        Err((status, message)) => return status_response(encoding, status, message),
+    };
     let decoded = match encoding {
         Encoding::Protobuf => prost::Message::decode(bytes.as_slice()).map_err(|e| e.to_string()),
         Encoding::Json => serde_json::from_slice::<ExportMetricsServiceRequest>(&bytes).map_err(|e| e.to_string()),
@@ -179,18 +166,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Bo
         .ingest_readings(readings(&request, &sensors, service.otlp_device_attribute()), source.bytes_read(), false)
         .await;
     tracing::Span::current().record("readings", outcome.accepted);
-    let mut response = respond(&outcome, encoding);
-    let position = service.position_text(outcome.position.unwrap_or_else(|| service.durable_position()));
-    if let Ok(v) = HeaderValue::from_str(&position) {
-        response.headers_mut().insert(POSITION_HEADER, v);
-    }
-    if let Some(after) = outcome.failure.as_ref().and_then(|f| f.retry_after)
-        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
-    response
+    finish(service, &outcome, respond(&outcome, encoding))
 }
 
 fn respond(outcome: &IngestOutcome, encoding: Encoding) -> Response {

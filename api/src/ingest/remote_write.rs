@@ -19,12 +19,12 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use weir_pipeline::decode::{ReadingFields, Timestamp};
 
-use super::POSITION_HEADER;
-use super::body::{BodyError, BodySource, Coding};
+use super::body::{BodySource, Coding};
+use super::{finish, read_message};
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
@@ -153,19 +153,10 @@ pub async fn write(State(state): State<AppState>, headers: HeaderMap, body: Body
     }
     // The compressed body, read within the request time and the message limit.
     let mut source = BodySource::new(body, Coding::Identity, limit);
-    let mut compressed = Vec::new();
-    let deadline = tokio::time::Instant::now() + service.limits().max_request_time;
-    loop {
-        match tokio::time::timeout_at(deadline, source.next_chunk()).await {
-            Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "the body took longer than --max-request-time".into()),
-            Ok(Ok(Some(chunk))) => compressed.extend_from_slice(&chunk),
-            Ok(Ok(None)) => break,
-            Ok(Err(BodyError::TooLarge { .. })) => {
-                return plain(StatusCode::PAYLOAD_TOO_LARGE, MessageError::TooLarge { limit }.to_string());
-            }
-            Ok(Err(e)) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
-        }
-    }
+    let compressed = match read_message(service, &mut source).await {
+        Ok(bytes) => bytes,
+        Err((status, message)) => return plain(status, message),
+    };
     let request = match decode_message(&compressed, limit) {
         Ok(request) => request,
         Err(e) => return plain(e.status(), e.to_string()),
@@ -174,18 +165,7 @@ pub async fn write(State(state): State<AppState>, headers: HeaderMap, body: Body
     let samples: usize = request.timeseries.iter().map(|s| s.samples.len() + s.histograms.len()).sum();
     let outcome = service.ingest_readings(readings(&request, service.device_label()), source.bytes_read(), false).await;
     tracing::Span::current().record("readings", outcome.accepted);
-    let mut response = respond(&outcome, samples);
-    let position = service.position_text(outcome.position.unwrap_or_else(|| service.durable_position()));
-    if let Ok(v) = HeaderValue::from_str(&position) {
-        response.headers_mut().insert(POSITION_HEADER, v);
-    }
-    if let Some(after) = outcome.failure.as_ref().and_then(|f| f.retry_after)
-        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
-    response
+    finish(service, &outcome, respond(&outcome, samples))
 }
 
 fn respond(outcome: &IngestOutcome, samples: usize) -> Response {
