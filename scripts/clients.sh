@@ -36,8 +36,8 @@ cleanup() {
 }
 trap cleanup EXIT
 KEY=clients-key
-SENSORS="speed,fuel,vehicle_speed,weir_readings_accepted_total,weir_ingest_body_bytes_total"
-"$WEIR" serve --data-dir "$WORK/data" --listen 127.0.0.1:0 --api-key "$KEY" --sensors "$SENSORS" \
+# The open sensor set: every client names its own sensors (field keys, OTLP and Prometheus metric names).
+"$WEIR" serve --data-dir "$WORK/data" --listen 127.0.0.1:0 --api-key "$KEY" --sensors any \
   >"$WORK/out" 2>"$WORK/err" &
 PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$WORK/out" && break; sleep 0.1; done
@@ -96,7 +96,8 @@ check "OpenTelemetry Python SDK (OTLP/HTTP protobuf)" \
   "SELECT count(*) AS n, sum(value) AS total FROM readings WHERE device = 'otel-1' AND sensor = 'vehicle_speed'" \
   '[{"n":4,"total":249.0}]'
 
-# 4. Prometheus scrapes Weir's own /metrics and remote-writes them back (device = the instance label).
+# 4. Prometheus scrapes Weir's own /metrics and remote-writes every series back (device = the instance label):
+#    dozens of metric names, each a sensor of the open set.
 cat >"$WORK/prometheus.yml" <<YML
 global: { scrape_interval: 1s }
 scrape_configs:
@@ -107,8 +108,6 @@ remote_write:
   - url: $URL/api/v1/prom/write
     authorization: { credentials: "$KEY" }
     queue_config: { batch_send_deadline: 1s }
-    write_relabel_configs:
-      - { source_labels: [__name__], regex: "weir_readings_accepted_total|weir_ingest_body_bytes_total", action: keep }
 YML
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" --web.listen-address=127.0.0.1:0 \
   >"$WORK/prometheus.log" 2>&1 &
@@ -120,5 +119,9 @@ for _ in $(seq 60); do
   sleep 1
 done
 if [[ "${n:-0}" -lt 3 ]]; then echo "FAIL prometheus remote write: $n samples"; tail -20 "$WORK/prometheus.log"; exit 1; fi
-echo "ok   prometheus 2.42 (Debian) remote write: $n samples of weir_readings_accepted_total from instance $HOSTPORT"
+sensors="$(sql "SELECT count(DISTINCT sensor) AS n FROM readings WHERE device = '$HOSTPORT'" | sed -n 's/.*"n":\([0-9]*\).*/\1/p')"
+check "prometheus: the scrape's own 'up' series" \
+  "SELECT max(value) AS up FROM readings WHERE sensor = 'up' AND device = '$HOSTPORT'" '[{"up":1.0}]'
+if [[ "${sensors:-0}" -lt 20 ]]; then echo "FAIL prometheus remote write: only $sensors sensors"; exit 1; fi
+echo "ok   prometheus 2.42 (Debian) remote write: $n samples of weir_readings_accepted_total, $sensors sensors from instance $HOSTPORT"
 echo "all clients passed"

@@ -101,8 +101,8 @@ async fn answers(node: &Node) -> BTreeMap<(usize, usize, Width, i64), Model> {
     let mut out = BTreeMap::new();
     for (d, device) in DEVICES.iter().enumerate() {
         for (s, sensor) in SENSORS.iter().enumerate() {
-            let Some(index) = node.stats().sensors().index_of(sensor) else { panic!("{sensor} is a default sensor") };
-            let series = SeriesKey { device: DeviceId::of(device), sensor: index };
+            let sensor_id = node.stats().sensor_id(sensor).expect("a default sensor");
+            let series = SeriesKey { device: DeviceId::of(device), sensor: sensor_id };
             for width in Width::ALL {
                 let windows = node
                     .stats()

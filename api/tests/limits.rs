@@ -226,7 +226,8 @@ async fn wal_dump_names_the_damage_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let s = Server::start(&data, &["--wal-segment-bytes", "1KiB", "--keep-archived-wal"]);
-    for n in 0..30 {
+    // Records carry only the sensors they use (one here): about 60 bytes each, 15 to a segment.
+    for n in 0..60 {
         ingest_lines(&s, &[reading("speed", n, None)]).await;
     }
     assert!(s.stop().success());

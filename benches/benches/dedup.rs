@@ -12,7 +12,7 @@ fn readings() -> Vec<Reading> {
     let devices: Vec<DeviceId> = (0..1000).map(|d| DeviceId::of(&format!("vehicle-{d:05}"))).collect();
     let start = 1_795_000_000_000_000i64;
     let reading = |n: usize| {
-        let series = SeriesKey { device: devices[n % 1000], sensor: ((n / 1000) % 6) as u16 };
+        let series = SeriesKey { device: devices[n % 1000], sensor: weir_operators::SensorId(((n / 1000) % 6) as u64) };
         let micros = start + (n / 6000) as i64 * 100_000;
         Reading { series, micros, value: n as f64, seq: Reading::seq_of(1 + n as u64 / 1000, (n % 1000) as u32) }
     };

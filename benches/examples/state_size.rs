@@ -38,7 +38,7 @@ fn main() {
     let mut filter = FirstWriteFilter::new(i64::MAX / 4);
     let n = 1_000_000u64;
     for i in 0..n {
-        let series = SeriesKey { device: DeviceId(i % 100), sensor: (i / 100 % 6) as u16 };
+        let series = SeriesKey { device: DeviceId(i % 100), sensor: weir_operators::SensorId(i / 100 % 6) };
         let r = Reading { series, micros: (i / 600) as i64 * 100_000, value: 1.0, seq: i };
         assert!(filter.admit(&r));
     }
@@ -51,16 +51,18 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let readings = 200_000usize;
     let last = {
-        use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
+        use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row};
         use weir_pipeline::wal::{Wal, WalOptions};
         let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
         let a = wal.appender();
         let mut last = 0;
         for chunk in (0..readings).collect::<Vec<_>>().chunks(8192) {
-            let mut b = ReadingBatch::new(&SensorSet::default());
-            let device = DeviceInterner::default().intern(&mut b.devices, "default");
+            let mut b = ReadingBatch::new();
+            let mut interner = DeviceInterner::default();
+            let device = interner.intern(&mut b.devices, "default");
+            let sensor = interner.intern_sensor(&mut b.sensors, "speed").unwrap();
             for &i in chunk {
-                b.rows.push(Row { sensor: 0, device, micros: i as i64 * 60_000_000, value: i as f64 });
+                b.rows.push(Row { sensor, device, micros: i as i64 * 60_000_000, value: i as f64 });
             }
             last = a.append_blocking(&b).unwrap();
         }

@@ -193,7 +193,7 @@ pub fn read_parquet_batches(bytes: bytes::Bytes) -> Result<Vec<ReadingBatch>, Pa
                 value: part.values.value(i),
             })
             .collect();
-        out.push(ReadingBatch { sensors: Arc::from(sensors), devices: table(part.device_names), rows });
+        out.push(ReadingBatch { sensors, devices: table(part.device_names), rows });
     }
     Ok(out)
 }

@@ -215,10 +215,15 @@ pub fn dedup_first_write<'scope>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DeviceId;
+    use crate::model::{DeviceId, SensorId};
 
     fn r(device: u64, sensor: u16, micros: i64, seq: u64) -> Reading {
-        Reading { series: SeriesKey { device: DeviceId(device), sensor }, micros, value: seq as f64, seq }
+        Reading {
+            series: SeriesKey { device: DeviceId(device), sensor: SensorId(u64::from(sensor)) },
+            micros,
+            value: seq as f64,
+            seq,
+        }
     }
 
     #[test]

@@ -23,5 +23,5 @@ pub mod window;
 pub use dedup::{Admission, Deduplicated, FirstWriteFilter, Verdict, dedup_first_write};
 pub use latest::{Latest, LatestTrace, latest_by_time};
 pub use live::{LiveWindows, SharedLiveWindows, live_windows};
-pub use model::{DeviceId, Reading, SeriesKey, Time, Width, WindowKey};
+pub use model::{DeviceId, NameId, Reading, SensorId, SeriesKey, Time, Width, WindowKey};
 pub use window::{Stamped, WindowAgg};

@@ -306,15 +306,20 @@ pub fn live_windows<'scope>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DeviceId;
+    use crate::model::{DeviceId, SensorId};
     use differential_dataflow::difference::Monoid;
 
     fn key(device: u64, width: Width, start: i64) -> WindowKey {
-        WindowKey { series: SeriesKey { device: DeviceId(device), sensor: 0 }, width, start }
+        WindowKey { series: SeriesKey { device: DeviceId(device), sensor: SensorId(0) }, width, start }
     }
 
     fn agg(micros: i64, value: f64) -> WindowAgg {
-        WindowAgg::of(&Reading { series: SeriesKey { device: DeviceId(0), sensor: 0 }, micros, value, seq: 0 })
+        WindowAgg::of(&Reading {
+            series: SeriesKey { device: DeviceId(0), sensor: SensorId(0) },
+            micros,
+            value,
+            seq: 0,
+        })
     }
 
     #[test]
@@ -360,7 +365,7 @@ mod tests {
             for (seq, step) in steps.iter().enumerate() {
                 match *step {
                     Ok((device, micros, value)) => {
-                        let r = Reading { series: SeriesKey { device: DeviceId(device), sensor: 0 }, micros, value, seq: seq as u64 };
+                        let r = Reading { series: SeriesKey { device: DeviceId(device), sensor: SensorId(0) }, micros, value, seq: seq as u64 };
                         let agg = WindowAgg::of(&r);
                         for width in Width::ALL {
                             live.add(WindowKey { series: r.series, width, start: width.start_of(micros) }, &agg);
@@ -375,7 +380,7 @@ mod tests {
             }
             let mut total = 0;
             for device in 0..3 {
-                let series = SeriesKey { device: DeviceId(device), sensor: 0 };
+                let series = SeriesKey { device: DeviceId(device), sensor: SensorId(0) };
                 let mine: Vec<&Reading> = readings.iter().filter(|r| r.series == series).collect();
                 let Some(newest) = mine.iter().map(|r| r.micros).max() else {
                     prop_assert_eq!(live.live_from(series), i64::MIN);

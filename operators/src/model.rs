@@ -1,8 +1,9 @@
 //! The data that flows through the statistics dataflow: small, fixed-size, integer-keyed records.
 //!
-//! Device names become a 64-bit [`DeviceId`] (the first 8 bytes of the name's SHA-256, identical in every process
-//! of a cluster, so no shared dictionary is needed) and sensors their index in the configured sensor set. Names travel separately, in
-//! their own small collection.
+//! Device and sensor names become 64-bit ids, [`DeviceId`] and [`SensorId`] (the first 8 bytes of the name's
+//! SHA-256, identical in every process of a cluster and every version, so no shared dictionary is needed: a sensor
+//! first written at one process has the same id at all of them). Names travel separately, in their own small
+//! collection keyed by [`NameId`].
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +14,13 @@ pub type Time = u64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeviceId(pub u64);
 
+/// The first 8 bytes of the SHA-256 of `name`, little-endian.
+fn name_hash(name: &str) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+}
+
 impl DeviceId {
     /// The id of a device name: the first 8 bytes of its SHA-256, the same in every process and every version.
     ///
@@ -21,17 +29,35 @@ impl DeviceId {
     /// ingest also refuses a name whose id is taken by another (`weir_pipeline::devices::DeviceNames`). The
     /// unkeyed 64-bit hash used before had collisions anyone could compute.
     pub fn of(name: &str) -> Self {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(name.as_bytes());
-        DeviceId(u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes")))
+        DeviceId(name_hash(name))
     }
+}
+
+/// A sensor, as the hash of its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SensorId(pub u64);
+
+impl SensorId {
+    /// The id of a sensor name, made as a [`DeviceId`] is (and for the same reasons): with an open sensor set
+    /// (`--sensors any`) no process can number sensors for the others, and a configured set must not depend on its
+    /// order. Ingest refuses a sensor name whose id another name holds (`weir_pipeline::devices::DeviceNames`).
+    pub fn of(name: &str) -> Self {
+        SensorId(name_hash(name))
+    }
+}
+
+/// What a name in the names collection names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NameId {
+    Device(DeviceId),
+    Sensor(SensorId),
 }
 
 /// One series: a sensor of a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SeriesKey {
     pub device: DeviceId,
-    pub sensor: u16,
+    pub sensor: SensorId,
 }
 
 /// A reading inside the dataflow. `seq` orders readings as they were written to the log (WAL position in the high

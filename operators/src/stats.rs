@@ -10,21 +10,21 @@ use crate::dedup::{Deduplicated, Verdict, dedup_first_write};
 use crate::latest::{LatestTrace, latest_by_time};
 use crate::live::{LiveWindows, SharedLiveWindows, live_windows};
 use crate::model::WindowKey;
-use crate::model::{DeviceId, Reading, Time};
+use crate::model::{NameId, Reading, Time};
 
-/// The arrangement of device names: key `(DeviceId, name)`, a count as difference.
-pub type NamesTrace = TraceAgent<KeySpine<(DeviceId, String), Time, isize>>;
+/// The arrangement of device and sensor names: key `(NameId, name)`, a count as difference.
+pub type NamesTrace = TraceAgent<KeySpine<(NameId, String), Time, isize>>;
 
 /// What a worker holds of one statistics dataflow: its inputs, its arrangements, and the probe that says how far it
 /// has processed.
 pub struct StatsDataflow<'scope> {
     /// Readings as written, at the time of their WAL record.
     pub readings: InputHandleVec<Time, Reading>,
-    /// Device names, each inserted (at least) once.
-    pub names: InputSession<Time, (DeviceId, String), isize>,
+    /// Device and sensor names, each inserted (at least) once.
+    pub names: InputSession<Time, (NameId, String), isize>,
     pub windows: SharedLiveWindows,
     pub latest: LatestTrace,
-    pub device_names: NamesTrace,
+    pub names_trace: NamesTrace,
     /// Deduplication's verdicts (duplicates dropped, late readings admitted), for the archive of the process that
     /// wrote them.
     pub verdicts: Stream<'scope, Time, Vec<Verdict>>,
@@ -56,24 +56,24 @@ pub fn stats_dataflow<'scope>(
 ) -> StatsDataflow<'scope> {
     let mut readings = InputHandleVec::new();
     let probe = ProbeHandle::new();
-    let (names, name_collection) = scope.new_collection::<(DeviceId, String), isize>();
+    let (names, name_collection) = scope.new_collection::<(NameId, String), isize>();
 
     let Deduplicated { admitted, verdicts, remembered } = dedup_first_write(readings.to_stream(scope), horizon_micros);
     let deduplicated = admitted.delay(move |t| on_grid(*t, grid));
     let windows: SharedLiveWindows = std::rc::Rc::new(std::cell::RefCell::new(live));
     let windows_applied = live_windows(deduplicated.clone(), windows.clone(), on_window_updates);
     let latest = latest_by_time(deduplicated);
-    let device_names = name_collection.arrange_by_self_named("DeviceNames");
+    let names_arranged = name_collection.arrange_by_self_named("Names");
 
     windows_applied.probe_with(&probe);
     latest.stream.probe_with(&probe);
-    device_names.stream.probe_with(&probe);
+    names_arranged.stream.probe_with(&probe);
     StatsDataflow {
         readings,
         names,
         windows,
         latest: latest.trace,
-        device_names: device_names.trace,
+        names_trace: names_arranged.trace,
         verdicts,
         dedup_keys: remembered,
         probe,

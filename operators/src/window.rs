@@ -235,11 +235,11 @@ impl Ord for WindowAgg {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DeviceId, SeriesKey};
+    use crate::model::{DeviceId, SensorId, SeriesKey};
     use proptest::prelude::*;
 
     fn reading(micros: i64, seq: u64, value: f64) -> Reading {
-        Reading { series: SeriesKey { device: DeviceId(1), sensor: 0 }, micros, value, seq }
+        Reading { series: SeriesKey { device: DeviceId(1), sensor: SensorId(0) }, micros, value, seq }
     }
 
     #[test]

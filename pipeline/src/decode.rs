@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::devices::{DeviceNames, SeriesLimit};
-use crate::reading::{DEFAULT_DEVICE, DeviceInterner, MAX_DEVICE_BYTES, ReadingBatch, Row, SensorSet};
+use crate::reading::{DEFAULT_DEVICE, DeviceInterner, MAX_DEVICE_BYTES, MAX_SENSORS, ReadingBatch, Row, SensorSet};
 
 /// Microseconds since the epoch of Go's zero time, 0001-01-01T00:00:00Z, which the replaced system rejected.
 const GO_ZERO_TIME_MICROS: i64 = -62_135_596_800_000_000;
@@ -200,13 +200,11 @@ impl Decoder {
         devices: &mut DeviceInterner,
     ) -> Result<(), LineError> {
         let sensor_name = fields.sensor.ok_or_else(|| LineError::invalid("missing field `sensor`"))?;
-        let sensor = self.sensors.index_of(sensor_name).ok_or_else(|| {
-            LineError::invalid(format!(
-                "unknown sensor {:?}; configured sensors: {}",
-                truncate(sensor_name, 64),
-                self.sensors.names().join(", ")
-            ))
-        })?;
+        // A sensor already in the batch passed the check; only a new one is checked.
+        let sensor = devices.find_sensor(&batch.sensors, sensor_name);
+        if sensor.is_none() {
+            self.sensors.check(sensor_name).map_err(LineError::invalid)?;
+        }
         let value = fields.value.ok_or_else(|| LineError::invalid("missing field `value`"))?;
         if !value.is_finite() {
             return Err(LineError::invalid("value is not a finite number"));
@@ -239,25 +237,26 @@ impl Decoder {
             )));
         }
         let sensors = batch.sensors.len();
-        if !found.is_some_and(|i| devices.has_series(i, sensor, sensors))
-            && let Err(limit) = self.names.claim_series(device, sensor)
+        if !found.zip(sensor).is_some_and(|(d, s)| devices.has_series(d, s, sensors))
+            && let Err(limit) = self.names.claim_series(device, sensor_name)
         {
-            let why = match limit {
-                SeriesLimit::Count { max } => format!("{max} series (device, sensor) are stored (--max-series)"),
-                SeriesLimit::Memory { limit } => format!(
-                    "the memory budget is nearly used up (--memory-limit {} MiB; see weir_memory_used_bytes)",
-                    limit >> 20
+            let (device, sensor) = (truncate(device, 64), truncate(sensor_name, 64));
+            return Err(LineError::invalid(match limit {
+                SeriesLimit::SensorIdTaken(_) => format!("sensor {sensor:?} is refused: {limit}"),
+                _ => format!(
+                    "series limit reached: {limit}; this reading would start a new series (device {device:?}, sensor \
+                     {sensor:?}): readings of stored series are still accepted"
                 ),
-            };
-            return Err(LineError::invalid(format!(
-                "series limit reached: {why}; this reading would start a new series (device {:?}, sensor {:?}): \
-                 readings of stored series are still accepted",
-                truncate(device, 64),
-                &*batch.sensors[usize::from(sensor)]
-            )));
+            }));
         }
+        let sensor = devices.add_sensor_if_missing(&mut batch.sensors, sensor_name, sensor).map_err(|_| {
+            LineError::invalid(format!(
+                "this request names more than {MAX_SENSORS} distinct sensors in one batch; send fewer per request or \
+                 lower --batch-rows"
+            ))
+        })?;
         let device = devices.add_if_missing(&mut batch.devices, device, found);
-        devices.add_series(device, sensor, sensors);
+        devices.add_series(device, sensor, batch.sensors.len());
         batch.rows.push(Row { sensor, device, micros, value });
         Ok(())
     }
@@ -416,7 +415,7 @@ fn json_error(e: serde_json::Error) -> LineError {
     LineError::undecodable(format!("{what}: {reason}{hint} at column {}", e.column()))
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -434,7 +433,7 @@ mod tests {
 
     fn decode(line: &str) -> Result<crate::reading::OwnedReading, LineError> {
         let d = Decoder::new(SensorSet::default());
-        let mut b = ReadingBatch::new(d.sensors());
+        let mut b = ReadingBatch::new();
         d.decode_into(line.as_bytes(), &mut b, &mut DeviceInterner::default())?;
         Ok(b.iter().next().unwrap())
     }
@@ -466,7 +465,7 @@ mod tests {
 
     fn err(line: &[u8]) -> LineError {
         let d = Decoder::new(SensorSet::default());
-        let mut b = ReadingBatch::new(d.sensors());
+        let mut b = ReadingBatch::new();
         d.decode_into(line, &mut b, &mut DeviceInterner::default()).unwrap_err()
     }
 
@@ -536,7 +535,7 @@ mod tests {
         let names = DeviceNames::default();
         names.plant_collision("intruder", "truck-7");
         let d = Decoder::new(SensorSet::default()).with_device_names(names);
-        let mut b = ReadingBatch::new(d.sensors());
+        let mut b = ReadingBatch::new();
         let mut interner = DeviceInterner::default();
         let line = |device: &str| {
             format!(r#"{{"sensor":"speed","value":1,"timestamp":"2026-11-22T18:25:43Z","device":"{device}"}}"#)
@@ -551,6 +550,34 @@ mod tests {
         );
         d.decode_into(line("truck-8").as_bytes(), &mut b, &mut interner).unwrap();
         assert_eq!((b.len(), b.devices.len()), (2, 2));
+    }
+
+    /// Issue 20, 5: under `--sensors any` a batch builds its own sensor table; names alike but for case are two
+    /// sensors; a rejected reading leaves no sensor name behind; the series limit counts sensors as it counts devices.
+    #[test]
+    fn the_open_set_builds_each_batchs_sensor_table_and_bounds_its_series() {
+        let names = DeviceNames::default();
+        names.set_max_series(3);
+        let d = Decoder::new(SensorSet::any()).with_device_names(names.clone());
+        let mut b = ReadingBatch::new();
+        let mut interner = DeviceInterner::default();
+        let line = |sensor: &str, value: &str| {
+            format!(r#"{{"sensor":"{sensor}","value":{value},"timestamp":"2026-11-22T18:25:43Z","device":"d"}}"#)
+        };
+        for (sensor, value) in [("cpu.usage_idle", "1"), ("Speed", "2"), ("speed", "3"), ("Speed", "4")] {
+            d.decode_into(line(sensor, value).as_bytes(), &mut b, &mut interner).unwrap();
+        }
+        let e = d.decode_into(line("new:one", "\"x\"").as_bytes(), &mut b, &mut interner).unwrap_err();
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        let e = d.decode_into(line("new:one", "5").as_bytes(), &mut b, &mut interner).unwrap_err();
+        assert!(e.message.contains("series limit reached") && e.message.contains("\"new:one\""), "{}", e.message);
+        assert_eq!(names.sensor_name(weir_operators::SensorId::of("new:one")), None);
+        let e = d.decode_into(line("a/b", "5").as_bytes(), &mut b, &mut interner).unwrap_err();
+        assert!(e.message.contains("contains '/'"), "{}", e.message);
+        assert_eq!(&*b.sensors, ["cpu.usage_idle", "Speed", "speed"].map(Box::from));
+        let rows: Vec<(String, f64)> = b.iter().map(|r| (r.sensor, r.value)).collect();
+        let want = [("cpu.usage_idle", 1.0), ("Speed", 2.0), ("speed", 3.0), ("Speed", 4.0)];
+        assert_eq!(rows, want.map(|(s, v)| (s.to_owned(), v)));
     }
 
     /// Issue 16, 11: an offset that carries the instant past year 9999 (or before year 0000) in UTC is refused per
@@ -615,7 +642,7 @@ mod tests {
             let d = Decoder::new(SensorSet::default());
             for text in [format!("{value:?}"), format!("{value:.17e}"), format!("{value:e}")] {
                 let line = format!(r#"{{"sensor":"speed","value":{text},"timestamp":"2026-11-22T18:25:43Z"}}"#);
-                let mut b = ReadingBatch::new(d.sensors());
+                let mut b = ReadingBatch::new();
                 d.decode_into(line.as_bytes(), &mut b, &mut DeviceInterner::default()).unwrap();
                 prop_assert_eq!(b.rows[0].value.to_bits(), bits, "{}", text);
             }
@@ -625,7 +652,7 @@ mod tests {
         #[test]
         fn any_bytes_give_a_row_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let d = Decoder::new(SensorSet::default());
-            let mut b = ReadingBatch::new(d.sensors());
+            let mut b = ReadingBatch::new();
             match d.decode_into(&bytes, &mut b, &mut DeviceInterner::default()) {
                 Ok(()) => prop_assert_eq!(b.len(), 1),
                 Err(e) => { prop_assert!(!e.message.is_empty()); prop_assert_eq!(b.len(), 0); }
@@ -640,7 +667,7 @@ mod tests {
             line[p] = byte;
             line.truncate(cut.max(p));
             let d = Decoder::new(SensorSet::default());
-            let mut b = ReadingBatch::new(d.sensors());
+            let mut b = ReadingBatch::new();
             let _ = d.decode_into(&line, &mut b, &mut DeviceInterner::default());
         }
     }

@@ -1,14 +1,16 @@
-//! Which name owns which device id, so that no two names ever share state.
+//! Which name owns which device or sensor id, so that no two names ever share state.
 //!
-//! Inside the dataflow a device is its [`DeviceId`], a 64-bit hash of its name. A cryptographic hash makes aiming a
-//! name at another device's id infeasible, but two names that share an id can still be found by a birthday search
-//! (about 2^32 hashes). [`DeviceNames`] remembers the name of every id this process has stored or read from its log
-//! and archive; ingest refuses a new name whose id another name holds, so the two can never merge.
+//! Inside the dataflow a device is its [`DeviceId`] and a sensor its [`SensorId`], 64-bit hashes of their names. A
+//! cryptographic hash makes aiming a name at another's id infeasible, but two names that share an id can still be
+//! found by a birthday search (about 2^32 hashes). [`DeviceNames`] remembers the name of every id this process has
+//! stored or read from its log and archive; ingest refuses a new name whose id another name holds, so the two can
+//! never merge.
 //!
 //! It also counts the **series** (device, sensor) stored, and refuses a reading that would start a new one beyond
-//! `--max-series` ([`DeviceNames::claim_series`]): a client that sends a fresh device name with every reading
-//! would otherwise grow every per-series state (live windows, deduplication, names) without bound. Readings of
-//! series already stored are always accepted.
+//! `--max-series` ([`DeviceNames::claim_series`]): a client that sends a fresh device or sensor name with every
+//! reading would otherwise grow every per-series state (live windows, deduplication, names) without bound.
+//! Readings of series already stored are always accepted. A sensor name is remembered only with the first series
+//! that stores it, so rejected readings leave nothing behind; at most [`MAX_SENSORS`] sensor names are stored.
 //!
 //! Scope: one process. In a cluster, a name stored only at another process is not known here (the README says so).
 
@@ -19,7 +21,9 @@ use crate::budget::MemoryBudget;
 
 use hashbrown::HashMap;
 
-use weir_operators::DeviceId;
+use weir_operators::{DeviceId, SensorId};
+
+use crate::reading::MAX_SENSORS;
 
 /// The names of the device ids this process knows; cloning shares them.
 #[derive(Debug, Clone)]
@@ -41,11 +45,13 @@ impl Default for DeviceNames {
 }
 
 /// Both ways, so that a name seen before costs one map lookup (hashbrown's fast hasher) and no SHA-256; with each
-/// name, the sensors it has series of (a bit per sensor index).
+/// device name, the sensors it has series of (sorted).
 #[derive(Debug, Default)]
 struct Known {
-    by_name: HashMap<Arc<str>, (DeviceId, Vec<u64>)>,
+    by_name: HashMap<Arc<str>, (DeviceId, Vec<SensorId>)>,
     by_id: HashMap<DeviceId, Arc<str>>,
+    sensors_by_name: HashMap<Arc<str>, SensorId>,
+    sensors_by_id: HashMap<SensorId, Arc<str>>,
     series: usize,
 }
 
@@ -56,21 +62,30 @@ pub enum SeriesLimit {
     Count { max: usize },
     /// The memory budget is nearly used up (`--memory-limit`, bytes).
     Memory { limit: u64 },
+    /// The sensor is new and [`MAX_SENSORS`] sensor names are stored.
+    Sensors,
+    /// The sensor's name has the id of another sensor name, stored before.
+    SensorIdTaken(IdTaken),
 }
 
-fn has_bit(mask: &[u64], sensor: u16) -> bool {
-    mask.get(usize::from(sensor) / 64).is_some_and(|w| w & (1 << (sensor % 64)) != 0)
-}
-
-/// Sets the bit; whether it was new.
-fn set_bit(mask: &mut Vec<u64>, sensor: u16) -> bool {
-    let word = usize::from(sensor) / 64;
-    if mask.len() <= word {
-        mask.resize(word + 1, 0);
+impl std::fmt::Display for SeriesLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeriesLimit::Count { max } => write!(f, "{max} series (device, sensor) are stored (--max-series)"),
+            SeriesLimit::Memory { limit } => write!(
+                f,
+                "the memory budget is nearly used up (--memory-limit {} MiB; see weir_memory_used_bytes)",
+                limit >> 20
+            ),
+            SeriesLimit::Sensors => write!(f, "{MAX_SENSORS} distinct sensor names are stored"),
+            SeriesLimit::SensorIdTaken(taken) => write!(
+                f,
+                "the sensor has the same 64-bit id as the sensor {:?}, which is already stored; two names never \
+                 share data, so this one is refused: give the sensor another name",
+                crate::decode::truncate(&taken.holder, 64)
+            ),
+        }
     }
-    let new = mask[word] & (1 << (sensor % 64)) == 0;
-    mask[word] |= 1 << (sensor % 64);
-    new
 }
 
 /// A name whose id is another name's.
@@ -107,44 +122,71 @@ impl DeviceNames {
         let _ = self.budget.set(budget);
     }
 
-    /// Records the series (`name`, `sensor`) of a reading to be stored (the name claimed before); `Err` when it is
-    /// new and `--max-series` series are stored already, or the memory budget refuses new series.
-    pub fn claim_series(&self, name: &str, sensor: u16) -> Result<(), SeriesLimit> {
-        self.add_series(name, sensor, self.max_series.load(Ordering::Relaxed), self.budget.get())
+    /// Records the series (`device`, `sensor`) of a reading to be stored (the device claimed before); `Err` when it
+    /// is new and `--max-series` series are stored already, the memory budget refuses new series, or the sensor's
+    /// name is new and cannot be stored.
+    pub fn claim_series(&self, device: &str, sensor: &str) -> Result<(), SeriesLimit> {
+        self.add_series(device, sensor, self.max_series.load(Ordering::Relaxed), self.budget.get())
     }
 
-    /// Records a series read from the log or the archive: stored already, so never refused.
-    pub fn note_series(&self, name: &str, sensor: u16) {
-        let _ = self.add_series(name, sensor, usize::MAX, None);
+    /// Records a series read from the log or the archive: stored already, so never refused for its number. `Err`
+    /// only when its sensor's id is another stored sensor's (possible only for names stored at different processes
+    /// of a cluster).
+    pub fn note_series(&self, device: &str, sensor: &str) -> Result<(), SeriesLimit> {
+        self.add_series(device, sensor, usize::MAX, None)
     }
 
     fn add_series(
         &self,
-        name: &str,
-        sensor: u16,
+        device: &str,
+        sensor: &str,
         max: usize,
         budget: Option<&Arc<MemoryBudget>>,
     ) -> Result<(), SeriesLimit> {
-        if let Some((_, mask)) = self.known.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name)
-            && has_bit(mask, sensor)
         {
-            return Ok(());
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            if let (Some((_, sensors)), Some(id)) = (known.by_name.get(device), known.sensors_by_name.get(sensor))
+                && sensors.binary_search(id).is_ok()
+            {
+                return Ok(());
+            }
         }
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        let Known { by_name, series, .. } = &mut *known;
-        let Some((_, mask)) = by_name.get_mut(name) else { return Ok(()) };
-        if has_bit(mask, sensor) {
-            return Ok(());
-        }
+        let Known { by_name, sensors_by_name, sensors_by_id, series, .. } = &mut *known;
+        let Some((_, sensors)) = by_name.get_mut(device) else { return Ok(()) };
+        let id = match sensors_by_name.get(sensor) {
+            Some(id) => *id,
+            None => {
+                let id = SensorId::of(sensor);
+                if let Some(holder) = sensors_by_id.get(&id) {
+                    return Err(SeriesLimit::SensorIdTaken(IdTaken { holder: (**holder).into() }));
+                }
+                id
+            }
+        };
+        let Err(place) = sensors.binary_search(&id) else { return Ok(()) };
         if *series >= max {
             return Err(SeriesLimit::Count { max });
         }
         if let Some(budget) = budget.filter(|b| !b.admits_new_series()) {
             return Err(SeriesLimit::Memory { limit: budget.limit() });
         }
-        set_bit(mask, sensor);
+        if !sensors_by_name.contains_key(sensor) {
+            if sensors_by_name.len() >= MAX_SENSORS && max != usize::MAX {
+                return Err(SeriesLimit::Sensors);
+            }
+            let name: Arc<str> = sensor.into();
+            sensors_by_id.insert(id, name.clone());
+            sensors_by_name.insert(name, id);
+        }
+        sensors.insert(place, id);
         *series += 1;
         Ok(())
+    }
+
+    /// The name of sensor `id`, if this process has stored or read a reading of it.
+    pub fn sensor_name(&self, id: SensorId) -> Option<Arc<str>> {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).sensors_by_id.get(&id).cloned()
     }
 
     /// How many series are stored.
@@ -194,15 +236,30 @@ mod tests {
         for device in ["a", "b"] {
             names.claim(device).unwrap();
         }
-        assert_eq!(names.claim_series("a", 0), Ok(()));
-        assert_eq!(names.claim_series("a", 70), Ok(()));
-        assert_eq!(names.claim_series("a", 0), Ok(()), "the same series again");
-        assert_eq!(names.claim_series("b", 1), Ok(()));
-        assert_eq!(names.claim_series("b", 2), Err(SeriesLimit::Count { max: 3 }));
-        assert_eq!(names.claim_series("a", 70), Ok(()), "a stored series is always accepted");
+        assert_eq!(names.claim_series("a", "s0"), Ok(()));
+        assert_eq!(names.claim_series("a", "s70"), Ok(()));
+        assert_eq!(names.claim_series("a", "s0"), Ok(()), "the same series again");
+        assert_eq!(names.claim_series("b", "s1"), Ok(()));
+        assert_eq!(names.claim_series("b", "s2"), Err(SeriesLimit::Count { max: 3 }));
+        assert_eq!(names.sensor_name(SensorId::of("s2")), None, "a refused series leaves no sensor name behind");
+        assert_eq!(names.claim_series("a", "s70"), Ok(()), "a stored series is always accepted");
         // Read from the log or the archive: stored already, counted, never refused.
-        names.note_series("b", 2);
+        names.note_series("b", "s2").unwrap();
         assert_eq!(names.series(), 4);
-        assert_eq!(names.claim_series("b", 2), Ok(()));
+        assert_eq!(names.claim_series("b", "s2"), Ok(()));
+        assert_eq!(names.sensor_name(SensorId::of("s2")).as_deref(), Some("s2"));
+    }
+
+    #[test]
+    fn a_sensor_name_with_another_sensors_id_is_refused() {
+        let names = DeviceNames::default();
+        names.claim("d").unwrap();
+        names.claim_series("d", "speed").unwrap();
+        names.known.write().unwrap().sensors_by_id.insert(SensorId::of("planted"), "speed".into());
+        assert_eq!(
+            names.claim_series("d", "planted"),
+            Err(SeriesLimit::SensorIdTaken(IdTaken { holder: "speed".into() }))
+        );
+        assert!(names.claim_series("d", "planted").unwrap_err().to_string().contains("give the sensor another name"));
     }
 }

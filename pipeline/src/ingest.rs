@@ -109,7 +109,7 @@ impl BodyDecoder {
     pub fn new(decoder: Decoder, limits: DecodeLimits) -> Self {
         BodyDecoder {
             splitter: LineSplitter::new(limits.max_line_bytes),
-            batch: ReadingBatch::new(decoder.sensors()),
+            batch: ReadingBatch::new(),
             decoder,
             limits,
             devices: DeviceInterner::default(),
@@ -163,7 +163,7 @@ impl BodyDecoder {
             return None;
         }
         self.devices.reset();
-        let fresh = ReadingBatch::new(self.decoder.sensors());
+        let fresh = ReadingBatch::new();
         Some(std::mem::replace(&mut self.batch, fresh))
     }
 

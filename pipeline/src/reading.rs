@@ -16,10 +16,19 @@ pub const MAX_DEVICE_BYTES: usize = 128;
 pub const DEFAULT_SENSORS: [&str; 6] =
     ["speed", "fuel", "revolution", "engine_temperature", "location_latitude", "location_longitude"];
 
-/// The configured set of sensor names; a reading naming any other sensor is invalid.
+/// The longest sensor name accepted under `--sensors any`, in bytes.
+pub const MAX_SENSOR_BYTES: usize = 128;
+
+/// The most distinct sensor names a process stores, and a batch names: rows refer to sensors by a 16-bit index.
+pub const MAX_SENSORS: usize = u16::MAX as usize;
+
+/// The sensor names a Weir accepts: a configured list (the default: the replaced system's six), or — `--sensors
+/// any` — every name that follows the open rule ([`open_sensor_name_error`]), with `--max-series` bounding how many
+/// series they start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SensorSet {
-    names: Arc<[Box<str>]>,
+    /// `None`: any name that follows the open rule.
+    listed: Option<Arc<[Box<str>]>>,
 }
 
 impl SensorSet {
@@ -42,32 +51,59 @@ impl SensorSet {
         if out.is_empty() {
             return Err(InvalidSensorName(String::new()));
         }
-        if out.len() > u16::MAX as usize {
+        if out.len() > MAX_SENSORS {
             return Err(InvalidSensorName("(too many sensors)".into()));
         }
-        Ok(SensorSet { names: out.into() })
+        Ok(SensorSet { listed: Some(out.into()) })
     }
 
-    /// The index of `name` in this set, if it is a configured sensor.
-    #[inline]
-    pub fn index_of(&self, name: &str) -> Option<u16> {
-        self.names.iter().position(|n| &**n == name).map(|i| i as u16)
+    /// The open set: any sensor name that follows the open rule.
+    pub fn any() -> Self {
+        SensorSet { listed: None }
     }
 
-    /// The name at `index`.
-    pub fn name(&self, index: u16) -> Option<&str> {
-        self.names.get(index as usize).map(|n| &**n)
+    /// The configured names, in their order; `None` for the open set.
+    pub fn listed(&self) -> Option<&[Box<str>]> {
+        self.listed.as_deref()
     }
 
-    /// All names, in index order.
-    pub fn names(&self) -> &[Box<str>] {
-        &self.names
+    /// Whether a reading of sensor `name` may be stored; `Err` says why not, for the rejected line.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        match &self.listed {
+            Some(listed) if listed.iter().any(|n| &**n == name) => Ok(()),
+            Some(listed) => Err(format!(
+                "unknown sensor {:?}; configured sensors: {} (start Weir with --sensors any to accept any sensor)",
+                crate::decode::truncate(name, 64),
+                listed.join(", ")
+            )),
+            None => open_sensor_name_error(name).map_or(Ok(()), Err),
+        }
     }
 
-    /// The shared name table, as batches carry it.
-    pub fn table(&self) -> Arc<[Box<str>]> {
-        self.names.clone()
+    /// Where `name` sorts in answers that list sensors: a configured sensor by its place in the list, any other
+    /// after them by name.
+    pub fn sort_key<'a>(&self, name: &'a str) -> (usize, &'a str) {
+        let place = self.listed.as_ref().and_then(|l| l.iter().position(|n| &**n == name));
+        (place.unwrap_or(usize::MAX), name)
     }
+}
+
+/// Why `name` is not a sensor name under `--sensors any` (`None`: it is one). The open rule: 1 to
+/// [`MAX_SENSOR_BYTES`] bytes of ASCII letters, digits, `_`, `.`, `-` and `:` — what Prometheus metric names, OTLP
+/// names as Weir maps them, and line protocol's `measurement.field` use; nothing that needs quoting in a URL, SQL
+/// string, CSV or file name.
+pub fn open_sensor_name_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("sensor is empty".to_owned());
+    }
+    if name.len() > MAX_SENSOR_BYTES {
+        return Some(format!("sensor is {} bytes long, the limit is {MAX_SENSOR_BYTES}", name.len()));
+    }
+    let bad = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':')))?;
+    Some(format!(
+        "sensor {:?} contains {bad:?}: sensor names are ASCII letters, digits, '_', '.', '-' and ':'",
+        crate::decode::truncate(name, 64)
+    ))
 }
 
 impl Default for SensorSet {
@@ -79,7 +115,7 @@ impl Default for SensorSet {
 /// A sensor name that cannot be configured.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "invalid sensor name {0:?}: sensor names are 1 to 64 characters of ASCII letters, digits and '_', and at least one is needed"
+    "invalid sensor name {0:?}: sensor names are 1 to 64 characters of ASCII letters, digits and '_', and at least one is needed (or `any` alone, for any sensor)"
 )]
 pub struct InvalidSensorName(pub String);
 
@@ -97,10 +133,11 @@ pub struct Row {
 }
 
 /// A batch of readings with its own name tables.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadingBatch {
-    /// Sensor names; rows refer to them by index.
-    pub sensors: Arc<[Box<str>]>,
+    /// Sensor names; rows refer to them by index. Built as readings are added, each name once (at most
+    /// [`MAX_SENSORS`]).
+    pub sensors: Vec<Box<str>>,
     /// Device names; rows refer to them by index. Built as readings are added, each name once.
     pub devices: Vec<Box<str>>,
     /// The readings, in arrival order.
@@ -118,9 +155,9 @@ pub struct OwnedReading {
 }
 
 impl ReadingBatch {
-    /// An empty batch whose rows name sensors of `sensors`.
-    pub fn new(sensors: &SensorSet) -> Self {
-        ReadingBatch { sensors: sensors.table(), devices: Vec::new(), rows: Vec::new() }
+    /// An empty batch.
+    pub fn new() -> Self {
+        ReadingBatch::default()
     }
 
     /// Number of readings.
@@ -143,26 +180,94 @@ impl ReadingBatch {
         })
     }
 
-    /// Removes every reading, keeping the sensor table and allocations.
+    /// Removes every reading, keeping allocations.
     pub fn clear(&mut self) {
+        self.sensors.clear();
         self.devices.clear();
         self.rows.clear();
     }
 
-    /// Moves every row of `other` into `self`, remapping device indexes. Both must share the sensor table.
-    pub fn append_batch(&mut self, other: &ReadingBatch, interner: &mut DeviceInterner) {
-        debug_assert!(Arc::ptr_eq(&self.sensors, &other.sensors) || self.sensors == other.sensors);
-        let map: Vec<u32> = other.devices.iter().map(|d| interner.intern(&mut self.devices, d)).collect();
-        self.rows.extend(other.rows.iter().map(|r| Row { device: map[r.device as usize], ..*r }));
+    /// Moves every row of `other` into `self`, remapping sensor and device indexes (`interner` serves `self`);
+    /// `Err` when the two batches name more than [`MAX_SENSORS`] sensors together (`self` is then unchanged).
+    pub fn append_batch(&mut self, other: &ReadingBatch, interner: &mut DeviceInterner) -> Result<(), TooManySensors> {
+        let new_sensors = other.sensors.iter().filter(|s| interner.find_sensor(&self.sensors, s).is_none()).count();
+        if self.sensors.len() + new_sensors > MAX_SENSORS {
+            return Err(TooManySensors);
+        }
+        let sensors: Vec<u16> = other
+            .sensors
+            .iter()
+            .map(|s| {
+                let found = interner.find_sensor(&self.sensors, s);
+                interner.add_sensor_if_missing(&mut self.sensors, s, found).expect("counted above")
+            })
+            .collect();
+        let devices: Vec<u32> = other.devices.iter().map(|d| interner.intern(&mut self.devices, d)).collect();
+        self.rows.extend(other.rows.iter().map(|r| Row {
+            sensor: sensors[usize::from(r.sensor)],
+            device: devices[r.device as usize],
+            ..*r
+        }));
+        Ok(())
     }
 }
 
-/// Assigns batch-local indexes to device names. Most batches carry one or a few devices, so the last hit is
-/// checked first and a linear scan follows; a map takes over for batches with many devices.
+/// A batch would name more than [`MAX_SENSORS`] sensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("one batch names at most {MAX_SENSORS} distinct sensors")]
+pub struct TooManySensors;
+
+/// Indexes into one name table of a batch. Most batches carry one or a few names, so the last hit is checked
+/// first and a linear scan follows; a map takes over for tables of many names.
 #[derive(Debug, Default)]
-pub struct DeviceInterner {
+struct NameIndex {
     last: Option<u32>,
     map: hashbrown::HashMap<Box<str>, u32>,
+}
+
+impl NameIndex {
+    #[inline]
+    fn find(&mut self, table: &[Box<str>], name: &str) -> Option<u32> {
+        if let Some(i) = self.last
+            && table.get(i as usize).is_some_and(|d| &**d == name)
+        {
+            return Some(i);
+        }
+        if table.len() <= 8 {
+            table.iter().position(|d| &**d == name).map(|i| i as u32)
+        } else {
+            if self.map.len() != table.len() {
+                self.map = table.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)).collect();
+            }
+            self.map.get(name).copied()
+        }
+    }
+
+    #[inline]
+    fn add_if_missing(&mut self, table: &mut Vec<Box<str>>, name: &str, found: Option<u32>) -> u32 {
+        let index = found.unwrap_or_else(|| {
+            table.push(name.into());
+            let i = (table.len() - 1) as u32;
+            if table.len() > 9 {
+                self.map.insert(name.into(), i);
+            }
+            i
+        });
+        self.last = Some(index);
+        index
+    }
+
+    fn reset(&mut self) {
+        self.last = None;
+        self.map.clear();
+    }
+}
+
+/// Assigns batch-local indexes to device and sensor names, and remembers the batch's series.
+#[derive(Debug, Default)]
+pub struct DeviceInterner {
+    devices: NameIndex,
+    sensors: NameIndex,
     /// The (device index, sensor) pairs of the batch.
     series: SeriesBits,
 }
@@ -178,40 +283,46 @@ impl DeviceInterner {
     /// The index of `name` in `devices`, if it is there.
     #[inline]
     pub fn find(&mut self, devices: &[Box<str>], name: &str) -> Option<u32> {
-        if let Some(i) = self.last
-            && devices.get(i as usize).is_some_and(|d| &**d == name)
-        {
-            return Some(i);
-        }
-        if devices.len() <= 8 {
-            devices.iter().position(|d| &**d == name).map(|i| i as u32)
-        } else {
-            if self.map.len() != devices.len() {
-                self.map = devices.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)).collect();
-            }
-            self.map.get(name).copied()
-        }
+        self.devices.find(devices, name)
     }
 
     /// `found` (what [`Self::find`] said of `name`), or `name` added to `devices`.
     #[inline]
     pub fn add_if_missing(&mut self, devices: &mut Vec<Box<str>>, name: &str, found: Option<u32>) -> u32 {
-        let index = found.unwrap_or_else(|| {
-            devices.push(name.into());
-            let i = (devices.len() - 1) as u32;
-            if devices.len() > 9 {
-                self.map.insert(name.into(), i);
-            }
-            i
-        });
-        self.last = Some(index);
-        index
+        self.devices.add_if_missing(devices, name, found)
+    }
+
+    /// The index of sensor `name` in `sensors`, if it is there.
+    #[inline]
+    pub fn find_sensor(&mut self, sensors: &[Box<str>], name: &str) -> Option<u16> {
+        self.sensors.find(sensors, name).map(|i| i as u16)
+    }
+
+    /// `found` (what [`Self::find_sensor`] said of `name`), or `name` added to `sensors`; `Err` when the table
+    /// holds [`MAX_SENSORS`] names already.
+    #[inline]
+    pub fn add_sensor_if_missing(
+        &mut self,
+        sensors: &mut Vec<Box<str>>,
+        name: &str,
+        found: Option<u16>,
+    ) -> Result<u16, TooManySensors> {
+        if found.is_none() && sensors.len() >= MAX_SENSORS {
+            return Err(TooManySensors);
+        }
+        Ok(self.sensors.add_if_missing(sensors, name, found.map(u32::from)) as u16)
+    }
+
+    /// The index of sensor `name` in `sensors`, adding it when new.
+    pub fn intern_sensor(&mut self, sensors: &mut Vec<Box<str>>, name: &str) -> Result<u16, TooManySensors> {
+        let found = self.find_sensor(sensors, name);
+        self.add_sensor_if_missing(sensors, name, found)
     }
 
     /// Forgets every name (call when the batch it serves is cleared).
     pub fn reset(&mut self) {
-        self.last = None;
-        self.map.clear();
+        self.devices.reset();
+        self.sensors.reset();
         self.series.clear();
     }
 
@@ -236,16 +347,57 @@ mod tests {
     #[test]
     fn default_sensors_are_the_replaced_systems() {
         let s = SensorSet::default();
-        assert_eq!(s.index_of("speed"), Some(0));
-        assert_eq!(s.index_of("location_longitude"), Some(5));
-        assert_eq!(s.index_of("Speed"), None);
+        assert_eq!(s.listed().unwrap().len(), 6);
+        assert!(s.check("speed").is_ok());
+        assert!(s.check("location_longitude").is_ok());
+        assert!(s.check("Speed").unwrap_err().contains("unknown sensor \"Speed\""));
+        assert!(s.sort_key("speed") < s.sort_key("fuel"), "the configured order");
     }
 
     #[test]
     fn sensor_names_are_checked() {
         assert!(SensorSet::new(["ok_name", "bad name"]).is_err());
         assert!(SensorSet::new(Vec::<String>::new()).is_err());
-        assert_eq!(SensorSet::new(["a", "b", "a"]).unwrap().names().len(), 2);
+        assert_eq!(SensorSet::new(["a", "b", "a"]).unwrap().listed().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_open_set_takes_names_that_follow_the_rule() {
+        let any = SensorSet::any();
+        for good in ["speed", "cpu.usage_idle", "http_requests_total", "node:load1", "a-b", &"x".repeat(128)] {
+            assert!(any.check(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("has space", "contains ' '"),
+            ("a/b", "contains '/'"),
+            ("quote\"", "contains '\"'"),
+            ("tempé", "contains 'é'"),
+            (&"x".repeat(129), "129 bytes long"),
+        ] {
+            let e = any.check(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(any.sort_key("a") < any.sort_key("b"));
+    }
+
+    #[test]
+    fn appended_batches_keep_each_rows_names() {
+        let push = |batch: &mut ReadingBatch, interner: &mut DeviceInterner, sensor: &str, device: &str| {
+            let sensor = interner.intern_sensor(&mut batch.sensors, sensor).unwrap();
+            let device = interner.intern(&mut batch.devices, device);
+            batch.rows.push(Row { sensor, device, micros: 1, value: 1.0 });
+        };
+        let (mut a, mut ia) = (ReadingBatch::new(), DeviceInterner::default());
+        let (mut b, mut ib) = (ReadingBatch::new(), DeviceInterner::default());
+        push(&mut a, &mut ia, "x", "d1");
+        push(&mut b, &mut ib, "y", "d2");
+        push(&mut b, &mut ib, "x", "d1");
+        a.append_batch(&b, &mut ia).unwrap();
+        let names: Vec<(String, String)> = a.iter().map(|r| (r.sensor, r.device)).collect();
+        let expected = [("x", "d1"), ("y", "d2"), ("x", "d1")].map(|(s, d)| (s.to_owned(), d.to_owned()));
+        assert_eq!(names, expected);
+        assert_eq!(a.sensors.len(), 2);
     }
 
     #[test]

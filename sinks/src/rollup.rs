@@ -147,7 +147,7 @@ impl DayRollupWriter {
     /// Folds the next reading (in archive order) into its window.
     pub fn push(&mut self, row: &MergedRow, names: &Names) -> Result<(), PartError> {
         let key = (row.sensor, row.device, self.width.start_of(row.micros));
-        let series = SeriesKey { device: DeviceId(0), sensor: 0 };
+        let series = SeriesKey { device: DeviceId(0), sensor: weir_operators::SensorId(0) };
         match &mut self.open {
             Some((open, agg, seq)) if *open == key => {
                 agg.add(&Reading { series, micros: row.micros, value: row.value, seq: *seq });

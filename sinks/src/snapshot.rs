@@ -62,8 +62,9 @@ impl ArchiveSnapshot {
             let mut days: Vec<&str> = older.iter().map(|p| p.date.as_str()).filter(|d| seeds_here(d)).collect();
             days.sort();
             days.dedup();
-            if let Some(seeds) = last_readings(location, &days).await? {
-                pending.push_back(seeds);
+            let seeds = last_readings(location, &days).await?;
+            if !seeds.is_empty() {
+                pending.extend(seeds);
                 pending_last = older.iter().map(|p| p.last).min().unwrap_or(0);
             }
         }
@@ -103,9 +104,11 @@ impl Iterator for ArchiveSnapshot {
     }
 }
 
-/// Each series' last reading over `days`, from their 1-day rollups, as one batch (`None`: no series).
-async fn last_readings(location: &ArchiveLocation, days: &[&str]) -> Result<Option<ReadingBatch>, ArchiveError> {
+/// Each series' last reading over `days`, from their 1-day rollups, as batches (none: no series; more than one
+/// only when they name more sensors than one batch can).
+async fn last_readings(location: &ArchiveLocation, days: &[&str]) -> Result<Vec<ReadingBatch>, ArchiveError> {
     use std::collections::HashMap;
+    use weir_pipeline::reading::{DeviceInterner, Row};
     let mut last: HashMap<(String, String), (i64, f64)> = HashMap::new();
     for day in days {
         let rows =
@@ -121,25 +124,24 @@ async fn last_readings(location: &ArchiveLocation, days: &[&str]) -> Result<Opti
             }
         }
     }
-    if last.is_empty() {
-        return Ok(None);
-    }
-    let mut sensors: Vec<Box<str>> = Vec::new();
-    let mut devices: Vec<Box<str>> = Vec::new();
-    let (mut sensor_ids, mut device_ids) = (HashMap::new(), HashMap::new());
-    let mut rows = Vec::with_capacity(last.len());
     let mut entries: Vec<_> = last.into_iter().collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    let (mut batch, mut interner) = (ReadingBatch::new(), DeviceInterner::default());
     for ((device, sensor), (micros, value)) in entries {
-        let sensor = *sensor_ids.entry(sensor.clone()).or_insert_with(|| {
-            sensors.push(sensor.into_boxed_str());
-            sensors.len() as u16 - 1
-        });
-        let device = *device_ids.entry(device.clone()).or_insert_with(|| {
-            devices.push(device.into_boxed_str());
-            devices.len() as u32 - 1
-        });
-        rows.push(weir_pipeline::reading::Row { sensor, device, micros, value });
+        let sensor = match interner.intern_sensor(&mut batch.sensors, &sensor) {
+            Ok(index) => index,
+            Err(_) => {
+                out.push(std::mem::take(&mut batch));
+                interner.reset();
+                interner.intern_sensor(&mut batch.sensors, &sensor).expect("a fresh batch has room")
+            }
+        };
+        let device = interner.intern(&mut batch.devices, &device);
+        batch.rows.push(Row { sensor, device, micros, value });
     }
-    Ok(Some(ReadingBatch { sensors: sensors.into(), devices, rows }))
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    Ok(out)
 }

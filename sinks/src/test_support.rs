@@ -8,16 +8,30 @@ use std::time::{Duration, Instant};
 
 use object_store::ObjectStoreExt;
 use tokio::sync::watch;
-use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
+use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row};
 use weir_pipeline::stats::DedupVerdicts;
 use weir_pipeline::wal::{Wal, WalOptions};
 
 use crate::archive::{ArchiveError, ArchiveLocation, Archiver, ArchiverOptions, checkpoint_path, utc_date};
 use crate::part::{read_parquet, sort_for_archive};
 
-/// (device, sensor index, micros, value)
+/// (device, sensor, micros, value): indexes into [`DEVICES`] and [`SENSORS`].
 pub type Input = (u8, u16, i64, f64);
 pub const DEVICES: [&str; 3] = ["default", "truck-1", "weather-ü"];
+/// Sensor names of an open set (`--sensors any`): two differ only in case.
+pub const SENSORS: [&str; 4] = ["speed", "fuel", "Speed", "cpu.usage_idle"];
+
+/// The batch of one record of `Input`s.
+pub fn batch_of(record: &[Input]) -> ReadingBatch {
+    let mut batch = ReadingBatch::new();
+    let mut interner = DeviceInterner::default();
+    for &(d, sensor, micros, value) in record {
+        let device = interner.intern(&mut batch.devices, DEVICES[d as usize]);
+        let sensor = interner.intern_sensor(&mut batch.sensors, SENSORS[usize::from(sensor)]).unwrap();
+        batch.rows.push(Row { sensor, device, micros, value });
+    }
+    batch
+}
 
 pub struct Fixture {
     pub _dir: tempfile::TempDir,
@@ -70,18 +84,11 @@ impl DedupVerdicts for ModelVerdicts {
 pub fn fixture(records: &[Vec<Input>], url: Option<&str>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let wal_dir = dir.path().join("wal");
-    let sensors = SensorSet::default();
     let (wal, _) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
     let appender = wal.appender();
     let mut last = 0;
     for record in records {
-        let mut batch = ReadingBatch::new(&sensors);
-        let mut interner = DeviceInterner::default();
-        for &(d, sensor, micros, value) in record {
-            let device = interner.intern(&mut batch.devices, DEVICES[d as usize]);
-            batch.rows.push(Row { sensor, device, micros, value });
-        }
-        last = appender.append_blocking(&batch).unwrap();
+        last = appender.append_blocking(&batch_of(record)).unwrap();
     }
     let durable = appender.watch_durable();
     wal.close();

@@ -49,7 +49,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
     pub data_dir: PathBuf,
 
-    /// Accepted sensor names, comma-separated; replaces the default set.
+    /// Accepted sensor names, comma-separated; replaces the default set. `any` accepts every name of 1 to 128 ASCII
+    /// letters, digits, `_`, `.`, `-` and `:` (at most 65 535 names; --max-series bounds the series they start).
     #[arg(long, env = "WEIR_SENSORS", value_delimiter = ',', default_values_t = DEFAULT_SENSORS.map(String::from))]
     pub sensors: Vec<String>,
 
@@ -334,7 +335,10 @@ impl ServeArgs {
     }
 
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
-        let sensors = SensorSet::new(&self.sensors).context("--sensors / WEIR_SENSORS")?;
+        let sensors = match self.sensors.as_slice() {
+            [any] if any.trim() == "any" => SensorSet::any(),
+            names => SensorSet::new(names).context("--sensors / WEIR_SENSORS")?,
+        };
         let memory_limit = self.memory_limit.unwrap_or_else(weir_pipeline::budget::default_limit);
         let sql_share = self.archive.sql_memory.saturating_mul(u64::from(self.archive.sql_concurrency));
         anyhow::ensure!(

@@ -1,7 +1,7 @@
 //! The live statistics in users' terms, for every transport: a series' windows as rows, a device's latest values,
 //! and the checks of what a user names (sensor, window width, time bounds) with errors that say what to write.
 
-use weir_operators::{DeviceId, SeriesKey, Width, WindowAgg, WindowKey};
+use weir_operators::{DeviceId, SensorId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::decode::parse_timestamp;
 
 use super::error::ServiceError;
@@ -79,16 +79,6 @@ pub fn width_of(window: &str) -> Result<Width, ServiceError> {
         .ok_or_else(|| ServiceError::invalid(format!("unknown window {window:?}: use 1m, 15m, 1h or 1d")))
 }
 
-/// A sensor's index, checked.
-pub fn sensor_index(stats: &StatsService, sensor: &str) -> Result<u16, ServiceError> {
-    stats.sensors().index_of(sensor).ok_or_else(|| {
-        ServiceError::invalid(format!(
-            "unknown sensor {sensor:?}; known sensors: {}",
-            stats.sensors().names().join(", ")
-        ))
-    })
-}
-
 /// Answers a series query: the windows of one series whose start lies in `[from, to)`.
 pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<SeriesAnswer, ServiceError> {
     let sensor = p
@@ -96,7 +86,7 @@ pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<Seri
         .as_deref()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ServiceError::invalid("missing parameter sensor"))?;
-    let index = sensor_index(stats, sensor)?;
+    let sensor_id = stats.sensor_id(sensor)?;
     let width = width_of(p.window.as_deref().filter(|w| !w.is_empty()).unwrap_or("1m"))?;
     let from = time_bound("from", &p.from, i64::MIN)?;
     let to = time_bound("to", &p.to, i64::MAX)?;
@@ -104,7 +94,7 @@ pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<Seri
         return Err(ServiceError::invalid("from is after to"));
     }
     let device = device_or_default(&p.device).to_owned();
-    let series = SeriesKey { device: DeviceId::of(&device), sensor: index };
+    let series = SeriesKey { device: DeviceId::of(&device), sensor: sensor_id };
     let windows = stats.series_windows(series, (&device, sensor), width, (from, to), p.after).await?;
     if windows.len() > MAX_SERIES_WINDOWS {
         return Err(ServiceError::invalid(format!(
@@ -132,13 +122,17 @@ pub async fn latest_answer(
 ) -> Result<(String, Vec<SensorValue>), ServiceError> {
     let device = device_or_default(device);
     let latest = stats.latest_of(device, after).await?;
-    let values = latest
-        .iter()
-        .filter_map(|(k, l)| {
-            let sensor = stats.sensors().name(k.sensor)?.to_owned();
-            Some(SensorValue { sensor, value: l.value, timestamp: timestamp_text(l.micros) })
-        })
-        .collect();
+    let mut values = Vec::with_capacity(latest.len());
+    for (k, l) in &latest {
+        if let Some(sensor) = stats.sensor_name(k.sensor).await {
+            values.push(SensorValue {
+                sensor: sensor.to_string(),
+                value: l.value,
+                timestamp: timestamp_text(l.micros),
+            });
+        }
+    }
+    values.sort_by(|a, b| stats.sensors().sort_key(&a.sensor).cmp(&stats.sensors().sort_key(&b.sensor)));
     Ok((device.to_owned(), values))
 }
 
@@ -166,11 +160,11 @@ pub async fn latest_fix(
     device: &str,
     after: Option<LogPosition>,
 ) -> Result<Option<Fix>, ServiceError> {
-    let (Some(lat), Some(lon)) = (stats.sensors().index_of(LATITUDE), stats.sensors().index_of(LONGITUDE)) else {
+    let (Ok(lat), Ok(lon)) = (stats.sensor_id(LATITUDE), stats.sensor_id(LONGITUDE)) else {
         return Ok(None);
     };
     let latest = stats.latest_of(device, after).await?;
-    let newest = |sensor: u16| latest.iter().find(|(k, _)| k.sensor == sensor).map(|(_, l)| *l);
+    let newest = |sensor: SensorId| latest.iter().find(|(k, _)| k.sensor == sensor).map(|(_, l)| *l);
     let (Some(latitude), Some(longitude)) = (newest(lat), newest(lon)) else { return Ok(None) };
     if latitude.micros == longitude.micros {
         return Ok(Some(Fix { micros: latitude.micros, latitude: latitude.value, longitude: longitude.value }));

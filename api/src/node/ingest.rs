@@ -17,7 +17,7 @@ use weir_pipeline::budget::MemoryBudget;
 use weir_pipeline::decode::{Decoder, ReadingFields};
 use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport, RejectionCounts};
 use weir_pipeline::line_protocol::{LineProtocolDecoder, LineProtocolMapping};
-use weir_pipeline::reading::{DeviceInterner, ReadingBatch};
+use weir_pipeline::reading::{DeviceInterner, MAX_SENSORS, ReadingBatch};
 use weir_pipeline::wal::{AppendError, PendingAppend, ReadingLog};
 
 use super::error::{ErrorKind, ServiceError};
@@ -242,7 +242,7 @@ impl IngestService {
             None => self.decoder.clone(),
         };
         let mut decoder = BodyDecoder::new(decoder, self.limits.decode.clone());
-        let mut held = ReadingBatch::new(self.decoder.sensors());
+        let mut held = ReadingBatch::new();
         let mut held_devices = DeviceInterner::default();
         let mut pending: Vec<(PendingAppend, u64)> = Vec::new();
         let mut failure = self.budget.as_ref().filter(|b| !b.admits_requests()).map(|b| memory_full(b));
@@ -283,8 +283,9 @@ impl IngestService {
             }
             while let Some(batch) = decoder.take_full_batch() {
                 if atomic {
-                    held.append_batch(&batch, &mut held_devices);
-                    if held.len() > self.limits.max_atomic_readings {
+                    if held.append_batch(&batch, &mut held_devices).is_err()
+                        || held.len() > self.limits.max_atomic_readings
+                    {
                         failure = Some(self.atomic_too_large());
                         break;
                     }
@@ -301,8 +302,9 @@ impl IngestService {
             decoder.finish();
             if let Some(batch) = decoder.take_batch() {
                 if atomic {
-                    held.append_batch(&batch, &mut held_devices);
-                    if held.len() > self.limits.max_atomic_readings {
+                    if held.append_batch(&batch, &mut held_devices).is_err()
+                        || held.len() > self.limits.max_atomic_readings
+                    {
                         failure = Some(self.atomic_too_large());
                     }
                 } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
@@ -366,8 +368,9 @@ impl IngestService {
         ServiceError::new(
             ErrorKind::TooLarge,
             format!(
-                "an atomic request holds its readings until its end, at most {} of them (--max-atomic-readings): \
-                 nothing of this one was stored; send it in smaller atomic requests, or without atomic=true",
+                "an atomic request holds its readings until its end, at most {} of them (--max-atomic-readings) \
+                 of at most {MAX_SENSORS} distinct sensors: nothing of this one was stored; send it in smaller \
+                 atomic requests, or without atomic=true",
                 self.limits.max_atomic_readings
             ),
         )

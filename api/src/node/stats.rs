@@ -1,10 +1,11 @@
 //! The live statistics as a service: questions to the dataflow, asked after a log position, answered with typed
 //! values or a [`ServiceError`].
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use weir_operators::{DeviceId, Latest, SeriesKey, Width, WindowAgg, WindowKey};
+use weir_operators::{DeviceId, Latest, SensorId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::decode::format_timestamp;
 use weir_pipeline::reading::{DEFAULT_DEVICE, SensorSet};
 use weir_pipeline::stats::{Answer, ArchiveState, Query, QueryError, StatsEngine};
@@ -26,11 +27,22 @@ pub struct StatsService {
     log: Arc<dyn ReadingLog>,
     /// The archive's rollups, for windows that have left the live statistics.
     rollups: OnceLock<SqlArchive>,
+    /// Names of sensors that only other processes of the cluster have stored, as the statistics told them.
+    cluster_sensors: RwLock<HashMap<SensorId, Arc<str>>>,
 }
 
 impl StatsService {
     pub fn new(engine: StatsEngine, sensors: SensorSet, read_wait: Duration, log: Arc<dyn ReadingLog>) -> Self {
-        StatsService { engine, process: 0, processes: 1, sensors, read_wait, log, rollups: OnceLock::new() }
+        StatsService {
+            engine,
+            process: 0,
+            processes: 1,
+            sensors,
+            read_wait,
+            log,
+            rollups: OnceLock::new(),
+            cluster_sensors: RwLock::default(),
+        }
     }
 
     /// Lets series answers reach before the live windows, into the archive's rollups; set once.
@@ -70,6 +82,30 @@ impl StatsService {
 
     pub fn sensors(&self) -> &SensorSet {
         &self.sensors
+    }
+
+    /// The id of sensor `name`, checked against the sensor set: a name that cannot be a sensor's is the client's
+    /// error (a valid name that nothing was stored under simply has no statistics).
+    pub fn sensor_id(&self, name: &str) -> Result<SensorId, ServiceError> {
+        self.sensors.check(name).map_err(ServiceError::invalid)?;
+        Ok(SensorId::of(name))
+    }
+
+    /// The name of sensor `id`: known here once this process has stored or read a reading of it; otherwise asked of
+    /// the statistics, which hold the names every process of the cluster stored.
+    pub async fn sensor_name(&self, id: SensorId) -> Option<Arc<str>> {
+        if let Some(name) = self.engine.names().sensor_name(id) {
+            return Some(name);
+        }
+        let cached = |id| self.cluster_sensors.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        if let Some(name) = cached(id) {
+            return Some(name);
+        }
+        if let Ok(Answer::Sensors(all)) = self.ask(Query::Sensors, None).await {
+            let mut known = self.cluster_sensors.write().unwrap_or_else(|e| e.into_inner());
+            known.extend(all.into_iter().map(|(id, name)| (id, Arc::from(name))));
+        }
+        cached(id)
     }
 
     /// Asks `query`, after log position `after` (checked against what is durable when it is this process's).
@@ -124,8 +160,8 @@ impl StatsService {
 
     /// The latest value of `sensor` of the default device, 0 when there is none (the replaced system's rule).
     pub fn value_or_zero(&self, latest: &[(SeriesKey, Latest)], sensor: &str) -> f64 {
-        let Some(index) = self.sensors.index_of(sensor) else { return 0.0 };
-        latest.iter().find(|(k, _)| k.sensor == index).map_or(0.0, |(_, l)| l.value)
+        let id = SensorId::of(sensor);
+        latest.iter().find(|(k, _)| k.sensor == id).map_or(0.0, |(_, l)| l.value)
     }
 
     /// Where every process's archive stands (see [`StatsEngine::archive_states`]).

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use weir_operators::{DeviceId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::stats::{Answer, Query, WindowFilter};
 
-use super::answers::{WindowRow, sensor_index, time_bound, width_of};
+use super::answers::{WindowRow, time_bound, width_of};
 use super::error::ServiceError;
 use super::stats::StatsService;
 
@@ -93,7 +93,7 @@ pub async fn subscribe(
     let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
     let filter = WindowFilter {
         device: nonempty(&params.device).map(|d| DeviceId::of(&d)),
-        sensor: nonempty(&params.sensor).map(|s| sensor_index(&stats, &s)).transpose()?,
+        sensor: nonempty(&params.sensor).map(|s| stats.sensor_id(&s)).transpose()?,
         width: nonempty(&params.window).map(|w| width_of(&w)).transpose()?,
     };
     let from = time_bound("from", &params.from, i64::MIN)?;
@@ -179,8 +179,7 @@ impl Subscription {
         let mut out = Vec::new();
         for series in series {
             let device = self.names.get(&series.device).cloned().unwrap_or_default();
-            let sensor =
-                self.stats.sensors().names().get(usize::from(series.sensor)).map(|s| s.to_string()).unwrap_or_default();
+            let sensor = self.stats.sensor_name(series.sensor).await.map(|s| s.to_string()).unwrap_or_default();
             for width in Width::ALL.into_iter().filter(|w| self.filter.width.is_none_or(|f| f == *w)) {
                 let range = (self.from, i64::MAX);
                 out.extend(self.stats.series_windows(series, (&device, &sensor), width, range, None).await?);
@@ -239,7 +238,10 @@ impl Subscription {
         }
         let device =
             self.names.get(&key.series.device).cloned().unwrap_or_else(|| format!("{:x}", key.series.device.0));
-        let sensor = self.stats.sensors().name(key.series.sensor).unwrap_or("?").to_owned();
+        let sensor = match self.stats.sensor_name(key.series.sensor).await {
+            Some(name) => name.to_string(),
+            None => format!("{:x}", key.series.sensor.0),
+        };
         let replaces = self.sent.insert(key, (agg.count, agg.sum().to_bits())).is_some();
         let newest = self.newest.entry((key.series, key.width)).or_insert(i64::MIN);
         *newest = (*newest).max(key.start);

@@ -70,14 +70,9 @@ pub async fn sensor_day(
     QueryParams(p): QueryParams<After>,
 ) -> Result<Json<Vec<Bucket>>, ServiceError> {
     let stats = &state.stats;
-    let Some(index) = stats.sensors().index_of(&sensor) else {
-        return Err(ServiceError::invalid(format!(
-            "unknown sensor {sensor:?}; known sensors: {}",
-            stats.sensors().names().join(", ")
-        )));
-    };
+    let sensor_id = stats.sensor_id(&sensor)?;
     let day_start = parse_date(&date)?;
-    let series = SeriesKey { device: DeviceId::of(DEFAULT_DEVICE), sensor: index };
+    let series = SeriesKey { device: DeviceId::of(DEFAULT_DEVICE), sensor: sensor_id };
     let day = (day_start, day_start + Width::Day.micros());
     let windows = stats.series_windows(series, (DEFAULT_DEVICE, &sensor), Width::QuarterHour, day, p.after).await?;
     let quarter = Width::QuarterHour.micros();

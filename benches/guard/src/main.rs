@@ -11,7 +11,7 @@
 use std::hint::black_box;
 
 use weir_format::{ArchivedReading, sort_for_archive, write_parquet};
-use weir_operators::model::{DeviceId, Reading, SeriesKey};
+use weir_operators::model::{DeviceId, NameId, Reading, SensorId, SeriesKey};
 use weir_operators::stats::{StatsDataflow, stats_dataflow};
 use weir_operators::{LiveWindows, Time};
 use weir_pipeline::decode::Decoder;
@@ -97,7 +97,7 @@ fn dataflow_round() -> usize {
                 Reading {
                     series: SeriesKey {
                         device: DeviceId((series / SENSORS.len()) as u64),
-                        sensor: (series % 6) as u16,
+                        sensor: SensorId((series % 6) as u64),
                     },
                     micros: START + tick as i64 * 1_000_000,
                     value: (n % 1000) as f64 * 0.25,
@@ -117,7 +117,7 @@ fn dataflow_round() -> usize {
 /// What the round feeds and reads of the dataflow.
 struct Inputs {
     readings: timely::dataflow::InputHandleVec<Time, Reading>,
-    names: differential_dataflow::input::InputSession<Time, (DeviceId, String), isize>,
+    names: differential_dataflow::input::InputSession<Time, (NameId, String), isize>,
     windows: weir_operators::SharedLiveWindows,
     probe: timely::dataflow::ProbeHandle<Time>,
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use weir_operators::{DeviceId, Time, Width, WindowKey};
+use weir_operators::{DeviceId, SensorId, Time, Width, WindowKey};
 
 /// Changes are recorded while a subscription has asked within this long.
 pub const TRACKING: Duration = Duration::from_secs(30);
@@ -20,7 +20,7 @@ pub const RETENTION: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct WindowFilter {
     pub device: Option<DeviceId>,
-    pub sensor: Option<u16>,
+    pub sensor: Option<SensorId>,
     pub width: Option<Width>,
 }
 
@@ -127,7 +127,11 @@ mod tests {
     use weir_operators::SeriesKey;
 
     fn key(device: u64, start: i64) -> WindowKey {
-        WindowKey { series: SeriesKey { device: DeviceId(device), sensor: 0 }, width: Width::Minute, start }
+        WindowKey {
+            series: SeriesKey { device: DeviceId(device), sensor: weir_operators::SensorId(0) },
+            width: Width::Minute,
+            start,
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use differential_dataflow::input::InputSession;
 use timely::dataflow::InputHandleVec;
 use tokio::sync::watch;
-use weir_operators::{DeviceId, Reading, SeriesKey, Time};
+use weir_operators::{DeviceId, NameId, Reading, SensorId, SeriesKey, Time};
 
 use super::Snapshot;
 use crate::clock::WriteClock;
@@ -33,12 +33,12 @@ pub const SNAPSHOT_TIMES: Time = 1 << 40;
 
 /// The dataflow inputs a feeder sends to: readings, device names, marks.
 pub type FeedInputs =
-    (InputHandleVec<Time, Reading>, InputSession<Time, (DeviceId, String), isize>, InputHandleVec<Time, Mark>);
+    (InputHandleVec<Time, Reading>, InputSession<Time, (NameId, String), isize>, InputHandleVec<Time, Mark>);
 
 /// The inputs of one process's feeder and what it reads.
 pub struct LogFeed {
     pub readings: InputHandleVec<Time, Reading>,
-    pub names: InputSession<Time, (DeviceId, String), isize>,
+    pub names: InputSession<Time, (NameId, String), isize>,
     pub marks: InputHandleVec<Time, Mark>,
     pub feeder: Feeder,
     pub reader: WalReader,
@@ -243,18 +243,18 @@ impl LogFeed {
     }
 }
 
-/// Turns WAL records into dataflow readings: sensor names to configured indexes, device names to ids.
+/// Turns WAL records into dataflow readings: sensor and device names to ids.
 pub struct Feeder {
-    sensors: HashMap<Box<str>, u16>,
+    sensors: SensorSet,
+    /// The sensor names met so far with their ids (`None`: not in the configured set, left out).
+    sensor_ids: HashMap<Box<str>, Option<SensorId>>,
     names: DeviceNames,
-    named: HashSet<DeviceId>,
-    unknown_sensors_logged: HashSet<Box<str>>,
+    named: HashSet<NameId>,
 }
 
 impl Feeder {
     pub fn new(sensors: &SensorSet, names: DeviceNames) -> Self {
-        let sensors = sensors.names().iter().enumerate().map(|(i, n)| (n.clone(), i as u16)).collect();
-        Feeder { sensors, names, named: HashSet::new(), unknown_sensors_logged: HashSet::new() }
+        Feeder { sensors: sensors.clone(), sensor_ids: HashMap::new(), names, named: HashSet::new() }
     }
 
     /// Sends the readings of one batch, written at `position` from its row `first_row` on (0 for a log record; a
@@ -266,19 +266,33 @@ impl Feeder {
         first_row: u32,
         batch: &ReadingBatch,
         send: &mut impl FnMut(Reading),
-        name: &mut impl FnMut((DeviceId, String)),
+        name: &mut impl FnMut((NameId, String)),
     ) -> usize {
-        let sensor_index: Vec<Option<u16>> = batch
+        let sensor_ids: Vec<Option<SensorId>> = batch
             .sensors
             .iter()
             .map(|s| {
-                let index = self.sensors.get(s).copied();
-                if index.is_none() && self.unknown_sensors_logged.insert(s.clone()) {
-                    tracing::warn!(sensor = %s, "the log holds readings of a sensor that is no longer configured; they are left out of the statistics");
+                if let Some(id) = self.sensor_ids.get(s) {
+                    return *id;
                 }
-                index
+                let id = match self.sensors.check(s) {
+                    Ok(()) => Some(SensorId::of(s)),
+                    Err(_) => {
+                        tracing::warn!(sensor = %s, "the log holds readings of a sensor that is no longer configured; they are left out of the statistics");
+                        None
+                    }
+                };
+                self.sensor_ids.insert(s.clone(), id);
+                id
             })
             .collect();
+        for (id, sensor) in sensor_ids.iter().zip(&batch.sensors) {
+            if let Some(id) = id
+                && self.named.insert(NameId::Sensor(*id))
+            {
+                name((NameId::Sensor(*id), sensor.to_string()));
+            }
+        }
         let devices: Vec<DeviceId> = batch
             .devices
             .iter()
@@ -292,17 +306,22 @@ impl Feeder {
             })
             .collect();
         for (id, device) in devices.iter().zip(&batch.devices) {
-            if self.named.insert(*id) {
-                name((*id, device.to_string()));
+            if self.named.insert(NameId::Device(*id)) {
+                name((NameId::Device(*id), device.to_string()));
             }
         }
         let mut sent = 0;
         // The series stored count against --max-series (each noted once per batch).
         let mut noted = crate::reading::SeriesBits::default();
         for (i, row) in batch.rows.iter().enumerate() {
-            let Some(sensor) = sensor_index[row.sensor as usize] else { continue };
-            if noted.insert(row.device, row.sensor, sensor_index.len()) {
-                self.names.note_series(&batch.devices[row.device as usize], sensor);
+            let Some(sensor) = sensor_ids[usize::from(row.sensor)] else { continue };
+            if noted.insert(row.device, row.sensor, sensor_ids.len())
+                && let Err(refused) =
+                    self.names.note_series(&batch.devices[row.device as usize], &batch.sensors[usize::from(row.sensor)])
+            {
+                // Only possible for names stored at different processes of a cluster: ingest refuses the rest.
+                tracing::error!(sensor = %batch.sensors[usize::from(row.sensor)], %refused, "two stored sensor names share one id; their statistics merge");
+                metrics::counter!("weir_sensor_id_collisions_total").increment(1);
             }
             let series = SeriesKey { device: devices[row.device as usize], sensor };
             let row_number = first_row.saturating_add(i as u32);

@@ -172,6 +172,8 @@ pub struct StatsEngine {
     archive: Arc<OnceLock<Arc<dyn ArchiveControl>>>,
     /// What the live windows hold and how far the archive's rollups reach (shared with the workers).
     live: Arc<LiveState>,
+    /// The names of the devices and sensors this process has stored or read (shared with ingest).
+    names: DeviceNames,
     /// In a mutex only to make the engine `Sync` (the guards are not); touched once, at stop.
     guards: Mutex<Option<timely::communication::initialize::WorkerGuards<()>>>,
 }
@@ -208,6 +210,7 @@ impl StatsEngine {
         let archive = Arc::new(OnceLock::new());
         let cluster = options.cluster.clone();
         let live = Arc::new(LiveState::new(workers));
+        let names = options.device_names.clone();
         let context = WorkerContext {
             live: live.clone(),
             tail,
@@ -237,6 +240,7 @@ impl StatsEngine {
             verdicts,
             archive,
             live,
+            names,
             guards: Mutex::new(Some(guards)),
         })
     }
@@ -250,6 +254,11 @@ impl StatsEngine {
     /// What the live windows hold in this process, over its workers.
     pub fn live_windows(&self) -> LiveWindowsSize {
         self.live.size()
+    }
+
+    /// The names of the devices and sensors this process has stored or read from its log and archive.
+    pub fn names(&self) -> &DeviceNames {
+        &self.names
     }
 
     /// This process's index in its cluster (0 alone).
@@ -428,7 +437,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         if let Some(from) = ctx.live_from {
             live.set_start_from(from);
         }
-        let StatsDataflow { readings, names, windows, latest, device_names, verdicts: judged, dedup_keys, probe } =
+        let StatsDataflow { readings, names, windows, latest, names_trace, verdicts: judged, dedup_keys, probe } =
             stats_dataflow(scope, horizon, grid, live, record_changes);
         verdicts_to_their_process(judged, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
@@ -446,10 +455,10 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
                 }
             })
             .probe_with(&probe);
-        ((readings, names, windows, latest, device_names, dedup_keys, probe), marks)
+        ((readings, names, windows, latest, names_trace, dedup_keys, probe), marks)
     });
-    let (readings, names, windows, latest, device_names, dedup_keys, probe) = dataflow;
-    let traces = Rc::new(RefCell::new(WorkerTraces { windows, latest, names: device_names }));
+    let (readings, names, windows, latest, names_trace, dedup_keys, probe) = dataflow;
+    let traces = Rc::new(RefCell::new(WorkerTraces { windows, latest, names: names_trace }));
     let waiting = Rc::new(RefCell::new(Waiting::default()));
     let (queries, _query_probe) = worker.dataflow(|scope| {
         let archive = ArchiveAnswerer {

@@ -7,7 +7,9 @@ use timely::progress::Antichain;
 use weir_operators::stats::NamesTrace;
 
 pub use super::changes::WindowFilter;
-use weir_operators::{DeviceId, Latest, LatestTrace, SeriesKey, SharedLiveWindows, Width, WindowAgg, WindowKey};
+use weir_operators::{
+    DeviceId, Latest, LatestTrace, NameId, SensorId, SeriesKey, SharedLiveWindows, Width, WindowAgg, WindowKey,
+};
 
 /// A question for the statistics.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -18,6 +20,8 @@ pub enum Query {
     Latest { device: Option<DeviceId> },
     /// Every device with its name.
     Devices,
+    /// Every sensor with its name (those stored at any process of a cluster).
+    Sensors,
     /// The windows matching `filter` that changed at or after `since` (a live subscription's poll; `None`: a new
     /// subscription asking where changes start).
     Changes { since: Option<u64>, filter: WindowFilter },
@@ -50,6 +54,7 @@ pub enum Answer {
     },
     Latest(Vec<(SeriesKey, Latest)>),
     Devices(Vec<(DeviceId, String)>),
+    Sensors(Vec<(SensorId, String)>),
     Archive(Vec<ArchiveState>),
     /// Changed windows with their current values; `through`: the next poll's `since`; `resync`: the changes no
     /// longer reach back to `since`, take the whole state again.
@@ -74,6 +79,7 @@ impl Answer {
                 }
                 (Answer::Latest(a), Answer::Latest(b)) => a.extend(b),
                 (Answer::Devices(a), Answer::Devices(b)) => a.extend(b),
+                (Answer::Sensors(a), Answer::Sensors(b)) => a.extend(b),
                 (Answer::Archive(a), Answer::Archive(b)) => a.extend(b),
                 (
                     Answer::Changes { windows, through, resync },
@@ -90,6 +96,10 @@ impl Answer {
             Answer::Windows { windows, .. } => windows.sort_by_key(|(k, _)| *k),
             Answer::Latest(a) => a.sort_by_key(|(k, _)| *k),
             Answer::Devices(a) => {
+                a.sort();
+                a.dedup();
+            }
+            Answer::Sensors(a) => {
                 a.sort();
                 a.dedup();
             }
@@ -120,8 +130,8 @@ impl WorkerTraces {
             }
             Query::Latest { device } => {
                 let (lower, device) = match device {
-                    Some(d) => (SeriesKey { device: *d, sensor: 0 }, Some(*d)),
-                    None => (SeriesKey { device: DeviceId(0), sensor: 0 }, None),
+                    Some(d) => (SeriesKey { device: *d, sensor: SensorId(0) }, Some(*d)),
+                    None => (SeriesKey { device: DeviceId(0), sensor: SensorId(0) }, None),
                 };
                 let seed = Latest { micros: i64::MIN, seq: u64::MAX, value: 0.0 };
                 let mut found = scan!(self.latest, &lower, |k: &SeriesKey| device.is_none_or(|d| k.device == d), seed);
@@ -129,10 +139,32 @@ impl WorkerTraces {
                 Answer::Latest(found)
             }
             Query::Devices => {
-                let lower = (DeviceId(0), String::new());
-                let names: Vec<((DeviceId, String), isize)> =
-                    scan!(self.names, &lower, |_: &(DeviceId, String)| true, 0isize);
-                Answer::Devices(names.into_iter().filter(|(_, n)| *n > 0).map(|(k, _)| k).collect())
+                let lower = (NameId::Device(DeviceId(0)), String::new());
+                let in_range = |k: &(NameId, String)| matches!(k.0, NameId::Device(_));
+                let names: Vec<((NameId, String), isize)> = scan!(self.names, &lower, in_range, 0isize);
+                Answer::Devices(
+                    names
+                        .into_iter()
+                        .filter_map(|((id, name), n)| match id {
+                            NameId::Device(id) if n > 0 => Some((id, name)),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            }
+            Query::Sensors => {
+                let lower = (NameId::Sensor(SensorId(0)), String::new());
+                let in_range = |k: &(NameId, String)| matches!(k.0, NameId::Sensor(_));
+                let names: Vec<((NameId, String), isize)> = scan!(self.names, &lower, in_range, 0isize);
+                Answer::Sensors(
+                    names
+                        .into_iter()
+                        .filter_map(|((id, name), n)| match id {
+                            NameId::Sensor(id) if n > 0 => Some((id, name)),
+                            _ => None,
+                        })
+                        .collect(),
+                )
             }
             // Not the statistics' alone to answer: see `answers`.
             Query::Archive { .. } => Answer::Archive(Vec::new()),

@@ -5,22 +5,35 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use weir_operators::{DeviceId, Latest, SeriesKey, Width, WindowAgg, WindowKey};
+use weir_operators::{DeviceId, Latest, SensorId, SeriesKey, Width, WindowAgg, WindowKey};
 
 use super::*;
 use crate::reading::{DeviceInterner, ReadingBatch, Row};
 use crate::wal::{Wal, WalOptions};
 
-/// (device, sensor index, micros, value)
+/// (device, sensor, micros, value): indexes into [`DEVICES`] and [`SENSORS`].
 type Input = (u8, u16, i64, f64);
 
 const DEVICES: [&str; 4] = ["default", "truck-1", "truck-2", "weather-ü"];
 
-fn batch_of(readings: &[Input], sensors: &SensorSet) -> ReadingBatch {
-    let mut batch = ReadingBatch::new(sensors);
+/// Names of an open sensor set (`--sensors any`), two of them differing only in case.
+const SENSORS: [&str; 6] = ["speed", "fuel", "cpu.usage_idle", "node:load1", "Speed", "x-1"];
+
+/// The sensor set the engines of these tests run with.
+fn test_sensors() -> SensorSet {
+    SensorSet::any()
+}
+
+fn sensor_id(sensor: u16) -> SensorId {
+    SensorId::of(SENSORS[usize::from(sensor)])
+}
+
+fn batch_of(readings: &[Input]) -> ReadingBatch {
+    let mut batch = ReadingBatch::new();
     let mut interner = DeviceInterner::default();
     for &(d, sensor, micros, value) in readings {
         let device = interner.intern(&mut batch.devices, DEVICES[d as usize]);
+        let sensor = interner.intern_sensor(&mut batch.sensors, SENSORS[usize::from(sensor)]).unwrap();
         batch.rows.push(Row { sensor, device, micros, value });
     }
     batch
@@ -28,7 +41,7 @@ fn batch_of(readings: &[Input], sensors: &SensorSet) -> ReadingBatch {
 
 /// What an archive of the first `through` records holds: their first writes, in another order (the archive's
 /// sort), cut into batches whose last positions never decrease and end at `through`, some sharing a position.
-fn snapshot_of(records: &[Vec<Input>], through: usize, sensors: &SensorSet) -> StartFrom {
+fn snapshot_of(records: &[Vec<Input>], through: usize) -> StartFrom {
     let mut seen = std::collections::HashSet::new();
     let mut admitted: Vec<Input> =
         records[..through].iter().flatten().filter(|r| seen.insert((r.0, r.1, r.2))).copied().collect();
@@ -36,7 +49,7 @@ fn snapshot_of(records: &[Vec<Input>], through: usize, sensors: &SensorSet) -> S
     let chunks: Vec<&[Input]> = admitted.chunks(7).collect();
     let m = chunks.len().max(1);
     let batches: Vec<(u64, ReadingBatch)> =
-        chunks.iter().enumerate().map(|(j, c)| ((through * (j + 1) / m).max(1) as u64, batch_of(c, sensors))).collect();
+        chunks.iter().enumerate().map(|(j, c)| ((through * (j + 1) / m).max(1) as u64, batch_of(c))).collect();
     StartFrom { through: through as u64, snapshot: Box::new(batches.into_iter()), live_from: None }
 }
 
@@ -56,12 +69,12 @@ fn run_engine_from(
     through: usize,
 ) -> (Vec<(WindowKey, WindowAgg)>, Vec<(SeriesKey, Latest)>, Vec<(DeviceId, String)>) {
     let dir = tempfile::tempdir().unwrap();
-    let sensors = SensorSet::default();
+    let sensors = test_sensors();
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     let appender = wal.appender();
     let mut last = 0;
     for record in records {
-        last = appender.append_blocking(&batch_of(record, &sensors)).unwrap();
+        last = appender.append_blocking(&batch_of(record)).unwrap();
     }
     // Rounds of a few readings: they stop inside records and inside group commits.
     let options = StatsOptions {
@@ -70,7 +83,7 @@ fn run_engine_from(
         feed_limit: 1 + workers,
         ..StatsOptions::default()
     };
-    let start = if through == 0 { StartFrom::log_start() } else { snapshot_of(records, through, &sensors) };
+    let start = if through == 0 { StartFrom::log_start() } else { snapshot_of(records, through) };
     let engine = StatsEngine::start_from(wal.tail(), sensors, options, start).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let wait = Duration::from_secs(30);
@@ -103,7 +116,7 @@ fn model(records: &[Vec<Input>]) -> (BTreeMap<WindowKey, (i64, f64, f64, f64, f6
         if !seen.insert((d, sensor, micros)) {
             continue;
         }
-        let series = SeriesKey { device: DeviceId::of(DEVICES[d as usize]), sensor };
+        let series = SeriesKey { device: DeviceId::of(DEVICES[d as usize]), sensor: sensor_id(sensor) };
         for width in Width::ALL {
             let key = WindowKey { series, width, start: width.start_of(micros) };
             let w = windows.entry(key).or_insert((
@@ -246,12 +259,12 @@ fn first_write_wins_across_records_whatever_the_value() {
 #[test]
 fn a_snapshot_through_position_zero_is_still_fed() {
     let t = 1_795_000_000_000_000;
-    let sensors = SensorSet::default();
+    let sensors = test_sensors();
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     let appender = wal.appender();
-    let last = appender.append_blocking(&batch_of(&[(0, 0, t, 99.0), (0, 0, t + 1, 2.0)], &sensors)).unwrap();
-    let sealed_elsewhere = batch_of(&[(0, 0, t, 1.0), (1, 0, t, 5.0)], &sensors);
+    let last = appender.append_blocking(&batch_of(&[(0, 0, t, 99.0), (0, 0, t + 1, 2.0)])).unwrap();
+    let sealed_elsewhere = batch_of(&[(0, 0, t, 1.0), (1, 0, t, 5.0)]);
     let start = StartFrom { through: 0, snapshot: Box::new(std::iter::once((0, sealed_elsewhere))), live_from: None };
     let options = StatsOptions { dedup_horizon: Duration::from_secs(100 * 365 * 86_400), ..StatsOptions::default() };
     let engine = StatsEngine::start_from(wal.tail(), sensors, options, start).unwrap();
@@ -260,7 +273,7 @@ fn a_snapshot_through_position_zero_is_still_fed() {
     let Answer::Latest(latest) = rt.block_on(engine.query(Query::Latest { device: None }, last, wait)).unwrap() else {
         panic!()
     };
-    let series = SeriesKey { device: DeviceId::of(DEVICES[0]), sensor: 0 };
+    let series = SeriesKey { device: DeviceId::of(DEVICES[0]), sensor: sensor_id(0) };
     let q = Query::Series { series, width: Width::Minute, from: i64::MIN, to: i64::MAX };
     let Answer::Windows { windows, .. } = rt.block_on(engine.query(q, last, wait)).unwrap() else { panic!() };
     engine.stop();
@@ -276,11 +289,11 @@ fn a_snapshot_through_position_zero_is_still_fed() {
 #[test]
 fn a_snapshot_keeps_write_order_across_the_batches_of_one_position() {
     let t = 1_795_000_000_000_000;
-    let sensors = SensorSet::default();
+    let sensors = test_sensors();
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    let first = batch_of(&[(1, 0, t, 7.0), (2, 0, t, 8.0), (0, 0, t, 5.0)], &sensors);
-    let second = batch_of(&[(0, 0, t, 3.0)], &sensors);
+    let first = batch_of(&[(1, 0, t, 7.0), (2, 0, t, 8.0), (0, 0, t, 5.0)]);
+    let second = batch_of(&[(0, 0, t, 3.0)]);
     let start =
         StartFrom { through: 4, snapshot: Box::new(vec![(4, first), (4, second)].into_iter()), live_from: None };
     let engine = StatsEngine::start_from(wal.tail(), sensors, Default::default(), start).unwrap();
@@ -289,7 +302,7 @@ fn a_snapshot_keeps_write_order_across_the_batches_of_one_position() {
     while !engine.snapshot_loaded() {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let series = SeriesKey { device: DeviceId::of(DEVICES[0]), sensor: 0 };
+    let series = SeriesKey { device: DeviceId::of(DEVICES[0]), sensor: sensor_id(0) };
     let q = Query::Series { series, width: Width::Minute, from: i64::MIN, to: i64::MAX };
     let Answer::Windows { windows, .. } = rt.block_on(engine.query(q, 0, wait)).unwrap() else { panic!() };
     engine.stop();
@@ -306,7 +319,7 @@ fn start_cluster(
 ) -> Vec<StatsEngine> {
     use crate::cluster::ClusterConfig;
     let addresses = crate::cluster::free_addresses(dirs.len());
-    let sensors = SensorSet::default();
+    let sensors = test_sensors();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..dirs.len())
             .map(|p| {
@@ -363,7 +376,6 @@ fn three_processes_report_every_window_change_to_a_subscription() {
     else {
         panic!()
     };
-    let sensors = SensorSet::default();
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move |n: u64| {
         s ^= s << 13;
@@ -388,7 +400,7 @@ fn three_processes_report_every_window_change_to_a_subscription() {
         let record: Vec<Input> = (0..1 + next(6))
             .map(|_| (next(4) as u8, next(3) as u16, t + next(7200) as i64 * 1_000_000, next(100) as f64))
             .collect();
-        wals[i % 3].1.append_blocking(&batch_of(&record, &sensors)).unwrap();
+        wals[i % 3].1.append_blocking(&batch_of(&record)).unwrap();
         records.push(record);
         if next(3) == 0 {
             poll(&mut since, &mut reported);
@@ -418,7 +430,6 @@ fn three_processes_report_every_window_change_to_a_subscription() {
 #[test]
 fn a_process_whose_clock_is_ahead_does_not_hold_reads_back() {
     let t = 1_795_000_000_000_000;
-    let sensors = SensorSet::default();
     let (dirs, wals) = empty_wals(2);
     wals[1].0.clock().set_skew_micros(6_000_000);
     let engines = start_cluster(&dirs, &wals, |_| StatsOptions::default());
@@ -426,7 +437,7 @@ fn a_process_whose_clock_is_ahead_does_not_hold_reads_back() {
     let wait = Duration::from_secs(3);
     for round in 0..3 {
         for (p, (_, appender)) in wals.iter().enumerate() {
-            let record = batch_of(&[(p as u8, 0, t + round * 1_000_000, 1.0)], &sensors);
+            let record = batch_of(&[(p as u8, 0, t + round * 1_000_000, 1.0)]);
             let position = appender.append_blocking(&record).unwrap();
             for (asker, engine) in engines.iter().enumerate() {
                 let started = std::time::Instant::now();
@@ -445,16 +456,53 @@ fn a_process_whose_clock_is_ahead_does_not_hold_reads_back() {
     }
 }
 
+/// Issue 20, 5: with an open sensor set no process numbers sensors for the others. A sensor stored only at one
+/// process has the same id at every process, and every process can name it (the names travel in the dataflow).
+#[test]
+fn a_sensor_stored_at_one_process_is_known_by_name_at_every_process() {
+    let t = 1_795_000_000_000_000;
+    let (dirs, wals) = empty_wals(2);
+    let engines = start_cluster(&dirs, &wals, |_| StatsOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait = Duration::from_secs(30);
+    // Process 1 stores "node:load1" (index 3), process 0 "cpu.usage_idle" (index 2), both of device 1.
+    let written = [(1usize, 3u16), (0, 2)].map(|(p, sensor)| {
+        let position = wals[p].1.append_blocking(&batch_of(&[(1, sensor, t, 1.0 + f64::from(sensor))])).unwrap();
+        (p as u32, position)
+    });
+    for engine in &engines {
+        for &(p, position) in &written {
+            rt.block_on(engine.query_at(Query::Devices, p, position, wait)).unwrap();
+        }
+        let Answer::Sensors(sensors) = rt.block_on(engine.query(Query::Sensors, 0, wait)).unwrap() else { panic!() };
+        let mut want = vec![(sensor_id(2), SENSORS[2].to_owned()), (sensor_id(3), SENSORS[3].to_owned())];
+        want.sort();
+        assert_eq!(sensors, want);
+        let query = Query::Latest { device: Some(DeviceId::of(DEVICES[1])) };
+        let Answer::Latest(latest) = rt.block_on(engine.query(query, 0, wait)).unwrap() else { panic!() };
+        let values: Vec<(SensorId, f64)> = latest.iter().map(|(k, l)| (k.sensor, l.value)).collect();
+        let mut want = vec![(sensor_id(2), 3.0), (sensor_id(3), 4.0)];
+        want.sort_by_key(|w| w.0);
+        assert_eq!(values, want);
+    }
+    for engine in engines {
+        engine.stop();
+    }
+    for (wal, _) in wals {
+        wal.close();
+    }
+}
+
 /// "Loaded" means every snapshot reading has gone through the dataflow, not that the log position reached its start:
 /// an engine whose snapshot is still being read is not loaded, even with an empty log (position 0 of 0).
 #[test]
 fn the_snapshot_counts_as_loaded_only_once_it_has_gone_through() {
     let t = 1_795_000_000_000_000;
-    let sensors = SensorSet::default();
+    let sensors = test_sensors();
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     let (release, released) = std::sync::mpsc::channel::<()>();
-    let batch = batch_of(&[(0, 0, t, 1.0)], &sensors);
+    let batch = batch_of(&[(0, 0, t, 1.0)]);
     let slow_archive = std::iter::once(()).map(move |()| {
         released.recv().unwrap();
         (0, batch.clone())
@@ -490,7 +538,7 @@ fn the_snapshot_counts_as_loaded_only_once_it_has_gone_through() {
 fn every_changed_window_reaches_the_change_log_with_any_number_of_workers() {
     let t = 1_795_000_000_000_000;
     for workers in 1..=4 {
-        let sensors = SensorSet::default();
+        let sensors = test_sensors();
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
         let appender = wal.appender();
@@ -498,7 +546,7 @@ fn every_changed_window_reaches_the_change_log_with_any_number_of_workers() {
         let engine = StatsEngine::start(wal.tail(), sensors.clone(), options).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let wait = Duration::from_secs(30);
-        let filter = WindowFilter { device: None, sensor: Some(0), width: Some(Width::Minute) };
+        let filter = WindowFilter { device: None, sensor: Some(sensor_id(0)), width: Some(Width::Minute) };
         // A subscription that has been watching a while (its first poll may ask it to resync once, which the live
         // feed handles by reading the state again).
         rt.block_on(engine.query(Query::Changes { since: None, filter }, 0, wait)).unwrap();
@@ -512,7 +560,7 @@ fn every_changed_window_reaches_the_change_log_with_any_number_of_workers() {
         let mut last = 0;
         for half in [0..5u8, 5..10u8] {
             let readings: Vec<Input> = half.map(|d| (d % 4, 0, t + i64::from(d) * 60_000_000, f64::from(d))).collect();
-            last = appender.append_blocking(&batch_of(&readings, &sensors)).unwrap();
+            last = appender.append_blocking(&batch_of(&readings)).unwrap();
         }
         let mut seen = std::collections::BTreeSet::new();
         let deadline = std::time::Instant::now() + wait;
@@ -582,7 +630,6 @@ fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
         .map(|r| r.iter().map(|&(d, s, t, _)| (d, s, t, f64::from(d) + f64::from(s) + (t % 1000) as f64)).collect())
         .collect();
     let single = run_engine(&records, 1);
-    let sensors = SensorSet::default();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut lasts = Vec::new();
     let mut wals = Vec::new();
@@ -592,7 +639,7 @@ fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
         let appender = wal.appender();
         let mut last = 0;
         for record in records.iter().skip(p).step_by(3) {
-            last = appender.append_blocking(&batch_of(record, &sensors)).unwrap();
+            last = appender.append_blocking(&batch_of(record)).unwrap();
         }
         lasts.push((p as u32, last));
         wals.push((wal, appender));
@@ -660,7 +707,6 @@ proptest! {
 #[test]
 fn a_cross_process_verdict_survives_restarts_in_any_order_with_skewed_clocks() {
     let t = 1_795_000_000_000_000;
-    let sensors = SensorSet::default();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let open = |p: usize| {
         let clock = crate::clock::WriteClock::new(p as u32, 2);
@@ -673,7 +719,7 @@ fn a_cross_process_verdict_survives_restarts_in_any_order_with_skewed_clocks() {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let wait = Duration::from_secs(30);
-    let series = SeriesKey { device: DeviceId::of(DEVICES[1]), sensor: 0 };
+    let series = SeriesKey { device: DeviceId::of(DEVICES[1]), sensor: sensor_id(0) };
     let value_at = |engine: &StatsEngine, lasts: &[(u32, u64)]| {
         for &(p, last) in lasts {
             rt.block_on(engine.query_at(Query::Devices, p, last, wait)).unwrap();
@@ -694,9 +740,9 @@ fn a_cross_process_verdict_survives_restarts_in_any_order_with_skewed_clocks() {
 
     let wals: Vec<_> = (0..2).map(open).collect();
     let engines = start_cluster(&dirs, &wals, |_| StatsOptions::default());
-    let five = wals[1].1.append_blocking(&batch_of(&[(1, 0, t, 5.0)], &sensors)).unwrap();
+    let five = wals[1].1.append_blocking(&batch_of(&[(1, 0, t, 5.0)])).unwrap();
     rt.block_on(engines[0].query_at(Query::Devices, 1, five, wait)).unwrap();
-    let three = wals[0].1.append_blocking(&batch_of(&[(1, 0, t, 3.0)], &sensors)).unwrap();
+    let three = wals[0].1.append_blocking(&batch_of(&[(1, 0, t, 3.0)])).unwrap();
     let lasts = [(0, three), (1, five)];
     for engine in &engines {
         assert_eq!(value_at(engine, &lasts), (1, 5.0), "live: the write acknowledged first wins");

@@ -263,7 +263,7 @@ impl WalReader {
                 "a write-ahead log record is intact but not a batch of readings; it is read as empty (its readings \
                  are left out of the statistics and the archive). Was the log written by a later version of Weir?"
             );
-            (0, ReadingBatch { sensors: std::sync::Arc::from(Vec::new()), devices: Vec::new(), rows: Vec::new() })
+            (0, ReadingBatch::new())
         });
         Ok(Some(LogRecord { position, written, batch }))
     }

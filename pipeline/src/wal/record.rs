@@ -11,8 +11,6 @@
 //! and stays meaningful if the configured sensor set changes. Kind 1 (written by versions before write times) is
 //! the same without `written`; it reads as write time 0 ("unknown": the statistics feed it in log order).
 
-use std::sync::Arc;
-
 use crate::reading::{ReadingBatch, Row};
 
 /// Readings without a write time (older logs).
@@ -90,7 +88,7 @@ pub fn decode_batch(payload: &[u8]) -> Result<(u64, ReadingBatch), PayloadError>
         }
         rows.push(row);
     }
-    Ok((written, ReadingBatch { sensors: Arc::from(sensors), devices, rows }))
+    Ok((written, ReadingBatch { sensors, devices, rows }))
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -131,16 +129,16 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::{DeviceInterner, SensorSet};
+    use crate::reading::{DEFAULT_SENSORS, DeviceInterner};
     use proptest::prelude::*;
 
     fn sample() -> ReadingBatch {
-        let mut b = ReadingBatch::new(&SensorSet::default());
+        let mut b = ReadingBatch::new();
         let mut i = DeviceInterner::default();
         for (k, dev) in ["a", "bb", "a", "ccc"].iter().enumerate() {
             let device = i.intern(&mut b.devices, dev);
             b.rows.push(Row {
-                sensor: k as u16 % 6,
+                sensor: i.intern_sensor(&mut b.sensors, DEFAULT_SENSORS[k % 6]).unwrap(),
                 device,
                 micros: k as i64 * 1_000_000 - 5,
                 value: k as f64 * -1.25,

@@ -1,14 +1,15 @@
 use std::io::Write;
 
 use super::*;
-use crate::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
+use crate::reading::{DEFAULT_SENSORS, DeviceInterner, ReadingBatch, Row};
 
 fn batch(seed: i64, rows: usize) -> ReadingBatch {
-    let mut b = ReadingBatch::new(&SensorSet::default());
+    let mut b = ReadingBatch::new();
     let mut i = DeviceInterner::default();
     for k in 0..rows as i64 {
         let device = i.intern(&mut b.devices, &format!("dev-{}", (seed + k) % 3));
-        b.rows.push(Row { sensor: (k % 6) as u16, device, micros: seed * 1000 + k, value: (seed + k) as f64 / 4.0 });
+        let sensor = i.intern_sensor(&mut b.sensors, DEFAULT_SENSORS[(k % 6) as usize]).unwrap();
+        b.rows.push(Row { sensor, device, micros: seed * 1000 + k, value: (seed + k) as f64 / 4.0 });
     }
     b
 }

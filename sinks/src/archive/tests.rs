@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 
 use proptest::prelude::*;
-use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row, SensorSet};
 use weir_pipeline::wal::{Wal, WalOptions};
 
 use super::*;
@@ -11,12 +10,11 @@ use crate::test_support::*;
 
 /// First write wins in write order: what the archive must hold.
 fn model(records: &[Vec<Input>]) -> Vec<(String, String, i64, u64)> {
-    let sensors = SensorSet::default();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for &(d, s, micros, value) in records.iter().flatten() {
         if seen.insert((d, s, micros)) {
-            out.push((DEVICES[d as usize].to_owned(), sensors.name(s).unwrap().to_owned(), micros, value.to_bits()));
+            out.push((DEVICES[d as usize].to_owned(), SENSORS[usize::from(s)].to_owned(), micros, value.to_bits()));
         }
     }
     out.sort();
@@ -26,7 +24,7 @@ fn model(records: &[Vec<Input>]) -> Vec<(String, String, i64, u64)> {
 fn records_strategy() -> impl Strategy<Value = Vec<Vec<Input>>> {
     let day = 86_400_000_000i64;
     let base = 20_000 * day;
-    let reading = (0u8..3, 0u16..3, -3 * day..day, -100i32..100)
+    let reading = (0u8..3, 0u16..4, -3 * day..day, -100i32..100)
         .prop_map(move |(d, s, t, v)| (d, s, base + (t / 1_000_000) * 1_000_000, f64::from(v) / 4.0));
     (proptest::collection::vec(reading, 1..80), proptest::collection::vec(1usize..15, 1..20)).prop_map(
         |(mut readings, splits)| {
@@ -94,10 +92,7 @@ fn a_restart_continues_from_the_checkpoint_and_keeps_deduplicating() {
     let (wal, _) = Wal::open(&f.wal_dir, WalOptions { segment_bytes: 1, ..WalOptions::default() }).unwrap();
     let mut last = 0;
     for record in &records[1..] {
-        let mut batch = ReadingBatch::new(&SensorSet::default());
-        let device = DeviceInterner::default().intern(&mut batch.devices, DEVICES[record[0].0 as usize]);
-        batch.rows.push(Row { sensor: record[0].1, device, micros: record[0].2, value: record[0].3 });
-        last = wal.appender().append_blocking(&batch).unwrap();
+        last = wal.appender().append_blocking(&batch_of(&record[..1])).unwrap();
     }
     assert_eq!(weir_pipeline::wal::trim_through(&f.wal_dir, committed).unwrap().len(), 1);
     assert_eq!(weir_pipeline::wal::first_position(&f.wal_dir).unwrap(), 2);

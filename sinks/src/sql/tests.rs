@@ -351,8 +351,12 @@ fn window_tables_fold_extreme_values_as_the_live_windows_do() {
     };
     // The model: the live windows' aggregate over the same values.
     let agg = |values: &[f64]| {
-        let reading =
-            |value| Reading { series: SeriesKey { device: DeviceId(0), sensor: 0 }, micros: 0, value, seq: 0 };
+        let reading = |value| Reading {
+            series: SeriesKey { device: DeviceId(0), sensor: weir_operators::SensorId(0) },
+            micros: 0,
+            value,
+            seq: 0,
+        };
         let mut agg = WindowAgg::of(&reading(values[0]));
         for &v in &values[1..] {
             agg.add(&reading(v));

@@ -68,7 +68,7 @@ impl WindowAccumulator {
 
 /// A value as a reading (its time does not enter the sum, mean, min or max).
 fn reading(value: f64) -> Reading {
-    Reading { series: SeriesKey { device: DeviceId(0), sensor: 0 }, micros: 0, value, seq: 0 }
+    Reading { series: SeriesKey { device: DeviceId(0), sensor: weir_operators::SensorId(0) }, micros: 0, value, seq: 0 }
 }
 
 impl Accumulator for WindowAccumulator {
