@@ -14,7 +14,6 @@
 //!   out the duplicates they dropped. Alone as in a cluster, one verdict: the archive and the live statistics
 //!   cannot disagree about which write came first.
 
-use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +26,8 @@ use weir_pipeline::reading::ReadingBatch;
 use weir_pipeline::stats::DedupVerdicts;
 use weir_pipeline::wal::{LogRecord, WalReader};
 
-use crate::part::{ArchivedReading, PartError, sort_for_archive, write_parquet};
+use crate::part::{ArchivedReading, PartError};
+use day_rows::DayRows;
 
 /// Why archiving failed.
 #[derive(Debug, thiserror::Error)]
@@ -593,12 +593,10 @@ impl ArchiverLoop {
     /// Writes the buffered readings of records `first..=last` as one part per UTC date, then commits `last`.
     fn flush(&mut self, first: u64, last: u64) -> Result<(), ArchiveError> {
         let buffered: Vec<Arc<LogRecord>> = self.progress.unflushed_snapshot();
-        // Grouped by day number, the date text made once per day (formatting it per reading showed in profiles).
-        let mut by_day: BTreeMap<i64, Vec<ArchivedReading>> = BTreeMap::new();
-        for r in buffered.iter().flat_map(|b| archived_readings(&b.batch, b.written)) {
-            by_day.entry(r.micros.div_euclid(DAY_MICROS)).or_default().push(r);
+        let mut rows = DayRows::default();
+        for record in &buffered {
+            rows.add(&record.batch, record.written);
         }
-        let by_date = by_day.into_iter().map(|(day, readings)| (utc_date(day * DAY_MICROS), readings));
         #[cfg(test)]
         let fault = self.options.fault.take();
         #[cfg(not(test))]
@@ -608,18 +606,19 @@ impl ArchiverLoop {
         }
         let mut staged = Vec::new();
         let (mut part_bytes, mut part_readings) = (0u64, 0u64);
-        for (i, (date, mut readings)) in by_date.enumerate() {
-            sort_for_archive(&mut readings);
-            let bytes = write_parquet(&readings)?;
+        rows.encode_each(|i, day, bytes, readings| {
+            // The date text made once per day (formatting it per reading showed in profiles).
+            let date = utc_date(day * DAY_MICROS);
             part_bytes += bytes.len() as u64;
-            part_readings += readings.len() as u64;
+            part_readings += readings;
             let staging = self.location.staging_path(&date, first, last);
             self.runtime.block_on(self.location.store.put(&staging, PutPayload::from(bytes)))?;
             staged.push((staging, self.location.part_path(&date, first, last)));
             if i == 0 && fault == Some(FaultPoint::MidUpload) {
                 return Err(ArchiveError::Injected(FaultPoint::MidUpload));
             }
-        }
+            Ok(())
+        })?;
         if fault == Some(FaultPoint::BeforeCommit) {
             return Err(ArchiveError::Injected(FaultPoint::BeforeCommit));
         }
@@ -713,5 +712,6 @@ pub fn checkpoint_path(data_dir: &FsPath) -> PathBuf {
     data_dir.join("archive-checkpoint.json")
 }
 
+mod day_rows;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod compact;
+mod names;
 /// The archive's file format (its own crate, so that what needs only the format builds without DataFusion).
 pub use weir_format as part;
 pub mod rollup;

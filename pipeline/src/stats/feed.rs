@@ -250,11 +250,17 @@ pub struct Feeder {
     sensor_ids: HashMap<Box<str>, Option<SensorId>>,
     names: DeviceNames,
     named: HashSet<NameId>,
+    /// Records up to this log position (and every snapshot batch) were stored before this process started: their
+    /// series are counted against `--max-series` as they are fed. Later records were claimed by this process's
+    /// ingest before they were written, so counting them again would only cost a lookup a reading.
+    note_through: u64,
 }
 
 impl Feeder {
-    pub fn new(sensors: &SensorSet, names: DeviceNames) -> Self {
-        Feeder { sensors: sensors.clone(), sensor_ids: HashMap::new(), names, named: HashSet::new() }
+    /// A feeder into `names`, counting the series of records through log position `note_through` (the log's
+    /// durable end when the process started).
+    pub fn new(sensors: &SensorSet, names: DeviceNames, note_through: u64) -> Self {
+        Feeder { sensors: sensors.clone(), sensor_ids: HashMap::new(), names, named: HashSet::new(), note_through }
     }
 
     /// Sends the readings of one batch, written at `position` from its row `first_row` on (0 for a log record; a
@@ -312,10 +318,12 @@ impl Feeder {
         }
         let mut sent = 0;
         // The series stored count against --max-series (each noted once per batch).
+        let note = position <= self.note_through;
         let mut noted = crate::reading::SeriesBits::default();
         for (i, row) in batch.rows.iter().enumerate() {
             let Some(sensor) = sensor_ids[usize::from(row.sensor)] else { continue };
-            if noted.insert(row.device, row.sensor, sensor_ids.len())
+            if note
+                && noted.insert(row.device, row.sensor, sensor_ids.len())
                 && let Err(refused) =
                     self.names.note_series(&batch.devices[row.device as usize], &batch.sensors[usize::from(row.sensor)])
             {

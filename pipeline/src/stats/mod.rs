@@ -481,7 +481,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         let snapshot = ctx.snapshot.lock().expect("not poisoned").take();
         Some(LogFeed::new(
             (readings, names, marks),
-            Feeder::new(&ctx.sensors, ctx.options.device_names.clone()),
+            Feeder::new(&ctx.sensors, ctx.options.device_names.clone(), *ctx.tail.durable.borrow()),
             WalReader::new(&ctx.tail.dir, ctx.start_through + 1),
             ctx.tail.durable.clone(),
             ctx.tail.clock.clone(),

@@ -15,10 +15,10 @@
 //! [`PartError::OutOfOrder`].
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
 use arrow::array::RecordBatch;
 
+pub(crate) use crate::names::Names;
 use crate::part::{PartColumns, PartError, part_batches};
 
 /// A row of the merged day: names by their number in [`Names`].
@@ -31,34 +31,6 @@ pub(crate) struct MergedRow {
     pub written: u64,
     /// From a part written after the day's last seal.
     pub late: bool,
-}
-
-/// The device and sensor names a merge has met, each numbered once (so equal numbers are equal names).
-#[derive(Debug, Default)]
-pub(crate) struct Names {
-    ids: HashMap<Box<str>, u32>,
-    names: Vec<Box<str>>,
-}
-
-impl Names {
-    fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = self.names.len() as u32;
-        self.ids.insert(Box::from(name), id);
-        self.names.push(Box::from(name));
-        id
-    }
-
-    /// The name numbered `id`.
-    pub fn get(&self, id: u32) -> &str {
-        &self.names[id as usize]
-    }
-
-    fn cmp(&self, a: u32, b: u32) -> Ordering {
-        if a == b { Ordering::Equal } else { self.names[a as usize].cmp(&self.names[b as usize]) }
-    }
 }
 
 /// One row of a part, decoded.
