@@ -22,7 +22,7 @@ use weir_operators::{DeviceId, NameId, Reading, SensorId, SeriesKey, Time};
 use super::Snapshot;
 use crate::clock::WriteClock;
 use crate::devices::DeviceNames;
-use crate::reading::{ReadingBatch, SensorSet};
+use crate::reading::{Row, SensorSet};
 use crate::wal::WalReader;
 
 /// A position mark: `(process, position)` — the process's log has been fed through `position`.
@@ -187,19 +187,23 @@ impl LogFeed {
     fn log_round(&mut self, durable: u64, limit: usize) -> (usize, bool) {
         let mut fed = 0usize;
         while fed < limit {
-            match self.reader.next_batch_through(durable) {
-                Ok(Some(record)) => {
-                    self.read_through = record.position;
-                    if self.clock.is_own(record.written) && record.written > self.time {
-                        self.time = record.written;
-                        self.move_to(self.time);
+            match self.reader.next_view_through(durable) {
+                Ok(Some((position, batch))) => {
+                    self.read_through = position;
+                    if self.clock.is_own(batch.written) && batch.written > self.time {
+                        // `move_to`, field by field: the record borrows the reader.
+                        self.time = batch.written;
+                        self.readings.advance_to(self.time);
+                        self.names.advance_to(self.time);
+                        self.marks.advance_to(self.time);
                     }
                     self.fed_at = self.time;
                     let (readings, names) = (&mut self.readings, &mut self.names);
                     fed += self.feeder.feed_batch(
-                        record.position,
+                        position,
                         0,
-                        &record.batch,
+                        (&batch.sensors, &batch.devices),
+                        batch.rows(),
                         &mut |r| readings.send(r),
                         &mut |n| names.insert(n),
                     );
@@ -235,9 +239,14 @@ impl LogFeed {
             let first_row = self.snapshot_at.1;
             self.snapshot_at.1 = first_row.saturating_add(u32::try_from(batch.len()).unwrap_or(u32::MAX));
             let (readings, names) = (&mut self.readings, &mut self.names);
-            fed += self
-                .feeder
-                .feed_batch(position, first_row, &batch, &mut |r| readings.send(r), &mut |n| names.insert(n));
+            fed += self.feeder.feed_batch(
+                position,
+                first_row,
+                (&batch.sensors, &batch.devices),
+                batch.rows.iter().copied(),
+                &mut |r| readings.send(r),
+                &mut |n| names.insert(n),
+            );
         }
         fed
     }
@@ -265,19 +274,21 @@ impl Feeder {
 
     /// Sends the readings of one batch, written at `position` from its row `first_row` on (0 for a log record; a
     /// snapshot's batches that share a position go on numbering); returns how many. A reading's `seq` is its write
-    /// order: (position, row).
-    pub fn feed_batch(
+    /// order: (position, row). The batch is its name tables and its rows (a log record's read in place: see
+    /// [`crate::wal::BatchView`]).
+    pub fn feed_batch<S: AsRef<str>>(
         &mut self,
         position: u64,
         first_row: u32,
-        batch: &ReadingBatch,
+        (sensor_names, device_names): (&[S], &[S]),
+        rows: impl Iterator<Item = Row>,
         send: &mut impl FnMut(Reading),
         name: &mut impl FnMut((NameId, String)),
     ) -> usize {
-        let sensor_ids: Vec<Option<SensorId>> = batch
-            .sensors
+        let sensor_ids: Vec<Option<SensorId>> = sensor_names
             .iter()
             .map(|s| {
+                let s = s.as_ref();
                 if let Some(id) = self.sensor_ids.get(s) {
                     return *id;
                 }
@@ -288,21 +299,21 @@ impl Feeder {
                         None
                     }
                 };
-                self.sensor_ids.insert(s.clone(), id);
+                self.sensor_ids.insert(s.into(), id);
                 id
             })
             .collect();
-        for (id, sensor) in sensor_ids.iter().zip(&batch.sensors) {
+        for (id, sensor) in sensor_ids.iter().zip(sensor_names) {
             if let Some(id) = id
                 && self.named.insert(NameId::Sensor(*id))
             {
-                name((NameId::Sensor(*id), sensor.to_string()));
+                name((NameId::Sensor(*id), sensor.as_ref().to_owned()));
             }
         }
-        let devices: Vec<DeviceId> = batch
-            .devices
+        let devices: Vec<DeviceId> = device_names
             .iter()
             .map(|d| {
+                let d = d.as_ref();
                 self.names.claim(d).unwrap_or_else(|taken| {
                     // Only possible for names stored at different processes of a cluster: ingest refuses the rest.
                     tracing::error!(device = %d, holder = %taken.holder, "two stored device names share one id; their statistics merge");
@@ -311,24 +322,24 @@ impl Feeder {
                 })
             })
             .collect();
-        for (id, device) in devices.iter().zip(&batch.devices) {
+        for (id, device) in devices.iter().zip(device_names) {
             if self.named.insert(NameId::Device(*id)) {
-                name((NameId::Device(*id), device.to_string()));
+                name((NameId::Device(*id), device.as_ref().to_owned()));
             }
         }
         let mut sent = 0;
         // The series stored count against --max-series (each noted once per batch).
         let note = position <= self.note_through;
         let mut noted = crate::reading::SeriesBits::default();
-        for (i, row) in batch.rows.iter().enumerate() {
+        for (i, row) in rows.enumerate() {
             let Some(sensor) = sensor_ids[usize::from(row.sensor)] else { continue };
+            let sensor_name = || sensor_names[usize::from(row.sensor)].as_ref();
             if note
                 && noted.insert(row.device, row.sensor, sensor_ids.len())
-                && let Err(refused) =
-                    self.names.note_series(&batch.devices[row.device as usize], &batch.sensors[usize::from(row.sensor)])
+                && let Err(refused) = self.names.note_series(device_names[row.device as usize].as_ref(), sensor_name())
             {
                 // Only possible for names stored at different processes of a cluster: ingest refuses the rest.
-                tracing::error!(sensor = %batch.sensors[usize::from(row.sensor)], %refused, "two stored sensor names share one id; their statistics merge");
+                tracing::error!(sensor = %sensor_name(), %refused, "two stored sensor names share one id; their statistics merge");
                 metrics::counter!("weir_sensor_id_collisions_total").increment(1);
             }
             let series = SeriesKey { device: devices[row.device as usize], sensor };

@@ -16,6 +16,7 @@
 //! logged; damage anywhere else is reported as an error rather than silently skipped.
 
 mod record;
+pub use record::BatchView;
 pub mod segment;
 mod writer;
 
@@ -233,7 +234,8 @@ pub struct LogRecord {
 /// Reads records in position order, from a given position on, without modifying anything. It stops at the end of
 /// what is intact, so it can read a log another process is writing.
 pub struct WalReader {
-    dir: PathBuf,
+    /// Shared, so that naming it in an error costs no copy of the path per record.
+    dir: std::sync::Arc<Path>,
     next_position: u64,
     current: Option<SegmentReader>,
     /// First position of the segment `current` reads.
@@ -244,7 +246,13 @@ pub struct WalReader {
 impl WalReader {
     /// A reader that returns records with position ≥ `from` (1 = everything).
     pub fn new(dir: impl Into<PathBuf>, from: u64) -> Self {
-        WalReader { dir: dir.into(), next_position: from.max(1), current: None, current_first: 0, payload: Vec::new() }
+        WalReader {
+            dir: dir.into().into(),
+            next_position: from.max(1),
+            current: None,
+            current_first: 0,
+            payload: Vec::new(),
+        }
     }
 
     /// The next record, `Ok(None)` when no further intact record exists yet.
@@ -255,17 +263,24 @@ impl WalReader {
     /// The next record if its position is at most `limit` (e.g. the durable position), else `Ok(None)`. A record
     /// that is not a batch is read as an empty one (see the module documentation).
     pub fn next_batch_through(&mut self, limit: u64) -> Result<Option<LogRecord>, WalError> {
+        let Some((position, view)) = self.next_view_through(limit)? else { return Ok(None) };
+        Ok(Some(LogRecord { position, written: view.written, batch: view.to_batch() }))
+    }
+
+    /// The same, the record read in place ([`record::BatchView`]: valid until the next read).
+    pub fn next_view_through(&mut self, limit: u64) -> Result<Option<(u64, record::BatchView<'_>)>, WalError> {
+        let dir = self.dir.clone();
         let Some((position, payload)) = self.next_record_through(limit)? else { return Ok(None) };
-        let (written, batch) = record::decode_batch(payload).unwrap_or_else(|e| {
+        let view = record::decode_view(payload).unwrap_or_else(|e| {
             metrics::counter!("weir_wal_unreadable_records_total").increment(1);
             tracing::error!(
-                position, error = %e, dir = %self.dir.display(),
+                position, error = %e, dir = %dir.display(),
                 "a write-ahead log record is intact but not a batch of readings; it is read as empty (its readings \
                  are left out of the statistics and the archive). Was the log written by a later version of Weir?"
             );
-            (0, ReadingBatch::new())
+            record::BatchView::empty()
         });
-        Ok(Some(LogRecord { position, written, batch }))
+        Ok(Some((position, view)))
     }
 
     /// The next record's payload if its position is at most `limit`, else `Ok(None)`.

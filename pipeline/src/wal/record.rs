@@ -58,8 +58,58 @@ pub fn stamp_written(payload: &mut [u8], written: u64) {
     }
 }
 
-/// Decodes a payload written by [`encode_batch`] into its write time and batch; checks every index, never panics.
-pub fn decode_batch(payload: &[u8]) -> Result<(u64, ReadingBatch), PayloadError> {
+/// A payload's batch read in place: names are slices of the payload, rows are decoded as they are read. The
+/// statistics' feeder reads every record this way, so that a record of a thousand devices costs no thousand
+/// allocations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchView<'a> {
+    /// The record's write time (0: unknown).
+    pub written: u64,
+    pub sensors: Vec<&'a str>,
+    pub devices: Vec<&'a str>,
+    /// `n × ROW_BYTES` bytes, every name index checked.
+    rows: &'a [u8],
+}
+
+impl<'a> BatchView<'a> {
+    /// A batch of no reading (what an unreadable record is read as).
+    pub fn empty() -> Self {
+        BatchView { written: 0, sensors: Vec::new(), devices: Vec::new(), rows: &[] }
+    }
+
+    /// Number of readings.
+    pub fn len(&self) -> usize {
+        self.rows.len() / ROW_BYTES
+    }
+
+    /// Whether the batch holds no reading.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The batch as an owned [`ReadingBatch`].
+    pub fn to_batch(&self) -> ReadingBatch {
+        ReadingBatch {
+            sensors: self.sensors.iter().map(|s| Box::from(*s)).collect(),
+            devices: self.devices.iter().map(|d| Box::from(*d)).collect(),
+            rows: self.rows().collect(),
+        }
+    }
+
+    /// The readings, in write order.
+    pub fn rows(&self) -> impl Iterator<Item = Row> + 'a {
+        self.rows.chunks_exact(ROW_BYTES).map(|r| Row {
+            sensor: u16::from_le_bytes([r[0], r[1]]),
+            device: u32::from_le_bytes([r[2], r[3], r[4], r[5]]),
+            micros: i64::from_le_bytes(r[6..14].try_into().expect("8 bytes")),
+            value: f64::from_le_bytes(r[14..22].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// Decodes a payload written by [`encode_batch`] in place (the one decoder; [`BatchView::to_batch`] copies it);
+/// checks every index, never panics.
+pub fn decode_view(payload: &[u8]) -> Result<BatchView<'_>, PayloadError> {
     let mut input = Cursor(payload);
     let written = match input.u8()? {
         KIND_READINGS => 0,
@@ -80,15 +130,11 @@ pub fn decode_batch(payload: &[u8]) -> Result<(u64, ReadingBatch), PayloadError>
     if input.0.len() != n_rows * ROW_BYTES {
         return Err(PayloadError("row count does not match payload length"));
     }
-    let mut rows = Vec::with_capacity(n_rows);
-    for _ in 0..n_rows {
-        let row = Row { sensor: input.u16()?, device: input.u32()?, micros: input.i64()?, value: input.f64()? };
-        if row.sensor as usize >= sensors.len() || row.device as usize >= devices.len() {
-            return Err(PayloadError("name index out of range"));
-        }
-        rows.push(row);
+    let view = BatchView { written, sensors, devices, rows: input.0 };
+    if view.rows().any(|row| row.sensor as usize >= view.sensors.len() || row.device as usize >= view.devices.len()) {
+        return Err(PayloadError("name index out of range"));
     }
-    Ok((written, ReadingBatch { sensors, devices, rows }))
+    Ok(view)
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -114,21 +160,19 @@ impl<'a> Cursor<'a> {
     fn u32(&mut self) -> Result<u32, PayloadError> {
         self.array().map(u32::from_le_bytes)
     }
-    fn i64(&mut self) -> Result<i64, PayloadError> {
-        self.array().map(i64::from_le_bytes)
-    }
-    fn f64(&mut self) -> Result<f64, PayloadError> {
-        self.array().map(f64::from_le_bytes)
-    }
-    fn name(&mut self) -> Result<Box<str>, PayloadError> {
+    fn name(&mut self) -> Result<&'a str, PayloadError> {
         let len = self.u8()? as usize;
-        std::str::from_utf8(self.take(len)?).map(Box::from).map_err(|_| PayloadError("name is not UTF-8"))
+        std::str::from_utf8(self.take(len)?).map_err(|_| PayloadError("name is not UTF-8"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_batch(payload: &[u8]) -> Result<(u64, ReadingBatch), PayloadError> {
+        decode_view(payload).map(|view| (view.written, view.to_batch()))
+    }
     use crate::reading::{DEFAULT_SENSORS, DeviceInterner};
     use proptest::prelude::*;
 
