@@ -237,7 +237,10 @@ impl NameIndex {
             table.iter().position(|d| &**d == name).map(|i| i as u32)
         } else {
             if self.map.len() != table.len() {
-                self.map = table.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)).collect();
+                // Refilled, not rebuilt: the map keeps its capacity from batch to batch (a new map per batch
+                // rehashed its way up to the batch's thousand devices every time).
+                self.map.clear();
+                self.map.extend(table.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)));
             }
             self.map.get(name).copied()
         }
