@@ -545,11 +545,7 @@ async fn new_series_beyond_the_limit_are_refused_on_their_line() {
     // After a restart the stored series are counted again from the log (once ready: the statistics count them as
     // they load).
     let s = Server::start(&data, &args);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while client().get(format!("{}/readyz", s.url)).send().await.unwrap().status() != 200 {
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_ready(&s).await;
     let r = client()
         .post(format!("{}/ingest", s.url))
         .header("content-type", NDJSON)

@@ -116,11 +116,7 @@ async fn any_sensor_name_is_stored_answered_and_bounded_by_the_series_limit() {
 
     // After a restart the names come back from the log and the archive, and the limit still counts them.
     let s = Server::start(&data, &args);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while client().get(format!("{}/readyz", s.url)).send().await.unwrap().status() != 200 {
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_ready(&s).await;
     check(&s).await;
     let (_, body) = post(&s, &[line("z", 1.0, 40, "host-3"), line("mem-free", 9.0, 41, "host-1")]).await;
     assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(1), Some(1)), "{body}");

@@ -232,6 +232,15 @@ pub async fn post_position(s: &Server, lines: &[String]) -> String {
     r.headers()["weir-position"].to_str().unwrap().to_owned()
 }
 
+/// Waits (at most 30 s) until `/readyz` answers 200: the statistics have loaded the log and the archive.
+pub async fn wait_ready(s: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client().get(format!("{}/readyz", s.url)).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `GET path`, which must answer 200 with JSON.
 pub async fn get_json(s: &Server, path: &str) -> serde_json::Value {
     let r = client().get(format!("{}{path}", s.url)).send().await.unwrap();

@@ -138,34 +138,14 @@ impl WorkerTraces {
                 found.retain(|(_, l): &(SeriesKey, Latest)| l.micros != i64::MIN);
                 Answer::Latest(found)
             }
-            Query::Devices => {
-                let lower = (NameId::Device(DeviceId(0)), String::new());
-                let in_range = |k: &(NameId, String)| matches!(k.0, NameId::Device(_));
-                let names: Vec<((NameId, String), isize)> = scan!(self.names, &lower, in_range, 0isize);
-                Answer::Devices(
-                    names
-                        .into_iter()
-                        .filter_map(|((id, name), n)| match id {
-                            NameId::Device(id) if n > 0 => Some((id, name)),
-                            _ => None,
-                        })
-                        .collect(),
-                )
-            }
-            Query::Sensors => {
-                let lower = (NameId::Sensor(SensorId(0)), String::new());
-                let in_range = |k: &(NameId, String)| matches!(k.0, NameId::Sensor(_));
-                let names: Vec<((NameId, String), isize)> = scan!(self.names, &lower, in_range, 0isize);
-                Answer::Sensors(
-                    names
-                        .into_iter()
-                        .filter_map(|((id, name), n)| match id {
-                            NameId::Sensor(id) if n > 0 => Some((id, name)),
-                            _ => None,
-                        })
-                        .collect(),
-                )
-            }
+            Query::Devices => Answer::Devices(self.names_of(NameId::Device(DeviceId(0)), |id| match id {
+                NameId::Device(id) => Some(id),
+                NameId::Sensor(_) => None,
+            })),
+            Query::Sensors => Answer::Sensors(self.names_of(NameId::Sensor(SensorId(0)), |id| match id {
+                NameId::Sensor(id) => Some(id),
+                NameId::Device(_) => None,
+            })),
             // Not the statistics' alone to answer: see `answers`.
             Query::Archive { .. } => Answer::Archive(Vec::new()),
             Query::Changes { .. } => Answer::Changes { windows: Vec::new(), through: u64::MAX, resync: false },
@@ -174,6 +154,15 @@ impl WorkerTraces {
 }
 
 impl WorkerTraces {
+    /// The names of one kind: keys from `first` on while `id_of` takes them (the kinds are contiguous in the
+    /// arrangement's order), with their ids.
+    fn names_of<Id>(&mut self, first: NameId, id_of: impl Fn(NameId) -> Option<Id>) -> Vec<(Id, String)> {
+        let lower = (first, String::new());
+        let names: Vec<((NameId, String), isize)> =
+            scan!(self.names, &lower, |k: &(NameId, String)| id_of(k.0).is_some(), 0isize);
+        names.into_iter().filter(|(_, n)| *n > 0).filter_map(|((id, name), _)| Some((id_of(id)?, name))).collect()
+    }
+
     /// The current statistics of each of `keys` (sorted) that this worker holds.
     pub fn windows_at(&mut self, keys: &[WindowKey]) -> Vec<(WindowKey, WindowAgg)> {
         let windows = self.windows.borrow();
