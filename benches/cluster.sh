@@ -32,7 +32,7 @@ start_cluster() { # N -> sets URLS
     port=$(free_port)
     # A cluster shares one archive.
     [ "$n" -gt 1 ] && args=(--cluster "$hosts" --process "$i" --archive-url "$WORK/n$n-archive")
-    "$BIN/weir" serve "${args[@]}" --listen "127.0.0.1:$port" --grpc-listen 127.0.0.1:0 --data-dir "$WORK/n$n-p$i" >"$WORK/n$n-p$i.log" 2>&1 &
+    "$BIN/weir" serve "${args[@]}" --listen "127.0.0.1:$port" --grpc-listen 127.0.0.1:0 --pg-listen off --data-dir "$WORK/n$n-p$i" >"$WORK/n$n-p$i.log" 2>&1 &
     URLS+=("http://127.0.0.1:$port")
   done
   for url in "${URLS[@]}"; do

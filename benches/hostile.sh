@@ -12,7 +12,7 @@ set -euo pipefail
 BIN=$1; RATE=${2:-200000}; RSS_BOUND_MIB=${RSS_BOUND_MIB:-512}
 D=$(mktemp -d); trap 'kill $W 2>/dev/null || true; rm -rf "$D"' EXIT
 HTTP=127.0.0.1:18480; GRPC=127.0.0.1:18481
-"$BIN/weir" serve --data-dir "$D/data" --listen $HTTP --grpc-listen $GRPC --sql-timeout 5s --max-request-time 10s \
+"$BIN/weir" serve --data-dir "$D/data" --listen $HTTP --grpc-listen $GRPC --pg-listen off --sql-timeout 5s --max-request-time 10s \
   --header-timeout 10s > "$D/weir.log" 2>&1 &
 W=$!
 sleep 2

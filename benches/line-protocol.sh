@@ -40,7 +40,7 @@ run() {
 printf '%-34s %12s %14s\n' server readings_per_s cpu_s_per_M
 for format in ndjson line-protocol; do
   PORT=$(free_port)
-  "$BIN/weir" serve --data-dir "$WORK/weir-$format" --listen "127.0.0.1:$PORT" --grpc-listen off \
+  "$BIN/weir" serve --data-dir "$WORK/weir-$format" --listen "127.0.0.1:$PORT" --grpc-listen off --pg-listen off \
     >"$WORK/weir.out" 2>"$WORK/weir.err" &
   SERVER=$!
   for _ in $(seq 100); do grep -q "listening on" "$WORK/weir.out" && break; sleep 0.1; done

@@ -20,7 +20,7 @@ D=$(mktemp -d); W=; L=
 # run's server from another month).
 trap 'kill $W $L 2>/dev/null || true; rm -rf "$D"' EXIT
 HTTP=127.0.0.1:18490
-serve() { "$BIN/weir" serve --data-dir "$D/data" --listen $HTTP --grpc-listen off --seal-interval 10s \
+serve() { "$BIN/weir" serve --data-dir "$D/data" --listen $HTTP --grpc-listen off --pg-listen off --seal-interval 10s \
   --archive-flush-age 2s >> "$D/weir.log" 2>&1 & W=$!; }
 ready() { until curl -sf "http://$HTTP/readyz" > /dev/null; do sleep 0.05; done; }
 serve; ready

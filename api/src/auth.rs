@@ -14,11 +14,19 @@ use base64::Engine;
 
 /// The configured API keys; empty means authentication is off.
 #[derive(Debug, Clone, Default)]
-pub struct ApiKeys(Arc<HashSet<String>>);
+pub struct ApiKeys(Arc<Vec<String>>);
 
 impl ApiKeys {
     pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
-        ApiKeys(Arc::new(keys.into_iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect()))
+        let mut seen = HashSet::new();
+        ApiKeys(Arc::new(
+            keys.into_iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty() && seen.insert(k.clone())).collect(),
+        ))
+    }
+
+    /// The keys, in the order given (the PostgreSQL protocol names them `key1`, `key2`, …).
+    pub fn list(&self) -> Vec<String> {
+        self.0.to_vec()
     }
 
     /// Whether any key is configured.
@@ -28,7 +36,7 @@ impl ApiKeys {
 
     /// Whether `key` is accepted (any key when authentication is off).
     pub fn accepts(&self, key: &str) -> bool {
-        !self.enabled() || self.0.contains(key.trim())
+        !self.enabled() || self.0.iter().any(|k| k == key.trim())
     }
 
     /// Checks the request's credentials; `Err` is the response to send.

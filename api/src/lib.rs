@@ -13,6 +13,7 @@ pub mod listen;
 pub mod metrics;
 pub mod mqtt;
 pub mod node;
+pub mod pg;
 pub mod position;
 pub mod requests;
 pub mod server;

@@ -229,6 +229,8 @@ fn a_process_whose_peers_never_come_gives_up_with_a_clear_error() {
             "127.0.0.1:0",
             "--grpc-listen",
             "off",
+            "--pg-listen",
+            "off",
             "--process",
             "0",
             "--cluster-connect-timeout",
@@ -253,7 +255,7 @@ fn a_process_whose_peers_never_come_gives_up_with_a_clear_error() {
 fn a_cluster_without_a_shared_archive_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--process", "0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--pg-listen", "off", "--process", "0"])
         .args(["--cluster-hosts", "127.0.0.1:1,127.0.0.1:2"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -271,7 +273,7 @@ async fn a_single_weirs_archive_is_not_taken_for_a_clusters() {
     post_position(&single, &lines(0, 0..10)).await;
     assert!(single.stop().success(), "stopping flushes the archive");
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--process", "0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--pg-listen", "off", "--process", "0"])
         .args(["--cluster-hosts", "127.0.0.1:1,127.0.0.1:2", "--archive-url"])
         .arg(dir.path().join("single/archive"))
         .arg("--data-dir")

@@ -19,7 +19,7 @@ fn an_absurd_duration_or_size_is_refused_at_start_naming_the_flag() {
         ("--max-body-bytes", "18446744073709551615", "1 PiB"),
     ] {
         let out = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--pg-listen", "off", "--data-dir"])
             .arg(dir.path().join("data"))
             .args([flag, value])
             .output()
@@ -108,7 +108,18 @@ async fn deep_queries_answer_or_are_refused_and_the_server_lives() {
 fn blank_api_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--api-key", " ", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "off",
+            "--pg-listen",
+            "off",
+            "--api-key",
+            " ",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();
@@ -209,7 +220,7 @@ fn a_port_in_use_is_refused_before_anything_is_opened() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = Command::new(BIN)
-        .args(["serve", "--listen", &address, "--grpc-listen", "off", "--data-dir"])
+        .args(["serve", "--listen", &address, "--grpc-listen", "off", "--pg-listen", "off", "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();

@@ -109,7 +109,7 @@ async fn a_log_trimmed_past_the_checkpoint_is_refused_with_a_clear_message() {
     // Without its checkpoint the archive would not know where the log takes over.
     std::fs::remove_file(data.join("archive-checkpoint.json")).unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--pg-listen", "off", "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();

@@ -89,7 +89,7 @@ async fn weir_dump_seals_a_day_on_demand_and_idempotently() {
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another process seals this archive"), "{stderr}");
     let second = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--pg-listen", "off", "--data-dir"])
         .arg(dir.path().join("other"))
         .arg("--archive-url")
         .arg(data.join("archive"))

@@ -19,13 +19,19 @@ use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStor
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 
 mod bounded;
+mod pg_catalog;
 mod scan_time;
+mod stream;
 mod threads;
 mod window_functions;
+pub use pg_catalog::{CATALOG, SERVER_VERSION, setting};
+use stream::Producer;
+pub use stream::{Described, STREAM_BATCHES, SqlStream};
 pub use threads::{Busy, SqlThreads, StartError};
 
 use crate::archive::{ArchiveLocation, ArchiveProgress};
@@ -78,6 +84,9 @@ pub enum SqlError {
     Refused(String),
     #[error("{0}")]
     Invalid(String),
+    /// The text is not SQL Weir can parse.
+    #[error("{0}")]
+    Syntax(String),
     #[error("the query took longer than the limit of {0:?} (--sql-timeout)")]
     Timeout(Duration),
     #[error("the result has more than {0} rows (--sql-max-rows): add a LIMIT or aggregate")]
@@ -92,6 +101,7 @@ impl From<datafusion::error::DataFusionError> for SqlError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         match e.find_root() {
             datafusion::error::DataFusionError::ResourcesExhausted(m) => SqlError::Memory(m.clone()),
+            datafusion::error::DataFusionError::SQL(..) => SqlError::Syntax(e.to_string()),
             _ => SqlError::Invalid(e.to_string()),
         }
     }
@@ -140,7 +150,8 @@ pub fn check_query(sql: &str, max_bytes: usize) -> Result<(), SqlError> {
             sql.len()
         )));
     }
-    let statements = DFParser::parse_sql(sql).map_err(|e| SqlError::Invalid(e.to_string()))?;
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let statements = DFParser::parse_sql_with_dialect(sql, &dialect).map_err(|e| SqlError::Syntax(e.to_string()))?;
     if statements.len() != 1 {
         return Err(SqlError::Refused(format!("send exactly one statement ({} given)", statements.len())));
     }
@@ -339,24 +350,114 @@ impl SqlArchive {
         &self.limits
     }
 
-    /// Runs `sql` (one read-only query) and collects its result within the limits.
-    ///
-    /// With a running archiver in this process, its visibility lock keeps flushes and seals from changing the
-    /// parts under the query. Without one (a cluster, whose days are sealed and compacted by other processes, or
-    /// `weir sql --archive`), the query is optimistic: it waits while a seal or compaction is under way, and runs
-    /// again when their journals changed while it ran (both swap parts only between two journal writes).
-    ///
-    /// Runs on a SQL thread ([`SqlThreads`]); the answer comes within the query timeout.
+    /// Runs `sql` (one read-only query) and collects its result within the limits: [`SqlArchive::stream`],
+    /// collected.
     pub async fn query(&self, sql: &str) -> Result<SqlResult, SqlError> {
-        let (this, sql) = (self.clone(), sql.to_owned());
-        self.on_sql_thread(move || async move { this.query_here(&sql).await }).await
+        self.stream(sql, Vec::new()).await?.collect().await
     }
 
-    async fn query_here(&self, sql: &str) -> Result<SqlResult, SqlError> {
-        check_query(sql, self.limits.max_query_bytes)?;
-        if self.progress.is_some() {
-            return self.query_once(sql).await;
+    /// What `sql` would answer — its parameters' types and its result's schema — without running it (the
+    /// PostgreSQL protocol's Describe, Flight SQL's prepared statements). On a SQL thread, after the same checks.
+    pub async fn describe(&self, sql: &str) -> Result<Described, SqlError> {
+        let (this, sql) = (self.clone(), sql.to_owned());
+        self.on_sql_thread(move || async move {
+            check_query(&sql, this.limits.max_query_bytes)?;
+            let ctx = this.context().await?;
+            let plan = ctx.state().create_logical_plan(&sql).await?;
+            Self::options().verify_plan(&plan)?;
+            let types = plan.get_parameter_types()?;
+            let count = types.keys().filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok()).max().unwrap_or(0);
+            let params = (1..=count).map(|i| types.get(&format!("${i}")).cloned().flatten()).collect();
+            Ok(Described { params, schema: Arc::new(plan.schema().as_arrow().clone()) })
+        })
+        .await
+    }
+
+    /// Runs `sql` (one read-only query) with `params` for its `$1`, `$2`, …, and answers batch by batch as they are
+    /// made ([`SqlStream`]; a slow reader holds the query back, it does not buffer it).
+    ///
+    /// With a running archiver in this process, its visibility lock keeps flushes and seals from changing the
+    /// parts under the query until the stream ends (or the query's deadline). Without one (a cluster, whose days are
+    /// sealed and compacted by other processes, or `weir sql --archive`), the query is optimistic: it waits while a
+    /// seal or compaction is under way, and runs again when their journals changed while it ran (both swap parts
+    /// only between two journal writes) — so there the result is collected (at most `--sql-max-rows` rows) before
+    /// the first batch is handed on.
+    ///
+    /// Runs on a SQL thread ([`SqlThreads`]); the schema comes within the query timeout, and the stream ends by it.
+    pub async fn stream(&self, sql: &str, params: Vec<ScalarValue>) -> Result<SqlStream, SqlError> {
+        let timeout = self.limits.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (schema, schema_answer) = tokio::sync::oneshot::channel();
+        let (batches, receiver) = tokio::sync::mpsc::channel(STREAM_BATCHES);
+        let producer = Producer { schema: Some(schema), batches, max_rows: self.limits.max_rows, rows: 0 };
+        let (this, sql) = (self.clone(), sql.to_owned());
+        let _ended =
+            self.threads.run(move || async move { this.stream_here(&sql, params, producer, deadline).await })?;
+        match tokio::time::timeout_at(deadline, schema_answer).await {
+            Ok(Ok(Ok(schema))) => Ok(SqlStream { schema, batches: receiver, deadline, timeout }),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(SqlError::Invalid("the query failed on its thread (see the log)".into())),
+            Err(_) => Err(SqlError::Timeout(timeout)),
         }
+    }
+
+    /// The query's side of [`SqlArchive::stream`]: ends at its deadline, or as soon as nobody reads the answer.
+    async fn stream_here(
+        &self,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        mut out: Producer,
+        deadline: tokio::time::Instant,
+    ) {
+        let reader = out.batches.clone();
+        let result = {
+            let run = self.produce(sql, params, &mut out);
+            tokio::select! {
+                result = tokio::time::timeout_at(deadline, run) => {
+                    result.unwrap_or(Err(SqlError::Timeout(self.limits.timeout)))
+                }
+                () = reader.closed() => Ok(()),
+            }
+        };
+        drop(reader);
+        if let Err(e) = result {
+            out.fail(e).await;
+        }
+    }
+
+    async fn produce(&self, sql: &str, params: Vec<ScalarValue>, out: &mut Producer) -> Result<(), SqlError> {
+        use futures_util::StreamExt;
+        check_query(sql, self.limits.max_query_bytes)?;
+        let Some(progress) = &self.progress else {
+            let result = self.query_optimistic(sql, params).await?;
+            if out.start(result.schema) {
+                for batch in result.batches {
+                    if !out.send(batch).await? {
+                        break;
+                    }
+                }
+            }
+            return Ok(());
+        };
+        // `unflushed` takes its snapshot when the query is planned, under the lock held here.
+        let _visible = progress.visibility.read().await;
+        let df = self.dataframe(sql, params).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut batches = df.execute_stream().await?;
+        if !out.start(schema) {
+            return Ok(());
+        }
+        while let Some(batch) = batches.next().await {
+            if !out.send(batch?).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Without an archiver in this process: the whole result, run again if a seal or compaction swapped parts
+    /// meanwhile.
+    async fn query_optimistic(&self, sql: &str, params: Vec<ScalarValue>) -> Result<SqlResult, SqlError> {
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         loop {
             let before = self.journals().await?;
@@ -367,7 +468,7 @@ impl SqlArchive {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
-            let result = self.query_once(sql).await;
+            let result = self.collect(sql, params.clone()).await;
             if self.journals().await? == before {
                 return result;
             }
@@ -384,33 +485,38 @@ impl SqlArchive {
         Ok((seals, crate::compact::compaction_records(&self.location).await.map_err(invalid)?))
     }
 
-    async fn query_once(&self, sql: &str) -> Result<SqlResult, SqlError> {
-        let _visible = match &self.progress {
-            Some(p) => Some(p.visibility.read().await),
-            None => None,
-        };
-        // `unflushed` takes its snapshot when the query is planned, under the lock held here.
-        let ctx = self.context().await?;
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let run = async {
-            let df = ctx.sql_with_options(sql, options).await?;
-            let explain = matches!(
-                df.logical_plan(),
-                datafusion::logical_expr::LogicalPlan::Explain(_) | datafusion::logical_expr::LogicalPlan::Analyze(_)
-            );
-            // Stop reading one row past the limit: enough to tell the result is too large.
-            let df = if explain { df } else { df.limit(0, Some(self.limits.max_rows + 1))? };
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
-            Ok::<_, SqlError>(SqlResult { schema, batches })
-        };
-        let result = tokio::time::timeout(self.limits.timeout, run)
-            .await
-            .map_err(|_| SqlError::Timeout(self.limits.timeout))??;
-        if result.rows() > self.limits.max_rows {
-            return Err(SqlError::TooManyRows(self.limits.max_rows));
+    /// The whole result of `sql`, stopping one row past `--sql-max-rows`.
+    async fn collect(&self, sql: &str, params: Vec<ScalarValue>) -> Result<SqlResult, SqlError> {
+        use futures_util::StreamExt;
+        let df = self.dataframe(sql, params).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut stream = df.execute_stream().await?;
+        let (mut batches, mut rows) = (Vec::new(), 0);
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows();
+            if rows > self.limits.max_rows {
+                return Err(SqlError::TooManyRows(self.limits.max_rows));
+            }
+            batches.push(batch);
         }
-        Ok(result)
+        Ok(SqlResult { schema, batches })
+    }
+
+    /// What a query may be: a read-only query, nothing else.
+    fn options() -> SQLOptions {
+        SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+    }
+
+    /// `sql` planned in a fresh context, its parameters bound.
+    async fn dataframe(
+        &self,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<datafusion::dataframe::DataFrame, SqlError> {
+        let ctx = self.context().await?;
+        let df = ctx.sql_with_options(sql, Self::options()).await?;
+        Ok(if params.is_empty() { df } else { df.with_param_values(params)? })
     }
 
     /// A session for one query: the cached session (rebuilt first if the days with rollups changed) with a memory
@@ -441,8 +547,14 @@ impl SqlArchive {
     /// the rollups of the `rolled` days).
     async fn session_state(&self, rolled: &[Vec<String>; 4]) -> Result<SessionState, SqlError> {
         let runtime = RuntimeEnvBuilder::new().with_object_store_registry(self.stores.clone()).build_arc()?;
-        let config = SessionConfig::from_env().unwrap_or_default().with_target_partitions(self.threads.parallelism());
+        let mut config = SessionConfig::from_env()
+            .unwrap_or_default()
+            .with_target_partitions(self.threads.parallelism())
+            .with_default_catalog_and_schema(pg_catalog::CATALOG, "public")
+            .with_information_schema(true);
+        config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        pg_catalog::install(&ctx, self.limits.timeout)?;
         for function in bounded::bounded_string_functions(self.limits.memory_bytes) {
             ctx.register_udf(function);
         }

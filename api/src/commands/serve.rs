@@ -212,6 +212,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_GRPC_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub grpc_idle_timeout: Duration,
 
+    /// Where the PostgreSQL wire protocol listens (`off`: none): psql, Grafana, psycopg, JDBC tools query Weir's SQL
+    /// there, read-only, with the same limits as `POST /api/v1/sql`; the password is an API key.
+    #[arg(long, env = "WEIR_PG_LISTEN", default_value = "127.0.0.1:5433")]
+    pub pg_listen: String,
+
+    /// PostgreSQL connections open at once; more are closed as they arrive.
+    #[arg(long, env = "WEIR_PG_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pg_max_connections: u32,
+
     /// HTTP connections open at once; more are closed as they arrive.
     #[arg(long, env = "WEIR_HTTP_MAX_CONNECTIONS", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections: u32,
@@ -444,6 +453,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--listen / WEIR_LISTEN)", args.listen))?;
     let addr = listener.local_addr()?;
+    let pg_listener = crate::pg::bind(&args.pg_listen).await?;
     let grpc_listener = match args.grpc_listen.as_str() {
         "off" => None,
         grpc => Some(tokio::net::TcpListener::bind(grpc).await.with_context(|| {
@@ -509,6 +519,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    let pg = pg_listener.map(|(listener, pg_addr)| {
+        println!("weir postgres listening on {pg_addr}");
+        tracing::info!(%pg_addr, "the PostgreSQL protocol is serving");
+        let config = crate::pg::PgConfig { max_connections: args.pg_max_connections as usize };
+        tokio::spawn(crate::pg::serve(listener, state.sql.clone(), state.keys.clone(), config))
+    });
+
     let limits = crate::listen::HttpLimits {
         header_timeout: args.header_timeout,
         max_connections: args.http_max_connections as usize,
@@ -518,6 +535,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::debug!("HTTP connections drained");
     if let Some(mqtt) = mqtt {
         let _ = tokio::time::timeout(args.shutdown_timeout, mqtt).await;
+    }
+    if let Some(pg) = pg {
+        // PostgreSQL sessions end with the process; their queries stop with it (all are read-only).
+        pg.abort();
     }
     if let Some(grpc) = grpc {
         // Subscriptions have ended with the stop signal; calls in flight get the same bound as HTTP requests.

@@ -65,9 +65,11 @@ impl From<weir_sinks::sql::SqlError> for ServiceError {
         let kind = match e {
             SqlError::Timeout(_) => ErrorKind::Timeout,
             SqlError::Busy(_) => ErrorKind::Unavailable,
-            SqlError::Refused(_) | SqlError::Invalid(_) | SqlError::TooManyRows(_) | SqlError::Memory(_) => {
-                ErrorKind::InvalidArgument
-            }
+            SqlError::Refused(_)
+            | SqlError::Invalid(_)
+            | SqlError::Syntax(_)
+            | SqlError::TooManyRows(_)
+            | SqlError::Memory(_) => ErrorKind::InvalidArgument,
         };
         ServiceError::new(kind, e.to_string())
     }

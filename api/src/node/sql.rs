@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use datafusion::scalar::ScalarValue;
 use weir_pipeline::wal::ReadingLog;
 use weir_sinks::archive::ArchiveProgress;
-use weir_sinks::sql::{SqlArchive, SqlResult};
+use weir_sinks::sql::{Described, SqlArchive, SqlError, SqlResult, SqlStream};
 
 use super::error::{ErrorKind, ServiceError};
 use super::stats::StatsService;
@@ -73,10 +74,13 @@ impl SqlService {
         }
     }
 
-    /// Runs `sql` over every reading acknowledged before now.
+    /// Runs `sql` over every reading acknowledged before now, its whole result at once.
     pub async fn query(&self, sql: &str) -> Result<SqlResult, ServiceError> {
         let started = std::time::Instant::now();
-        let result = self.query_unmeasured(sql).await;
+        let result = match self.stream(sql, Vec::new()).await {
+            Ok(stream) => stream.collect().await.map_err(ServiceError::from),
+            Err(e) => Err(ServiceError::from(e)),
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => match e.kind {
@@ -90,15 +94,30 @@ impl SqlService {
         result
     }
 
-    async fn query_unmeasured(&self, sql: &str) -> Result<SqlResult, ServiceError> {
+    /// Runs `sql` with `params` (`$1`, `$2`, …) over every reading acknowledged before now, answering batch by batch
+    /// ([`SqlStream`]: the PostgreSQL protocol and Flight SQL, which send results of any length).
+    pub async fn stream(&self, sql: &str, params: Vec<ScalarValue>) -> Result<SqlStream, QueryFailure> {
+        self.catch_up(sql).await.map_err(QueryFailure::Service)?;
+        self.archive.stream(sql, params).await.map_err(QueryFailure::Sql)
+    }
+
+    /// What `sql` would answer (its parameters' types and its result's schema), without running it.
+    pub async fn describe(&self, sql: &str) -> Result<Described, QueryFailure> {
         if sql.trim().is_empty() {
-            return Err(ServiceError::invalid("no SQL given: send e.g. SELECT count(*) FROM readings"));
+            return Err(QueryFailure::Service(ServiceError::invalid(NO_SQL)));
+        }
+        self.archive.describe(sql).await.map_err(QueryFailure::Sql)
+    }
+
+    /// Waits until the archive has every reading acknowledged before now (in a cluster: at every process).
+    async fn catch_up(&self, sql: &str) -> Result<(), ServiceError> {
+        if sql.trim().is_empty() {
+            return Err(ServiceError::invalid(NO_SQL));
         }
         if let Some(stats) = &self.cluster {
             // Refuse what is not a read-only query before making every process flush for it.
             self.archive.check(sql).await?;
-            self.flush_cluster(stats).await?;
-            return self.run(sql).await;
+            return self.flush_cluster(stats).await;
         }
         let acknowledged = self.log.durable_position();
         let deadline = tokio::time::Instant::now() + self.catch_up_wait;
@@ -110,10 +129,27 @@ impl SqlService {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        self.run(sql).await
+        Ok(())
     }
+}
 
-    async fn run(&self, sql: &str) -> Result<SqlResult, ServiceError> {
-        Ok(self.archive.query(sql).await?)
+const NO_SQL: &str = "no SQL given: send e.g. SELECT count(*) FROM readings";
+
+/// Why a streamed query gave no answer: the query itself ([`SqlError`], which the PostgreSQL protocol maps to
+/// SQLSTATE codes), or the service around it (the archive not caught up).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryFailure {
+    #[error(transparent)]
+    Sql(SqlError),
+    #[error(transparent)]
+    Service(ServiceError),
+}
+
+impl From<QueryFailure> for ServiceError {
+    fn from(e: QueryFailure) -> Self {
+        match e {
+            QueryFailure::Sql(e) => e.into(),
+            QueryFailure::Service(e) => e,
+        }
     }
 }

@@ -14,6 +14,8 @@ pub struct Server {
     pub url: String,
     /// The gRPC address (`http://127.0.0.1:PORT`), unless started with `--grpc-listen off`.
     pub grpc_url: Option<String>,
+    /// The PostgreSQL protocol's address (`127.0.0.1:PORT`), unless started with `--pg-listen off`.
+    pub pg_addr: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -45,6 +47,9 @@ impl Server {
         if !args.contains(&"--grpc-listen") {
             cmd.args(["--grpc-listen", "127.0.0.1:0"]);
         }
+        if !args.contains(&"--pg-listen") {
+            cmd.args(["--pg-listen", "127.0.0.1:0"]);
+        }
         cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
@@ -60,6 +65,9 @@ impl Server {
                 if let Some(url) = line.strip_prefix("weir grpc listening on ") {
                     let _ = tx.send(format!("grpc {url}"));
                 }
+                if let Some(addr) = line.strip_prefix("weir postgres listening on ") {
+                    let _ = tx.send(format!("pg {addr}"));
+                }
             }
         });
         let url = match rx.recv_timeout(Duration::from_secs(30)) {
@@ -69,9 +77,16 @@ impl Server {
                 panic!("weir did not start; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
             }
         };
-        let grpc_url =
-            rx.recv_timeout(Duration::from_secs(2)).ok().and_then(|l| l.strip_prefix("grpc ").map(str::to_owned));
-        Server { child, url, grpc_url, data_dir: data_dir.to_path_buf(), log }
+        // The other ports follow the HTTP line, in any order.
+        let (mut grpc_url, mut pg_addr) = (None, None);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            if let Some(url) = line.strip_prefix("grpc ") {
+                grpc_url = Some(url.to_owned());
+            } else if let Some(addr) = line.strip_prefix("pg ") {
+                pg_addr = Some(addr.to_owned());
+            }
+        }
+        Server { child, url, grpc_url, pg_addr, data_dir: data_dir.to_path_buf(), log }
     }
 
     pub fn pid(&self) -> u32 {

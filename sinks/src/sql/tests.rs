@@ -144,8 +144,9 @@ fn bad_sql_gets_datafusions_message() {
     let f = archived(None);
     let err = f.runtime.block_on(sql(&f, SqlLimits::default()).query("SELECT nope FROM readings")).unwrap_err();
     assert!(matches!(&err, SqlError::Invalid(m) if m.contains("nope")), "{err:?}");
+    // Text that does not parse is told apart (the PostgreSQL protocol answers it with SQLSTATE 42601).
     let err = f.runtime.block_on(sql(&f, SqlLimits::default()).query("SELEC 1")).unwrap_err();
-    assert!(matches!(err, SqlError::Invalid(_)), "{err:?}");
+    assert!(matches!(err, SqlError::Syntax(_)), "{err:?}");
 }
 
 #[test]

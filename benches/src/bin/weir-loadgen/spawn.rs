@@ -39,7 +39,14 @@ impl SpawnedWeir {
         let dir = tempfile::Builder::new().prefix("weir-loadgen-").tempdir()?;
         let log = std::fs::File::create(dir.path().join("weir.log"))?;
         let mut command = Command::new(&bin);
-        command.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(dir.path().join("data"));
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--pg-listen")
+            .arg("off")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"));
         if sensors.len() > weir_pipeline::reading::DEFAULT_SENSORS.len() {
             command.arg("--sensors").arg(sensors.join(","));
         }
