@@ -7,6 +7,9 @@
 #   - OpenTelemetry Python SDK, OTLP/HTTP metric exporter (PyPI)    -> /v1/metrics     (OTLP protobuf)
 #   - Debian `prometheus`, scraping Weir's own /metrics and remote-writing them back -> /api/v1/prom/write
 #
+# and the tools that query (issue 21): Debian `psql` and Python `psycopg` over the PostgreSQL protocol, the ADBC
+# Flight SQL driver with pyarrow over Arrow Flight SQL (a million rows, compared with the HTTP Arrow answer).
+#
 # Installs what is missing (apt, pip). Usage: scripts/clients.sh [path/to/weir]  (default: the debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +23,15 @@ fi
 need_apt=()
 command -v influx >/dev/null || need_apt+=(influxdb-client)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
 if ((${#need_apt[@]})); then
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null
 fi
 python3 -c 'import influxdb_client, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null ||
   python3 -m pip install --quiet influxdb-client opentelemetry-sdk opentelemetry-exporter-otlp-proto-http
+python3 -c 'import psycopg, adbc_driver_flightsql.dbapi, pyarrow' 2>/dev/null ||
+  python3 -m pip install --quiet "psycopg[binary]" adbc-driver-flightsql adbc-driver-manager pyarrow
 
 WORK="$(mktemp -d)"
 cleanup() {
@@ -38,10 +44,13 @@ trap cleanup EXIT
 KEY=clients-key
 # The open sensor set: every client names its own sensors (field keys, OTLP and Prometheus metric names).
 "$WEIR" serve --data-dir "$WORK/data" --listen 127.0.0.1:0 --api-key "$KEY" --sensors any \
-  >"$WORK/out" 2>"$WORK/err" &
+  --grpc-listen 127.0.0.1:0 --pg-listen 127.0.0.1:0 --sql-max-rows 2000000 >"$WORK/out" 2>"$WORK/err" &
 PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$WORK/out" && break; sleep 0.1; done
+for _ in $(seq 50); do grep -q "postgres listening on" "$WORK/out" && break; sleep 0.1; done
 URL="$(sed -n 's/^weir listening on //p' "$WORK/out")"
+GRPC="$(sed -n 's/^weir grpc listening on http:\/\///p' "$WORK/out")"
+PG="$(sed -n 's/^weir postgres listening on //p' "$WORK/out")"
 HOSTPORT="${URL#http://}"
 sql() { curl -sf -u "$KEY:" -X POST "$URL/api/v1/sql" -H 'content-type: text/plain' --data "$1"; }
 check() { # name, query, expected JSON
@@ -124,4 +133,107 @@ check "prometheus: the scrape's own 'up' series" \
   "SELECT max(value) AS up FROM readings WHERE sensor = 'up' AND device = '$HOSTPORT'" '[{"up":1.0}]'
 if [[ "${sensors:-0}" -lt 20 ]]; then echo "FAIL prometheus remote write: only $sensors sensors"; exit 1; fi
 echo "ok   prometheus 2.42 (Debian) remote write: $n samples of weir_readings_accepted_total, $sensors sensors from instance $HOSTPORT"
+
+# 5. psql (Debian postgresql-client) over the PostgreSQL protocol: results, catalog lookups, an error's SQLSTATE,
+#    a long query cancelled (psql sends a cancel request on SIGINT).
+export PGHOST="${PG%:*}" PGPORT="${PG##*:}" PGUSER=grafana PGDATABASE=weir PGPASSWORD="$KEY"
+got="$(psql -XAtc "SELECT count(*), sum(value) FROM readings WHERE device = 'otel-1' AND sensor = 'vehicle_speed'")"
+[[ "$got" == "4|249" || "$got" == "4|249.0" ]] || { echo "FAIL psql query: $got"; exit 1; }
+psql -Xc '\d readings' | grep -q 'timestamp with time zone' || { echo "FAIL psql \d readings"; exit 1; }
+psql -XAtc '\dv' | grep -q 'readings' || { echo "FAIL psql \dv"; exit 1; }
+err="$(psql -X -v VERBOSITY=verbose -c "DELETE FROM readings" 2>&1 || true)"
+grep -q '25006' <<<"$err" || { echo "FAIL psql: a write's SQLSTATE: $err"; exit 1; }
+start=$(date +%s%N)
+err="$(timeout -s INT 1 psql -Xc "SELECT count(*) FROM generate_series(1, 100000000000) AS a(x) WHERE x % 7 = 3" 2>&1 || true)"
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+grep -qi 'cancel' <<<"$err" || { echo "FAIL psql cancel: $err"; exit 1; }
+(( ms < 5000 )) || { echo "FAIL psql cancel took ${ms} ms"; exit 1; }
+echo "ok   psql $(psql --version | awk '{print $3}'): query, \\d, \\dv, SQLSTATE 25006 for a write, a long query cancelled in ${ms} ms"
+
+# 6. psycopg 3 (PyPI): parameters, a server-side prepared statement, binary results, timestamptz both ways.
+python3 - "$PG" "$KEY" <<'PY'
+import sys, datetime, psycopg
+host, port = sys.argv[1].rsplit(":", 1)
+with psycopg.connect(host=host, port=port, user="app", password=sys.argv[2], dbname="weir", autocommit=True) as c:
+    at = datetime.datetime(2026, 11, 18, 18, 25, 43, 511000, tzinfo=datetime.timezone.utc)
+    q = "SELECT device, value, timestamp FROM readings WHERE device = %s AND timestamp >= %s ORDER BY timestamp LIMIT 3"
+    with c.cursor(binary=True) as cur:
+        rows = cur.execute(q, ("otel-1", at - datetime.timedelta(days=3650)), prepare=True).fetchall()
+        assert rows and all(r[0] == "otel-1" for r in rows), rows
+        assert isinstance(rows[0][2], datetime.datetime) and rows[0][2].tzinfo is not None, rows
+        again = cur.execute(q, ("otel-1", rows[0][2]), prepare=True).fetchall()
+        assert again[0] == rows[0], (again, rows)
+    with c.cursor() as cur:
+        n = cur.execute("SELECT count(*) FROM readings WHERE value > %s", (0.5,)).fetchone()[0]
+        assert n > 0, n
+        try:
+            cur.execute("INSERT INTO readings VALUES ('d', 's', 1.0, now(), '2026-01-01')")
+            raise SystemExit("a write was not refused")
+        except psycopg.errors.ReadOnlySqlTransaction:
+            pass
+print(f"ok   psycopg {psycopg.__version__}: parameters, prepared statement, binary results, timestamptz round trip, 25006 for a write")
+PY
+
+# 7. The ADBC Flight SQL driver (PyPI) with pyarrow: a million rows stream and equal the HTTP Arrow answer;
+#    catalog calls; a wrong key refused.
+python3 - "$URL" "$KEY" <<'PY'
+import sys, json, urllib.request, base64
+url, key = sys.argv[1], sys.argv[2]
+lines = "\n".join(json.dumps({"device": f"bulk-{i % 100}", "sensor": "speed", "value": i * 0.5,
+                              "timestamp": f"2026-11-17T{(i // 3600000) % 24:02d}:{(i // 60000) % 60:02d}:{(i // 1000) % 60:02d}.{i % 1000:03d}Z"})
+                   for i in range(1_000_000))
+auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+body = lines.encode()
+step = len(body) // 10
+start = 0
+while start < len(body):
+    end = body.find(b"\n", start + step)
+    end = len(body) if end < 0 else end
+    r = urllib.request.Request(f"{url}/ingest", data=body[start:end], headers={"Content-Type": "application/x-ndjson", "Authorization": auth})
+    urllib.request.urlopen(r, timeout=300).read()
+    start = end + 1
+PY
+python3 - "$URL" "$GRPC" "$KEY" <<'PY'
+import sys, time, urllib.request, base64
+import pyarrow as pa, pyarrow.ipc
+import adbc_driver_flightsql.dbapi as flight_sql
+from adbc_driver_flightsql import DatabaseOptions
+url, grpc, key = sys.argv[1], sys.argv[2], sys.argv[3]
+q = "SELECT device, value, timestamp FROM readings WHERE device LIKE 'bulk-%' ORDER BY timestamp, device"
+auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+r = urllib.request.Request(f"{url}/api/v1/sql", data=q.encode(),
+                           headers={"Content-Type": "text/plain", "Accept": "application/vnd.apache.arrow.stream", "Authorization": auth})
+t = time.perf_counter()
+http = pa.ipc.open_stream(urllib.request.urlopen(r, timeout=300).read()).read_all()
+http_s = time.perf_counter() - t
+with flight_sql.connect(f"grpc://{grpc}", db_kwargs={DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {key}"}) as c:
+    with c.cursor() as cur:
+        t = time.perf_counter()
+        cur.execute(q)
+        flight = cur.fetch_arrow_table()
+        flight_s = time.perf_counter() - t
+        assert flight.num_rows == 1_000_000, flight.num_rows
+        # HTTP sends `device` dictionary-encoded, Flight SQL as plain strings: compare the values.
+        for name in ("device", "value", "timestamp"):
+            f, h = flight.column(name), http.column(name)
+            if pa.types.is_dictionary(h.type):
+                h = h.cast(h.type.value_type)
+            assert f.combine_chunks().equals(h.combine_chunks()), f"Flight SQL and HTTP differ in {name}"
+        cur.execute("SELECT count(*) AS n FROM readings WHERE device = $1", parameters=("bulk-7",))
+        assert cur.fetchone()[0] == 10_000
+    objects = c.adbc_get_objects(depth="tables").read_all().to_pylist()
+    tables = {t["table_name"] for cat in objects for s in cat["catalog_db_schemas"] for t in s["db_schema_tables"]}
+    assert {"readings", "seals"} <= tables, tables
+    schema = c.adbc_get_table_schema("readings")
+    assert schema.names[:4] == ["device", "sensor", "value", "timestamp"], schema
+try:
+    with flight_sql.connect(f"grpc://{grpc}", db_kwargs={DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer wrong"}) as c:
+        with c.cursor() as cur:
+            cur.execute("SELECT 1")
+    raise SystemExit("a wrong key was not refused")
+except flight_sql.Error as e:
+    assert "UNAUTHENTICATED" in str(e).upper() or "unauthenticated" in str(e).lower(), e
+print(f"ok   ADBC Flight SQL: 1 000 000 rows in {flight_s:.2f} s equal the HTTP Arrow answer ({http_s:.2f} s); "
+      f"parameters; get_objects and table schema; a wrong key refused")
+PY
 echo "all clients passed"

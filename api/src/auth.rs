@@ -39,6 +39,17 @@ impl ApiKeys {
         !self.enabled() || self.0.iter().any(|k| k == key.trim())
     }
 
+    /// Whether headers (or gRPC metadata as headers) carry an accepted key: `authorization: Bearer KEY` / `Token
+    /// KEY`, basic auth with the key as user name or password, or `x-api-key: KEY` (always, without keys).
+    pub fn authorizes(&self, headers: &HeaderMap) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        let mut keys = header_keys(headers);
+        keys.extend(headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
+        keys.iter().any(|k| self.accepts(k))
+    }
+
     /// Checks the request's credentials; `Err` is the response to send.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
         if !self.enabled() {
@@ -102,7 +113,7 @@ pub(crate) fn basic_auth_username(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The username and password of an `Authorization: Basic` header.
-fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+pub(crate) fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

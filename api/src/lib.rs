@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod commands;
 pub mod dashboard;
+pub mod flight;
 pub mod grpc;
 pub mod health;
 pub mod ingest;

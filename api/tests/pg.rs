@@ -156,7 +156,10 @@ async fn what_psql_grafana_and_dbeaver_send_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_results_stream_and_long_queries_end_on_time_or_on_cancel() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir.path().join("data"), &["--sql-max-rows", "1000000", "--sql-timeout", "3s"]);
+    // A timeout long enough for a million rows through a debug build on a busy machine; a second server has a
+    // short one.
+    let server = start(&dir.path().join("data"), &["--sql-max-rows", "1000000", "--sql-timeout", "120s"]);
+    let short = start(&dir.path().join("short"), &["--sql-timeout", "2s"]);
     let pg = connect(&server, KEY).await.unwrap();
 
     let rows = pg.query("SELECT value FROM generate_series(1, 1000000) AS t(value)", &[]).await.unwrap();
@@ -168,9 +171,11 @@ async fn long_results_stream_and_long_queries_end_on_time_or_on_cancel() {
 
     let long = "SELECT count(*) FROM generate_series(1, 100000000000) AS a(x) WHERE x % 7 = 3";
     let started = Instant::now();
-    let timed_out = pg.query(long, &[]).await.unwrap_err();
+    let timed_out = connect(&short, KEY).await.unwrap().query(long, &[]).await.unwrap_err();
     assert_eq!(code(&timed_out), Some(&SqlState::QUERY_CANCELED), "{timed_out:?}");
+    assert!(timed_out.as_db_error().is_some_and(|e| e.message().contains("--sql-timeout")), "{timed_out:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    short.stop();
 
     let cancel = pg.cancel_token();
     let canceller = tokio::spawn(async move {
@@ -185,5 +190,68 @@ async fn long_results_stream_and_long_queries_end_on_time_or_on_cancel() {
 
     // The connection, and the server, still answer.
     assert_eq!(pg.query_one("SELECT 1::BIGINT", &[]).await.unwrap().get::<_, i64>(0), 1);
+    server.stop();
+}
+
+/// A client that asks for a huge result and then reads nothing holds back its own query, not the server: memory
+/// stays flat (the answer waits in two batches and the socket's buffers), other clients are answered, and the query
+/// ends at `--sql-timeout`, freeing its SQL thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_cannot_exhaust_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    // No keys: the raw client below needs no SCRAM. One SQL thread: the stalled query must free it.
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--sql-max-rows", "100000000", "--sql-timeout", "4s", "--sql-concurrency", "1"],
+    );
+    let addr = server.pg_addr.clone().unwrap();
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // StartupMessage (protocol 3.0, user weir), then read until ReadyForQuery ('Z').
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(b"user\0weir\0database\0weir\0\0");
+    let mut message = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(&startup);
+    raw.write_all(&message).await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.windows(6).any(|w| w[0] == b'Z' && w[1..5] == 5u32.to_be_bytes()) {
+        let mut buf = [0u8; 4096];
+        let n = raw.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the server closed the connection during startup");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Fifty million rows of ~40 bytes: 2 GB if it were buffered. Then read nothing.
+    let sql = b"SELECT x, 'a padding string of some length' AS s FROM generate_series(1, 50000000) AS t(x)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+    query.extend_from_slice(sql);
+    raw.write_all(&query).await.unwrap();
+
+    let before = server.rss_kib();
+    let started = Instant::now();
+    let mut peak = before;
+    while started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(server.rss_kib());
+    }
+    assert!(peak < before + 200 * 1024, "RSS grew from {before} KiB to {peak} KiB while nobody read");
+
+    // The query ends at its timeout; then the one SQL thread answers another client.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let other = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user=weir dbname=weir",
+            addr.rsplit_once(':').unwrap().0,
+            addr.rsplit_once(':').unwrap().1
+        ),
+        NoTls,
+    )
+    .await;
+    let (pg, connection) = other.unwrap();
+    tokio::spawn(connection);
+    let one = tokio::time::timeout(Duration::from_secs(10), pg.query_one("SELECT 1::BIGINT", &[])).await;
+    assert_eq!(one.expect("answered while the stalled client still holds its socket").unwrap().get::<_, i64>(0), 1);
+    drop(raw);
     server.stop();
 }

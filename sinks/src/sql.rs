@@ -389,12 +389,20 @@ impl SqlArchive {
         let deadline = tokio::time::Instant::now() + timeout;
         let (schema, schema_answer) = tokio::sync::oneshot::channel();
         let (batches, receiver) = tokio::sync::mpsc::channel(STREAM_BATCHES);
-        let producer = Producer { schema: Some(schema), batches, max_rows: self.limits.max_rows, rows: 0 };
+        let end: Arc<stream::End> = Arc::default();
+        let producer = Producer {
+            schema: Some(schema),
+            batches,
+            max_rows: self.limits.max_rows,
+            rows: 0,
+            end: end.clone(),
+            announced: None,
+        };
         let (this, sql) = (self.clone(), sql.to_owned());
         let _ended =
             self.threads.run(move || async move { this.stream_here(&sql, params, producer, deadline).await })?;
         match tokio::time::timeout_at(deadline, schema_answer).await {
-            Ok(Ok(Ok(schema))) => Ok(SqlStream { schema, batches: receiver, deadline, timeout }),
+            Ok(Ok(Ok(schema))) => Ok(SqlStream { schema, batches: receiver, deadline, timeout, end, done: false }),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(SqlError::Invalid("the query failed on its thread (see the log)".into())),
             Err(_) => Err(SqlError::Timeout(timeout)),
@@ -420,8 +428,9 @@ impl SqlArchive {
             }
         };
         drop(reader);
-        if let Err(e) = result {
-            out.fail(e).await;
+        match result {
+            Ok(()) => out.finish(),
+            Err(e) => out.fail(e),
         }
     }
 

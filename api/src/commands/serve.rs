@@ -503,6 +503,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             println!("weir grpc listening on http://{grpc_addr}");
             tracing::info!(%grpc_addr, "gRPC is serving (weir.v1.Weir, health, reflection)");
             let service = crate::grpc::WeirGrpc::new(Arc::new(state.clone()), state.keys.clone());
+            // Arrow Flight SQL on the same port.
+            let flight = crate::flight::WeirFlightSql::new(state.sql.clone(), state.keys.clone());
             let max_message = usize::try_from(args.grpc_max_message_bytes).unwrap_or(usize::MAX);
             let (grpc_max_connections, grpc_idle_timeout) =
                 (args.grpc_max_connections as usize, args.grpc_idle_timeout);
@@ -512,7 +514,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     max: grpc_max_connections,
                     idle: grpc_idle_timeout.max(Duration::from_millis(300)),
                 };
-                if let Err(e) = crate::grpc::serve(grpc_listener, service, max_message, limits, shutdown).await {
+                if let Err(e) =
+                    crate::grpc::serve(grpc_listener, service, max_message, limits, Some(flight), shutdown).await
+                {
                     tracing::error!(error = %e, "the gRPC server stopped");
                 }
             }))

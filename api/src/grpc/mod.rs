@@ -198,6 +198,7 @@ pub async fn serve<B: Backend>(
     service: WeirGrpc<B>,
     max_message_bytes: usize,
     limits: connections::ConnectionLimits,
+    flight: Option<crate::flight::WeirFlightSql>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -219,6 +220,10 @@ pub async fn serve<B: Backend>(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(weir)
+        .add_optional_service(flight.map(|f| {
+            arrow_flight::flight_service_server::FlightServiceServer::new(f)
+                .max_decoding_message_size(max_message_bytes)
+        }))
         .serve_with_incoming_shutdown(connections::incoming(listener, limits), shutdown)
         .await
 }

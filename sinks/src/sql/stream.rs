@@ -11,6 +11,8 @@
 //! the time spent sending rows too); `--sql-max-rows` ends the stream with [`SqlError::TooManyRows`] after that
 //! many rows.
 
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use tokio::sync::mpsc;
@@ -37,18 +39,48 @@ pub struct SqlStream {
     pub(super) batches: mpsc::Receiver<Result<RecordBatch, SqlError>>,
     pub(super) deadline: Instant,
     pub(super) timeout: std::time::Duration,
+    /// How the query ended, set before its side of the channel closes: a closed channel without it is a cut-off
+    /// answer.
+    pub(super) end: Arc<End>,
+    /// The stream has ended (its end or its error returned): nothing follows.
+    pub(super) done: bool,
 }
 
+/// How a query's answer ended: `None` while it runs, then `Ok` (all handed over) or the error that stopped it. An
+/// error goes here, not into the channel, so that a query ends at once even when its reader is not reading.
+pub(super) type End = std::sync::Mutex<Option<Result<(), SqlError>>>;
+
 impl SqlStream {
-    /// The next batch; `None` at the end. After the query's deadline: [`SqlError::Timeout`], and the query stops.
+    /// The next batch; `None` at the end. After the query's deadline: [`SqlError::Timeout`], and the query stops
+    /// (even with batches still waiting: an answer is whole or an error, never silently cut).
     pub async fn next(&mut self) -> Option<Result<RecordBatch, SqlError>> {
-        match tokio::time::timeout_at(self.deadline, self.batches.recv()).await {
-            Ok(next) => next,
-            Err(_) => {
-                self.batches.close();
-                Some(Err(SqlError::Timeout(self.timeout)))
-            }
+        if self.done {
+            return None;
         }
+        if Instant::now() >= self.deadline {
+            return self.over(Some(SqlError::Timeout(self.timeout)));
+        }
+        match tokio::time::timeout_at(self.deadline, self.batches.recv()).await {
+            Ok(Some(next)) => Some(next),
+            Ok(None) => {
+                let end = self.end.lock().expect("the end's lock is never poisoned").take();
+                match end {
+                    Some(Ok(())) => self.over(None),
+                    Some(Err(e)) => self.over(Some(e)),
+                    // The query's thread stopped without a word (it panicked: see the log).
+                    None => self.over(Some(SqlError::Invalid("the query stopped before its end (see the log)".into()))),
+                }
+            }
+            Err(_) => self.over(Some(SqlError::Timeout(self.timeout))),
+        }
+    }
+
+    /// Ends the stream, with `error` if there is one; every later call answers `None`.
+    fn over(&mut self, error: Option<SqlError>) -> Option<Result<RecordBatch, SqlError>> {
+        self.batches.close();
+        while self.batches.try_recv().is_ok() {}
+        self.done = true;
+        error.map(Err)
     }
 
     /// The whole result (for answers that are sent at once).
@@ -72,11 +104,35 @@ pub(super) struct Producer {
     pub(super) batches: mpsc::Sender<Result<RecordBatch, SqlError>>,
     pub(super) max_rows: usize,
     pub(super) rows: usize,
+    pub(super) end: Arc<End>,
+    /// The schema announced: every batch is given exactly its types.
+    pub(super) announced: Option<SchemaRef>,
+}
+
+/// `batch` with the announced column types. The plan's batches can differ from the schema the query announced (a
+/// view's union reads dictionary-encoded columns from the archive's files and plain strings from the unflushed
+/// readings); Arrow Flight clients reject a stream whose batches differ from its schema, so every answer is made
+/// to agree here, once, for every transport.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, SqlError> {
+    if batch.schema_ref().fields().iter().zip(schema.fields()).all(|(a, b)| a.data_type() == b.data_type()) {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SqlError::Invalid(format!("cannot give the result its announced types: {e}")))?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+        .map_err(|e| SqlError::Invalid(format!("cannot give the result its announced types: {e}")))
 }
 
 impl Producer {
     /// Announces the schema; `false` when nobody waits for the answer any more.
     pub(super) fn start(&mut self, schema: SchemaRef) -> bool {
+        self.announced = Some(schema.clone());
         self.schema.take().is_some_and(|s| s.send(Ok(schema)).is_ok())
     }
 
@@ -89,18 +145,26 @@ impl Producer {
         if self.rows > self.max_rows {
             return Err(SqlError::TooManyRows(self.max_rows));
         }
+        let batch = match &self.announced {
+            Some(schema) => conform(batch, schema)?,
+            None => batch,
+        };
         Ok(self.batches.send(Ok(batch)).await.is_ok())
     }
 
-    /// Ends the answer with `error`: before the schema, the query is refused; after it, the stream ends with it.
-    pub(super) async fn fail(mut self, error: SqlError) {
+    /// The whole answer has been handed over.
+    pub(super) fn finish(self) {
+        *self.end.lock().expect("the end's lock is never poisoned") = Some(Ok(()));
+    }
+
+    /// Ends the answer with `error`: before the schema, the query is refused; after it, the stream ends with it
+    /// once the batches before it are read. Never waits: the query's thread is free at once.
+    pub(super) fn fail(mut self, error: SqlError) {
         match self.schema.take() {
             Some(s) => {
                 let _ = s.send(Err(error));
             }
-            None => {
-                let _ = self.batches.send(Err(error)).await;
-            }
+            None => *self.end.lock().expect("the end's lock is never poisoned") = Some(Err(error)),
         }
     }
 }
