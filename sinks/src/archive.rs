@@ -326,9 +326,15 @@ pub struct ArchiveProgress {
     pub unflushed: Mutex<Vec<Arc<LogRecord>>>,
     /// Why the last flush failed, while flushes fail (they are retried with backoff).
     pub failing: Mutex<Option<String>>,
-    /// Held (shared) by queries from their snapshot of `unflushed` to their end; held (exclusive) by a flush while it
-    /// makes parts visible and drops their readings from `unflushed`.
+    /// Held (shared) by queries while they plan (their snapshot of `unflushed` and their listing of the parts: a
+    /// flush only adds parts, so what a planned query reads cannot change after that); held (exclusive) by a flush
+    /// while it makes parts visible and drops their readings from `unflushed`, and by seals and compactions.
     pub visibility: tokio::sync::RwLock<()>,
+    /// Held (shared) by queries from their planning to their end; held (exclusive) by a seal or compaction while it
+    /// swaps parts (deletes the ones a running query may still read), taken before `visibility`. A query whose
+    /// reader is slow (a PostgreSQL or Flight SQL client streaming a long result) thus holds back seals and
+    /// compactions, at most until its `--sql-timeout`, but never a flush nor the queries behind one.
+    pub replacing: tokio::sync::RwLock<()>,
     /// A flush of everything read is wanted as soon as the log has been read through this position (SQL in a
     /// cluster asks for it, so that a query sees every process's readings acknowledged before it).
     pub flush_requested: AtomicU64,

@@ -181,6 +181,11 @@ async fn compact(
         replacing: parts.iter().map(|p| p.path.to_string()).collect(),
     };
     {
+        // Queries still reading the parts first (`replacing`), then the flush's lock.
+        let _replacing = match progress {
+            Some(p) => Some(p.replacing.write().await),
+            None => None,
+        };
         let _visible = match progress {
             Some(p) => Some(p.visibility.write().await),
             None => None,

@@ -195,6 +195,11 @@ pub async fn seal_committed_day(
     location.store.put(&staged, PutPayload::from(day.parquet)).await?;
     dump_root.store.put(&dump, PutPayload::from(dump_bytes)).await?;
     {
+        // Queries still reading the parts first (`replacing`), then the flush's lock.
+        let _replacing = match progress {
+            Some(p) => Some(p.replacing.write().await),
+            None => None,
+        };
         let _visible = match progress {
             Some(p) => Some(p.visibility.write().await),
             None => None,

@@ -3,8 +3,9 @@
 //! `readings (device, sensor, value, timestamp, date)` is a view over two tables: `archived`, a DataFusion
 //! `ListingTable` over the hive-partitioned Parquet parts (so `date` filters prune partitions and other predicates
 //! reach the Parquet statistics), and `unflushed`, the first-written readings the archiver has read but not yet
-//! flushed. A query holds the archive's visibility lock from its snapshot of `unflushed` to its end, so every
-//! reading appears exactly once.
+//! flushed. A query holds the archive's visibility lock while it is planned (its snapshot of `unflushed` and its
+//! listing of the parts), so every reading appears exactly once, and the `replacing` lock to its end, so no seal or
+//! compaction deletes a part it reads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -376,8 +377,9 @@ impl SqlArchive {
     /// Runs `sql` (one read-only query) with `params` for its `$1`, `$2`, …, and answers batch by batch as they are
     /// made ([`SqlStream`]; a slow reader holds the query back, it does not buffer it).
     ///
-    /// With a running archiver in this process, its visibility lock keeps flushes and seals from changing the
-    /// parts under the query until the stream ends (or the query's deadline). Without one (a cluster, whose days are
+    /// With a running archiver in this process, its locks keep a flush from changing what the query sees while it
+    /// is planned, and seals and compactions from deleting its parts until the stream ends (or the query's
+    /// deadline): a slow reader never holds back a flush (see `ArchiveProgress::replacing`). Without one (a cluster, whose days are
     /// sealed and compacted by other processes, or `weir sql --archive`), the query is optimistic: it waits while a
     /// seal or compaction is under way, and runs again when their journals changed while it ran (both swap parts
     /// only between two journal writes) — so there the result is collected (at most `--sql-max-rows` rows) before
@@ -448,11 +450,15 @@ impl SqlArchive {
             }
             return Ok(());
         };
-        // `unflushed` takes its snapshot when the query is planned, under the lock held here.
-        let _visible = progress.visibility.read().await;
-        let df = self.dataframe(sql, params).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut batches = df.execute_stream().await?;
+        // Seals and compactions wait until the query ends (they delete parts it may read); a flush only while it is
+        // planned: `unflushed` takes its snapshot and the parts are listed then, and a flush only adds parts.
+        let _replacing = progress.replacing.read().await;
+        let (schema, mut batches) = {
+            let _visible = progress.visibility.read().await;
+            let df = self.dataframe(sql, params).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            (schema, df.execute_stream().await?)
+        };
         if !out.start(schema) {
             return Ok(());
         }
