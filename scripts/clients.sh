@@ -25,8 +25,7 @@ command -v influx >/dev/null || need_apt+=(influxdb-client)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 if ((${#need_apt[@]})); then
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null
+  scripts/apt-install.sh "${need_apt[@]}"
 fi
 python3 -c 'import influxdb_client, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null ||
   python3 -m pip install --quiet influxdb-client opentelemetry-sdk opentelemetry-exporter-otlp-proto-http

@@ -7,8 +7,5 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   echo "chromium and chromedriver already installed: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-$SUDO apt-get update -qq
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+"$(dirname "$0")/apt-install.sh" chromium chromium-driver
 echo "installed: $(/usr/bin/chromium --version 2>/dev/null || echo chromium)"

@@ -7,10 +7,7 @@ set -euo pipefail
 find_lib() { find /usr/lib -name 'libfaketime.so.1' -path '*faketime*' 2>/dev/null | grep -v MT | head -n1; }
 lib="$(find_lib || true)"
 if [ -z "$lib" ]; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq >&2
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >&2
+  "$(dirname "$0")/apt-install.sh" faketime
   lib="$(find_lib)"
 fi
 echo "$lib"
