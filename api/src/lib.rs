@@ -16,6 +16,7 @@ pub mod mqtt;
 pub mod node;
 pub mod pg;
 pub mod position;
+pub mod push;
 pub mod requests;
 pub mod server;
 pub mod sql;

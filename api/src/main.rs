@@ -1,7 +1,7 @@
 //! The `weir` binary.
 
 use clap::Parser;
-use weir_api::commands::{Cli, Command, config, dump, init_logging, serve, sql, wal};
+use weir_api::commands::{Cli, Command, config, dump, init_logging, push, serve, sql, wal};
 
 fn main() {
     let cli = Cli::parse();
@@ -36,6 +36,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => runtime()?.block_on(serve::run(*args)),
         Command::Dump(args) => runtime()?.block_on(dump::run(args)),
         Command::Sql(args) => runtime()?.block_on(sql::run(args)),
+        Command::Push(args) => {
+            let status = runtime()?.block_on(push::run(args))?;
+            if status != 0 {
+                std::process::exit(status);
+            }
+            Ok(())
+        }
         Command::Wal(command) => wal::run(command),
         Command::Config(command) => config::run(command),
     }

@@ -223,7 +223,7 @@ async fn run_case(seed: u64, processes: usize, workers: u32) {
             })
         });
         let to = &weir.nodes[rng.below(processes as u64) as usize];
-        let outcome = to.ingest().ingest_readings(readings, 0, false).await;
+        let outcome = to.ingest().ingest_readings(readings, 0, false, None).await;
         assert_eq!(outcome.rejected, 0, "{:?}", outcome.errors);
         for &(d, s, micros, value) in &lines {
             first_writes.entry((d, s, micros)).or_insert(value);

@@ -51,7 +51,7 @@ impl TestNode {
                 device: Some("d"),
             })
         });
-        let outcome = self.node().ingest().ingest_readings(fields, 0, false).await;
+        let outcome = self.node().ingest().ingest_readings(fields, 0, false, None).await;
         assert_eq!((outcome.accepted, outcome.rejected), (readings.len() as u64, 0), "{:?}", outcome.errors);
         outcome.position.expect("written")
     }

@@ -5,7 +5,7 @@
 //! so memory stays bounded by one batch plus one line however large the body is — plus the report of rejected
 //! lines, which is bounded in bytes ([`DecodeLimits::max_report_bytes`]): beyond it lines are only counted.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::decode::{Decoder, LineError, LineErrorKind, ReadingFields};
@@ -40,7 +40,7 @@ impl Default for DecodeLimits {
 }
 
 /// One rejected line: its 1-based number and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineReport {
     pub line: u64,
     pub error: String,

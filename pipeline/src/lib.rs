@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod data_dir;
 pub mod decode;
 pub mod devices;
+pub mod idempotency;
 pub mod ingest;
 pub mod line_protocol;
 pub mod lines;

@@ -127,7 +127,7 @@ impl Precision {
 pub const MAX_ECHO_BYTES: usize = 256;
 
 /// A rejected line as the answer quotes it (InfluxDB 3's `original_line`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RejectedLine {
     pub line: u64,
     /// The line's text, cut to [`MAX_ECHO_BYTES`].
@@ -200,6 +200,11 @@ impl LineProtocolDecoder {
     /// The rejected lines' texts (at most as many as the decoder reports errors for).
     pub fn rejected_lines(&self) -> &[RejectedLine] {
         &self.rejected_lines
+    }
+
+    /// The rejected lines' texts, taken (for the answer).
+    pub fn take_rejected_lines(&mut self) -> Vec<RejectedLine> {
+        std::mem::take(&mut self.rejected_lines)
     }
 
     /// An incomplete line longer than the limit is rejected now and the rest of it skipped.

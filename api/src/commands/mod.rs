@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dump;
+pub mod push;
 pub mod serve;
 pub mod sql;
 pub mod wal;
@@ -39,6 +40,8 @@ pub enum Command {
     Dump(dump::DumpArgs),
     /// Run a read-only SQL query over the archive (through a running server, or directly).
     Sql(sql::SqlArgs),
+    /// Load NDJSON, .json.gz and line protocol files into a running Weir, exactly once and resumably.
+    Push(push::PushArgs),
     /// Inspect the write-ahead log.
     #[command(subcommand)]
     Wal(wal::WalCommand),

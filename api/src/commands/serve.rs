@@ -132,6 +132,16 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_MAX_ATOMIC_READINGS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub max_atomic_readings: u64,
 
+    /// How long an `Idempotency-Key` (gRPC `batch_id`) is remembered after its request: a retry within it gets the
+    /// first answer instead of a second write.
+    #[arg(long, env = "WEIR_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+
+    /// The most memory the remembered keys may take (at most ~300 bytes per key without rejected lines; beyond it the
+    /// oldest are forgotten early, counted in weir_idempotency_evicted_total).
+    #[arg(long, env = "WEIR_IDEMPOTENCY_MEMORY", default_value = "64MiB", value_parser = parse_size)]
+    pub idempotency_memory: u64,
+
     /// At most this many bytes of reasons and echoed lines in a rejection report (beyond: lines only counted, and
     /// the report says `"truncated": true`).
     #[arg(long, env = "WEIR_MAX_REPORT_BYTES", default_value = "1MiB", value_parser = parse_size)]
@@ -418,6 +428,10 @@ impl ServeArgs {
             seal_interval: self.archive.seal_interval,
             sql: self.archive.sql_limits(),
             keep_archived_wal: self.keep_archived_wal,
+            idempotency: weir_pipeline::idempotency::store::Retention {
+                window: self.idempotency_window,
+                max_bytes: self.idempotency_memory.min(usize::MAX as u64) as usize,
+            },
             memory_limit,
         })
     }

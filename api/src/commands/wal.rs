@@ -1,4 +1,5 @@
-//! `weir wal dump`: print what the write-ahead log holds, one reading per line, without changing it.
+//! `weir wal dump` and `weir wal keys`: print what the write-ahead log holds — one reading per line, or one
+//! idempotency key per line — without changing it.
 
 use anyhow::Context;
 use std::io::Write;
@@ -13,6 +14,8 @@ use weir_pipeline::wal::WalReader;
 pub enum WalCommand {
     /// Print every reading in the log as NDJSON: position, device, sensor, value, timestamp.
     Dump(DumpArgs),
+    /// Print every record written under an idempotency key as NDJSON: position, key, readings, received.
+    Keys(DumpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -27,6 +30,14 @@ pub struct DumpArgs {
 }
 
 #[derive(Serialize)]
+struct KeyLine<'a> {
+    position: u64,
+    key: &'a str,
+    readings: usize,
+    received: String,
+}
+
+#[derive(Serialize)]
 struct DumpLine<'a> {
     position: u64,
     device: &'a str,
@@ -37,11 +48,19 @@ struct DumpLine<'a> {
 
 pub fn run(command: WalCommand) -> anyhow::Result<()> {
     match command {
-        WalCommand::Dump(args) => dump(args),
+        WalCommand::Dump(args) => dump(args, Print::Readings),
+        WalCommand::Keys(args) => dump(args, Print::Keys),
     }
 }
 
-fn dump(args: DumpArgs) -> anyhow::Result<()> {
+/// What a dump prints of each record.
+#[derive(Clone, Copy)]
+enum Print {
+    Readings,
+    Keys,
+}
+
+fn dump(args: DumpArgs, print: Print) -> anyhow::Result<()> {
     let dir = args.data_dir.join("wal");
     anyhow::ensure!(dir.is_dir(), "no write-ahead log at {}: is --data-dir right?", dir.display());
     let from = match args.from {
@@ -51,18 +70,29 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let mut reader = WalReader::new(&dir, from);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    while let Some(record) = reader.next_batch()? {
-        let (position, batch) = (record.position, &record.batch);
-        for row in &batch.rows {
-            let line = DumpLine {
-                position,
-                device: &batch.devices[row.device as usize],
-                sensor: &batch.sensors[row.sensor as usize],
-                value: row.value,
-                timestamp: format_timestamp(row.micros),
-            };
-            serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n")?;
+    while let Some((position, view)) = reader.next_view_through(u64::MAX)? {
+        match print {
+            Print::Readings => {
+                for row in view.rows() {
+                    let line = DumpLine {
+                        position,
+                        device: view.devices[row.device as usize],
+                        sensor: view.sensors[row.sensor as usize],
+                        value: row.value,
+                        timestamp: format_timestamp(row.micros),
+                    };
+                    serde_json::to_writer(&mut out, &line)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            Print::Keys => {
+                if let Some(key) = view.key {
+                    let received = format_timestamp(key.received_micros);
+                    let line = KeyLine { position, key: key.key, readings: view.len(), received };
+                    serde_json::to_writer(&mut out, &line)?;
+                    out.write_all(b"\n")?;
+                }
+            }
         }
     }
     out.flush()?;

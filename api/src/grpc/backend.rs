@@ -18,6 +18,7 @@ use super::proto::{
 use super::{Backend, BatchAck, MessageStream};
 use crate::node::answers::{SeriesQuery, WindowRow, latest_answer, series_answer};
 use crate::node::error::{ErrorKind, ServiceError};
+use crate::node::idempotent::KeyedRequest;
 use crate::node::subscribe::{SubscribeParams, subscribe};
 use crate::position::LogPosition;
 use crate::server::AppState;
@@ -29,6 +30,8 @@ impl From<ServiceError> for Status {
             ErrorKind::InvalidArgument => Status::invalid_argument(e.message),
             ErrorKind::TooLarge => Status::resource_exhausted(e.message),
             ErrorKind::Timeout => Status::deadline_exceeded(e.message),
+            ErrorKind::Conflict => Status::aborted(e.message),
+            ErrorKind::KeyReused => Status::failed_precondition(e.message),
             ErrorKind::Unavailable => Status::unavailable(e.message),
             ErrorKind::StorageFull => Status::resource_exhausted(e.message),
             ErrorKind::Internal => Status::internal(e.message),
@@ -81,11 +84,26 @@ fn ipc_messages(result: &weir_sinks::sql::SqlResult) -> Result<Vec<SqlResponse>,
 impl Backend for AppState {
     async fn write(&self, batch: ReadingBatch) -> BatchAck {
         let service = &self.ingest;
-        let outcome = service.ingest_readings(batch.readings(), batch.encoded_len() as u64, batch.atomic).await;
+        let keyed = match batch.batch_id.as_str() {
+            "" => None,
+            id => match KeyedRequest::parse(id, "weir.v1.ReadingBatch", "") {
+                Ok(mut keyed) => {
+                    batch.hash_into(&mut keyed.request);
+                    Some(keyed)
+                }
+                Err(e) => {
+                    let failure = Some(Status::invalid_argument(format!("batch_id: {e}")));
+                    let position = service.position_text(service.durable_position());
+                    return BatchAck { position, failure, ..BatchAck::default() };
+                }
+            },
+        };
+        let outcome = service.ingest_readings(batch.readings(), batch.encoded_len() as u64, batch.atomic, keyed).await;
         let position = service.position_text(outcome.position.unwrap_or_else(|| service.durable_position()));
         let failure = outcome.failure.map(Status::from);
         let rejected = outcome.errors.into_iter().map(|e| ((e.line - 1) as u32, e.error)).collect();
-        BatchAck { accepted: outcome.accepted, rejected, rejected_count: outcome.rejected, position, failure }
+        let replayed = outcome.replayed;
+        BatchAck { accepted: outcome.accepted, rejected, rejected_count: outcome.rejected, position, failure, replayed }
     }
 
     async fn latest(&self, request: LatestRequest) -> Result<LatestResponse, Status> {

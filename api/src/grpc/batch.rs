@@ -22,6 +22,8 @@ use super::proto::Reading;
 const READINGS: u32 = 1;
 /// `ReadingBatch.atomic`.
 const ATOMIC: u32 = 2;
+/// `ReadingBatch.batch_id`.
+const BATCH_ID: u32 = 3;
 
 /// A batch of readings as received: each reading still encoded (see the module doc).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -30,13 +32,29 @@ pub struct ReadingBatch {
     encoded: Vec<Bytes>,
     /// Store nothing of this batch unless every reading is valid.
     pub atomic: bool,
+    /// The batch's idempotency key (empty: none): a retry with the same id gets the first answer.
+    pub batch_id: String,
 }
 
 impl ReadingBatch {
     /// A batch of `readings` (encoded now).
     pub fn new(readings: impl IntoIterator<Item = Reading>, atomic: bool) -> Self {
         let encoded = readings.into_iter().map(|r| Bytes::from(prost::Message::encode_to_vec(&r))).collect();
-        ReadingBatch { encoded, atomic }
+        ReadingBatch { encoded, atomic, batch_id: String::new() }
+    }
+
+    /// The same batch sent under idempotency key `batch_id`.
+    pub fn with_batch_id(mut self, batch_id: impl Into<String>) -> Self {
+        self.batch_id = batch_id.into();
+        self
+    }
+
+    /// Adds the batch's readings and flags, as sent, to the hash that identifies a keyed request.
+    pub fn hash_into(&self, request: &mut weir_pipeline::idempotency::RequestHasher) {
+        request.update(&[u8::from(self.atomic)]);
+        for reading in &self.encoded {
+            request.update_item(reading);
+        }
     }
 
     /// How many readings the batch holds.
@@ -116,6 +134,9 @@ impl prost::Message for ReadingBatch {
         if self.atomic {
             prost::encoding::bool::encode(ATOMIC, &self.atomic, buf);
         }
+        if !self.batch_id.is_empty() {
+            prost::encoding::string::encode(BATCH_ID, &self.batch_id, buf);
+        }
     }
 
     fn merge_field(
@@ -135,18 +156,23 @@ impl prost::Message for ReadingBatch {
                 Ok(())
             }
             ATOMIC => prost::encoding::bool::merge(wire_type, &mut self.atomic, buf, ctx),
+            BATCH_ID => prost::encoding::string::merge(wire_type, &mut self.batch_id, buf, ctx),
             _ => skip_field(wire_type, tag, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
         let readings: usize = self.encoded.iter().map(|r| delimited_len(r.len())).sum();
-        readings + if self.atomic { prost::encoding::bool::encoded_len(ATOMIC, &self.atomic) } else { 0 }
+        let atomic = if self.atomic { prost::encoding::bool::encoded_len(ATOMIC, &self.atomic) } else { 0 };
+        let id =
+            if self.batch_id.is_empty() { 0 } else { prost::encoding::string::encoded_len(BATCH_ID, &self.batch_id) };
+        readings + atomic + id
     }
 
     fn clear(&mut self) {
         self.encoded.clear();
         self.atomic = false;
+        self.batch_id.clear();
     }
 }
 
@@ -164,6 +190,8 @@ mod tests {
         readings: Vec<Reading>,
         #[prost(bool, tag = "2")]
         atomic: bool,
+        #[prost(string, tag = "3")]
+        batch_id: String,
     }
 
     fn any_reading() -> impl Strategy<Value = Reading> {
@@ -175,11 +203,12 @@ mod tests {
         /// Whatever the generated type encodes, this one decodes to the same fields, and encodes back byte for byte.
         #[test]
         fn agrees_with_the_generated_type(readings in proptest::collection::vec(any_reading(), 0..20),
-                                          atomic in any::<bool>()) {
-            let generated = GeneratedBatch { readings: readings.clone(), atomic };
+                                          atomic in any::<bool>(), batch_id in "[a-z0-9-]{0,20}") {
+            let generated = GeneratedBatch { readings: readings.clone(), atomic, batch_id: batch_id.clone() };
             let bytes = generated.encode_to_vec();
             let batch = ReadingBatch::decode(Bytes::from(bytes.clone())).unwrap();
             prop_assert_eq!(batch.atomic, atomic);
+            prop_assert_eq!(&batch.batch_id, &batch_id);
             prop_assert_eq!(batch.len(), readings.len());
             for (fields, r) in batch.readings().zip(&readings) {
                 let fields = fields.unwrap();
@@ -190,7 +219,7 @@ mod tests {
             }
             prop_assert_eq!(batch.encode_to_vec(), bytes.clone());
             prop_assert_eq!(batch.encoded_len(), bytes.len());
-            prop_assert_eq!(ReadingBatch::new(readings, atomic).encode_to_vec(), bytes);
+            prop_assert_eq!(ReadingBatch::new(readings, atomic).with_batch_id(batch_id).encode_to_vec(), bytes);
         }
 
         /// Any bytes at all: a batch decodes or fails, and each reading reads or is rejected; nothing panics.

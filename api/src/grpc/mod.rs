@@ -50,6 +50,8 @@ pub struct BatchAck {
     pub position: String,
     /// Set when storing stopped early (the readings counted in `accepted` are durable all the same).
     pub failure: Option<Status>,
+    /// Whether this is the acknowledgement of an earlier batch with the same `batch_id` (nothing stored now).
+    pub replayed: bool,
 }
 
 /// The services behind the gRPC API.
@@ -107,6 +109,7 @@ pub const MAX_ACK_REPORT_BYTES: usize = 1 << 20;
 fn add_batch(ack: &mut IngestAck, batch: u32, done: BatchAck) {
     ack.accepted += done.accepted;
     ack.rejected_count += done.rejected_count;
+    ack.replayed_batches += u32::from(done.replayed);
     ack.rejected_truncated |= done.rejected.len() as u64 != done.rejected_count;
     let mut bytes: usize = ack.rejected.iter().map(|r| r.reason.len() + 16).sum();
     for (index, reason) in done.rejected {

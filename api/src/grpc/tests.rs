@@ -25,6 +25,7 @@ impl Backend for Double {
             rejected_count: 1,
             position: "7".into(),
             failure,
+            replayed: false,
         }
     }
     async fn latest(&self, request: LatestRequest) -> Result<LatestResponse, Status> {
@@ -95,7 +96,14 @@ fn a_streams_acknowledgement_stays_readable_however_many_rejections() {
     let mut ack = IngestAck::default();
     for batch in 0..40 {
         let rejected: Vec<(u32, String)> = (0..10_000).map(|i| (i, format!("unknown sensor 'warp-{i}'"))).collect();
-        let done = BatchAck { accepted: 10, rejected, rejected_count: 10_000, position: "9".into(), failure: None };
+        let done = BatchAck {
+            accepted: 10,
+            rejected,
+            rejected_count: 10_000,
+            position: "9".into(),
+            failure: None,
+            replayed: false,
+        };
         add_batch(&mut ack, batch, done);
     }
     assert_eq!((ack.accepted, ack.rejected_count), (400, 400_000));

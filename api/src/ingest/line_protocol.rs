@@ -19,12 +19,12 @@
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use weir_pipeline::line_protocol::{LineProtocolDecoder, Precision, RejectedLine};
+use weir_pipeline::line_protocol::{LineProtocolDecoder, Precision};
 
-use super::{body_source, drain_after_failure, finish};
+use super::{body_source, drain_after_failure, finish, keyed_request};
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
@@ -57,9 +57,10 @@ pub async fn write_v1(
     State(state): State<AppState>,
     Query(params): Query<V1Params>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Response {
-    write(&state, &headers, body, params.precision.as_deref(), Precision::Nanosecond, false).await
+    write(&state, &headers, &uri, body, params.precision.as_deref(), Precision::Nanosecond, false).await
 }
 
 /// `POST /api/v2/write`.
@@ -67,9 +68,10 @@ pub async fn write_v2(
     State(state): State<AppState>,
     Query(params): Query<V2Params>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Response {
-    write(&state, &headers, body, params.precision.as_deref(), Precision::Nanosecond, false).await
+    write(&state, &headers, &uri, body, params.precision.as_deref(), Precision::Nanosecond, false).await
 }
 
 /// `POST /api/v3/write_lp`.
@@ -77,15 +79,17 @@ pub async fn write_v3(
     State(state): State<AppState>,
     Query(params): Query<V3Params>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Response {
     let atomic = params.accept_partial == Some(false);
-    write(&state, &headers, body, params.precision.as_deref(), Precision::Auto, atomic).await
+    write(&state, &headers, &uri, body, params.precision.as_deref(), Precision::Auto, atomic).await
 }
 
 async fn write(
     state: &AppState,
     headers: &HeaderMap,
+    uri: &Uri,
     body: Body,
     precision: Option<&str>,
     default_precision: Precision,
@@ -96,16 +100,23 @@ async fn write(
         Ok(p) => p,
         Err(reason) => return error_response(StatusCode::BAD_REQUEST, "invalid", &reason),
     };
+    let keyed = match keyed_request(headers, uri) {
+        Ok(keyed) => keyed,
+        Err(e) => {
+            let refused = IngestOutcome::failed(e);
+            return finish(service, &refused, respond(&refused));
+        }
+    };
     let mut source = match body_source(service, headers, body).await {
         Ok(source) => source,
         Err(response) => return response,
     };
     let now_micros = chrono::Utc::now().timestamp_micros();
     let mut lines = LineProtocolDecoder::new(service.line_protocol().clone(), precision, now_micros);
-    let outcome = service.ingest_line_protocol(&mut source, &mut lines, atomic).await;
+    let outcome = service.ingest_line_protocol(&mut source, &mut lines, atomic, keyed).await;
     drain_after_failure(&outcome, &mut source).await;
     tracing::Span::current().record("readings", outcome.accepted);
-    finish(service, &outcome, respond(&outcome, lines.rejected_lines()))
+    finish(service, &outcome, respond(&outcome))
 }
 
 /// One rejected line as InfluxDB 3 reports it.
@@ -134,13 +145,13 @@ struct ErrorBody<'a> {
     truncated: bool,
 }
 
-fn respond(outcome: &IngestOutcome, rejected_lines: &[RejectedLine]) -> Response {
+fn respond(outcome: &IngestOutcome) -> Response {
     let status = match &outcome.failure {
         None if outcome.rejected == 0 => return StatusCode::NO_CONTENT.into_response(),
         None => StatusCode::BAD_REQUEST,
         Some(failure) => status_of(failure.kind),
     };
-    let text_of = |line: u64| rejected_lines.iter().find(|r| r.line == line).map_or("", |r| r.text.as_str());
+    let text_of = |line: u64| outcome.echoes.iter().find(|r| r.line == line).map_or("", |r| r.text.as_str());
     let data: Vec<LineError<'_>> = outcome
         .errors
         .iter()

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use weir_pipeline::ingest::LineReport;
 
-use crate::node::error::ErrorKind;
+use crate::node::error::{ErrorKind, ServiceError};
+use crate::node::idempotent::KeyedRequest;
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
@@ -26,6 +27,12 @@ use body::{BodyError, BodySource, Coding};
 
 /// The response header that carries the WAL position of an acknowledged request.
 pub const POSITION_HEADER: &str = "weir-position";
+
+/// The request header that carries an idempotency key (the IETF HTTPAPI draft's name).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The response header set on the answer of an earlier request given again to a retry under its key.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// After an early 413/408, at most this much of the rest of the body is read away (and for at most
 /// [`DRAIN_TIME`]), so that a client still sending reads the answer instead of a reset connection.
@@ -73,22 +80,46 @@ pub async fn ingest(
     State(state): State<AppState>,
     Query(params): Query<IngestParams>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Response {
     let service = &state.ingest;
     if let Err(response) = check_content_type(&headers) {
         return response;
     }
+    let keyed = match keyed_request(&headers, &uri) {
+        Ok(keyed) => keyed,
+        Err(e) => return respond(IngestOutcome::failed(e), params, service.durable_position(), service.process()),
+    };
     let mut source = match body_source(service, &headers, body).await {
         Ok(source) => source,
         Err(response) => return response,
     };
-    let outcome = service.ingest(&mut source, params.atomic).await;
+    let outcome = service.ingest(&mut source, params.atomic, keyed).await;
     drain_after_failure(&outcome, &mut source).await;
     tracing::Span::current().record("readings", outcome.accepted);
     let response = respond(outcome, params, service.durable_position(), service.process());
     metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
     response
+}
+
+/// The request's idempotency key, if it sent one, for a request to `uri` (its path and query string are part of
+/// what makes a retry the same request); `Err` refuses a key that is not one.
+pub(crate) fn keyed_request(headers: &HeaderMap, uri: &Uri) -> Result<Option<KeyedRequest>, ServiceError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| {
+        ServiceError::invalid("the Idempotency-Key header holds bytes other than visible ASCII: send e.g. a UUID")
+    })?;
+    KeyedRequest::parse(text, uri.path(), uri.query().unwrap_or(""))
+        .map(Some)
+        .map_err(|e| ServiceError::invalid(e.to_string()))
+}
+
+/// Marks the answer of an earlier request given again (`Idempotent-Replayed: true`).
+fn mark_replayed(outcome: &IngestOutcome, response: &mut Response) {
+    if outcome.replayed {
+        response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
 }
 
 /// The request body as the ingest service reads it: decompressed as `Content-Encoding` says and limited to
@@ -161,6 +192,7 @@ pub(crate) fn finish(
     {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
+    mark_replayed(outcome, &mut response);
     metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
     response
 }
@@ -199,6 +231,7 @@ fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64, process: 
     {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
+    mark_replayed(&outcome, &mut response);
     response
 }
 

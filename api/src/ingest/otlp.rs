@@ -21,7 +21,7 @@ use std::borrow::Cow;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
@@ -31,7 +31,7 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use weir_pipeline::decode::{ReadingFields, Timestamp};
 
 use super::body::{BodySource, Coding};
-use super::{finish, read_message};
+use super::{finish, keyed_request, read_message};
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
@@ -117,7 +117,7 @@ pub fn readings<'r>(
 }
 
 /// `POST /v1/metrics`.
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
     let service = &state.ingest;
     let limit = service.message_limit();
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -139,12 +139,22 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Bo
             return status_response(encoding, StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
         }
     };
+    let mut keyed = match keyed_request(&headers, &uri) {
+        Ok(keyed) => keyed,
+        Err(e) => {
+            let refused = IngestOutcome::failed(e);
+            return finish(service, &refused, respond(&refused, encoding));
+        }
+    };
     // The whole message (OTLP is decoded whole), bounded once gunzipped as BodySource counts.
     let mut source = BodySource::new(body, coding, limit);
     let bytes = match read_message(service, &mut source).await {
         Ok(bytes) => bytes,
         Err((status, message)) => return status_response(encoding, status, message),
     };
+    if let Some(k) = keyed.as_mut() {
+        k.request.update(&bytes);
+    }
     let decoded = match encoding {
         Encoding::Protobuf => prost::Message::decode(bytes.as_slice()).map_err(|e| e.to_string()),
         Encoding::Json => serde_json::from_slice::<ExportMetricsServiceRequest>(&bytes).map_err(|e| e.to_string()),
@@ -163,7 +173,12 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Bo
         .flat_map(|r| r.scope_metrics.iter().flat_map(|s| s.metrics.iter().map(|m| sensor_name(&m.name))))
         .collect();
     let outcome = service
-        .ingest_readings(readings(&request, &sensors, service.otlp_device_attribute()), source.bytes_read(), false)
+        .ingest_readings(
+            readings(&request, &sensors, service.otlp_device_attribute()),
+            source.bytes_read(),
+            false,
+            keyed,
+        )
         .await;
     tracing::Span::current().record("readings", outcome.accepted);
     finish(service, &outcome, respond(&outcome, encoding))

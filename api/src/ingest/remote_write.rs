@@ -19,12 +19,12 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use weir_pipeline::decode::{ReadingFields, Timestamp};
 
 use super::body::{BodySource, Coding};
-use super::{finish, read_message};
+use super::{finish, keyed_request, read_message};
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
@@ -141,8 +141,15 @@ pub fn readings<'r>(
 }
 
 /// `POST /api/v1/prom/write`.
-pub async fn write(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn write(State(state): State<AppState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
     let service = &state.ingest;
+    let mut keyed = match keyed_request(&headers, &uri) {
+        Ok(keyed) => keyed,
+        Err(e) => {
+            let refused = IngestOutcome::failed(e);
+            return finish(service, &refused, respond(&refused, 0));
+        }
+    };
     let limit = service.message_limit();
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("snappy");
     if !encoding.eq_ignore_ascii_case("snappy") {
@@ -157,13 +164,17 @@ pub async fn write(State(state): State<AppState>, headers: HeaderMap, body: Body
         Ok(bytes) => bytes,
         Err((status, message)) => return plain(status, message),
     };
+    if let Some(k) = keyed.as_mut() {
+        k.request.update(&compressed);
+    }
     let request = match decode_message(&compressed, limit) {
         Ok(request) => request,
         Err(e) => return plain(e.status(), e.to_string()),
     };
     drop(compressed);
     let samples: usize = request.timeseries.iter().map(|s| s.samples.len() + s.histograms.len()).sum();
-    let outcome = service.ingest_readings(readings(&request, service.device_label()), source.bytes_read(), false).await;
+    let outcome =
+        service.ingest_readings(readings(&request, service.device_label()), source.bytes_read(), false, keyed).await;
     tracing::Span::current().record("readings", outcome.accepted);
     finish(service, &outcome, respond(&outcome, samples))
 }

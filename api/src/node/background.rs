@@ -115,9 +115,11 @@ pub(super) async fn sample_dataflow_lag(
 }
 
 /// Deletes WAL segments once every reading in them is archived and processed by the statistics (which, like the
-/// archiver, start from the archive, so they never need those segments again).
+/// archiver, start from the archive, so they never need those segments again) — after their idempotency keys are
+/// in the key file (`keys`: its path and what it keeps).
 pub(super) async fn trim_archived_wal(
     wal_dir: PathBuf,
+    keys: (PathBuf, weir_pipeline::idempotency::store::Retention),
     progress: Arc<ArchiveProgress>,
     stats: Arc<StatsService>,
     loaded: impl Fn() -> bool,
@@ -129,8 +131,14 @@ pub(super) async fn trim_archived_wal(
             continue;
         }
         let through = progress.committed.load(std::sync::atomic::Ordering::Acquire).min(stats.processed_position());
-        let dir = wal_dir.clone();
-        match tokio::task::spawn_blocking(move || weir_pipeline::wal::trim_through(&dir, through)).await {
+        let (dir, keys) = (wal_dir.clone(), keys.clone());
+        let trim = move || -> Result<Vec<PathBuf>, Box<dyn std::error::Error + Send + Sync>> {
+            let Some(through) = weir_pipeline::wal::trimmable_through(&dir, through)? else { return Ok(Vec::new()) };
+            let now = weir_pipeline::idempotency::now_micros();
+            weir_pipeline::idempotency::store::advance(&keys.0, &dir, through, keys.1, now)?;
+            Ok(weir_pipeline::wal::trim_through(&dir, through)?)
+        };
+        match tokio::task::spawn_blocking(trim).await {
             Ok(Ok(deleted)) if !deleted.is_empty() => {
                 tracing::info!(segments = deleted.len(), through, "deleted archived WAL segments")
             }
@@ -148,6 +156,7 @@ pub(super) async fn measure_memory(
     stats: Arc<StatsService>,
     names: weir_pipeline::devices::DeviceNames,
     progress: Arc<ArchiveProgress>,
+    keys: Arc<weir_pipeline::idempotency::Keys>,
 ) {
     use weir_pipeline::budget::{Part, cost};
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -167,5 +176,9 @@ pub(super) async fn measure_memory(
         for part in Part::ALL {
             metrics::gauge!("weir_memory_used_bytes", "part" => part.name()).set(budget.used_by(part) as f64);
         }
+        let usage = keys.usage();
+        metrics::gauge!("weir_idempotency_keys").set(usage.keys as f64);
+        metrics::gauge!("weir_idempotency_bytes").set(usage.bytes as f64);
+        metrics::counter!("weir_idempotency_evicted_total").absolute(usage.evicted);
     }
 }

@@ -13,6 +13,10 @@ pub enum ErrorKind {
     TooLarge,
     /// The request took longer than a configured limit.
     Timeout,
+    /// Another request with the same idempotency key is being processed: retry once it is answered.
+    Conflict,
+    /// An idempotency key answered before came with a different request: do not retry it as it is.
+    KeyReused,
     /// Weir cannot answer now (the log is full, the statistics or the archive have not caught up): retry.
     Unavailable,
     /// The disk is full: nothing more is stored until Weir has space (and is restarted).

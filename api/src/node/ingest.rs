@@ -15,12 +15,14 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use weir_pipeline::budget::MemoryBudget;
 use weir_pipeline::decode::{Decoder, ReadingFields};
+use weir_pipeline::idempotency::{Claim, IdempotencyKey, KeyEntry, Keys};
 use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport, RejectionCounts};
-use weir_pipeline::line_protocol::{LineProtocolDecoder, LineProtocolMapping};
+use weir_pipeline::line_protocol::{LineProtocolDecoder, LineProtocolMapping, RejectedLine};
 use weir_pipeline::reading::{DeviceInterner, MAX_SENSORS, ReadingBatch};
-use weir_pipeline::wal::{AppendError, PendingAppend, ReadingLog};
+use weir_pipeline::wal::{AppendError, KeyView, PendingAppend, ReadingLog};
 
 use super::error::{ErrorKind, ServiceError};
+use super::idempotent::{KeyedRequest, StoredAnswer};
 use crate::position::LogPosition;
 
 /// Limits of one ingest request.
@@ -62,6 +64,8 @@ pub struct IngestService {
     budget: Option<Arc<MemoryBudget>>,
     /// How the other protocols' names become readings' devices and sensors.
     protocols: Protocols,
+    /// The idempotency keys this process remembers.
+    keys: Arc<Keys>,
 }
 
 /// How the protocols other than NDJSON and gRPC name devices and sensors (`weir serve`'s flags).
@@ -86,7 +90,7 @@ impl Default for Protocols {
 }
 
 /// What happened to one request.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct IngestOutcome {
     /// Readings made durable.
     pub accepted: u64,
@@ -99,16 +103,34 @@ pub struct IngestOutcome {
     pub received: u64,
     pub errors: Vec<LineReport>,
     pub invalid: Vec<Box<RawValue>>,
+    /// Line protocol: the texts of the rejected lines the report describes.
+    pub echoes: Vec<RejectedLine>,
     /// Whether rejected lines went undescribed (beyond the report's limits); `rejected` counts them all.
     pub truncated: bool,
+    /// Whether this is the answer of an earlier request with the same idempotency key (nothing was stored now).
+    pub replayed: bool,
     /// Set when reading or storing stopped early; its `accepted` (like `accepted` here) counts what was made
     /// durable before.
     pub failure: Option<ServiceError>,
 }
 
+impl IngestOutcome {
+    /// A request refused before anything was stored.
+    pub fn failed(failure: ServiceError) -> Self {
+        IngestOutcome { failure: Some(failure), ..IngestOutcome::default() }
+    }
+}
+
 impl IngestService {
     pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
-        IngestService { decoder, limits, log, process: None, budget: None, protocols: Protocols::default() }
+        let keys = Keys::in_memory(Duration::from_secs(24 * 3600), 64 << 20);
+        IngestService { decoder, limits, log, process: None, budget: None, protocols: Protocols::default(), keys }
+    }
+
+    /// Remembers idempotency keys in `keys` (the node's, rebuilt from the WAL; by default a table in memory).
+    pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Names devices and sensors of the other protocols with `protocols`.
@@ -174,9 +196,16 @@ impl IngestService {
     }
 
     /// Reads `source` to its end and stores its valid NDJSON readings. With `atomic`, nothing is stored unless every
-    /// line is valid (the valid readings are then held in memory until the end and written as one record).
-    pub async fn ingest(&self, source: &mut impl ChunkSource, atomic: bool) -> IngestOutcome {
-        let outcome = self.run(Input::Body(source), atomic, None).await;
+    /// line is valid (the valid readings are then held in memory until the end and written as one record). Under an
+    /// idempotency key (`keyed`), the readings are also written as one record, with the key and the answer; a retry
+    /// of the same request gets that answer and stores nothing.
+    pub async fn ingest(
+        &self,
+        source: &mut impl ChunkSource,
+        atomic: bool,
+        keyed: Option<KeyedRequest>,
+    ) -> IngestOutcome {
+        let outcome = self.run(Input::Body(source), atomic, None, keyed).await;
         outcome.record_metrics(source.bytes_read());
         outcome
     }
@@ -184,14 +213,16 @@ impl IngestService {
     /// Stores the valid readings of `readings`, given as typed fields (gRPC), validated with the same rules and
     /// error texts as NDJSON lines; a reading's number in the report is its 1-based place in `readings`. An `Err`
     /// is a reading whose fields could not be read, rejected with that reason. They are taken a batch at a time.
-    /// `encoded_bytes` is the size the transport received them in (counted as body bytes).
+    /// `encoded_bytes` is the size the transport received them in (counted as body bytes). Under a key, the caller
+    /// has hashed the whole request into `keyed`.
     pub async fn ingest_readings<'r>(
         &self,
         mut readings: impl Iterator<Item = Result<ReadingFields<'r>, String>> + Send,
         encoded_bytes: u64,
         atomic: bool,
+        keyed: Option<KeyedRequest>,
     ) -> IngestOutcome {
-        let outcome = self.run(Input::<NoSource>::Readings(&mut readings), atomic, None).await;
+        let outcome = self.run(Input::<NoSource>::Readings(&mut readings), atomic, None, keyed).await;
         outcome.record_metrics(encoded_bytes);
         outcome
     }
@@ -203,8 +234,9 @@ impl IngestService {
         source: &mut impl ChunkSource,
         lines: &mut LineProtocolDecoder,
         atomic: bool,
+        keyed: Option<KeyedRequest>,
     ) -> IngestOutcome {
-        let outcome = self.run(Input::LineProtocol(source, lines), atomic, None).await;
+        let outcome = self.run(Input::LineProtocol(source, lines), atomic, None, keyed).await;
         outcome.record_metrics(source.bytes_read());
         outcome
     }
@@ -219,11 +251,11 @@ impl IngestService {
     ) -> IngestOutcome {
         let mut source = OneChunk(Some(payload), 0);
         let outcome = match format {
-            MessageFormat::Ndjson => self.run(Input::Body(&mut source), false, default_device).await,
+            MessageFormat::Ndjson => self.run(Input::Body(&mut source), false, default_device, None).await,
             MessageFormat::LineProtocol(precision) => {
                 let now = chrono::Utc::now().timestamp_micros();
                 let mut lines = LineProtocolDecoder::new(self.line_protocol().clone(), precision, now);
-                self.run(Input::LineProtocol(&mut source, &mut lines), false, default_device).await
+                self.run(Input::LineProtocol(&mut source, &mut lines), false, default_device, None).await
             }
         };
         outcome.record_metrics(source.1);
@@ -235,8 +267,20 @@ impl IngestService {
         mut input: Input<'_, '_, S>,
         atomic: bool,
         default_device: Option<&str>,
+        mut keyed: Option<KeyedRequest>,
     ) -> IngestOutcome {
+        let received_micros = weir_pipeline::idempotency::now_micros();
         let deadline = Instant::now() + self.limits.max_request_time;
+        // A request under a key holds the key until its answer is remembered; a second one meanwhile is refused.
+        let claim = match &keyed {
+            None => None,
+            Some(k) => match self.keys.claim(&k.key) {
+                Some(claim) => Some(claim),
+                None => return IngestOutcome::failed(in_progress(&k.key)),
+            },
+        };
+        // Atomic and keyed requests hold their readings until the end and write them as one record.
+        let hold = atomic || keyed.is_some();
         let decoder = match default_device {
             Some(device) => self.decoder.clone().with_default_device(device),
             None => self.decoder.clone(),
@@ -250,7 +294,12 @@ impl IngestService {
         while failure.is_none() {
             match &mut input {
                 Input::Body(source) => match self.next_chunk(*source, deadline).await {
-                    Ok(Some(chunk)) => decoder.feed(&chunk),
+                    Ok(Some(chunk)) => {
+                        if let Some(k) = keyed.as_mut() {
+                            k.request.update(&chunk);
+                        }
+                        decoder.feed(&chunk)
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         failure = Some(e);
@@ -258,7 +307,12 @@ impl IngestService {
                     }
                 },
                 Input::LineProtocol(source, lines) => match self.next_chunk(*source, deadline).await {
-                    Ok(Some(chunk)) => lines.feed(&chunk, &mut decoder),
+                    Ok(Some(chunk)) => {
+                        if let Some(k) = keyed.as_mut() {
+                            k.request.update(&chunk);
+                        }
+                        lines.feed(&chunk, &mut decoder)
+                    }
                     Ok(None) => {
                         lines.finish(&mut decoder);
                         break;
@@ -282,11 +336,11 @@ impl IngestService {
                 }
             }
             while let Some(batch) = decoder.take_full_batch() {
-                if atomic {
+                if hold {
                     if held.append_batch(&batch, &mut held_devices).is_err()
                         || held.len() > self.limits.max_atomic_readings
                     {
-                        failure = Some(self.atomic_too_large());
+                        failure = Some(self.too_large_to_hold(keyed.is_some()));
                         break;
                     }
                 } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
@@ -301,18 +355,26 @@ impl IngestService {
         if failure.is_none() {
             decoder.finish();
             if let Some(batch) = decoder.take_batch() {
-                if atomic {
+                if hold {
                     if held.append_batch(&batch, &mut held_devices).is_err()
                         || held.len() > self.limits.max_atomic_readings
                     {
-                        failure = Some(self.atomic_too_large());
+                        failure = Some(self.too_large_to_hold(keyed.is_some()));
                     }
                 } else if let Err(e) = self.queue(&batch, deadline, &mut pending).await {
                     failure = Some(e);
                 }
             }
         }
+        let echoes = match &mut input {
+            Input::LineProtocol(_, lines) => lines.take_rejected_lines(),
+            Input::Body(_) | Input::Readings(_) => Vec::new(),
+        };
         let rejected = decoder.rejections().rejected;
+        if let (Some(keyed), Some(claim), None) = (keyed, claim, &failure) {
+            let stored = if atomic && rejected > 0 { ReadingBatch::new() } else { held };
+            return self.finish_keyed(keyed, claim, stored, decoder, echoes, received_micros, deadline).await;
+        }
         if atomic
             && failure.is_none()
             && rejected == 0
@@ -348,9 +410,74 @@ impl IngestService {
             received: decoded + rejections.rejected,
             errors: rejections.errors,
             invalid: rejections.invalid,
+            echoes,
             truncated: rejections.truncated,
+            replayed: false,
             failure,
         }
+    }
+
+    /// The end of a request under a key, read whole without failure: the earlier answer when the key was answered
+    /// before (a different request under it is refused), otherwise `stored` written as one record with the key and
+    /// the answer, which is remembered once durable.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_keyed(
+        &self,
+        keyed: KeyedRequest,
+        claim: Claim,
+        stored: ReadingBatch,
+        decoder: BodyDecoder,
+        echoes: Vec<RejectedLine>,
+        received_micros: i64,
+        deadline: Instant,
+    ) -> IngestOutcome {
+        let request = keyed.request.finish();
+        if let Some(earlier) = claim.earlier() {
+            if earlier.request != request {
+                return IngestOutcome::failed(key_reused(&keyed.key, earlier.position));
+            }
+            return match StoredAnswer::decode(&earlier.answer) {
+                Ok(answer) => answer.into_outcome(earlier.position, true),
+                Err(e) => IngestOutcome::failed(ServiceError::new(
+                    ErrorKind::Internal,
+                    format!("the answer kept for idempotency key {} cannot be read: {e}", keyed.key),
+                )),
+            };
+        }
+        let decoded = decoder.decoded();
+        let rejections = decoder.into_rejections();
+        let answer = StoredAnswer {
+            accepted: stored.len() as u64,
+            rejected: rejections.rejected,
+            truncated: rejections.truncated,
+            errors: rejections.errors,
+            invalid: rejections.invalid,
+            echoes,
+        }
+        .encode();
+        // Written and remembered in a task of its own: once the record is queued it is written whether the client
+        // waits or not, and its key must then be remembered whether the client waits or not.
+        let (log, key) = (self.log.clone(), keyed.key);
+        let wait = self.limits.queue_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let commit = tokio::spawn(async move {
+            let view = KeyView { key: key.as_str(), request, received_micros, answer: &answer };
+            let position = log.append_keyed(&stored, &view, wait).await?.durable().await?;
+            let outcome = StoredAnswer::decode(&answer).map(|a| a.into_outcome(position, false));
+            claim.complete(KeyEntry { request, position, received_micros, answer: answer.into() });
+            Ok::<_, AppendError>(outcome)
+        });
+        let mut outcome = match commit.await {
+            Ok(Ok(Ok(outcome))) => outcome,
+            Ok(Ok(Err(e))) => IngestOutcome::failed(ServiceError::new(
+                ErrorKind::Internal,
+                format!("an answer just encoded cannot be decoded: {e}"),
+            )),
+            Ok(Err(e)) => IngestOutcome::failed(log_failure(e)),
+            Err(e) => IngestOutcome::failed(ServiceError::new(ErrorKind::Internal, format!("storing failed: {e}"))),
+        };
+        outcome.rejected_by_reason = rejections.by_reason;
+        outcome.received = decoded + rejections.rejected;
+        outcome
     }
 
     async fn next_chunk(
@@ -364,13 +491,17 @@ impl IngestService {
         }
     }
 
-    fn atomic_too_large(&self) -> ServiceError {
+    fn too_large_to_hold(&self, keyed: bool) -> ServiceError {
+        let (what, instead) = if keyed {
+            ("a request under an idempotency key", "smaller requests, each under its own key")
+        } else {
+            ("an atomic request", "smaller atomic requests, or without atomic=true")
+        };
         ServiceError::new(
             ErrorKind::TooLarge,
             format!(
-                "an atomic request holds its readings until its end, at most {} of them (--max-atomic-readings) \
-                 of at most {MAX_SENSORS} distinct sensors: nothing of this one was stored; send it in smaller \
-                 atomic requests, or without atomic=true",
+                "{what} holds its readings until its end, at most {} of them (--max-atomic-readings) of at most \
+                 {MAX_SENSORS} distinct sensors: nothing of this one was stored; send it in {instead}",
                 self.limits.max_atomic_readings
             ),
         )
@@ -400,9 +531,13 @@ impl IngestService {
 }
 
 impl IngestOutcome {
-    /// Counts the request in the ingest metrics.
+    /// Counts the request in the ingest metrics (a replayed answer only as a replay).
     fn record_metrics(&self, body_bytes: u64) {
         metrics::counter!("weir_ingest_body_bytes_total").increment(body_bytes);
+        if self.replayed {
+            metrics::counter!("weir_idempotent_replays_total").increment(1);
+            return;
+        }
         metrics::counter!("weir_readings_received_total").increment(self.received);
         metrics::counter!("weir_readings_accepted_total").increment(self.accepted);
         for (reason, count) in self.rejected_by_reason.iter() {
@@ -425,6 +560,30 @@ fn log_failure(e: AppendError) -> ServiceError {
         error.retry_after = Some(std::time::Duration::from_secs(30));
     }
     error
+}
+
+/// Another request under the same key is being processed.
+fn in_progress(key: &IdempotencyKey) -> ServiceError {
+    let mut error = ServiceError::new(
+        ErrorKind::Conflict,
+        format!(
+            "a request with idempotency key {key} is being processed: nothing of this one was read or stored; \
+             retry after it has been answered to get its answer"
+        ),
+    );
+    error.retry_after = Some(Duration::from_secs(1));
+    error
+}
+
+/// A key answered before, sent with another request.
+fn key_reused(key: &IdempotencyKey, position: u64) -> ServiceError {
+    ServiceError::new(
+        ErrorKind::KeyReused,
+        format!(
+            "idempotency key {key} was used for a different request (another body, endpoint or query string), \
+             stored at log position {position}: nothing of this one was stored; send a new request under a new key"
+        ),
+    )
 }
 
 /// The memory budget is used up: nothing of the request is read.
@@ -507,6 +666,14 @@ pub(crate) mod test_support {
                 Err(AppendError::Busy(wait))
             })
         }
+        fn append_keyed(
+            &self,
+            batch: &ReadingBatch,
+            _key: &weir_pipeline::wal::KeyView<'_>,
+            wait: Duration,
+        ) -> AppendFuture<'_> {
+            self.append(batch, wait)
+        }
         fn durable_position(&self) -> u64 {
             41
         }
@@ -558,7 +725,7 @@ mod tests {
             device: None,
         };
         let started = std::time::Instant::now();
-        let outcome = service.ingest_readings([Ok(fields)].into_iter(), 10, false).await;
+        let outcome = service.ingest_readings([Ok(fields)].into_iter(), 10, false, None).await;
         assert!(started.elapsed() >= Duration::from_millis(50), "it waited for room first");
         let failure = outcome.failure.expect("a failure");
         assert_eq!((failure.kind, failure.accepted, outcome.accepted), (ErrorKind::Unavailable, 0, 0));
@@ -574,7 +741,7 @@ mod tests {
             Arc::new(FullLog),
         );
         let mut source = Chunks(vec!["{\"sensor\":\"speed\",", "\"value\":1"], 0);
-        let outcome = service.ingest(&mut source, false).await;
+        let outcome = service.ingest(&mut source, false, None).await;
         let failure = outcome.failure.expect("a failure");
         assert_eq!(failure.kind, ErrorKind::Timeout);
         assert!(failure.message.contains("--max-request-time"), "{failure}");

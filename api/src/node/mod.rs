@@ -21,6 +21,7 @@ pub mod answers;
 mod background;
 pub mod error;
 pub mod gauges;
+pub mod idempotent;
 pub mod ingest;
 pub mod readiness;
 pub mod sql;
@@ -75,6 +76,8 @@ pub struct NodeConfig {
     pub sql: SqlLimits,
     /// Keep WAL segments after their readings are archived.
     pub keep_archived_wal: bool,
+    /// How long idempotency keys are remembered, in how many bytes.
+    pub idempotency: weir_pipeline::idempotency::store::Retention,
     /// The memory budget of the state that grows with the data (`--memory-limit`, bytes).
     pub memory_limit: u64,
 }
@@ -164,6 +167,20 @@ impl Node {
         }
         tracing::info!(segments = recovery.segments, last_position = recovery.last_position, dir = %wal_dir.display(), "write-ahead log recovered");
         let log = Arc::new(wal.appender());
+        // The keys of requests answered within the window: the key file, then the keys of the log after it.
+        let keys = {
+            let (file, dir) = (weir_pipeline::idempotency::store::path(&config.data_dir), wal_dir.clone());
+            let (through, retention) = (recovery.last_position, config.idempotency);
+            let now = weir_pipeline::idempotency::now_micros();
+            let table = tokio::task::spawn_blocking(move || {
+                weir_pipeline::idempotency::store::rebuild(&file, &dir, through, retention, now)
+            })
+            .await
+            .map_err(context("reading the idempotency keys"))?
+            .map_err(context("reading the idempotency keys"))?;
+            tracing::info!(keys = table.len(), bytes = table.bytes(), "idempotency keys read");
+            weir_pipeline::idempotency::Keys::new(table)
+        };
 
         let cluster = config.stats.cluster.clone();
         let (process, processes) =
@@ -292,6 +309,7 @@ impl Node {
         if !config.keep_archived_wal {
             tasks.push(tokio::spawn(background::trim_archived_wal(
                 wal_dir.clone(),
+                (weir_pipeline::idempotency::store::path(&config.data_dir), config.idempotency),
                 archiver.progress.clone(),
                 stats.clone(),
                 loaded,
@@ -319,6 +337,7 @@ impl Node {
         let decoder = Decoder::new(config.sensors.clone()).with_device_names(config.stats.device_names.clone());
         let mut ingest = IngestService::new(decoder, config.ingest.clone(), log)
             .with_budget(budget.clone())
+            .with_keys(keys.clone())
             .with_protocols(config.protocols.clone());
         if cluster.is_some() {
             ingest = ingest.in_cluster(process);
@@ -333,6 +352,7 @@ impl Node {
             stats.clone(),
             config.stats.device_names.clone(),
             archiver.progress.clone(),
+            keys,
         )));
         Ok(Node { ingest, stats, sql: Arc::new(sql), readiness, gauges, recovery, wal, archiver, tasks, sealer_lock })
     }

@@ -86,7 +86,11 @@ impl SqlService {
             Err(e) => match e.kind {
                 ErrorKind::Timeout => "timeout",
                 ErrorKind::Unavailable | ErrorKind::StorageFull => "busy",
-                ErrorKind::InvalidArgument | ErrorKind::TooLarge | ErrorKind::Internal => "error",
+                ErrorKind::InvalidArgument
+                | ErrorKind::TooLarge
+                | ErrorKind::Internal
+                | ErrorKind::Conflict
+                | ErrorKind::KeyReused => "error",
             },
         };
         metrics::counter!("weir_sql_queries_total", "result" => outcome).increment(1);

@@ -311,6 +311,9 @@ fn service_error(e: ServiceError) -> PgWireError {
         ErrorKind::Unavailable => "57P03",
         ErrorKind::StorageFull => "53100",
         ErrorKind::Internal => "XX000",
+        // Ingest's idempotency refusals (no query gives them): serialization_failure, unique_violation.
+        ErrorKind::Conflict => "40001",
+        ErrorKind::KeyReused => "23505",
     };
     user_error(code, e.message)
 }

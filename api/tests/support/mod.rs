@@ -43,7 +43,10 @@ impl Server {
                 cmd
             }
         };
-        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         if !args.contains(&"--grpc-listen") {
             cmd.args(["--grpc-listen", "127.0.0.1:0"]);
         }

@@ -15,8 +15,8 @@
 //! On open, the segments are checked in order. A torn tail of the last segment (a crash mid-write) is cut off and
 //! logged; damage anywhere else is reported as an error rather than silently skipped.
 
-mod record;
-pub use record::BatchView;
+pub(crate) mod record;
+pub use record::{BatchView, KeyView};
 pub mod segment;
 mod writer;
 
@@ -39,6 +39,8 @@ pub type AppendFuture<'a> =
 pub trait ReadingLog: Send + Sync + 'static {
     /// Queues `batch` as one record, waiting at most `wait` for room; the result resolves once it is durable.
     fn append(&self, batch: &ReadingBatch, wait: std::time::Duration) -> AppendFuture<'_>;
+    /// The same, as one record written under an idempotency key: the key and the readings are durable together.
+    fn append_keyed(&self, batch: &ReadingBatch, key: &KeyView<'_>, wait: std::time::Duration) -> AppendFuture<'_>;
     /// Position of the last durable record.
     fn durable_position(&self) -> u64;
     /// Why the log accepts no more writes, once it has failed for good (`None` while it works).
@@ -199,6 +201,17 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 pub fn first_position(dir: &Path) -> Result<u64, WalError> {
     let segments = segment::list_segments(dir).map_err(io_err(dir))?;
     Ok(segments.first().map_or(1, |s| s.first_position))
+}
+
+/// The last position [`trim_through`]`(dir, position)` would delete (`None`: it would delete nothing) — what
+/// must be kept elsewhere before, as the idempotency keys are (`crate::idempotency`).
+pub fn trimmable_through(dir: &Path, position: u64) -> Result<Option<u64>, WalError> {
+    let segments = segment::list_segments(dir).map_err(io_err(dir))?;
+    Ok(segments
+        .windows(2)
+        .take_while(|pair| pair[1].first_position <= position.saturating_add(1))
+        .last()
+        .map(|pair| pair[1].first_position - 1))
 }
 
 /// Deletes the segments whose records all have positions ≤ `position` (archived, and processed by the

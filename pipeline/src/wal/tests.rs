@@ -192,6 +192,8 @@ fn trimming_deletes_only_whole_segments_through_the_position_and_never_the_last(
     assert!(before.len() > 4);
     // Through a position in the middle of the third segment: the first two go, the third stays.
     let cut = before[2].first_position;
+    assert_eq!(trimmable_through(dir.path(), cut).unwrap(), Some(before[2].first_position - 1));
+    assert_eq!(trimmable_through(dir.path(), before[1].first_position - 2).unwrap(), None);
     let deleted = trim_through(dir.path(), cut).unwrap();
     assert_eq!(deleted, vec![before[0].path.clone(), before[1].path.clone()]);
     assert_eq!(first_position(dir.path()).unwrap(), before[2].first_position);

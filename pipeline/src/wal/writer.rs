@@ -128,6 +128,12 @@ impl super::ReadingLog for WalAppender {
         Box::pin(self.append_payload(payload, wait))
     }
 
+    fn append_keyed(&self, batch: &ReadingBatch, key: &super::KeyView<'_>, wait: Duration) -> super::AppendFuture<'_> {
+        let mut payload = Vec::new();
+        super::record::encode_keyed_batch(batch, key, &mut payload);
+        Box::pin(self.append_payload(payload, wait))
+    }
+
     fn durable_position(&self) -> u64 {
         WalAppender::durable_position(self)
     }
