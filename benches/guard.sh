@@ -17,8 +17,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}"
 BASELINE=benches/guard/baseline.txt
 LIMIT=${WEIR_GUARD_LIMIT:-1.10}
 if ! command -v valgrind > /dev/null; then
-  SUDO=""; if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind > /dev/null
+  scripts/apt-install.sh valgrind
 fi
 cargo build --release -q -p weir-guard
 BIN="$CARGO_TARGET_DIR/release/weir-guard"

@@ -41,7 +41,7 @@ use futures_util::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, Scope};
 use crate::node::sql::{QueryFailure, SqlService};
 
 /// Prepared statements open at once (over every client); more are refused until some are closed.
@@ -79,7 +79,7 @@ impl WeirFlightSql {
 
     /// Every call needs an accepted key (see the module doc).
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if self.keys.authorizes(&request.metadata().clone().into_headers()) {
+        if self.keys.authorizes(&request.metadata().clone().into_headers(), Scope::Sql) {
             Ok(())
         } else {
             Err(Status::unauthenticated(
@@ -174,7 +174,7 @@ impl FlightSqlService for WeirFlightSql {
         let headers = request.metadata().clone().into_headers();
         let token = crate::auth::basic_auth(&headers)
             .and_then(|(user, password)| {
-                [user, password].into_iter().find(|k| self.keys.enabled() && self.keys.accepts(k))
+                [user, password].into_iter().find(|k| self.keys.enabled() && self.keys.accepts(k, Scope::Sql))
             })
             .unwrap_or_default();
         let answer = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };

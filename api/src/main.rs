@@ -1,7 +1,7 @@
 //! The `weir` binary.
 
 use clap::Parser;
-use weir_api::commands::{Cli, Command, config, dump, init_logging, push, serve, sql, wal};
+use weir_api::commands::{Cli, Command, config, dump, init_logging, keys, push, serve, sql, wal};
 
 fn main() {
     let cli = Cli::parse();
@@ -44,6 +44,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Wal(command) => wal::run(command),
+        Command::Keys(command) => keys::run(command),
         Command::Config(command) => config::run(command),
     }
 }

@@ -148,12 +148,31 @@ pub struct Decoder {
     names: DeviceNames,
     /// The device of a reading that names none (`None`: [`DEFAULT_DEVICE`]).
     default_device: Option<std::sync::Arc<str>>,
+    /// The devices this request may write (its API key's limit); `None`: any.
+    device_limit: Option<DeviceLimit>,
+}
+
+/// The devices an API key may write: exact names, or `prefix*` patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLimit {
+    /// The key's name (for the reason a line is rejected).
+    pub key: std::sync::Arc<str>,
+    pub patterns: std::sync::Arc<[String]>,
+}
+
+impl DeviceLimit {
+    pub fn allows(&self, device: &str) -> bool {
+        self.patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => device.starts_with(prefix),
+            None => p == device,
+        })
+    }
 }
 
 impl Decoder {
     /// A decoder with its own registry of device names.
     pub fn new(sensors: SensorSet) -> Self {
-        Decoder { sensors, names: DeviceNames::default(), default_device: None }
+        Decoder { sensors, names: DeviceNames::default(), default_device: None, device_limit: None }
     }
 
     /// The same, giving readings that name no device to `device` instead of [`DEFAULT_DEVICE`] (an MQTT topic's
@@ -161,6 +180,12 @@ impl Decoder {
     /// [`check_device`]).
     pub fn with_default_device(mut self, device: &str) -> Self {
         self.default_device = Some(device.into());
+        self
+    }
+
+    /// The same, rejecting readings of devices `limit` does not allow (with the key's name and the device).
+    pub fn with_device_limit(mut self, limit: DeviceLimit) -> Self {
+        self.device_limit = Some(limit);
         self
     }
 
@@ -232,6 +257,16 @@ impl Decoder {
             }
             Some(d) => d,
         };
+        if let Some(limit) = &self.device_limit
+            && !limit.allows(device)
+        {
+            return Err(LineError::invalid(format!(
+                "the API key {} may not write device {:?} (it may write {})",
+                limit.key,
+                truncate(device, 64),
+                limit.patterns.join(", ")
+            )));
+        }
         let found = devices.find(&batch.devices, device);
         if found.is_none()
             && let Err(taken) = self.names.claim(device)

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dump;
+pub mod keys;
 pub mod push;
 pub mod serve;
 pub mod sql;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Inspect the write-ahead log.
     #[command(subcommand)]
     Wal(wal::WalCommand),
+    /// Manage the key file of `weir serve --api-keys-file`: named keys with scopes.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Check or print a configuration file for `weir serve --config`.
     #[command(subcommand)]
     Config(config::ConfigCommand),

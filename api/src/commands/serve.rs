@@ -68,6 +68,11 @@ pub struct ServeArgs {
     #[arg(long = "api-key", env = "WEIR_API_KEYS", value_delimiter = ',', hide_env_values = true, value_parser = parse_api_key)]
     pub api_keys: Vec<String>,
 
+    /// A TOML file of named API keys with scopes (write, read, sql, admin), kept as SHA-256 hashes; managed by
+    /// `weir keys add|list|revoke`, reloaded when it changes and on SIGHUP. `--api-key` keys keep every scope.
+    #[arg(long, env = "WEIR_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
     /// Longest accepted NDJSON line; a longer line is rejected and the rest of the body goes on.
     #[arg(long, env = "WEIR_MAX_LINE_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub max_line_bytes: u64,
@@ -453,7 +458,11 @@ impl ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::metrics::handle();
     raise_open_file_limit();
-    let keys = ApiKeys::new(args.api_keys.iter().cloned());
+    let mut keys = ApiKeys::new(args.api_keys.iter().cloned());
+    if let Some(path) = &args.api_keys_file {
+        keys = keys.with_file(path).context("--api-keys-file / WEIR_API_KEYS_FILE")?;
+        tokio::spawn(reload_keys(keys.clone()));
+    }
     if !keys.enabled() {
         tracing::warn!(
             "no API key configured (--api-key / WEIR_API_KEYS): authentication is OFF, anyone who can reach this port can write"
@@ -625,6 +634,45 @@ fn stop_with_the_cluster() {
         );
         std::process::exit(70);
     }));
+}
+
+/// Reloads the key file when it changes (checked every second) and on SIGHUP; a file that cannot be read leaves
+/// the keys in force, with an error in the log.
+async fn reload_keys(keys: ApiKeys) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Some(path) = keys.file().map(std::path::Path::to_path_buf) else { return };
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGHUP handler; the key file is still reloaded on change");
+            None
+        }
+    };
+    let stamp = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+            _ = hup => {}
+        }
+        match keys.reload() {
+            Ok(()) => tracing::info!(file = %path.display(), "API keys reloaded"),
+            Err(e) => tracing::error!(error = %e, "the key file was not reloaded; the keys in force stay"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when it is first polled,

@@ -82,8 +82,9 @@ fn ipc_messages(result: &weir_sinks::sql::SqlResult) -> Result<Vec<SqlResponse>,
 }
 
 impl Backend for AppState {
-    async fn write(&self, batch: ReadingBatch) -> BatchAck {
-        let service = &self.ingest;
+    async fn write(&self, batch: ReadingBatch, limit: Option<weir_pipeline::decode::DeviceLimit>) -> BatchAck {
+        let limited = limit.map(|limit| self.ingest.limited_to(limit));
+        let service = limited.as_ref().unwrap_or(&self.ingest);
         let keyed = match batch.batch_id.as_str() {
             "" => None,
             id => match KeyedRequest::parse(id, "weir.v1.ReadingBatch", "") {

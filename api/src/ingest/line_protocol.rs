@@ -18,13 +18,14 @@
 //! Weir acknowledges only what is fsynced.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use weir_pipeline::line_protocol::{LineProtocolDecoder, Precision};
 
-use super::{body_source, drain_after_failure, finish, keyed_request};
+use super::{body_source, drain_after_failure, finish, keyed_request, service_for};
+use crate::auth::Principal;
 use crate::node::ingest::IngestOutcome;
 use crate::server::AppState;
 use crate::stats::status_of;
@@ -58,9 +59,11 @@ pub async fn write_v1(
     Query(params): Query<V1Params>,
     headers: HeaderMap,
     uri: Uri,
+    principal: Option<Extension<Principal>>,
     body: Body,
 ) -> Response {
-    write(&state, &headers, &uri, body, params.precision.as_deref(), Precision::Nanosecond, false).await
+    let caller = Caller { headers: &headers, uri: &uri, principal: &principal };
+    write(&state, caller, body, params.precision.as_deref(), Precision::Nanosecond, false).await
 }
 
 /// `POST /api/v2/write`.
@@ -69,9 +72,11 @@ pub async fn write_v2(
     Query(params): Query<V2Params>,
     headers: HeaderMap,
     uri: Uri,
+    principal: Option<Extension<Principal>>,
     body: Body,
 ) -> Response {
-    write(&state, &headers, &uri, body, params.precision.as_deref(), Precision::Nanosecond, false).await
+    let caller = Caller { headers: &headers, uri: &uri, principal: &principal };
+    write(&state, caller, body, params.precision.as_deref(), Precision::Nanosecond, false).await
 }
 
 /// `POST /api/v3/write_lp`.
@@ -80,22 +85,33 @@ pub async fn write_v3(
     Query(params): Query<V3Params>,
     headers: HeaderMap,
     uri: Uri,
+    principal: Option<Extension<Principal>>,
     body: Body,
 ) -> Response {
     let atomic = params.accept_partial == Some(false);
-    write(&state, &headers, &uri, body, params.precision.as_deref(), Precision::Auto, atomic).await
+    let caller = Caller { headers: &headers, uri: &uri, principal: &principal };
+    write(&state, caller, body, params.precision.as_deref(), Precision::Auto, atomic).await
+}
+
+/// What a write request says besides its body: headers, URI (path and query: part of an idempotent request's
+/// identity) and the API key's principal.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+    principal: &'a Option<Extension<Principal>>,
 }
 
 async fn write(
     state: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
+    Caller { headers, uri, principal }: Caller<'_>,
     body: Body,
     precision: Option<&str>,
     default_precision: Precision,
     atomic: bool,
 ) -> Response {
-    let service = &state.ingest;
+    let for_key = service_for(state, principal);
+    let service = &*for_key;
     let precision = match precision.map(str::parse).unwrap_or(Ok(default_precision)) {
         Ok(p) => p,
         Err(reason) => return error_response(StatusCode::BAD_REQUEST, "invalid", &reason),

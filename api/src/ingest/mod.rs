@@ -81,9 +81,11 @@ pub async fn ingest(
     Query(params): Query<IngestParams>,
     headers: HeaderMap,
     uri: Uri,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     body: Body,
 ) -> Response {
-    let service = &state.ingest;
+    let for_key = service_for(&state, &principal);
+    let service = &*for_key;
     if let Err(response) = check_content_type(&headers) {
         return response;
     }
@@ -113,6 +115,19 @@ pub(crate) fn keyed_request(headers: &HeaderMap, uri: &Uri) -> Result<Option<Key
     KeyedRequest::parse(text, uri.path(), uri.query().unwrap_or(""))
         .map(Some)
         .map_err(|e| ServiceError::invalid(e.to_string()))
+}
+
+/// The ingest service as the request's key may use it: limited to the key's devices when its key lists some.
+pub(crate) fn service_for<'s>(
+    state: &'s AppState,
+    principal: &Option<axum::Extension<crate::auth::Principal>>,
+) -> std::borrow::Cow<'s, crate::node::ingest::IngestService> {
+    match principal.as_ref().and_then(|p| Some((p.name.clone(), p.devices.clone()?))) {
+        None => std::borrow::Cow::Borrowed(state.ingest.as_ref()),
+        Some((key, patterns)) => {
+            std::borrow::Cow::Owned(state.ingest.limited_to(weir_pipeline::decode::DeviceLimit { key, patterns }))
+        }
+    }
 }
 
 /// Marks the answer of an earlier request given again (`Idempotent-Replayed: true`).

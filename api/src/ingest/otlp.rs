@@ -117,8 +117,15 @@ pub fn readings<'r>(
 }
 
 /// `POST /v1/metrics`.
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
-    let service = &state.ingest;
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    body: Body,
+) -> Response {
+    let for_key = super::service_for(&state, &principal);
+    let service = &*for_key;
     let limit = service.message_limit();
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let encoding = match content_type.split(';').next().unwrap_or("").trim() {

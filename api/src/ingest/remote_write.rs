@@ -141,8 +141,15 @@ pub fn readings<'r>(
 }
 
 /// `POST /api/v1/prom/write`.
-pub async fn write(State(state): State<AppState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
-    let service = &state.ingest;
+pub async fn write(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    body: Body,
+) -> Response {
+    let for_key = super::service_for(&state, &principal);
+    let service = &*for_key;
     let mut keyed = match keyed_request(&headers, &uri) {
         Ok(keyed) => keyed,
         Err(e) => {

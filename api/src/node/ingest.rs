@@ -127,6 +127,12 @@ impl IngestService {
         IngestService { decoder, limits, log, process: None, budget: None, protocols: Protocols::default(), keys }
     }
 
+    /// The same service for a request whose API key may write only the devices `limit` allows (its other readings
+    /// are rejected line by line, with the reason).
+    pub fn limited_to(&self, limit: weir_pipeline::decode::DeviceLimit) -> IngestService {
+        IngestService { decoder: self.decoder.clone().with_device_limit(limit), ..self.clone() }
+    }
+
     /// Remembers idempotency keys in `keys` (the node's, rebuilt from the WAL; by default a table in memory).
     pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
         self.keys = keys;

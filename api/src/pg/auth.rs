@@ -32,10 +32,13 @@ pub enum Startup {
 
 impl Startup {
     pub fn new(keys: &ApiKeys, manager: Arc<ConnectionManager>) -> Startup {
+        let enabled = keys.enabled();
         let keys = keys.list();
-        if keys.is_empty() {
+        if !enabled {
             return Startup::Open(OpenStartup { manager });
         }
+        // Keys of the key file cannot log in here (SCRAM needs the secret, the file keeps its hash): with only a key
+        // file, SCRAM knows no key and refuses everyone — never open.
         let mut scram = ScramAuth::new(Arc::new(KeySource { keys }));
         scram.set_iterations(ITERATIONS);
         Startup::Scram(Box::new(
