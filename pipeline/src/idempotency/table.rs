@@ -54,7 +54,7 @@ impl KeyTable {
     /// (16): 265. An upper bound, so that `--idempotency-memory` bounds what the table really takes;
     /// `benches/RESULTS.md` has the measured figure.
     pub const ENTRY_BYTES: usize =
-        (std::mem::size_of::<(KeyHash, KeyEntry)>() + 1) * 16 / 7 + 2 * std::mem::size_of::<KeyHash>() + 16;
+        (std::mem::size_of::<(KeyHash, KeyEntry)>() + 1) * 16 / 7 + 2 * std::mem::size_of::<(KeyHash, u64)>() + 16;
 
     /// An empty table keeping keys for `window`, within `max_bytes`.
     pub fn new(window: Duration, max_bytes: usize) -> Self {
