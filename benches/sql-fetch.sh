@@ -48,11 +48,15 @@ def flight():
         cur.execute(q)
         return cur.fetch_arrow_table().num_rows
 print(f"{'way':<32} {'best of 3 (s)':>14} {'rows':>9}")
+counts = set()
 for name, f in [("HTTP JSON", http_json), ("HTTP Arrow IPC", http_arrow),
                 ("PostgreSQL wire (psycopg, binary)", pg_wire), ("Flight SQL (ADBC)", flight)]:
     best, n = 1e9, 0
     for _ in range(3):
         t = time.perf_counter(); n = f(); best = min(best, time.perf_counter() - t)
-    assert n == rows, (name, n)
+    # The load generator may send a few readings more than asked (its last batch); every way must see the same.
+    assert n >= rows, (name, n)
+    counts.add(n)
+    assert len(counts) == 1, (name, counts)
     print(f"{name:<32} {best:>14.2f} {n:>9}")
 PY
