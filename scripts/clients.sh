@@ -10,6 +10,9 @@
 # and the tools that query (issue 21): Debian `psql` and Python `psycopg` over the PostgreSQL protocol, the ADBC
 # Flight SQL driver with pyarrow over Arrow Flight SQL (a million rows, compared with the HTTP Arrow answer).
 #
+# and TLS (issue 23): a server with a private CA's certificate, reached by curl --cacert, Python's ssl/http.client,
+# grpcurl -cacert and psql sslmode=verify-full (with a key of the key file); plain clients refused.
+#
 # Installs what is missing (apt, pip). Usage: scripts/clients.sh [path/to/weir]  (default: the debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,7 @@ need_apt=()
 command -v influx >/dev/null || need_apt+=(influxdb-client)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   scripts/apt-install.sh "${need_apt[@]}"
 fi
@@ -36,6 +40,7 @@ WORK="$(mktemp -d)"
 cleanup() {
   [[ -n "${PROM:-}" ]] && kill "$PROM" 2>/dev/null || true
   [[ -n "${PID:-}" ]] && kill "$PID" 2>/dev/null || true
+  [[ -n "${TPID:-}" ]] && kill "$TPID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -235,4 +240,60 @@ except flight_sql.Error as e:
 print(f"ok   ADBC Flight SQL: 1 000 000 rows in {flight_s:.2f} s equal the HTTP Arrow answer ({http_s:.2f} s); "
       f"parameters; get_objects and table schema; a wrong key refused")
 PY
+
+# 8. TLS: a private CA, a server certificate for localhost and 127.0.0.1, one server with it on every port.
+T="$WORK/tls"
+mkdir -p "$T"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=weir clients CA" \
+  -keyout "$T/ca.key" -out "$T/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  -keyout "$T/key.pem" -out "$T/req.pem" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >"$T/ext"
+openssl x509 -req -in "$T/req.pem" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 -extfile "$T/ext" \
+  -out "$T/cert.pem" 2>/dev/null
+GRAFANA="$("$WEIR" keys add grafana --scopes read,sql --file "$T/keys.toml" 2>/dev/null)"
+"$WEIR" serve --data-dir "$T/data" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 --pg-listen 127.0.0.1:0 \
+  --api-key "$KEY" --api-keys-file "$T/keys.toml" --sensors any --tls-cert "$T/cert.pem" --tls-key "$T/key.pem" \
+  >"$T/out" 2>"$T/err" &
+TPID=$!
+for _ in $(seq 100); do grep -q "postgres listening on" "$T/out" && break; sleep 0.1; done
+TURL="$(sed -n 's/^weir listening on //p' "$T/out")"
+TGRPC="$(sed -n 's/^weir grpc listening on https:\/\///p' "$T/out")"
+TPG="$(sed -n 's/^weir postgres listening on //p' "$T/out")"
+[[ "$TURL" == https://* ]] || { echo "FAIL TLS: the server did not announce https: $TURL"; cat "$T/err"; exit 1; }
+curl -sf --cacert "$T/ca.pem" -H "authorization: Bearer $KEY" -H 'content-type: application/x-ndjson' \
+  --data '{"sensor":"tls_speed","value":4.5,"timestamp":"2026-11-30T10:00:00Z","device":"tls-1"}' "$TURL/ingest" >/dev/null
+if curl -sf -o /dev/null "$TURL/healthz" 2>/dev/null; then echo "FAIL TLS: curl trusted an unknown CA"; exit 1; fi
+if curl -sf -o /dev/null "${TURL/https/http}/healthz" 2>/dev/null; then echo "FAIL TLS: plain HTTP answered"; exit 1; fi
+echo "ok   curl --cacert: ingest over HTTPS; an untrusted CA and plain HTTP refused"
+python3 - "$TURL" "$KEY" "$T/ca.pem" <<'PY'
+import sys, ssl, http.client, json
+url, key, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+host, port = url.removeprefix("https://").rsplit(":", 1)
+ctx = ssl.create_default_context(cafile=ca)
+conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
+conn.request("POST", "/api/v1/sql", body="SELECT count(*) AS n, sum(value) AS total FROM readings WHERE device = 'tls-1'",
+             headers={"Content-Type": "text/plain", "Authorization": f"Bearer {key}"})
+r = conn.getresponse()
+body = json.loads(r.read())
+assert r.status == 200 and body == [{"n": 1, "total": 4.5}], (r.status, body)
+version = conn.sock.version()
+try:
+    http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(), timeout=10).request("GET", "/healthz")
+    raise SystemExit("an unknown CA was trusted")
+except ssl.SSLCertVerificationError:
+    pass
+print(f"ok   Python ssl/http.client ({version}, {ssl.OPENSSL_VERSION}): SQL over HTTPS; an unknown CA refused")
+PY
+scripts/grpcurl.sh -cacert "$T/ca.pem" "$TGRPC" list | grep -q '^weir.v1.Weir$'
+scripts/grpcurl.sh -cacert "$T/ca.pem" -H "x-api-key: $KEY" -d '{}' "$TGRPC" weir.v1.Weir/Latest >/dev/null
+if scripts/grpcurl.sh -plaintext "$TGRPC" list >/dev/null 2>&1; then echo "FAIL TLS: plaintext gRPC answered"; exit 1; fi
+echo "ok   grpcurl -cacert: reflection and weir.v1.Weir/Latest over TLS; plaintext refused"
+got="$(psql "host=${TPG%:*} port=${TPG##*:} sslmode=verify-full sslrootcert=$T/ca.pem user=grafana dbname=weir password=$GRAFANA" \
+  -Atc "SELECT count(*) FROM readings WHERE device = 'tls-1'")"
+[[ "$got" == 1 ]] || { echo "FAIL psql over TLS: $got"; exit 1; }
+if PGCONNECT_TIMEOUT=5 psql "host=${TPG%:*} port=${TPG##*:} sslmode=disable user=grafana dbname=weir password=$GRAFANA" \
+  -Atc "SELECT 1" >/dev/null 2>"$T/plain-psql"; then echo "FAIL TLS: a plain PostgreSQL connection was served"; exit 1; fi
+grep -q "only TLS" "$T/plain-psql" || { echo "FAIL TLS: plain psql refused without the reason:"; cat "$T/plain-psql"; exit 1; }
+echo "ok   psql sslmode=verify-full with a key of the key file; a plain connection refused (28000, only TLS)"
 echo "all clients passed"

@@ -77,15 +77,10 @@ impl WeirFlightSql {
         }
     }
 
-    /// Every call needs an accepted key (see the module doc).
+    /// Every call needs a key with the `sql` scope, by the rule of every port ([`ApiKeys::admit`]).
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if self.keys.authorizes(&request.metadata().clone().into_headers(), Scope::Sql) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated(
-                "no valid API key: send `authorization: Bearer KEY` (or basic auth with the key, or `x-api-key: KEY`)",
-            ))
-        }
+        let admitted = self.keys.admit_headers(&request.metadata().clone().into_headers(), Scope::Sql);
+        admitted.map(drop).map_err(crate::auth::Refusal::into_status)
     }
 
     /// A `FlightInfo` for a query: its schema and one endpoint whose ticket is `ticket`.
@@ -174,7 +169,7 @@ impl FlightSqlService for WeirFlightSql {
         let headers = request.metadata().clone().into_headers();
         let token = crate::auth::basic_auth(&headers)
             .and_then(|(user, password)| {
-                [user, password].into_iter().find(|k| self.keys.enabled() && self.keys.accepts(k, Scope::Sql))
+                [user, password].into_iter().find(|k| self.keys.authenticate(k).is_some_and(|p| p.may(Scope::Sql)))
             })
             .unwrap_or_default();
         let answer = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };

@@ -21,3 +21,4 @@ pub mod requests;
 pub mod server;
 pub mod sql;
 pub mod stats;
+pub mod tls;

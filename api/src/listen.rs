@@ -17,6 +17,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::tls::{self, Protocol, Tls};
+
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -28,22 +30,36 @@ pub struct HttpLimits {
     pub shutdown_timeout: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains connections within the shutdown timeout.
-pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, shutdown: impl Future<Output = ()>) {
+/// Serves `app` on `listener` until `shutdown` resolves, then drains connections within the shutdown timeout. With
+/// `tls`, every connection is TLS (its handshake bounded by the header timeout); there is no plain fallback.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    tls: Option<Tls>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
-        let (stream, _peer, permit) = tokio::select! {
+        let (stream, peer, permit) = tokio::select! {
             accepted = accept_within(&listener, &permits, Port::Http) => accepted,
             () = &mut shutdown => break,
         };
-        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+        let (builder, app, tls, watcher) = (builder.clone(), app.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let stream = match tls::wrap(tls.as_ref(), Protocol::Http, stream, limits.header_timeout).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection closed with an error");
             }
             drop(permit);

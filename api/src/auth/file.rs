@@ -6,6 +6,8 @@
 //! sha256 = "5f2b…"                 # of the secret; `weir keys add` shows the secret once and keeps only this
 //! scopes = ["write"]               # write, read, sql, admin
 //! devices = ["truck-7", "van-*"]   # optional, for write keys: the devices it may write (`prefix*` patterns)
+//! readings_per_second = 1000       # optional: beyond it, 429 with Retry-After (default --key-readings-per-second)
+//! concurrent_requests = 4          # optional: requests at once (default --key-concurrent-requests)
 //! ```
 //!
 //! **Why SHA-256 and not a password hash.** The secrets are not passwords: `weir keys add` makes each one from 32
@@ -66,6 +68,22 @@ pub struct FileKey {
     /// For a write key: the devices it may write (exact names, or `prefix*`); absent: any device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<String>>,
+    /// The most readings a second the key may write; absent: the server's `--key-readings-per-second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readings_per_second: Option<u64>,
+    /// The most requests of the key at once; absent: the server's `--key-concurrent-requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_requests: Option<u32>,
+}
+
+impl FileKey {
+    /// The key's own limits (unset ones come from the server's defaults).
+    pub fn limits(&self) -> super::limits::KeyLimits {
+        super::limits::KeyLimits {
+            readings_per_second: self.readings_per_second,
+            concurrent_requests: self.concurrent_requests,
+        }
+    }
 }
 
 /// Why the key file cannot be used.
@@ -132,6 +150,12 @@ impl KeyFile {
             if key.devices.is_some() && !key.scopes.contains(&Scope::Write) {
                 return Err(format!("key {:?} lists devices but has no write scope", key.name));
             }
+            if key.readings_per_second == Some(0) || key.concurrent_requests == Some(0) {
+                return Err(format!(
+                    "key {:?}: a limit of 0 would refuse everything; revoke the key instead",
+                    key.name
+                ));
+            }
         }
         Ok(())
     }
@@ -142,7 +166,15 @@ impl KeyFile {
             return Err(format!("a key named {name:?} exists: revoke it first, or choose another name"));
         }
         let secret = new_secret().map_err(|e| format!("cannot read random bytes: {e}"))?;
-        self.keys.push(FileKey { name: name.into(), sha256: sha256_hex(&secret), scopes, devices });
+        let sha256 = sha256_hex(&secret);
+        self.keys.push(FileKey {
+            name: name.into(),
+            sha256,
+            scopes,
+            devices,
+            readings_per_second: None,
+            concurrent_requests: None,
+        });
         self.check()?;
         Ok(secret)
     }

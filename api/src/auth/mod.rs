@@ -4,8 +4,9 @@
 //! a username and the key as password), and on `/write` alone as the `p` or `u` query parameter (v1's own way).
 
 pub mod file;
+pub mod limits;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -15,6 +16,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 pub use file::Scope;
+pub use limits::{KeyLimiter, KeyLimits, LimitExceeded};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Who a request is: the key's name, what it may do, and which devices it may write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +27,19 @@ pub struct Principal {
     scopes: [bool; 4],
     /// For a write key of the key file: the devices it may write (exact or `prefix*`); `None`: any.
     pub devices: Option<Arc<[String]>>,
+    /// The key's rate and concurrency limits; `None`: unlimited.
+    pub limiter: Option<Arc<KeyLimiter>>,
 }
 
 impl Principal {
     /// A key with every scope and no device limit (`--api-key`).
     fn all(name: &str) -> Principal {
-        Principal { name: name.into(), scopes: [true; 4], devices: None }
+        Principal { name: name.into(), scopes: [true; 4], devices: None, limiter: None }
+    }
+
+    /// Takes `readings` from the key's rate (Ok when it has none).
+    pub fn take(&self, readings: u64) -> Result<(), LimitExceeded> {
+        self.limiter.as_ref().map_or(Ok(()), |l| l.take(readings))
     }
 
     /// Whether the key may do what `scope` allows (`admin` may do everything).
@@ -56,6 +66,115 @@ struct KeySet {
 pub struct ApiKeys {
     set: Arc<std::sync::RwLock<Arc<KeySet>>>,
     file: Option<Arc<std::path::Path>>,
+    /// Limits of keys that have none of their own.
+    defaults: KeyLimits,
+}
+
+/// Why a request's credentials are refused; each transport turns it into its own answer (401/403/429,
+/// UNAUTHENTICATED/PERMISSION_DENIED/RESOURCE_EXHAUSTED, SQLSTATE 28P01/28000).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no credentials provided")]
+    NoCredentials,
+    #[error("invalid api key")]
+    UnknownKey,
+    #[error("the key {key} may {has}; this needs the {scope} scope", scope = .needs.as_str())]
+    MissingScope { key: Arc<str>, has: String, needs: Scope },
+    #[error("key {key}: {limit}")]
+    Limited { key: Arc<str>, limit: LimitExceeded },
+}
+
+impl Refusal {
+    /// The key's name for logs and metrics (`none` without credentials, `unknown` for a secret of no key).
+    pub fn key(&self) -> &str {
+        match self {
+            Refusal::NoCredentials => "none",
+            Refusal::UnknownKey => "unknown",
+            Refusal::MissingScope { key, .. } | Refusal::Limited { key, .. } => key,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NoCredentials => "no_credentials",
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::MissingScope { .. } => "missing_scope",
+            Refusal::Limited { limit: LimitExceeded::Rate { .. }, .. } => "rate",
+            Refusal::Limited { limit: LimitExceeded::Concurrency { .. }, .. } => "concurrency",
+        }
+    }
+
+    /// The HTTP answer: 401 (with a basic-auth challenge unless `challenge` is false), 403, or 429 with
+    /// `Retry-After`.
+    pub fn into_response(self, challenge: bool) -> Response {
+        match &self {
+            Refusal::NoCredentials | Refusal::UnknownKey => {
+                let mut response = (StatusCode::UNAUTHORIZED, self.to_string()).into_response();
+                if challenge {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"weir\""));
+                }
+                response
+            }
+            Refusal::MissingScope { .. } => (StatusCode::FORBIDDEN, self.to_string()).into_response(),
+            Refusal::Limited { limit, .. } => {
+                let seconds = retry_after_seconds(limit);
+                let mut response = (StatusCode::TOO_MANY_REQUESTS, self.to_string()).into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+                response
+            }
+        }
+    }
+
+    /// The gRPC answer.
+    pub fn into_status(self) -> tonic::Status {
+        match &self {
+            Refusal::NoCredentials => tonic::Status::unauthenticated(format!(
+                "{self}: send `authorization: Bearer KEY`, basic auth with the key, or `x-api-key: KEY`"
+            )),
+            Refusal::UnknownKey => tonic::Status::unauthenticated(self.to_string()),
+            Refusal::MissingScope { .. } => tonic::Status::permission_denied(self.to_string()),
+            Refusal::Limited { limit, .. } => {
+                let mut status = tonic::Status::resource_exhausted(self.to_string());
+                let seconds = retry_after_seconds(limit);
+                if let Ok(value) = seconds.to_string().parse() {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                status
+            }
+        }
+    }
+}
+
+/// `Retry-After`'s seconds for a limit, as every service error says them.
+fn retry_after_seconds(limit: &LimitExceeded) -> u64 {
+    crate::node::error::ServiceError::from(limit.clone()).retry_after_seconds().unwrap_or(1)
+}
+
+/// A request let in: who it is, and its place among the key's concurrent requests (given back when dropped).
+#[derive(Debug)]
+pub struct Admitted {
+    pub principal: Principal,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Counts a refusal in `weir_auth_failures_total{key, reason}` — the key's name, never its secret — and logs it,
+/// at most once a second (a client hammering with a wrong key cannot flood the log).
+pub fn failed(refusal: &Refusal) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOGGED_SECOND: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    metrics::counter!("weir_auth_failures_total", "key" => refusal.key().to_owned(), "reason" => refusal.reason())
+        .increment(1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST_LOGGED_SECOND.load(Ordering::Relaxed);
+    if now > last && LAST_LOGGED_SECOND.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(key = refusal.key(), reason = refusal.reason(), unlogged, "request refused: {refusal}");
+    } else {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl ApiKeys {
@@ -65,7 +184,21 @@ impl ApiKeys {
         let plain: Vec<String> =
             keys.into_iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty() && seen.insert(k.clone())).collect();
         let plain = plain.into_iter().enumerate().map(|(i, k)| (k, Principal::all(&format!("key{}", i + 1)))).collect();
-        ApiKeys { set: Arc::new(std::sync::RwLock::new(Arc::new(KeySet { plain, hashed: Vec::new() }))), file: None }
+        let set = KeySet { plain, hashed: Vec::new() };
+        ApiKeys { set: Arc::new(std::sync::RwLock::new(Arc::new(set))), file: None, defaults: KeyLimits::default() }
+    }
+
+    /// Limits every key has that sets none of its own (`--key-readings-per-second`, `--key-concurrent-requests`).
+    pub fn with_default_limits(self, defaults: KeyLimits) -> Self {
+        {
+            let mut set = self.set.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut plain = set.plain.clone();
+            for (_, principal) in &mut plain {
+                principal.limiter = KeyLimiter::new(defaults);
+            }
+            *set = Arc::new(KeySet { plain, hashed: set.hashed.clone() });
+        }
+        ApiKeys { defaults, ..self }
     }
 
     /// The same, with the named keys of the key file at `path` (`--api-keys-file`), read now.
@@ -80,6 +213,10 @@ impl ApiKeys {
     pub fn reload(&self) -> Result<(), file::KeyFileError> {
         let Some(path) = &self.file else { return Ok(()) };
         let loaded = file::KeyFile::load(path)?;
+        let mut set = self.set.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A key whose limits did not change keeps its limiter (its requests in flight, its rate's debt).
+        let kept: HashMap<Arc<str>, Arc<KeyLimiter>> =
+            set.hashed.iter().filter_map(|(_, p)| Some((p.name.clone(), p.limiter.clone()?))).collect();
         let hashed = loaded
             .keys
             .iter()
@@ -88,10 +225,15 @@ impl ApiKeys {
                 let mut scopes = [false; 4];
                 k.scopes.iter().for_each(|s| scopes[*s as usize] = true);
                 let devices = k.devices.as_ref().map(|d| d.clone().into());
-                Some((hash, Principal { name: k.name.as_str().into(), scopes, devices }))
+                let name: Arc<str> = k.name.as_str().into();
+                let limits = k.limits().or(self.defaults);
+                let limiter = match kept.get(&name) {
+                    Some(l) if l.limits() == limits => Some(l.clone()),
+                    _ => KeyLimiter::new(limits),
+                };
+                Some((hash, Principal { name, scopes, devices, limiter }))
             })
             .collect();
-        let mut set = self.set.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         *set = Arc::new(KeySet { plain: set.plain.clone(), hashed });
         Ok(())
     }
@@ -136,64 +278,44 @@ impl ApiKeys {
         found
     }
 
-    /// Whether `key` is accepted for `scope` (anything when authentication is off).
-    pub fn accepts(&self, key: &str, scope: Scope) -> bool {
-        !self.enabled() || self.authenticate(key).is_some_and(|p| p.may(scope))
-    }
-
-    /// Whether headers (or gRPC metadata as headers) carry a key accepted for `scope`: `authorization: Bearer KEY`
-    /// / `Token KEY`, basic auth with the key as user name or password, or `x-api-key: KEY`.
-    pub fn authorizes(&self, headers: &HeaderMap, scope: Scope) -> bool {
-        if !self.enabled() {
-            return true;
-        }
-        let mut keys = header_keys(headers);
-        keys.extend(headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
-        keys.iter().any(|k| self.accepts(k, scope))
-    }
-
-    /// Checks the request's credentials for `scope`; `Err` is the response to send (401 without a valid key, 403
-    /// for a key without the scope).
-    pub fn check(&self, headers: &HeaderMap, scope: Scope) -> Result<Option<Principal>, Response> {
+    /// The one rule of every port: the first offered secret that is a key, if it has `scope` and a free place
+    /// among its concurrent requests, is let in; otherwise the refusal, counted and logged ([`failed`]). `Ok(None)`
+    /// when authentication is off.
+    pub fn admit(&self, offered: &[String], scope: Scope) -> Result<Option<Admitted>, Refusal> {
         if !self.enabled() {
             return Ok(None);
         }
-        // A script (the dashboard) that says so gets no `WWW-Authenticate`: browsers would open their login dialog.
-        let challenge = !headers.contains_key("x-requested-with");
-        self.check_candidates(&header_keys(headers), scope, challenge)
+        let result = self.admit_checked(offered, scope);
+        if let Err(refusal) = &result {
+            failed(refusal);
+        }
+        result.map(Some)
     }
 
-    /// [`Self::check`], plus InfluxDB 1.x's `u`/`p` query parameters on `/write`.
-    pub fn check_request(&self, request: &Request, scope: Scope) -> Result<Option<Principal>, Response> {
-        if !self.enabled() {
-            return Ok(None);
+    fn admit_checked(&self, offered: &[String], scope: Scope) -> Result<Admitted, Refusal> {
+        if offered.is_empty() {
+            return Err(Refusal::NoCredentials);
         }
-        let headers = request.headers();
-        let challenge = !headers.contains_key("x-requested-with");
-        let mut keys = header_keys(headers);
-        if request.uri().path() == "/write" {
-            keys.extend(query_keys(request.uri().query().unwrap_or("")));
-        }
-        self.check_candidates(&keys, scope, challenge)
-    }
-
-    fn check_candidates(&self, keys: &[String], scope: Scope, challenge: bool) -> Result<Option<Principal>, Response> {
-        if keys.is_empty() {
-            return Err(unauthorized("no credentials provided", challenge));
-        }
-        let Some(principal) = keys.iter().find_map(|k| self.authenticate(k)) else {
-            return Err(unauthorized("invalid api key", challenge));
-        };
+        let principal = offered.iter().find_map(|k| self.authenticate(k)).ok_or(Refusal::UnknownKey)?;
         if !principal.may(scope) {
-            let message = format!(
-                "the key {} may {}; this needs the {} scope",
-                principal.name,
-                principal.scopes().join(", "),
-                scope.as_str()
-            );
-            return Err((StatusCode::FORBIDDEN, message).into_response());
+            return Err(Refusal::MissingScope {
+                key: principal.name.clone(),
+                has: principal.scopes().join(", "),
+                needs: scope,
+            });
         }
-        Ok(Some(principal))
+        let slot = match &principal.limiter {
+            None => None,
+            Some(limiter) => {
+                limiter.enter().map_err(|limit| Refusal::Limited { key: principal.name.clone(), limit })?
+            }
+        };
+        Ok(Admitted { principal, _slot: slot })
+    }
+
+    /// [`Self::admit`] for HTTP headers or gRPC metadata (as headers).
+    pub fn admit_headers(&self, headers: &HeaderMap, scope: Scope) -> Result<Option<Admitted>, Refusal> {
+        self.admit(&offered_keys(headers), scope)
     }
 }
 
@@ -216,17 +338,30 @@ pub fn scope_of_path(path: &str) -> Scope {
     }
 }
 
-/// The keys a request's `Authorization` header offers: basic auth's username and password, or a `Token`/`Bearer`.
-fn header_keys(headers: &HeaderMap) -> Vec<String> {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return Vec::new() };
-    let Some((scheme, credential)) = value.split_once(' ') else { return Vec::new() };
-    if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") {
-        return vec![credential.trim().to_owned()];
+/// The keys a request offers, on every port: `authorization: Bearer KEY` / `Token KEY`, basic auth's user name and
+/// password, and `x-api-key: KEY`.
+pub fn offered_keys(headers: &HeaderMap) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some((scheme, credential)) = value.split_once(' ')
+    {
+        if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") {
+            keys.push(credential.trim().to_owned());
+        } else if let Some((user, password)) = basic_auth(headers) {
+            keys.extend([user, password]);
+        }
     }
-    match basic_auth(headers) {
-        Some((user, password)) => vec![user, password],
-        None => Vec::new(),
+    keys.extend(headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
+    keys
+}
+
+/// The keys an HTTP request offers: [`offered_keys`], plus InfluxDB 1.x's `u`/`p` query parameters on `/write`.
+fn offered_by(request: &Request) -> Vec<String> {
+    let mut offered = offered_keys(request.headers());
+    if request.uri().path() == "/write" {
+        offered.extend(query_keys(request.uri().query().unwrap_or("")));
     }
+    offered
 }
 
 /// InfluxDB 1.x's `p` (password) and `u` (user) query parameters.
@@ -235,12 +370,6 @@ fn query_keys(query: &str) -> Vec<String> {
         .filter(|(k, _)| k == "p" || k == "u")
         .map(|(_, v)| v.into_owned())
         .collect()
-}
-
-/// The username of an `Authorization: Basic` header, as Go's `Request.BasicAuth` reads it: base64 of
-/// `user:password`, with the colon required.
-pub(crate) fn basic_auth_username(headers: &HeaderMap) -> Option<String> {
-    basic_auth(headers).map(|(user, _)| user)
 }
 
 /// The username and password of an `Authorization: Basic` header.
@@ -256,29 +385,24 @@ pub(crate) fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-fn unauthorized(message: &'static str, challenge: bool) -> Response {
-    let mut response = (StatusCode::UNAUTHORIZED, message).into_response();
-    if challenge {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"weir\""));
-    }
-    response
-}
-
-/// Middleware that refuses requests without a valid API key.
-/// Middleware that refuses requests without a valid API key for their route's scope ([`scope_of_path`]); the
-/// request carries its [`Principal`] on (an extension) for the handlers that look further (device limits).
+/// Middleware that refuses requests without a valid API key for their route's scope ([`scope_of_path`]) or over
+/// their key's concurrency; the request carries its [`Principal`] on (an extension) for the handlers that look
+/// further (device limits, rate), and holds its place among the key's requests until its answer is made.
 pub async fn require_api_key(State(keys): State<ApiKeys>, mut request: Request, next: Next) -> Response {
     let scope = scope_of_path(request.uri().path());
-    match keys.check_request(&request, scope) {
-        Ok(principal) => {
-            if let Some(principal) = principal {
-                request.extensions_mut().insert(principal);
+    let offered = offered_by(&request);
+    // A script (the dashboard) that says so gets no `WWW-Authenticate`: browsers would open their login dialog.
+    let challenge = !request.headers().contains_key("x-requested-with");
+    match keys.admit(&offered, scope) {
+        Ok(admitted) => {
+            if let Some(a) = &admitted {
+                request.extensions_mut().insert(a.principal.clone());
             }
-            next.run(request).await
+            let response = next.run(request).await;
+            drop(admitted);
+            response
         }
-        Err(response) => response,
+        Err(refusal) => refusal.into_response(challenge),
     }
 }
 
@@ -294,6 +418,10 @@ mod tests {
         h
     }
 
+    fn check(keys: &ApiKeys, headers: &HeaderMap, scope: Scope) -> Result<Option<Principal>, Response> {
+        keys.admit_headers(headers, scope).map(|a| a.map(|a| a.principal)).map_err(|r| r.into_response(true))
+    }
+
     fn basic(s: &str) -> String {
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s))
     }
@@ -301,34 +429,34 @@ mod tests {
     #[test]
     fn the_username_is_the_key() {
         let keys = ApiKeys::new(["k1".to_string()]);
-        assert!(keys.check(&headers(Some(&basic("k1:anything"))), Scope::Write).is_ok());
-        assert!(keys.check(&headers(Some(&basic("k1:"))), Scope::Write).is_ok());
-        assert!(keys.check(&headers(Some(&basic("k2:x"))), Scope::Write).is_err());
-        assert!(keys.check(&headers(Some(&basic("k1"))), Scope::Write).is_err(), "no colon: not basic auth");
-        assert!(keys.check(&headers(Some("Bearer k2")), Scope::Write).is_err());
-        assert!(keys.check(&headers(None), Scope::Write).is_err());
+        assert!(check(&keys, &headers(Some(&basic("k1:anything"))), Scope::Write).is_ok());
+        assert!(check(&keys, &headers(Some(&basic("k1:"))), Scope::Write).is_ok());
+        assert!(check(&keys, &headers(Some(&basic("k2:x"))), Scope::Write).is_err());
+        assert!(check(&keys, &headers(Some(&basic("k1"))), Scope::Write).is_err(), "no colon: not basic auth");
+        assert!(check(&keys, &headers(Some("Bearer k2")), Scope::Write).is_err());
+        assert!(check(&keys, &headers(None), Scope::Write).is_err());
     }
 
     #[test]
     fn influxdb_clients_give_the_key_as_a_token_a_password_or_on_write_a_query_parameter() {
         let keys = ApiKeys::new(["k1".to_string()]);
-        assert!(keys.check(&headers(Some("Token k1")), Scope::Write).is_ok());
-        assert!(keys.check(&headers(Some("Bearer k1")), Scope::Write).is_ok());
-        assert!(keys.check(&headers(Some(&basic("someone:k1"))), Scope::Write).is_ok());
-        assert!(keys.check(&headers(Some("Token k2")), Scope::Write).is_err());
+        assert!(check(&keys, &headers(Some("Token k1")), Scope::Write).is_ok());
+        assert!(check(&keys, &headers(Some("Bearer k1")), Scope::Write).is_ok());
+        assert!(check(&keys, &headers(Some(&basic("someone:k1"))), Scope::Write).is_ok());
+        assert!(check(&keys, &headers(Some("Token k2")), Scope::Write).is_err());
         let request = |uri: &str| Request::builder().uri(uri).body(axum::body::Body::empty()).unwrap();
-        assert!(keys.check_request(&request("/write?db=x&u=me&p=k1"), Scope::Write).is_ok());
-        assert!(keys.check_request(&request("/write?u=k1"), Scope::Write).is_ok());
-        assert!(keys.check_request(&request("/write?p=k2"), Scope::Write).is_err());
+        assert!(keys.admit(&offered_by(&request("/write?db=x&u=me&p=k1")), Scope::Write).is_ok());
+        assert!(keys.admit(&offered_by(&request("/write?u=k1")), Scope::Write).is_ok());
+        assert!(keys.admit(&offered_by(&request("/write?p=k2")), Scope::Write).is_err());
         assert!(
-            keys.check_request(&request("/api/v1/sql?p=k1"), Scope::Write).is_err(),
+            keys.admit(&offered_by(&request("/api/v1/sql?p=k1")), Scope::Write).is_err(),
             "only /write reads keys from the query"
         );
     }
 
     #[test]
     fn no_keys_means_no_auth() {
-        assert!(ApiKeys::new([]).check(&headers(None), Scope::Sql).is_ok());
+        assert!(check(&ApiKeys::new([]), &headers(None), Scope::Sql).is_ok());
     }
 
     /// Every scope against every key: a key may do what its scopes say (admin everything), a revoked key nothing
@@ -347,23 +475,54 @@ mod tests {
         for (scope, secret) in &secrets {
             for wanted in Scope::ALL {
                 let allowed = *scope == wanted || *scope == Scope::Admin;
-                let result = keys.check(&headers(Some(&format!("Bearer {secret}"))), wanted);
+                let result = check(&keys, &headers(Some(&format!("Bearer {secret}"))), wanted);
                 match result {
                     Ok(p) => assert!(allowed && p.unwrap().name.starts_with("only-")),
                     Err(r) => assert!(!allowed && r.status() == StatusCode::FORBIDDEN, "{scope:?} {wanted:?}"),
                 }
             }
-            assert!(keys.check(&headers(Some(&format!("Bearer {secret}x"))), *scope).unwrap_err().status() == 401);
+            assert!(check(&keys, &headers(Some(&format!("Bearer {secret}x"))), *scope).unwrap_err().status() == 401);
         }
-        assert_eq!(keys.check(&headers(Some("Bearer plain")), Scope::Admin).unwrap().unwrap().name.as_ref(), "key1");
+        assert_eq!(check(&keys, &headers(Some("Bearer plain")), Scope::Admin).unwrap().unwrap().name.as_ref(), "key1");
         f.revoke("only-write");
         f.save(&path).unwrap();
         keys.reload().unwrap();
         let write = &secrets[0].1;
-        assert_eq!(keys.check(&headers(Some(&format!("Bearer {write}"))), Scope::Write).unwrap_err().status(), 401);
+        assert_eq!(check(&keys, &headers(Some(&format!("Bearer {write}"))), Scope::Write).unwrap_err().status(), 401);
         // A broken file leaves the keys in force.
         std::fs::write(&path, "not toml [").unwrap();
         assert!(keys.reload().is_err());
-        assert!(keys.check(&headers(Some(&format!("Bearer {}", secrets[1].1))), Scope::Read).is_ok());
+        assert!(check(&keys, &headers(Some(&format!("Bearer {}", secrets[1].1))), Scope::Read).is_ok());
+    }
+
+    /// A key's limits come from the file or the defaults; over its concurrency a request is 429 with Retry-After,
+    /// and a reload that keeps the limits keeps the requests in flight counted.
+    #[test]
+    fn limits_come_from_the_file_or_the_defaults_and_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let mut f = file::KeyFile::default();
+        let own = f.add("own", [Scope::Write].into(), None).unwrap();
+        f.keys[0].concurrent_requests = Some(1);
+        let defaulted = f.add("defaulted", [Scope::Write].into(), None).unwrap();
+        f.save(&path).unwrap();
+        let defaults = KeyLimits { readings_per_second: Some(10), concurrent_requests: Some(2) };
+        let keys = ApiKeys::new(["plain".to_string()]).with_default_limits(defaults).with_file(&path).unwrap();
+        let admit = |secret: &str| keys.admit(&[secret.to_owned()], Scope::Write);
+        let first = admit(&own).unwrap().unwrap();
+        let refusal = admit(&own).unwrap_err();
+        assert!(matches!(refusal, Refusal::Limited { limit: LimitExceeded::Concurrency { limit: 1 }, .. }));
+        let response = refusal.into_response(true);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        keys.reload().unwrap();
+        assert!(admit(&own).is_err(), "the reload kept the request in flight counted");
+        drop(first);
+        assert!(admit(&own).is_ok());
+        let (_a, _b) = (admit(&defaulted).unwrap(), admit(&defaulted).unwrap());
+        assert!(admit(&defaulted).is_err(), "the default concurrency, 2");
+        let plain = admit("plain").unwrap().unwrap().principal;
+        assert!(plain.take(10).is_ok() && plain.take(1).is_ok(), "one second's burst, then one into debt");
+        assert!(matches!(plain.take(1), Err(LimitExceeded::Rate { limit: 10, .. })));
     }
 }

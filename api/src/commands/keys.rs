@@ -37,6 +37,12 @@ pub struct AddArgs {
     /// For a write key: the devices it may write (comma-separated; `prefix*` patterns). Absent: any device.
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<String>>,
+    /// The most readings a second the key may write (429 with Retry-After beyond). Absent: the server's default.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub readings_per_second: Option<u64>,
+    /// The most requests of the key at once (429 beyond). Absent: the server's default.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrent_requests: Option<u32>,
     #[command(flatten)]
     pub file: FileArg,
 }
@@ -55,6 +61,10 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
             let mut file = KeyFile::load(path)?;
             let scopes: BTreeSet<Scope> = args.scopes.into_iter().collect();
             let secret = file.add(&args.name, scopes, args.devices).map_err(anyhow::Error::msg)?;
+            if let Some(key) = file.keys.last_mut() {
+                key.readings_per_second = args.readings_per_second;
+                key.concurrent_requests = args.concurrent_requests;
+            }
             file.save(path)?;
             eprintln!("added key {:?} to {}; its secret (shown only now):", args.name, path.display());
             println!("{secret}");
@@ -64,7 +74,11 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
             for key in &file.keys {
                 let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
                 let devices = key.devices.as_ref().map_or("any device".to_owned(), |d| d.join(","));
-                println!("{}\t{}\t{devices}", key.name, scopes.join(","));
+                let limit =
+                    |v: Option<String>, unit: &str| v.map_or("server default".to_owned(), |v| format!("{v} {unit}"));
+                let rate = limit(key.readings_per_second.map(|r| r.to_string()), "readings/s");
+                let concurrent = limit(key.concurrent_requests.map(|c| c.to_string()), "at once");
+                println!("{}\t{}\t{devices}\t{rate}\t{concurrent}", key.name, scopes.join(","));
             }
         }
         KeysCommand::Revoke(args) => {

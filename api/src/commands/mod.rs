@@ -96,6 +96,24 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// An HTTP client for the commands that talk to a server (`weir sql --url`, `weir push`): for `https://` URLs it
+/// trusts the system's CA roots and, with `cacert` (`--cacert`), the CA certificates in that PEM file — a server
+/// with a self-signed or private-CA certificate (`weir serve --tls-cert`).
+pub fn http_client(cacert: Option<&std::path::Path>) -> anyhow::Result<reqwest::ClientBuilder> {
+    use anyhow::Context;
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = cacert {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read --cacert {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--cacert {}: not PEM certificates", path.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "--cacert {} holds no PEM certificate", path.display());
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

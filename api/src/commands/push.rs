@@ -26,6 +26,11 @@ pub struct PushArgs {
     #[arg(long, env = "WEIR_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// A PEM file of CA certificates to trust for an `https://` --url, besides the system's (a server's
+    /// self-signed or private-CA certificate).
+    #[arg(long, env = "WEIR_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+
     /// The files' format, whatever their names say.
     #[arg(long, env = "WEIR_PUSH_FORMAT", value_enum)]
     pub format: Option<Format>,
@@ -79,8 +84,10 @@ pub const EXIT_FAILED: i32 = 3;
 
 /// Runs the push and prints its summary; the exit status it should end with.
 pub async fn run(args: PushArgs) -> anyhow::Result<i32> {
-    let client =
-        reqwest::Client::builder().timeout(args.timeout).pool_max_idle_per_host(args.connections as usize).build()?;
+    let client = super::http_client(args.cacert.as_deref())?
+        .timeout(args.timeout)
+        .pool_max_idle_per_host(args.connections as usize)
+        .build()?;
     let sender = Sender {
         client,
         url: args.url.trim_end_matches('/').to_owned(),

@@ -73,6 +73,29 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 
+    /// The most readings a second one API key may write, for keys whose key file entry sets none (429 with
+    /// Retry-After beyond it). Default: unlimited.
+    #[arg(long, env = "WEIR_KEY_READINGS_PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]
+    pub key_readings_per_second: Option<u64>,
+
+    /// The most requests of one API key at once, for keys whose key file entry sets none (429 beyond it).
+    /// Default: unlimited.
+    #[arg(long, env = "WEIR_KEY_CONCURRENT_REQUESTS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub key_concurrent_requests: Option<u32>,
+
+    /// PEM certificate chain (the server's own first): serve HTTP, gRPC (with Flight SQL) and the PostgreSQL port
+    /// over TLS only. Needs --tls-key. Read again on SIGHUP (open connections keep theirs).
+    #[arg(long, env = "WEIR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WEIR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: every port then requires a client certificate they signed (mTLS), besides the API key.
+    #[arg(long, env = "WEIR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Longest accepted NDJSON line; a longer line is rejected and the rest of the body goes on.
     #[arg(long, env = "WEIR_MAX_LINE_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub max_line_bytes: u64,
@@ -338,7 +361,14 @@ impl ArchiveArgs {
 }
 
 impl ServeArgs {
-    /// The node's configuration from these flags (`--config`, flags and `WEIR_*` variables already merged).
+    /// The TLS certificate of every port, read now (`None` without --tls-cert).
+    pub fn tls(&self) -> anyhow::Result<Option<crate::tls::Tls>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let files =
+            crate::tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.tls_client_ca.clone() };
+        Ok(Some(crate::tls::Tls::load(files)?))
+    }
+
     /// The MQTT subscription, if `--mqtt-url` is given.
     pub fn mqtt_config(&self) -> anyhow::Result<Option<crate::mqtt::MqttConfig>> {
         let Some(url) = &self.mqtt_url else { return Ok(None) };
@@ -358,6 +388,7 @@ impl ServeArgs {
         }))
     }
 
+    /// The node's configuration from these flags (`--config`, flags and `WEIR_*` variables already merged).
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
         let sensors = match self.sensors.as_slice() {
             [any] if any.trim() == "any" => SensorSet::any(),
@@ -458,10 +489,12 @@ impl ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::metrics::handle();
     raise_open_file_limit();
-    let mut keys = ApiKeys::new(args.api_keys.iter().cloned());
+    let mut keys = ApiKeys::new(args.api_keys.iter().cloned()).with_default_limits(crate::auth::KeyLimits {
+        readings_per_second: args.key_readings_per_second,
+        concurrent_requests: args.key_concurrent_requests,
+    });
     if let Some(path) = &args.api_keys_file {
         keys = keys.with_file(path).context("--api-keys-file / WEIR_API_KEYS_FILE")?;
-        tokio::spawn(reload_keys(keys.clone()));
     }
     if !keys.enabled() {
         tracing::warn!(
@@ -471,6 +504,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The settings first (no side effects), then the ports: a port in use is found at once, not after the log is
     // recovered and the archive loaded. (Connections wait in the backlog until the node serves.)
     let config = args.node_config()?;
+    let tls = args.tls()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mqtt = args.mqtt_config()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -518,12 +553,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "weir is serving");
     // Scripts and tests read these lines to learn the ports.
-    println!("weir listening on http://{addr}");
+    println!("weir listening on {scheme}://{addr}");
+    tokio::spawn(reload_on_change(state.keys.clone(), tls.clone()));
     let grpc = match grpc_listener {
         None => None,
         Some(grpc_listener) => {
             let grpc_addr = grpc_listener.local_addr()?;
-            println!("weir grpc listening on http://{grpc_addr}");
+            println!("weir grpc listening on {scheme}://{grpc_addr}");
             tracing::info!(%grpc_addr, "gRPC is serving (weir.v1.Weir, health, reflection)");
             let service = crate::grpc::WeirGrpc::new(Arc::new(state.clone()), state.keys.clone());
             // Arrow Flight SQL on the same port.
@@ -532,13 +568,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let (grpc_max_connections, grpc_idle_timeout) =
                 (args.grpc_max_connections as usize, args.grpc_idle_timeout);
             let shutdown = stopping(stopped.clone());
+            let tls = tls.clone();
             Some(tokio::spawn(async move {
                 let limits = crate::grpc::connections::ConnectionLimits {
                     max: grpc_max_connections,
                     idle: grpc_idle_timeout.max(Duration::from_millis(300)),
                 };
                 if let Err(e) =
-                    crate::grpc::serve(grpc_listener, service, max_message, limits, Some(flight), shutdown).await
+                    crate::grpc::serve(grpc_listener, service, max_message, limits, Some(flight), tls, shutdown).await
                 {
                     tracing::error!(error = %e, "the gRPC server stopped");
                 }
@@ -550,7 +587,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("weir postgres listening on {pg_addr}");
         tracing::info!(%pg_addr, "the PostgreSQL protocol is serving");
         let config = crate::pg::PgConfig { max_connections: args.pg_max_connections as usize };
-        tokio::spawn(crate::pg::serve(listener, state.sql.clone(), state.keys.clone(), config))
+        tokio::spawn(crate::pg::serve(listener, state.sql.clone(), state.keys.clone(), config, tls.clone()))
     });
 
     let limits = crate::listen::HttpLimits {
@@ -558,7 +595,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.http_max_connections as usize,
         shutdown_timeout: args.shutdown_timeout,
     };
-    crate::listen::serve(listener, app(state), limits, stopping(stopped)).await;
+    crate::listen::serve(listener, app(state), limits, tls, stopping(stopped)).await;
     tracing::debug!("HTTP connections drained");
     if let Some(mqtt) = mqtt {
         let _ = tokio::time::timeout(args.shutdown_timeout, mqtt).await;
@@ -636,11 +673,10 @@ fn stop_with_the_cluster() {
     }));
 }
 
-/// Reloads the key file when it changes (checked every second) and on SIGHUP; a file that cannot be read leaves
-/// the keys in force, with an error in the log.
-async fn reload_keys(keys: ApiKeys) {
+/// Reloads the key file when it changes (checked every second) and on SIGHUP, and the TLS certificate on SIGHUP;
+/// a file that cannot be read leaves what is in force, with an error in the log.
+async fn reload_on_change(keys: ApiKeys, tls: Option<crate::tls::Tls>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Some(path) = keys.file().map(std::path::Path::to_path_buf) else { return };
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => Some(hangup),
         Err(e) => {
@@ -648,8 +684,9 @@ async fn reload_keys(keys: ApiKeys) {
             None
         }
     };
-    let stamp = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut seen = stamp(&path);
+    let stamp =
+        |path: Option<&std::path::Path>| path.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let mut seen = stamp(keys.file());
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let hup = async {
@@ -658,19 +695,28 @@ async fn reload_keys(keys: ApiKeys) {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let signalled = tokio::select! {
             _ = tick.tick() => {
-                let now = stamp(&path);
+                let now = stamp(keys.file());
                 if now == seen {
                     continue;
                 }
                 seen = now;
+                false
             }
-            _ = hup => {}
+            _ = hup => true,
+        };
+        if let Some(path) = keys.file() {
+            match keys.reload() {
+                Ok(()) => tracing::info!(file = %path.display(), "API keys reloaded"),
+                Err(e) => tracing::error!(error = %e, "the key file was not reloaded; the keys in force stay"),
+            }
         }
-        match keys.reload() {
-            Ok(()) => tracing::info!(file = %path.display(), "API keys reloaded"),
-            Err(e) => tracing::error!(error = %e, "the key file was not reloaded; the keys in force stay"),
+        if signalled && let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "the TLS certificate was not reloaded; the one in force stays"),
+            }
         }
     }
 }

@@ -24,6 +24,11 @@ pub struct SqlArgs {
     #[arg(long, env = "WEIR_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// A PEM file of CA certificates to trust for an `https://` --url, besides the system's (a server's
+    /// self-signed or private-CA certificate).
+    #[arg(long, env = "WEIR_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+
     /// Output format.
     #[arg(long, env = "WEIR_SQL_FORMAT", value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
@@ -77,7 +82,8 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
 
 async fn remote(args: &SqlArgs) -> anyhow::Result<SqlResult> {
     let url = format!("{}/api/v1/sql", args.url.trim_end_matches('/'));
-    let mut request = reqwest::Client::new()
+    let mut request = super::http_client(args.cacert.as_deref())?
+        .build()?
         .post(&url)
         .header("content-type", "text/plain")
         .header("accept", ARROW_STREAM)

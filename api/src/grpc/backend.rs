@@ -16,6 +16,7 @@ use super::proto::{
     SubscribeRequest, UpdateKind, Window, WindowUpdate,
 };
 use super::{Backend, BatchAck, MessageStream};
+use crate::auth::Principal;
 use crate::node::answers::{SeriesQuery, WindowRow, latest_answer, series_answer};
 use crate::node::error::{ErrorKind, ServiceError};
 use crate::node::idempotent::KeyedRequest;
@@ -32,6 +33,7 @@ impl From<ServiceError> for Status {
             ErrorKind::Timeout => Status::deadline_exceeded(e.message),
             ErrorKind::Conflict => Status::aborted(e.message),
             ErrorKind::KeyReused => Status::failed_precondition(e.message),
+            ErrorKind::RateLimited => Status::resource_exhausted(e.message),
             ErrorKind::Unavailable => Status::unavailable(e.message),
             ErrorKind::StorageFull => Status::resource_exhausted(e.message),
             ErrorKind::Internal => Status::internal(e.message),
@@ -82,9 +84,8 @@ fn ipc_messages(result: &weir_sinks::sql::SqlResult) -> Result<Vec<SqlResponse>,
 }
 
 impl Backend for AppState {
-    async fn write(&self, batch: ReadingBatch, limit: Option<weir_pipeline::decode::DeviceLimit>) -> BatchAck {
-        let limited = limit.map(|limit| self.ingest.limited_to(limit));
-        let service = limited.as_ref().unwrap_or(&self.ingest);
+    async fn write(&self, batch: ReadingBatch, key: Option<&Principal>) -> BatchAck {
+        let service = self.ingest.for_key(key);
         let keyed = match batch.batch_id.as_str() {
             "" => None,
             id => match KeyedRequest::parse(id, "weir.v1.ReadingBatch", "") {

@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::listen::{Port, accept_within};
+use crate::tls::{self, MaybeTls, Protocol, Tls};
 
 /// Limits of the gRPC port's connections.
 #[derive(Debug, Clone, Copy)]
@@ -31,18 +32,36 @@ pub struct ConnectionLimits {
     pub idle: Duration,
 }
 
-/// Accepted connections within `limits`, as tonic's incoming stream.
+/// Accepted connections within `limits`, as tonic's incoming stream. With `tls`, each after its handshake; the
+/// handshakes run side by side (one client stalling its handshake delays no other), each within the idle timeout.
 pub fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
-) -> impl futures_util::Stream<Item = io::Result<Guarded>> + Send {
+    tls: Option<Tls>,
+) -> impl futures_util::Stream<Item = io::Result<MaybeTls<Guarded>>> + Send {
     let permits = Arc::new(Semaphore::new(limits.max.max(1)));
-    futures_util::stream::unfold((listener, permits), move |(listener, permits)| async move {
-        let (stream, _peer, permit) = accept_within(&listener, &permits, Port::Grpc).await;
-        let deadline = Box::pin(tokio::time::sleep(limits.idle));
-        let guarded = Guarded { stream, _permit: permit, idle: limits.idle, deadline };
-        Some((Ok(guarded), (listener, permits)))
-    })
+    // Every connection holds a permit, so at most `max` wait here.
+    let (ready, connections) = tokio::sync::mpsc::channel(limits.max.max(1));
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer, permit) = tokio::select! {
+                accepted = accept_within(&listener, &permits, Port::Grpc) => accepted,
+                () = ready.closed() => return,
+            };
+            let deadline = Box::pin(tokio::time::sleep(limits.idle));
+            let guarded = Guarded { stream, _permit: permit, idle: limits.idle, deadline };
+            let (ready, tls) = (ready.clone(), tls.clone());
+            tokio::spawn(async move {
+                match tls::wrap(tls.as_ref(), Protocol::Grpc, guarded, limits.idle).await {
+                    Ok(connection) => {
+                        let _ = ready.send(Ok(connection)).await;
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(connections)
 }
 
 /// One accepted connection: it holds a place under the limit until dropped, and reading from it fails once it has
@@ -108,5 +127,13 @@ impl Connected for Guarded {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
+    }
+}
+
+impl Connected for MaybeTls<Guarded> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner().connect_info()
     }
 }

@@ -17,8 +17,7 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{ApiKeys, Principal, Scope};
-use weir_pipeline::decode::DeviceLimit;
+use crate::auth::{Admitted, ApiKeys, Principal, Refusal, Scope};
 
 /// The code generated from the proto file, and its descriptors (for server reflection).
 pub mod proto {
@@ -59,7 +58,7 @@ pub struct BatchAck {
 pub trait Backend: Send + Sync + 'static {
     /// Validates and stores one batch (acknowledged once durable); readings of devices outside `limit` (the API
     /// key's devices) are rejected.
-    fn write(&self, batch: ReadingBatch, limit: Option<DeviceLimit>) -> impl Future<Output = BatchAck> + Send;
+    fn write(&self, batch: ReadingBatch, key: Option<&Principal>) -> impl Future<Output = BatchAck> + Send;
     fn latest(&self, request: LatestRequest) -> impl Future<Output = Result<LatestResponse, Status>> + Send;
     fn series(&self, request: SeriesRequest) -> impl Future<Output = Result<SeriesResponse, Status>> + Send;
     /// Runs read-only SQL; one message per record batch.
@@ -81,39 +80,12 @@ impl<B: Backend> WeirGrpc<B> {
         WeirGrpc { backend, keys }
     }
 
-    /// The same API keys as HTTP: `authorization: Basic base64(KEY:)` or `x-api-key: KEY`, for `scope`
-    /// (UNAUTHENTICATED without a valid key, PERMISSION_DENIED for a key without the scope).
-    fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> Result<Option<Principal>, Status> {
-        if !self.keys.enabled() {
-            return Ok(None);
-        }
-        let metadata = request.metadata();
-        let offered = match metadata.get("x-api-key") {
-            Some(key) => key.to_str().ok().map(str::to_owned),
-            None => crate::auth::basic_auth_username(&metadata.clone().into_headers()),
-        };
-        let Some(offered) = offered else {
-            return Err(Status::unauthenticated(
-                "no credentials provided: send `authorization: Basic base64(KEY:)` or `x-api-key: KEY`",
-            ));
-        };
-        match self.keys.authenticate(&offered) {
-            None => Err(Status::unauthenticated("invalid api key")),
-            Some(principal) if principal.may(scope) => Ok(Some(principal)),
-            Some(principal) => Err(Status::permission_denied(format!(
-                "the key {} may {}; this needs the {} scope",
-                principal.name,
-                principal.scopes().join(", "),
-                scope.as_str()
-            ))),
-        }
+    /// The same API keys and rule as every port ([`ApiKeys::admit`]): UNAUTHENTICATED without a valid key,
+    /// PERMISSION_DENIED for a key without the scope, RESOURCE_EXHAUSTED over the key's concurrency. The call
+    /// holds what is returned until it ends.
+    fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> Result<Option<Admitted>, Status> {
+        self.keys.admit_headers(&request.metadata().clone().into_headers(), scope).map_err(Refusal::into_status)
     }
-}
-
-/// The devices a write key may write, when its key lists some.
-fn device_limit(principal: Option<Principal>) -> Option<DeviceLimit> {
-    let principal = principal?;
-    Some(DeviceLimit { key: principal.name, patterns: principal.devices? })
 }
 
 /// The most bytes of rejection descriptions one acknowledgement carries, over a whole stream.
@@ -154,13 +126,14 @@ fn partial_failure(status: Status, ack: &IngestAck) -> Status {
 #[tonic::async_trait]
 impl<B: Backend> Weir for WeirGrpc<B> {
     async fn ingest(&self, request: Request<Streaming<ReadingBatch>>) -> Result<Response<IngestAck>, Status> {
-        let limit = device_limit(self.authorize(&request, Scope::Write)?);
+        let admitted = self.authorize(&request, Scope::Write)?;
+        let key = admitted.as_ref().map(|a| &a.principal);
         let mut batches = request.into_inner();
         let mut ack = IngestAck::default();
         let mut index = 0u32;
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(|e| partial_failure(e, &ack))?;
-            let mut done = self.backend.write(batch, limit.clone()).await;
+            let mut done = self.backend.write(batch, key).await;
             let failure = done.failure.take();
             add_batch(&mut ack, index, done);
             if let Some(status) = failure {
@@ -172,8 +145,8 @@ impl<B: Backend> Weir for WeirGrpc<B> {
     }
 
     async fn write(&self, request: Request<ReadingBatch>) -> Result<Response<IngestAck>, Status> {
-        let limit = device_limit(self.authorize(&request, Scope::Write)?);
-        let mut done = self.backend.write(request.into_inner(), limit).await;
+        let admitted = self.authorize(&request, Scope::Write)?;
+        let mut done = self.backend.write(request.into_inner(), admitted.as_ref().map(|a| &a.principal)).await;
         let failure = done.failure.take();
         let mut ack = IngestAck::default();
         add_batch(&mut ack, 0, done);
@@ -184,19 +157,19 @@ impl<B: Backend> Weir for WeirGrpc<B> {
     }
 
     async fn latest(&self, request: Request<LatestRequest>) -> Result<Response<LatestResponse>, Status> {
-        self.authorize(&request, Scope::Read)?;
+        let _admitted = self.authorize(&request, Scope::Read)?;
         Ok(Response::new(self.backend.latest(request.into_inner()).await?))
     }
 
     async fn series(&self, request: Request<SeriesRequest>) -> Result<Response<SeriesResponse>, Status> {
-        self.authorize(&request, Scope::Read)?;
+        let _admitted = self.authorize(&request, Scope::Read)?;
         Ok(Response::new(self.backend.series(request.into_inner()).await?))
     }
 
     type QueryStream = MessageStream<SqlResponse>;
 
     async fn query(&self, request: Request<SqlRequest>) -> Result<Response<Self::QueryStream>, Status> {
-        self.authorize(&request, Scope::Sql)?;
+        let _admitted = self.authorize(&request, Scope::Sql)?;
         let messages = self.backend.query(request.into_inner().sql).await?;
         Ok(Response::new(Box::pin(futures_util::stream::iter(messages.into_iter().map(Ok)))))
     }
@@ -204,7 +177,7 @@ impl<B: Backend> Weir for WeirGrpc<B> {
     type SubscribeStream = MessageStream<WindowUpdate>;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.authorize(&request, Scope::Read)?;
+        let _admitted = self.authorize(&request, Scope::Read)?;
         Ok(Response::new(self.backend.subscribe(request.into_inner()).await?))
     }
 }
@@ -217,6 +190,7 @@ pub async fn serve<B: Backend>(
     max_message_bytes: usize,
     limits: connections::ConnectionLimits,
     flight: Option<crate::flight::WeirFlightSql>,
+    tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -242,6 +216,6 @@ pub async fn serve<B: Backend>(
             arrow_flight::flight_service_server::FlightServiceServer::new(f)
                 .max_decoding_message_size(max_message_bytes)
         }))
-        .serve_with_incoming_shutdown(connections::incoming(listener, limits), shutdown)
+        .serve_with_incoming_shutdown(connections::incoming(listener, limits, tls), shutdown)
         .await
 }

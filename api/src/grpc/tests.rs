@@ -15,7 +15,7 @@ struct Double {
 }
 
 impl Backend for Double {
-    async fn write(&self, batch: ReadingBatch, _limit: Option<weir_pipeline::decode::DeviceLimit>) -> BatchAck {
+    async fn write(&self, batch: ReadingBatch, _key: Option<&crate::auth::Principal>) -> BatchAck {
         self.writes.lock().unwrap().push(batch.len());
         let first = batch.readings().next().and_then(|r| r.ok()).and_then(|r| r.sensor);
         let failure = (first == Some("fail")).then(|| Status::unavailable("the log is full"));

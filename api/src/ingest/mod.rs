@@ -117,17 +117,12 @@ pub(crate) fn keyed_request(headers: &HeaderMap, uri: &Uri) -> Result<Option<Key
         .map_err(|e| ServiceError::invalid(e.to_string()))
 }
 
-/// The ingest service as the request's key may use it: limited to the key's devices when its key lists some.
+/// The ingest service as the request's key may use it ([`IngestService::for_key`]).
 pub(crate) fn service_for<'s>(
     state: &'s AppState,
     principal: &Option<axum::Extension<crate::auth::Principal>>,
 ) -> std::borrow::Cow<'s, crate::node::ingest::IngestService> {
-    match principal.as_ref().and_then(|p| Some((p.name.clone(), p.devices.clone()?))) {
-        None => std::borrow::Cow::Borrowed(state.ingest.as_ref()),
-        Some((key, patterns)) => {
-            std::borrow::Cow::Owned(state.ingest.limited_to(weir_pipeline::decode::DeviceLimit { key, patterns }))
-        }
-    }
+    state.ingest.for_key(principal.as_ref().map(|p| &p.0))
 }
 
 /// Marks the answer of an earlier request given again (`Idempotent-Replayed: true`).
@@ -202,10 +197,8 @@ pub(crate) fn finish(
     if let Ok(v) = HeaderValue::from_str(&position) {
         response.headers_mut().insert(POSITION_HEADER, v);
     }
-    if let Some(after) = outcome.failure.as_ref().and_then(|f| f.retry_after)
-        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, v);
+    if let Some(seconds) = outcome.failure.as_ref().and_then(ServiceError::retry_after_seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     mark_replayed(outcome, &mut response);
     metrics::counter!("weir_ingest_requests_total", "status" => response.status().as_u16().to_string()).increment(1);
@@ -241,10 +234,8 @@ fn respond(outcome: IngestOutcome, params: IngestParams, durable: u64, process: 
     if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
         response.headers_mut().insert(POSITION_HEADER, v);
     }
-    if let Some(after) = outcome.failure.as_ref().and_then(|f| f.retry_after)
-        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, v);
+    if let Some(seconds) = outcome.failure.as_ref().and_then(ServiceError::retry_after_seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     mark_replayed(&outcome, &mut response);
     response

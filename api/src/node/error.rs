@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Conflict,
     /// An idempotency key answered before came with a different request: do not retry it as it is.
     KeyReused,
+    /// The request's API key is over its rate (readings a second): retry after `retry_after`.
+    RateLimited,
     /// Weir cannot answer now (the log is full, the statistics or the archive have not caught up): retry.
     Unavailable,
     /// The disk is full: nothing more is stored until Weir has space (and is restarted).
@@ -48,12 +50,25 @@ impl ServiceError {
         ServiceError { kind, message: message.into(), retry_after, accepted: 0 }
     }
 
+    /// Whole seconds to wait before retrying, rounded up (at least 1): what `Retry-After` says.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        self.retry_after.map(|after| after.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
     pub fn invalid(message: impl Into<String>) -> Self {
         ServiceError::new(ErrorKind::InvalidArgument, message)
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         ServiceError::new(ErrorKind::Unavailable, message)
+    }
+}
+
+impl From<crate::auth::LimitExceeded> for ServiceError {
+    fn from(e: crate::auth::LimitExceeded) -> Self {
+        let mut error = ServiceError::new(ErrorKind::RateLimited, e.to_string());
+        error.retry_after = Some(e.retry_after());
+        error
     }
 }
 

@@ -66,6 +66,8 @@ pub struct IngestService {
     protocols: Protocols,
     /// The idempotency keys this process remembers.
     keys: Arc<Keys>,
+    /// The API key of the request, when it has a rate: its readings are taken from it as they are stored.
+    rate: Option<crate::auth::Principal>,
 }
 
 /// How the protocols other than NDJSON and gRPC name devices and sensors (`weir serve`'s flags).
@@ -124,13 +126,46 @@ impl IngestOutcome {
 impl IngestService {
     pub fn new(decoder: Decoder, limits: IngestLimits, log: Arc<dyn ReadingLog>) -> Self {
         let keys = Keys::in_memory(Duration::from_secs(24 * 3600), 64 << 20);
-        IngestService { decoder, limits, log, process: None, budget: None, protocols: Protocols::default(), keys }
+        IngestService {
+            decoder,
+            limits,
+            log,
+            process: None,
+            budget: None,
+            protocols: Protocols::default(),
+            keys,
+            rate: None,
+        }
     }
 
-    /// The same service for a request whose API key may write only the devices `limit` allows (its other readings
-    /// are rejected line by line, with the reason).
-    pub fn limited_to(&self, limit: weir_pipeline::decode::DeviceLimit) -> IngestService {
-        IngestService { decoder: self.decoder.clone().with_device_limit(limit), ..self.clone() }
+    /// The service as a request's API key may use it: only the devices its key lists (other readings are rejected
+    /// line by line, with the reason), and its readings taken from the key's rate as they are stored (beyond it,
+    /// [`ErrorKind::RateLimited`]). Every transport gets its service here.
+    pub fn for_key(&self, principal: Option<&crate::auth::Principal>) -> std::borrow::Cow<'_, IngestService> {
+        let Some(principal) = principal.filter(|p| p.devices.is_some() || p.limiter.is_some()) else {
+            return std::borrow::Cow::Borrowed(self);
+        };
+        let mut service = self.clone();
+        if let Some(patterns) = &principal.devices {
+            let limit = weir_pipeline::decode::DeviceLimit { key: principal.name.clone(), patterns: patterns.clone() };
+            service.decoder = service.decoder.with_device_limit(limit);
+        }
+        service.rate = principal.limiter.is_some().then(|| principal.clone());
+        std::borrow::Cow::Owned(service)
+    }
+
+    /// Takes `readings` from the request key's rate, if it has one.
+    fn take_rate(&self, readings: usize) -> Result<(), ServiceError> {
+        match &self.rate {
+            None => Ok(()),
+            Some(principal) => principal.take(readings as u64).map_err(|limit| {
+                let refusal = crate::auth::Refusal::Limited { key: principal.name.clone(), limit: limit.clone() };
+                crate::auth::failed(&refusal);
+                let mut error = ServiceError::from(limit);
+                error.message = refusal.to_string();
+                error
+            }),
+        }
     }
 
     /// Remembers idempotency keys in `keys` (the node's, rebuilt from the WAL; by default a table in memory).
@@ -450,6 +485,9 @@ impl IngestService {
                 )),
             };
         }
+        if let Err(e) = self.take_rate(stored.len()) {
+            return IngestOutcome::failed(e);
+        }
         let decoded = decoder.decoded();
         let rejections = decoder.into_rejections();
         let answer = StoredAnswer {
@@ -529,6 +567,7 @@ impl IngestService {
         deadline: Instant,
         pending: &mut Vec<(PendingAppend, u64)>,
     ) -> Result<(), ServiceError> {
+        self.take_rate(batch.len())?;
         let wait = self.limits.queue_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let append = self.log.append(batch, wait).await.map_err(log_failure)?;
         pending.push((append, batch.len() as u64));

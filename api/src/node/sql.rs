@@ -90,7 +90,8 @@ impl SqlService {
                 | ErrorKind::TooLarge
                 | ErrorKind::Internal
                 | ErrorKind::Conflict
-                | ErrorKind::KeyReused => "error",
+                | ErrorKind::KeyReused
+                | ErrorKind::RateLimited => "error",
             },
         };
         metrics::counter!("weir_sql_queries_total", "result" => outcome).increment(1);

@@ -58,9 +58,10 @@ impl WeirPg {
         }
     }
 
-    /// The startup phase of a new connection (authentication keeps per-connection state).
-    pub(super) fn startup(&self) -> Startup {
-        Startup::new(&self.keys, self.manager.clone())
+    /// The startup phase of a new connection (authentication keeps per-connection state); `tls`: the port takes
+    /// only TLS connections.
+    pub(super) fn startup(&self, tls: bool) -> Startup {
+        Startup::new(&self.keys, self.manager.clone(), tls)
     }
 
     /// Answers one statement: a session command here, a query through the service.
@@ -314,6 +315,8 @@ fn service_error(e: ServiceError) -> PgWireError {
         // Ingest's idempotency refusals (no query gives them): serialization_failure, unique_violation.
         ErrorKind::Conflict => "40001",
         ErrorKind::KeyReused => "23505",
+        // too_many_connections is the nearest PostgreSQL has to a rate (no query gives it).
+        ErrorKind::RateLimited => "53300",
     };
     user_error(code, e.message)
 }

@@ -5,7 +5,7 @@
 //! read-only checks, limits (`--sql-timeout`, `--sql-max-rows`, `--sql-memory`, `--sql-concurrency`), session and
 //! tables — and its result is streamed (`SqlService::stream`), never collected, so a slow client holds back its
 //! own query and nothing else. What is PostgreSQL-specific lives here and nowhere else:
-//! - [`auth`]: the API key as the password, by SCRAM-SHA-256 (no TLS yet: cleartext is never offered);
+//! - [`auth`]: the API key as the password, by SCRAM-SHA-256 without TLS, in cleartext inside TLS (`--tls-cert`);
 //! - [`session`]: `SET`, `SHOW`, `BEGIN`/`COMMIT`/`ROLLBACK`, `DISCARD`, `DEALLOCATE`: the statements clients send
 //!   before their first query, accepted without touching the engine;
 //! - [`handler`]: the simple and extended query protocols (prepared statements with parameters, text and binary
@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::ApiKeys;
 use crate::node::sql::SqlService;
+use crate::tls::{Protocol, Tls};
 
 /// The PostgreSQL endpoint's settings.
 #[derive(Debug, Clone)]
@@ -34,8 +35,9 @@ pub struct PgConfig {
     pub max_connections: usize,
 }
 
-/// Serves the PostgreSQL protocol on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, sql: Arc<SqlService>, keys: ApiKeys, config: PgConfig) {
+/// Serves the PostgreSQL protocol on `listener` until the task is dropped; with `tls`, only TLS connections (after
+/// PostgreSQL's `SSLRequest`, or direct TLS) are let past the startup.
+pub async fn serve(listener: TcpListener, sql: Arc<SqlService>, keys: ApiKeys, config: PgConfig, tls: Option<Tls>) {
     let handlers = Arc::new(handler::WeirPg::new(sql, keys));
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
     loop {
@@ -54,9 +56,10 @@ pub async fn serve(listener: TcpListener, sql: Arc<SqlService>, keys: ApiKeys, c
             continue;
         };
         let _ = socket.set_nodelay(true);
-        let handlers = Factory { startup: Arc::new(handlers.startup()), pg: handlers.clone() };
+        let handlers = Factory { startup: Arc::new(handlers.startup(tls.is_some())), pg: handlers.clone() };
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor(Protocol::Postgres));
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%peer, error = %e, "PostgreSQL connection ended with an error");
             }
             drop(slot);

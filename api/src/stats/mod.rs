@@ -25,6 +25,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -35,10 +36,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let mut response = (status_of(self.kind), Json(serde_json::json!({ "error": self.message }))).into_response();
-        if let Some(after) = self.retry_after
-            && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
+        if let Some(seconds) = self.retry_after_seconds() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -115,6 +115,11 @@ impl Server {
         }
     }
 
+    /// SIGHUP: reload the key file and the TLS certificate.
+    pub fn sighup(&self) {
+        let _ = Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status();
+    }
+
     /// Sends SIGTERM and returns at once (see [`Server::wait_exit`]).
     pub fn sigterm(&self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
