@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# `cargo audit` against the RustSec advisory database. Ignored advisories are explained in .cargo/audit.toml.
+# `cargo deny` (licenses, bans, sources: deny.toml; needs no network) and `cargo audit` against the RustSec advisory
+# database. Ignored advisories are explained in .cargo/audit.toml (deny.toml lists the same).
+#
+# Installs cargo-deny 0.20.2 the same way, into $HOME/.cache/weir/tools/cargo-deny, on first use.
 #
 # Installs cargo-audit into $HOME/.cache/weir/tools on first use (a few minutes) and keeps a clone of the database
 # there. Where GitHub cannot be reached and no copy is cached, it says so and skips (exit 0): the audit needs the
@@ -7,6 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="${WEIR_TOOLS:-$HOME/.cache/weir/tools}"
+DENY="$(command -v cargo-deny || true)"
+if [ -z "$DENY" ]; then
+  DENY="$TOOLS/cargo-deny/bin/cargo-deny"
+  if [ ! -x "$DENY" ]; then
+    echo "deny: installing cargo-deny 0.20.2 into $TOOLS/cargo-deny (first run only)"
+    CARGO_TARGET_DIR="$TOOLS/cargo-deny-build" cargo install --quiet --locked --root "$TOOLS/cargo-deny" \
+      cargo-deny --version 0.20.2
+  fi
+fi
+"$DENY" --offline check licenses bans sources
 AUDIT="$(command -v cargo-audit || true)"
 if [ -z "$AUDIT" ]; then
   AUDIT="$TOOLS/cargo-audit/bin/cargo-audit"
