@@ -224,3 +224,20 @@ async fn keys_outlive_kill_9_restarts_and_the_deletion_of_their_wal_segments_the
     let later = post(&s, "/ingest", Some("short"), NDJSON_HEADERS, body).await;
     assert!(!later.replayed && later.status == 200, "{later:?}");
 }
+
+/// A key's answer is given again only to the API key that stored it: the same idempotency key and body sent with
+/// another API key is another request (422), so no key learns another's answer (its rejected lines).
+#[tokio::test]
+async fn an_answer_is_replayed_only_to_the_api_key_that_stored_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--api-key", "tenant-a", "--api-key", "tenant-b"]);
+    let as_key = |key: &'static str| [("content-type", NDJSON), ("authorization", key)];
+    let body = ndjson_body(0, 3, true);
+    let first = twice(&s, "/ingest", "shared-key", &as_key("Bearer tenant-a"), &body).await;
+    assert_eq!(first.status, 400, "a body with rejected lines: {first:?}");
+    let other = post(&s, "/ingest", Some("shared-key"), &as_key("Bearer tenant-b"), body.clone()).await;
+    assert_eq!(other.status, 422, "{other:?}");
+    assert!(!other.replayed && !String::from_utf8_lossy(&other.body).contains("warp"), "{other:?}");
+    let again = post(&s, "/ingest", Some("shared-key"), &as_key("Bearer tenant-a"), body).await;
+    assert!(again.replayed && again.status == first.status, "{again:?}");
+}

@@ -88,7 +88,7 @@ impl Backend for AppState {
         let service = self.ingest.for_key(key);
         let keyed = match batch.batch_id.as_str() {
             "" => None,
-            id => match KeyedRequest::parse(id, "weir.v1.ReadingBatch", "") {
+            id => match KeyedRequest::parse(id, "weir.v1.ReadingBatch", "", key.map(|k| &*k.name)) {
                 Ok(mut keyed) => {
                     batch.hash_into(&mut keyed.request);
                     Some(keyed)

@@ -116,7 +116,7 @@ async fn write(
         Ok(p) => p,
         Err(reason) => return error_response(StatusCode::BAD_REQUEST, "invalid", &reason),
     };
-    let keyed = match keyed_request(headers, uri) {
+    let keyed = match keyed_request(headers, uri, principal) {
         Ok(keyed) => keyed,
         Err(e) => {
             let refused = IngestOutcome::failed(e);

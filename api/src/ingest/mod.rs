@@ -89,7 +89,7 @@ pub async fn ingest(
     if let Err(response) = check_content_type(&headers) {
         return response;
     }
-    let keyed = match keyed_request(&headers, &uri) {
+    let keyed = match keyed_request(&headers, &uri, &principal) {
         Ok(keyed) => keyed,
         Err(e) => return respond(IngestOutcome::failed(e), params, service.durable_position(), service.process()),
     };
@@ -107,12 +107,17 @@ pub async fn ingest(
 
 /// The request's idempotency key, if it sent one, for a request to `uri` (its path and query string are part of
 /// what makes a retry the same request); `Err` refuses a key that is not one.
-pub(crate) fn keyed_request(headers: &HeaderMap, uri: &Uri) -> Result<Option<KeyedRequest>, ServiceError> {
+pub(crate) fn keyed_request(
+    headers: &HeaderMap,
+    uri: &Uri,
+    principal: &Option<axum::Extension<crate::auth::Principal>>,
+) -> Result<Option<KeyedRequest>, ServiceError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
     let text = value.to_str().map_err(|_| {
         ServiceError::invalid("the Idempotency-Key header holds bytes other than visible ASCII: send e.g. a UUID")
     })?;
-    KeyedRequest::parse(text, uri.path(), uri.query().unwrap_or(""))
+    let owner = principal.as_ref().map(|p| &*p.name);
+    KeyedRequest::parse(text, uri.path(), uri.query().unwrap_or(""), owner)
         .map(Some)
         .map_err(|e| ServiceError::invalid(e.to_string()))
 }

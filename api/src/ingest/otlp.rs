@@ -146,7 +146,7 @@ pub async fn metrics(
             return status_response(encoding, StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
         }
     };
-    let mut keyed = match keyed_request(&headers, &uri) {
+    let mut keyed = match keyed_request(&headers, &uri, &principal) {
         Ok(keyed) => keyed,
         Err(e) => {
             let refused = IngestOutcome::failed(e);

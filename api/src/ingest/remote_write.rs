@@ -150,7 +150,7 @@ pub async fn write(
 ) -> Response {
     let for_key = super::service_for(&state, &principal);
     let service = &*for_key;
-    let mut keyed = match keyed_request(&headers, &uri) {
+    let mut keyed = match keyed_request(&headers, &uri, &principal) {
         Ok(keyed) => keyed,
         Err(e) => {
             let refused = IngestOutcome::failed(e);

@@ -20,8 +20,14 @@ pub struct KeyedRequest {
 
 impl KeyedRequest {
     /// A request to `endpoint` with `parameters` (its query string), under the key as sent.
-    pub fn parse(sent: &str, endpoint: &str, parameters: &str) -> Result<Self, KeyError> {
-        Ok(KeyedRequest { key: IdempotencyKey::parse(sent)?, request: RequestHasher::new(endpoint, parameters) })
+    /// `owner`: the name of the API key the request came with, if any (its answer is given again to that key only).
+    pub fn parse(sent: &str, endpoint: &str, parameters: &str, owner: Option<&str>) -> Result<Self, KeyError> {
+        let request = RequestHasher::new(endpoint, parameters);
+        let request = match owner {
+            Some(owner) => request.owned_by(owner),
+            None => request,
+        };
+        Ok(KeyedRequest { key: IdempotencyKey::parse(sent)?, request })
     }
 }
 

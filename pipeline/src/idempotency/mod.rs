@@ -111,6 +111,14 @@ impl RequestHasher {
         RequestHasher(hasher)
     }
 
+    /// The same, for a request sent with the API key named `owner`: a key used by another API key is then a
+    /// different request (422), never a replay of the other key's answer.
+    pub fn owned_by(mut self, owner: &str) -> Self {
+        self.0.update(b"\0owner\0");
+        self.update_item(owner.as_bytes());
+        self
+    }
+
     /// Adds body bytes (in order; chunk boundaries do not matter).
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
