@@ -17,6 +17,7 @@ pub mod fold;
 pub mod latest;
 pub mod live;
 pub mod model;
+pub mod sketch;
 pub mod stats;
 pub mod window;
 
