@@ -115,8 +115,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let live = state.stats.engine().live_windows();
     metrics::gauge!("weir_live_windows").set(live.windows as f64);
     metrics::gauge!("weir_live_series").set(live.series as f64);
-    metrics::gauge!("weir_live_window_bytes")
-        .set((live.windows * weir_operators::live::BYTES_PER_WINDOW as u64) as f64);
+    metrics::gauge!("weir_live_window_bytes").set(live.window_bytes() as f64);
+    metrics::gauge!("weir_live_sketch_bytes").set(live.sketch_bytes as f64);
     metrics::counter!("weir_live_dropped_readings_total").absolute(live.dropped_readings);
     if let Some(rss) = process_rss_bytes() {
         metrics::gauge!("weir_process_resident_memory_bytes").set(rss as f64);

@@ -45,7 +45,9 @@ fn late_batch() -> Vec<String> {
     ]
 }
 
-async fn check_answers(s: &Server, after: u64) {
+/// `counted`: whether the server processed the readings since it started (late and duplicate counts are kept by
+/// the live statistics only: a restart that rebuilds the windows from the archive starts them again).
+async fn check_answers(s: &Server, after: u64, counted: bool) {
     let q = format!("after={after}");
     let (status, v) = get(s, &format!("/api/statistics/latest?{q}")).await;
     assert_eq!(status, 200, "{v}");
@@ -79,6 +81,20 @@ async fn check_answers(s: &Server, after: u64) {
     assert_eq!((ten["min"].as_f64(), ten["max"].as_f64()), (Some(10.0), Some(40.0)));
     assert_eq!((ten["first"].as_f64(), ten["last"].as_f64()), (Some(10.0), Some(40.0)));
     assert_eq!(ten["last_timestamp"], "2026-11-22T10:15:00Z");
+    // Issue 24: percentiles from the window's sketch (1 % relative error) — rank ⌊q (n − 1)⌋ of {10, 30, 40} —
+    // and the readings of the window that were duplicates (999 and 1.0, dropped) or arrived late (none: the 09:07
+    // reading arrived after 10:00:05, so the 09:00 window counts it).
+    let near = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() <= 0.01 * want;
+    assert!(near(&ten["p50"], 30.0) && near(&ten["p99"], 30.0), "{ten}");
+    if counted {
+        assert_eq!((ten["duplicates"].as_i64(), ten["late"].as_i64()), (Some(2), Some(0)), "{ten}");
+        assert_eq!((windows[1]["late"].as_i64(), windows[1]["duplicates"].as_i64()), (Some(1), Some(0)), "{v}");
+    }
+    let (_, v) = get(s, &format!("/api/v1/series?sensor=speed&window=1h&q=0,1,0.5&{q}")).await;
+    let asked = &v["windows"][2]["quantiles"];
+    assert_eq!(asked[0], json!({"q": 0.0, "value": 10.0}), "the minimum, exactly (clamped to min): {asked}");
+    assert_eq!(asked[1], json!({"q": 1.0, "value": 40.0}), "the maximum, exactly: {asked}");
+    assert!(near(&asked[2]["value"], 30.0), "{asked}");
     let (_, v) =
         get(s, &format!("/api/v1/series?sensor=speed&window=1d&from=2026-11-22T00:00:00Z&to=2026-11-23T00:00:00Z&{q}"))
             .await;
@@ -128,12 +144,12 @@ async fn every_endpoint_answers_from_the_dataflow_and_again_after_restart() {
 
     ingest_lines(&s, &first_batch()).await;
     let position = ingest_lines(&s, &late_batch()).await;
-    check_answers(&s, position).await;
+    check_answers(&s, position, true).await;
     assert!(s.stop().success());
 
     // A restart replays the log into the same state (and one worker gives the same answers as two).
     let s = Server::start(&data, &["--workers", "1"]);
-    check_answers(&s, position).await;
+    check_answers(&s, position, false).await;
 }
 
 #[tokio::test]
@@ -149,6 +165,8 @@ async fn bad_requests_get_clear_errors() {
         ("/api/v1/series?sensor=speed&from=soon", "from:"),
         ("/api/v1/series?sensor=speed&from=2026-11-23T00:00:00Z&to=2026-11-22T00:00:00Z", "from is after to"),
         ("/api/v1/series?sensor=speed&format=xml", "unknown format"),
+        ("/api/v1/series?sensor=speed&q=1.5", "not a quantile between 0 and 1"),
+        ("/api/v1/series?sensor=speed&q=median", "not a quantile between 0 and 1"),
         ("/api/v1/latest?after=999999", "beyond the last acknowledged"),
     ] {
         let (status, v) = get(&s, path).await;

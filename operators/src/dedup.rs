@@ -133,6 +133,9 @@ pub enum Admission {
 pub struct Verdict {
     pub time: Time,
     pub seq: u64,
+    /// The reading's series and timestamp: which windows count it as late or duplicate.
+    pub series: SeriesKey,
+    pub micros: i64,
     /// [`Admission::Duplicate`] or [`Admission::Late`] (in-order admissions send no verdict).
     pub admission: Admission,
 }
@@ -199,7 +202,7 @@ pub fn dedup_first_write<'scope>(
                 for r in readings {
                     let admission = filter.check(&r);
                     if admission != Admission::InOrder {
-                        verdicts.give(Verdict { time, seq: r.seq, admission });
+                        verdicts.give(Verdict { time, seq: r.seq, series: r.series, micros: r.micros, admission });
                     }
                     if admission != Admission::Duplicate {
                         admitted.give((r, time, 1isize));

@@ -3,7 +3,7 @@
 //! The statistics dataflow reads top to bottom:
 //!
 //! ```text
-//! readings (WAL order) ─► dedup_first_write ─┬─► live_windows  (LiveWindows: a series looked up once a reading) WindowKey → WindowAgg
+//! readings (WAL order) ─► dedup_first_write ─┬─► live_windows  (LiveWindows, with the verdicts: late, duplicate) WindowKey → WindowAgg
 //!                                             └─► latest_by_time (fold_by_key ─► arrange) SeriesKey → Latest
 //! device names ───────────────────────────────────────────────────► arrangement (DeviceId, name)
 //! ```

@@ -36,12 +36,16 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::dedup::{Admission, Verdict};
 use crate::model::{Reading, SeriesKey, Time, Width, WindowKey};
+use crate::sketch::Bucket;
+use crate::stats::on_grid;
 use crate::window::WindowAgg;
+use differential_dataflow::difference::Monoid;
 
-/// Estimated memory of one live window: 8 bytes of start and 88 of aggregate in a sorted vector, with its growth
-/// slack.
-pub const BYTES_PER_WINDOW: usize = 104;
+/// Estimated memory of one live window: 8 bytes of start and 112 of aggregate in a sorted vector, with its growth
+/// slack (a sketch's buckets are counted apart: [`LiveWindows::sketch_bytes`]).
+pub const BYTES_PER_WINDOW: usize = 136;
 
 /// One series' windows, per width (in [`Width::ALL`]'s order), sorted by start. Sorted vectors, not B-trees: a
 /// B-tree's first leaf holds room for 11 entries (~1.1 KB a width), which made a series with one reading cost
@@ -69,6 +73,10 @@ pub struct LiveWindows {
     start_from: i64,
     /// Readings dropped because their window was no longer live.
     dropped_readings: u64,
+    /// Which widths (in [`Width::ALL`]'s order) carry a quantile sketch.
+    sketched: [bool; 4],
+    /// Heap memory of the sketches held.
+    sketch_bytes: usize,
 }
 
 impl Default for LiveWindows {
@@ -100,22 +108,48 @@ impl LiveWindows {
             rolled_through: i64::MIN,
             start_from: i64::MIN,
             dropped_readings: 0,
+            sketched: [true; 4],
+            sketch_bytes: 0,
         }
+    }
+
+    /// The same live windows where only `widths` carry a quantile sketch (all of them by default).
+    pub fn with_sketched_widths(mut self, widths: &[Width]) -> Self {
+        self.sketched = Width::ALL.map(|w| widths.contains(&w));
+        self
     }
 
     /// Adds `agg` into the window `key` alone, unless that window is no longer live (then it is counted as dropped).
     #[cfg(test)]
     fn add(&mut self, key: WindowKey, agg: &WindowAgg) {
-        self.add_widths(key.series, &[(key.width, key.start)], agg);
+        self.add_widths(key.series, &[(key.width, key.start)], agg, None);
     }
 
-    /// Adds one reading (`agg`: its aggregate, times its multiplicity) into its window of every width, with one
-    /// lookup of its series (four, one per width, were the top of the statistics' profile).
-    pub fn add_reading(&mut self, series: SeriesKey, micros: i64, agg: &WindowAgg) {
-        self.add_widths(series, &Width::ALL.map(|w| (w, w.start_of(micros))), agg);
+    /// Adds one reading (`agg`: its aggregate, times its multiplicity; `bucket`: its value's sketch bucket) into its
+    /// window of every width, with one lookup of its series (four, one per width, were the top of the statistics'
+    /// profile).
+    pub fn add_reading(&mut self, series: SeriesKey, micros: i64, agg: &WindowAgg, bucket: Option<Bucket>) {
+        self.add_widths(series, &Width::ALL.map(|w| (w, w.start_of(micros))), agg, bucket);
     }
 
-    fn add_widths(&mut self, key: SeriesKey, windows: &[(Width, i64)], agg: &WindowAgg) {
+    /// Counts a late or duplicate reading of `series` at `micros` in each of its windows that is held (a window
+    /// that is not — its day left memory — is not made for it; an in-order admission counts nothing).
+    pub fn add_verdict(&mut self, series: SeriesKey, micros: i64, admission: Admission) {
+        let verdict = match admission {
+            Admission::InOrder => return,
+            Admission::Late => WindowAgg::verdicts(1, 0),
+            Admission::Duplicate => WindowAgg::verdicts(0, 1),
+        };
+        let Some(s) = self.series.get_mut(&series) else { return };
+        for width in Width::ALL {
+            let windows = &mut s.by_width[width_index(width)];
+            if let Ok(i) = windows.binary_search_by_key(&width.start_of(micros), |(start, _)| *start) {
+                windows[i].1.plus_equals(&verdict);
+            }
+        }
+    }
+
+    fn add_widths(&mut self, key: SeriesKey, windows: &[(Width, i64)], agg: &WindowAgg, bucket: Option<Bucket>) {
         let start_from = self.start_from;
         let series = self.series.entry(key).or_insert_with(|| SeriesWindows {
             by_width: Default::default(),
@@ -131,13 +165,14 @@ impl LiveWindows {
                 continue;
             }
             let windows = &mut series.by_width[width_index(width)];
-            match windows.last_mut() {
-                Some((last, window)) if *last == start => window.plus_equals(agg),
-                Some((last, _)) if *last > start => match windows.binary_search_by_key(&start, |(s, _)| *s) {
-                    Ok(i) => windows[i].1.plus_equals(agg),
+            let i = match windows.last().map(|(s, _)| *s) {
+                Some(last) if last == start => windows.len() - 1,
+                Some(last) if last > start => match windows.binary_search_by_key(&start, |(s, _)| *s) {
+                    Ok(i) => i,
                     Err(i) => {
-                        windows.insert(i, (start, *agg));
+                        windows.insert(i, (start, WindowAgg::zero()));
                         self.windows += 1;
+                        i
                     }
                 },
                 _ => {
@@ -145,14 +180,24 @@ impl LiveWindows {
                     if windows.capacity() == 0 {
                         windows.reserve_exact(1);
                     }
-                    windows.push((start, *agg));
+                    windows.push((start, WindowAgg::zero()));
                     self.windows += 1;
+                    windows.len() - 1
                 }
+            };
+            let window = &mut windows[i].1;
+            window.plus_equals(agg);
+            if let Some(bucket) = bucket.filter(|_| self.sketched[width_index(width)]) {
+                let before = window.heap_bytes();
+                window.add_to_sketch(bucket, agg.count.max(0) as u64);
+                self.sketch_bytes = self.sketch_bytes + window.heap_bytes() - before;
             }
         }
         if agg.last.micros > series.newest {
             series.newest = agg.last.micros;
-            self.windows -= evict(series, self.horizon_micros, self.rolled_through);
+            let (windows, bytes) = evict(series, self.horizon_micros, self.rolled_through);
+            self.windows -= windows;
+            self.sketch_bytes -= bytes;
         }
     }
 
@@ -164,7 +209,9 @@ impl LiveWindows {
         }
         self.rolled_through = micros;
         for series in self.series.values_mut() {
-            self.windows -= evict(series, self.horizon_micros, micros);
+            let (windows, bytes) = evict(series, self.horizon_micros, micros);
+            self.windows -= windows;
+            self.sketch_bytes -= bytes;
         }
     }
 
@@ -184,6 +231,11 @@ impl LiveWindows {
         self.dropped_readings
     }
 
+    /// Heap memory of the windows' sketches (beyond [`BYTES_PER_WINDOW`] each).
+    pub fn sketch_bytes(&self) -> usize {
+        self.sketch_bytes
+    }
+
     /// The windows of `series` and `width` whose start is in `[from, to)`, in order.
     pub fn scan(&self, series: SeriesKey, width: Width, from: i64, to: i64) -> Vec<(WindowKey, WindowAgg)> {
         let Some(s) = self.series.get(&series) else { return Vec::new() };
@@ -193,13 +245,16 @@ impl LiveWindows {
         let windows = &s.by_width[width_index(width)];
         let first = windows.partition_point(|(start, _)| *start < from);
         let end = windows.partition_point(|(start, _)| *start < to);
-        windows[first..end.max(first)].iter().map(|&(start, agg)| (WindowKey { series, width, start }, agg)).collect()
+        windows[first..end.max(first)]
+            .iter()
+            .map(|(start, agg)| (WindowKey { series, width, start: *start }, agg.clone()))
+            .collect()
     }
 
     /// The window `key`, if this worker holds it.
     pub fn get(&self, key: &WindowKey) -> Option<WindowAgg> {
         let windows = &self.series.get(&key.series)?.by_width[width_index(key.width)];
-        windows.binary_search_by_key(&key.start, |(s, _)| *s).ok().map(|i| windows[i].1)
+        windows.binary_search_by_key(&key.start, |(s, _)| *s).ok().map(|i| windows[i].1.clone())
     }
 
     /// How many windows are held.
@@ -218,30 +273,30 @@ impl LiveWindows {
 }
 
 /// Lets `series`' days leave that lie neither wholly within its horizon nor among the days not rolled up yet;
-/// returns how many windows left.
-fn evict(series: &mut SeriesWindows, horizon_micros: Option<i64>, rolled_through: i64) -> usize {
-    let Some(horizon) = horizon_micros else { return 0 };
+/// returns how many windows left and the sketch bytes they held.
+fn evict(series: &mut SeriesWindows, horizon_micros: Option<i64>, rolled_through: i64) -> (usize, usize) {
+    let Some(horizon) = horizon_micros else { return (0, 0) };
     // Only days wholly within the horizon stay, so that a live day lies wholly within the dedup horizon too (with
     // --live-horizon = --dedup-horizon) and never holds a duplicate that deduplication let through as too old; and
     // every day not rolled up yet stays.
     let (within, rolled) = (series.newest.saturating_sub(horizon), rolled_through);
     // (Far below any timestamp a reading may have, and where a day's start would overflow.)
     if within.min(rolled) < -(1 << 62) {
-        return 0;
+        return (0, 0);
     }
     let cutoff = day_ceil(within).min(Width::Day.start_of(rolled));
     if cutoff <= series.live_from {
-        return 0;
+        return (0, 0);
     }
     series.live_from = cutoff;
-    let mut left = 0;
+    let (mut left, mut bytes) = (0, 0);
     for windows in &mut series.by_width {
         let gone = windows.partition_point(|(start, _)| *start < cutoff);
-        windows.drain(..gone);
+        bytes += windows.drain(..gone).map(|(_, w)| w.heap_bytes()).sum::<usize>();
         windows.shrink_to(windows.len() * 2);
         left += gone;
     }
-    left
+    (left, bytes)
 }
 
 /// The first day boundary at or after `micros`.
@@ -250,52 +305,77 @@ fn day_ceil(micros: i64) -> i64 {
     if start == micros { start } else { start.saturating_add(Width::Day.micros()) }
 }
 
-/// The readings of one time not yet applied (with their multiplicity), with a capability for that time (which
-/// holds the probe back).
-type Pending = (Capability<Time>, Vec<(Reading, isize)>);
+/// The readings and verdicts of one time not yet applied (readings with their multiplicity), with a capability for
+/// that time (which holds the probe back).
+type Pending = (Capability<Time>, Vec<(Reading, isize)>, Vec<Verdict>);
 
-/// `live_windows`: deduplicated readings in, the live windows filled.
+/// `live_windows`: deduplicated readings and deduplication's verdicts in, the live windows filled.
 ///
-/// In: a collection of [`Reading`]s (each present once), on the worker that owns each reading's device. Each reading
-/// adds into its 1-minute, 15-minute, 1-hour and 1-day UTC windows in `store`. Updates of one time are applied
-/// together once the input frontier has passed it; `on_updates` then may read which windows changed at that time
-/// (for live subscriptions; a window appears once per reading that changed it, and nothing is computed unless
+/// In: a collection of [`Reading`]s (each present once), on the worker that owns each reading's device, and the
+/// [`Verdict`]s on that worker's late and duplicate readings (at their record's time; they apply with the readings
+/// of the same `grid` cell, [`on_grid`]). Each reading adds into its 1-minute, 15-minute, 1-hour and 1-day UTC
+/// windows in `store` (and its value's bucket into the sketches of the widths that carry one); each verdict then
+/// counts a late or duplicate reading in the same windows. Updates of one time are applied together once both input
+/// frontiers have passed it; `on_updates` then may read which windows changed at that time (for live
+/// subscriptions; a window appears once per reading or verdict that changed it, and nothing is computed unless
 /// read). Out: a stream without data whose frontier says which times are applied (for a probe).
 pub fn live_windows<'scope>(
     readings: VecCollection<'scope, Time, Reading, isize>,
+    verdicts: Stream<'scope, Time, Vec<Verdict>>,
+    grid: Time,
     store: SharedLiveWindows,
     mut on_updates: impl FnMut(&mut dyn Iterator<Item = (Time, WindowKey)>) + 'static,
 ) -> Stream<'scope, Time, Vec<()>> {
-    readings.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+    readings.inner.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        verdicts,
+        Pipeline,
         Pipeline,
         "LiveWindows",
         move |_capability, _info| {
-            // Readings not yet applied, by time, each with a capability for its time (which holds the probe back).
+            // Readings and verdicts not yet applied, by time, each with a capability for its time (which holds the
+            // probe back).
             let mut pending: BTreeMap<Time, Pending> = BTreeMap::new();
-            move |(input, frontier), _output| {
-                input.for_each(|capability, data| {
+            move |(readings_in, readings_frontier), (verdicts_in, verdicts_frontier), _output| {
+                readings_in.for_each(|capability, data| {
                     for (reading, time, diff) in data.drain(..) {
-                        let (_, readings) =
-                            pending.entry(time).or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
+                        let (_, readings, _) = pending
+                            .entry(time)
+                            .or_insert_with(|| (capability.delayed(&time, 0), Vec::new(), Vec::new()));
                         readings.push((reading, diff));
                     }
                 });
+                verdicts_in.for_each(|capability, data| {
+                    for verdict in data.drain(..) {
+                        let time = on_grid(verdict.time, grid);
+                        let (_, _, verdicts) = pending
+                            .entry(time)
+                            .or_insert_with(|| (capability.delayed(&time, 0), Vec::new(), Vec::new()));
+                        verdicts.push(verdict);
+                    }
+                });
                 while let Some((&time, _)) = pending.first_key_value() {
-                    if frontier.less_equal(&time) {
+                    if readings_frontier.less_equal(&time) || verdicts_frontier.less_equal(&time) {
                         break;
                     }
-                    let Some((_, (_capability, readings))) = pending.pop_first() else { break };
+                    let Some((_, (_capability, readings, verdicts))) = pending.pop_first() else { break };
                     {
                         let mut store = store.borrow_mut();
                         for (r, diff) in &readings {
-                            store.add_reading(r.series, r.micros, &WindowAgg::of(r).multiply(diff));
+                            let bucket = crate::sketch::Bucket::of(r.value);
+                            store.add_reading(r.series, r.micros, &WindowAgg::of(r).multiply(diff), bucket);
+                        }
+                        for v in &verdicts {
+                            store.add_verdict(v.series, v.micros, v.admission);
                         }
                     }
                     // Lazily: with nobody subscribed the callback reads none of it (sorting the changed windows
                     // here was 9 % of the worker); a window repeated is the callback's to fold.
-                    on_updates(&mut readings.iter().flat_map(|(r, _)| {
-                        Width::ALL
-                            .map(|width| (time, WindowKey { series: r.series, width, start: width.start_of(r.micros) }))
+                    let changed = readings
+                        .iter()
+                        .map(|(r, _)| (r.series, r.micros))
+                        .chain(verdicts.iter().map(|v| (v.series, v.micros)));
+                    on_updates(&mut changed.flat_map(|(series, micros)| {
+                        Width::ALL.map(|width| (time, WindowKey { series, width, start: width.start_of(micros) }))
                     }));
                 }
             }

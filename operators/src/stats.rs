@@ -61,7 +61,8 @@ pub fn stats_dataflow<'scope>(
     let Deduplicated { admitted, verdicts, remembered } = dedup_first_write(readings.to_stream(scope), horizon_micros);
     let deduplicated = admitted.delay(move |t| on_grid(*t, grid));
     let windows: SharedLiveWindows = std::rc::Rc::new(std::cell::RefCell::new(live));
-    let windows_applied = live_windows(deduplicated.clone(), windows.clone(), on_window_updates);
+    let windows_applied =
+        live_windows(deduplicated.clone(), verdicts.clone(), grid, windows.clone(), on_window_updates);
     let latest = latest_by_time(deduplicated);
     let names_arranged = name_collection.arrange_by_self_named("Names");
 

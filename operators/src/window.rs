@@ -9,6 +9,7 @@ use differential_dataflow::difference::{IsZero, Monoid, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Reading;
+use crate::sketch::{Bucket, Sketch};
 
 /// A value with the order of its event time and write, for first/last.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,7 +25,8 @@ impl Stamped {
     }
 }
 
-/// count, sum, min, max, first and last of the readings in a window.
+/// count, sum, min, max, first and last of the readings in a window; the sketch of their values (percentiles);
+/// and how many readings of the window arrived late or were dropped as duplicates.
 ///
 /// The sum is kept with Neumaier compensation (`sum + compensation`), so adding the same values in any order gives
 /// the same total to within a few units in the last place: means differ by far less than 1e-9 relative whatever the
@@ -36,7 +38,16 @@ impl Stamped {
 /// partial sum merged into it is scaled alike. [`WindowAgg::mean`] is therefore always finite, and
 /// [`WindowAgg::sum`] saturates at ±`f64::MAX` when the true sum lies beyond what a double holds. Min and max order
 /// `-0.0` below `0.0`, so they do not depend on arrival order either.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// **The sketch** ([`Sketch`], DDSketch) is kept only for the window widths configured to carry one (it costs
+/// memory per window): whoever adds readings adds their [`Bucket`]s with [`WindowAgg::add_to_sketch`] beside
+/// merging [`WindowAgg::of`] them. A sketch that does not cover every reading of the window (one merged with
+/// windows that had none) answers no quantile: [`WindowAgg::quantile`] is `None` rather than wrong.
+///
+/// **Late and duplicates** count readings of the window that arrived after a newer reading of their series had
+/// been processed (admitted, in `count`), and readings dropped because their (device, sensor, timestamp) was
+/// already written (not in `count`). They add like counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowAgg {
     pub count: i64,
     sum: f64,
@@ -47,6 +58,14 @@ pub struct WindowAgg {
     pub first: Stamped,
     /// The reading with the greatest timestamp (ties: the first written).
     pub last: Stamped,
+    /// Readings admitted after a newer reading of their series (out of order).
+    #[serde(default)]
+    pub late: i64,
+    /// Readings dropped as duplicates of one already written.
+    #[serde(default)]
+    pub duplicates: i64,
+    #[serde(default)]
+    sketch: Option<Box<Sketch>>,
 }
 
 /// Magnitude from which a window keeps its sum scaled: 2^959, so that 2^63 values below it sum below 2^1022.
@@ -63,7 +82,70 @@ impl WindowAgg {
     pub fn of(r: &Reading) -> Self {
         let s = Stamped { micros: r.micros, seq: r.seq, value: r.value };
         let sum = if scaled(r.value, r.value) { r.value * SCALE_DOWN } else { r.value };
-        WindowAgg { count: 1, sum, compensation: 0.0, min: r.value, max: r.value, first: s, last: s }
+        WindowAgg {
+            count: 1,
+            sum,
+            compensation: 0.0,
+            min: r.value,
+            max: r.value,
+            first: s,
+            last: s,
+            late: 0,
+            duplicates: 0,
+            sketch: None,
+        }
+    }
+
+    /// A window with only late or duplicate readings counted (to merge into the window they belong to).
+    pub fn verdicts(late: i64, duplicates: i64) -> Self {
+        WindowAgg { late, duplicates, ..WindowAgg::zero() }
+    }
+
+    /// Adds `count` values of `bucket` to the window's sketch (starting one if it had none): with
+    /// [`WindowAgg::of`] merged in for the same readings, the sketch covers them.
+    pub fn add_to_sketch(&mut self, bucket: Bucket, count: u64) {
+        self.sketch.get_or_insert_default().add(bucket, count);
+    }
+
+    /// The window's sketch, if it carries one.
+    pub fn sketch(&self) -> Option<&Sketch> {
+        self.sketch.as_deref()
+    }
+
+    /// The same window carrying `sketch` (as stored beside it).
+    pub fn with_sketch(mut self, sketch: Option<Sketch>) -> Self {
+        self.sketch = sketch.map(Box::new);
+        self
+    }
+
+    /// The value at quantile `q`: the value of rank ⌊q (n − 1)⌋ — exactly `min` and `max` at the ends, within the
+    /// sketch's 1 % relative error (and within `[min, max]`) between them. `None` when the window carries no sketch,
+    /// its sketch does not cover every reading, or `q` is not in [0, 1].
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let sketch = self.sketch.as_deref()?;
+        if sketch.count() != self.count as u64 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = (q * (self.count - 1) as f64).floor() as i64;
+        if rank <= 0 {
+            return Some(self.min);
+        }
+        if rank >= self.count - 1 {
+            return Some(self.max);
+        }
+        let v = sketch.quantile(q)?;
+        Some(if v.total_cmp(&self.min).is_lt() {
+            self.min
+        } else if v.total_cmp(&self.max).is_gt() {
+            self.max
+        } else {
+            v
+        })
+    }
+
+    /// Heap memory the window holds beyond its own size (its sketch), for the memory budget.
+    pub fn heap_bytes(&self) -> usize {
+        self.sketch.as_deref().map_or(0, |s| std::mem::size_of::<Sketch>() + s.heap_bytes())
     }
 
     /// The running sum as the window keeps it (scaled by 2^-[`SCALE_BITS`] when the window holds a value of
@@ -85,7 +167,18 @@ impl WindowAgg {
     ) -> Self {
         let stamp = |(micros, value): (i64, f64)| Stamped { micros, seq: 0, value };
         let (sum, compensation) = stored_sum;
-        WindowAgg { count, sum, compensation, min, max, first: stamp(first), last: stamp(last) }
+        WindowAgg {
+            count,
+            sum,
+            compensation,
+            min,
+            max,
+            first: stamp(first),
+            last: stamp(last),
+            late: 0,
+            duplicates: 0,
+            sketch: None,
+        }
     }
 
     /// Merges `other` in (the semigroup's addition, for callers without differential's traits).
@@ -127,13 +220,18 @@ impl WindowAgg {
         if self.is_scaled() { (mean * SCALE_UP).clamp(self.min, self.max) } else { mean }
     }
 
-    /// The same statistics with the sum scaled (when `scale` and not yet scaled).
-    fn scaled_if(mut self, scale: bool) -> Self {
+    /// Scales the sum (when `scale` and not yet scaled).
+    fn scale_if(&mut self, scale: bool) {
+        (self.sum, self.compensation) = self.sum_scaled_if(scale);
+    }
+
+    /// The sum and compensation, scaled when `scale` and not yet scaled.
+    fn sum_scaled_if(&self, scale: bool) -> (f64, f64) {
         if scale && !self.is_scaled() {
-            self.sum *= SCALE_DOWN;
-            self.compensation *= SCALE_DOWN;
+            (self.sum * SCALE_DOWN, self.compensation * SCALE_DOWN)
+        } else {
+            (self.sum, self.compensation)
         }
-        self
     }
 
     fn add_to_sum(&mut self, x: f64) {
@@ -154,27 +252,35 @@ fn scaled(min: f64, max: f64) -> bool {
 
 impl IsZero for WindowAgg {
     fn is_zero(&self) -> bool {
-        self.count == 0
+        self.count == 0 && self.late == 0 && self.duplicates == 0
     }
 }
 
 impl Semigroup for WindowAgg {
     fn plus_equals(&mut self, rhs: &Self) {
+        self.late += rhs.late;
+        self.duplicates += rhs.duplicates;
+        match (&mut self.sketch, &rhs.sketch) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (None, Some(theirs)) => self.sketch = Some(theirs.clone()),
+            (_, None) => {}
+        }
         if rhs.count == 0 {
             return;
         }
         if self.count == 0 {
-            *self = *rhs;
+            let (late, duplicates, sketch) = (self.late, self.duplicates, self.sketch.take());
+            *self = WindowAgg { late, duplicates, sketch, ..rhs.clone() };
             return;
         }
         let min = if rhs.min.total_cmp(&self.min).is_lt() { rhs.min } else { self.min };
         let max = if rhs.max.total_cmp(&self.max).is_gt() { rhs.max } else { self.max };
         let scale = scaled(min, max);
-        *self = self.scaled_if(scale);
-        let rhs = rhs.scaled_if(scale);
+        self.scale_if(scale);
+        let (rhs_sum, rhs_compensation) = rhs.sum_scaled_if(scale);
         self.count += rhs.count;
-        self.add_to_sum(rhs.sum);
-        self.compensation += rhs.compensation;
+        self.add_to_sum(rhs_sum);
+        self.compensation += rhs_compensation;
         self.min = min;
         self.max = max;
         if rhs.first.key() < self.first.key() {
@@ -190,12 +296,24 @@ impl Semigroup for WindowAgg {
 impl Monoid for WindowAgg {
     fn zero() -> Self {
         let s = Stamped { micros: 0, seq: 0, value: 0.0 };
-        WindowAgg { count: 0, sum: 0.0, compensation: 0.0, min: 0.0, max: 0.0, first: s, last: s }
+        WindowAgg {
+            count: 0,
+            sum: 0.0,
+            compensation: 0.0,
+            min: 0.0,
+            max: 0.0,
+            first: s,
+            last: s,
+            late: 0,
+            duplicates: 0,
+            sketch: None,
+        }
     }
 }
 
 /// Readings are only ever added (deduplication never retracts), so the multiplier is always +1; a count multiplier
-/// scales count and sum and leaves the order statistics alone.
+/// scales count, sum and the late and duplicate counts, and leaves the order statistics alone. (A sketch is added by
+/// its owner per reading, so a multiplied window carries none.)
 impl Multiply<isize> for WindowAgg {
     type Output = WindowAgg;
     fn multiply(mut self, rhs: &isize) -> WindowAgg {
@@ -203,6 +321,9 @@ impl Multiply<isize> for WindowAgg {
             self.count *= *rhs as i64;
             self.sum *= *rhs as f64;
             self.compensation *= *rhs as f64;
+            self.late *= *rhs as i64;
+            self.duplicates *= *rhs as i64;
+            self.sketch = None;
         }
         self
     }
@@ -226,9 +347,10 @@ impl Ord for WindowAgg {
                 a.max.to_bits(),
                 (a.first.micros, a.first.seq, a.first.value.to_bits()),
                 (a.last.micros, a.last.seq, a.last.value.to_bits()),
+                (a.late, a.duplicates),
             )
         };
-        bits(self).cmp(&bits(other))
+        bits(self).cmp(&bits(other)).then_with(|| self.sketch.cmp(&other.sketch))
     }
 }
 
@@ -338,7 +460,7 @@ mod tests {
             prop_assert_eq!(forward.count, other.count);
             prop_assert_eq!((forward.min.to_bits(), forward.max.to_bits()), (other.min.to_bits(), other.max.to_bits()));
             prop_assert_eq!((forward.first, forward.last), (other.first, other.last));
-            for agg in [forward, other] {
+            for agg in [&forward, &other] {
                 prop_assert!(agg.sum().is_finite() && agg.mean().is_finite(), "{:?}", agg);
                 prop_assert!(agg.min <= agg.mean() && agg.mean() <= agg.max, "{:?}", agg);
             }

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BinaryArray, DictionaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
@@ -22,6 +22,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use weir_operators::model::{DeviceId, SeriesKey};
+use weir_operators::sketch::{Bucket, NAMED_QUANTILES, Sketch};
 use weir_operators::{Reading, Width, WindowAgg};
 
 use crate::archive::{ArchiveError, ArchiveLocation};
@@ -59,8 +60,21 @@ pub fn rollup_schema() -> SchemaRef {
         Field::new("last_timestamp", time, false),
         float("stored_sum"),
         float("stored_compensation"),
+        Field::new("p50", DataType::Float64, true),
+        Field::new("p90", DataType::Float64, true),
+        Field::new("p95", DataType::Float64, true),
+        Field::new("p99", DataType::Float64, true),
+        // The window's DDSketch as `Sketch::encode` writes it: any quantile, and what a window loaded from the
+        // rollup needs to go on merging.
+        Field::new("sketch", DataType::Binary, true),
     ]))
 }
+
+/// The columns through `stored_compensation`: what every rollup has.
+const STORED_COLUMNS: usize = 15;
+
+/// The index of the `sketch` column.
+const SKETCH_COLUMN: usize = 19;
 
 /// Where the rollup of `width` for `date` lives under the archive root.
 pub fn rollup_path(root: &Path, width: Width, date: &str) -> Path {
@@ -118,6 +132,22 @@ pub fn rollup_batch<'a>(
         float(&|a| a.stored_sum().0),
         float(&|a| a.stored_sum().1),
     ];
+    let mut columns = columns;
+    for (_, q) in NAMED_QUANTILES {
+        columns.push(Arc::new(rows.clone().map(|r| r.agg.quantile(q)).collect::<Float64Array>()));
+    }
+    let mut buffer = Vec::new();
+    let sketches: BinaryArray = rows
+        .clone()
+        .map(|r| {
+            r.agg.sketch().map(|s| {
+                buffer.clear();
+                s.encode(&mut buffer);
+                buffer.clone()
+            })
+        })
+        .collect();
+    columns.push(Arc::new(sketches));
     Ok(RecordBatch::try_new(rollup_schema(), columns)?)
 }
 
@@ -159,6 +189,9 @@ impl DayRollupWriter {
                     self.finish_window(open, agg, names)?;
                 }
             }
+        }
+        if let (Some((_, agg, _)), Some(bucket)) = (&mut self.open, Bucket::of(row.value)) {
+            agg.add_to_sketch(bucket, 1);
         }
         Ok(())
     }
@@ -216,7 +249,8 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
     let time = |i: usize, name: &'static str| -> Result<&TimestampMicrosecondArray, PartError> {
         batch.column(i).as_primitive_opt().ok_or(PartError::Column(name))
     };
-    if batch.num_columns() < rollup_schema().fields().len() {
+    // Rollups written before percentiles (issue 24) end at `stored_compensation`: their windows carry no sketch.
+    if batch.num_columns() < STORED_COLUMNS {
         return Err(PartError::Column("rollup columns"));
     }
     let (devices, sensors) = (text(0, "device")?, text(1, "sensor")?);
@@ -225,6 +259,10 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
     let (min, max, first, last) = (float(7, "min")?, float(8, "max")?, float(9, "first")?, float(11, "last")?);
     let (first_at, last_at) = (time(10, "first_timestamp")?, time(12, "last_timestamp")?);
     let (stored_sum, stored_compensation) = (float(13, "stored_sum")?, float(14, "stored_compensation")?);
+    let sketches = match batch.num_columns() > SKETCH_COLUMN {
+        true => Some(batch.column(SKETCH_COLUMN).as_binary_opt::<i32>().ok_or(PartError::Column("sketch"))?),
+        false => None,
+    };
     let mut out = Vec::with_capacity(batch.num_rows());
     for (i, (device, sensor)) in devices.into_iter().zip(sensors).enumerate() {
         let agg = WindowAgg::from_stored(
@@ -235,7 +273,13 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
             (first_at.value(i), first.value(i)),
             (last_at.value(i), last.value(i)),
         );
-        out.push(RollupRow { device, sensor, start: start.value(i), agg });
+        let sketch = match sketches {
+            Some(sketches) if !sketches.is_null(i) => {
+                Some(Sketch::decode(sketches.value(i)).map_err(|_| PartError::Column("sketch"))?)
+            }
+            _ => None,
+        };
+        out.push(RollupRow { device, sensor, start: start.value(i), agg: agg.with_sketch(sketch) });
     }
     Ok(out)
 }

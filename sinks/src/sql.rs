@@ -685,14 +685,17 @@ async fn register_windows(
     ctx.sql(&format!(
         "CREATE VIEW windows_{name} AS \
          SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, window_start, window_end, \
-                count, sum, mean, min, max, first, first_timestamp, last, last_timestamp, date \
+                count, sum, mean, min, max, first, first_timestamp, last, last_timestamp, \
+                p50, p90, p95, p99, date \
          FROM {table} \
          UNION ALL \
          SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, {start} AS window_start, \
                 {start} + INTERVAL '{interval}' AS window_end, count(*) AS count, window_sum(value) AS sum, \
                 window_mean(value) AS mean, window_min(value) AS min, window_max(value) AS max, \
                 first_value(value ORDER BY timestamp) AS first, min(timestamp) AS first_timestamp, \
-                last_value(value ORDER BY timestamp) AS last, max(timestamp) AS last_timestamp, date \
+                last_value(value ORDER BY timestamp) AS last, max(timestamp) AS last_timestamp, \
+                window_p50(value) AS p50, window_p90(value) AS p90, window_p95(value) AS p95, \
+                window_p99(value) AS p99, date \
          FROM readings WHERE NOT ({rolled}) \
          GROUP BY device, sensor, {start}, date"
     ))

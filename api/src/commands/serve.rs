@@ -19,6 +19,24 @@ use weir_sinks::sql::SqlLimits;
 use super::{parse_duration, parse_size};
 
 /// An API key: not blank (a blank key used to be dropped, and a list of only blank keys turned authentication off).
+/// The widths `--sketch-widths` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SketchWidths(pub Vec<weir_operators::Width>);
+
+fn parse_sketch_widths(text: &str) -> Result<SketchWidths, String> {
+    if text.trim() == "none" {
+        return Ok(SketchWidths(Vec::new()));
+    }
+    let widths = text
+        .split(',')
+        .map(|w| {
+            weir_operators::Width::parse(w.trim())
+                .ok_or_else(|| format!("unknown window width {w:?}: use 1m, 15m, 1h and 1d, comma-separated, or none"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SketchWidths(widths))
+}
+
 fn parse_api_key(text: &str) -> Result<String, String> {
     let key = text.trim();
     if key.is_empty() {
@@ -217,6 +235,12 @@ pub struct ServeArgs {
     /// --dedup-horizon.
     #[arg(long, env = "WEIR_LIVE_HORIZON", default_value = "48h", value_parser = parse_duration)]
     pub live_horizon: Duration,
+
+    /// The window widths whose live windows carry a quantile sketch (p50 … p99 and `q=`): a comma-separated list
+    /// of 1m, 15m, 1h, 1d, or `none`. A sketch costs ~8 bytes per 2 % of value range a window spans (see README
+    /// "Percentiles"); rollups and SQL always carry them.
+    #[arg(long, env = "WEIR_SKETCH_WIDTHS", default_value = "1m,15m,1h,1d", value_parser = parse_sketch_widths)]
+    pub sketch_widths: SketchWidths,
 
     /// Most series (device, sensor) stored: a reading that would start another is rejected with its line number
     /// and "series limit reached"; readings of stored series are always accepted.
@@ -444,6 +468,7 @@ impl ServeArgs {
                 workers: self.workers as usize,
                 dedup_horizon: self.dedup_horizon,
                 live_horizon: Some(self.live_horizon),
+                sketch_widths: self.sketch_widths.0.clone(),
                 device_names: {
                     let names = weir_pipeline::devices::DeviceNames::default();
                     names.set_max_series(usize::try_from(self.max_series).unwrap_or(usize::MAX));

@@ -12,12 +12,12 @@ use prost::Message as _;
 use tonic::Status;
 
 use super::proto::{
-    LatestRequest, LatestResponse, ReadingBatch, SensorValue, SeriesRequest, SeriesResponse, SqlResponse,
+    LatestRequest, LatestResponse, Quantile, ReadingBatch, SensorValue, SeriesRequest, SeriesResponse, SqlResponse,
     SubscribeRequest, UpdateKind, Window, WindowUpdate,
 };
 use super::{Backend, BatchAck, MessageStream};
 use crate::auth::Principal;
-use crate::node::answers::{SeriesQuery, WindowRow, latest_answer, series_answer};
+use crate::node::answers::{MAX_QUANTILES, SeriesQuery, WindowRow, latest_answer, series_answer};
 use crate::node::error::{ErrorKind, ServiceError};
 use crate::node::idempotent::KeyedRequest;
 use crate::node::subscribe::{SubscribeParams, subscribe};
@@ -48,6 +48,17 @@ fn after_of(text: &str) -> Result<Option<LogPosition>, Status> {
     text.parse().map(Some).map_err(|e: String| Status::invalid_argument(format!("after: {e}")))
 }
 
+/// `SeriesRequest.quantiles`, checked as `q=` is.
+fn check_quantiles(quantiles: &[f64]) -> Result<Vec<f64>, Status> {
+    if quantiles.len() > MAX_QUANTILES {
+        return Err(Status::invalid_argument(format!("quantiles: at most {MAX_QUANTILES} at once")));
+    }
+    match quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+        Some(q) => Err(Status::invalid_argument(format!("quantiles: {q} is not between 0 and 1"))),
+        None => Ok(quantiles.to_vec()),
+    }
+}
+
 fn window(row: WindowRow) -> Window {
     Window {
         start: row.start,
@@ -61,6 +72,13 @@ fn window(row: WindowRow) -> Window {
         first_timestamp: row.first_timestamp,
         last: row.last,
         last_timestamp: row.last_timestamp,
+        p50: row.p50,
+        p90: row.p90,
+        p95: row.p95,
+        p99: row.p99,
+        quantiles: row.quantiles.into_iter().map(|q| Quantile { q: q.q, value: q.value }).collect(),
+        late: row.late,
+        duplicates: row.duplicates,
     }
 }
 
@@ -126,6 +144,7 @@ impl Backend for AppState {
             from: Some(request.from),
             to: Some(request.to),
             after: after_of(&request.after)?,
+            quantiles: check_quantiles(&request.quantiles)?,
         };
         let answer = series_answer(&self.stats, &query).await?;
         Ok(SeriesResponse {

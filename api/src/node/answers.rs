@@ -25,10 +25,50 @@ pub struct WindowRow {
     pub first_timestamp: String,
     pub last: f64,
     pub last_timestamp: String,
+    /// Percentiles from the window's sketch (within 1 %, and within `[min, max]`); `None` (JSON `null`) for a
+    /// width that carries no sketch (`--sketch-widths`).
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    /// The quantiles asked for with `q=`, in the order asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quantiles: Vec<QuantileValue>,
+    /// Readings of the window that arrived after a newer reading of their series (admitted, in `count`).
+    pub late: i64,
+    /// Readings of the window dropped as duplicates of one already written (not in `count`).
+    pub duplicates: i64,
+}
+
+/// One quantile asked for by `q=`, and its value.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QuantileValue {
+    pub q: f64,
+    pub value: Option<f64>,
+}
+
+/// The most quantiles one `q=` may ask for.
+pub const MAX_QUANTILES: usize = 16;
+
+/// `q=0.5,0.999`: quantiles between 0 and 1, at most [`MAX_QUANTILES`].
+pub fn quantiles_of(text: Option<&str>) -> Result<Vec<f64>, ServiceError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else { return Ok(Vec::new()) };
+    let quantiles = text
+        .split(',')
+        .map(|q| match q.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+            _ => Err(ServiceError::invalid(format!("q: {q:?} is not a quantile between 0 and 1 (e.g. q=0.5,0.999)"))),
+        })
+        .collect::<Result<Vec<f64>, _>>()?;
+    if quantiles.len() > MAX_QUANTILES {
+        return Err(ServiceError::invalid(format!("q: at most {MAX_QUANTILES} quantiles at once")));
+    }
+    Ok(quantiles)
 }
 
 impl WindowRow {
-    pub fn of(key: &WindowKey, w: &WindowAgg) -> WindowRow {
+    /// The window's row, with the quantiles `quantiles` besides the named percentiles.
+    pub fn of(key: &WindowKey, w: &WindowAgg, quantiles: &[f64]) -> WindowRow {
         WindowRow {
             start: timestamp_text(key.start),
             end: timestamp_text(key.start + key.width.micros()),
@@ -41,6 +81,13 @@ impl WindowRow {
             first_timestamp: timestamp_text(w.first.micros),
             last: w.last.value,
             last_timestamp: timestamp_text(w.last.micros),
+            p50: w.quantile(0.5),
+            p90: w.quantile(0.9),
+            p95: w.quantile(0.95),
+            p99: w.quantile(0.99),
+            quantiles: quantiles.iter().map(|&q| QuantileValue { q, value: w.quantile(q) }).collect(),
+            late: w.late,
+            duplicates: w.duplicates,
         }
     }
 }
@@ -54,6 +101,8 @@ pub struct SeriesQuery {
     pub from: Option<String>,
     pub to: Option<String>,
     pub after: Option<LogPosition>,
+    /// More quantiles to answer (`q=`), checked by [`quantiles_of`].
+    pub quantiles: Vec<f64>,
 }
 
 /// The windows of one series.
@@ -102,7 +151,7 @@ pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<Seri
             windows.len()
         )));
     }
-    let rows = windows.iter().map(|(k, w)| WindowRow::of(k, w)).collect();
+    let rows = windows.iter().map(|(k, w)| WindowRow::of(k, w, &p.quantiles)).collect();
     Ok(SeriesAnswer { device, sensor: sensor.to_owned(), width, rows })
 }
 

@@ -164,8 +164,7 @@ pub(super) async fn measure_memory(
     loop {
         tick.tick().await;
         let live = stats.engine().live_windows();
-        let windows = live.windows * weir_operators::live::BYTES_PER_WINDOW as u64;
-        budget.set(Part::LiveWindows, windows + live.series * cost::SERIES);
+        budget.set(Part::LiveWindows, live.window_bytes() + live.series * cost::SERIES);
         budget.set(Part::DedupKeys, live.dedup_keys * cost::DEDUP_KEY);
         budget.set(Part::Registry, names.len() as u64 * cost::DEVICE);
         let unflushed: u64 =

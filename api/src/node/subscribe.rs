@@ -77,8 +77,8 @@ struct Subscription {
     from: i64,
     stats: Arc<StatsService>,
     names: HashMap<DeviceId, String>,
-    /// Per window sent: its count and sum's bits (to send a window again only when it changed).
-    sent: HashMap<WindowKey, (i64, u64)>,
+    /// Per window sent: what says it changed ([`change_mark`]), to send a window again only when it did.
+    sent: HashMap<WindowKey, ChangeMark>,
     /// Per series and width, the newest window start sent.
     newest: HashMap<(SeriesKey, Width), i64>,
 }
@@ -218,7 +218,7 @@ impl Subscription {
         key: WindowKey,
         agg: &WindowAgg,
     ) -> Result<(), Closed> {
-        if self.sent.get(&key) == Some(&(agg.count, agg.sum().to_bits())) {
+        if self.sent.get(&key) == Some(&change_mark(agg)) {
             return Ok(());
         }
         let newest = self.newest.get(&(key.series, key.width)).copied().unwrap_or(i64::MIN);
@@ -242,11 +242,19 @@ impl Subscription {
             Some(name) => name.to_string(),
             None => format!("{:x}", key.series.sensor.0),
         };
-        let replaces = self.sent.insert(key, (agg.count, agg.sum().to_bits())).is_some();
+        let replaces = self.sent.insert(key, change_mark(agg)).is_some();
         let newest = self.newest.entry((key.series, key.width)).or_insert(i64::MIN);
         *newest = (*newest).max(key.start);
-        let window = Some((key.width, WindowRow::of(&key, agg)));
+        let window = Some((key.width, WindowRow::of(&key, agg, &[])));
         let event = WindowEvent { kind, device, sensor, window, replaces };
         tx.send(event).await.map_err(|_| Closed)
     }
+}
+
+/// What changes when a window does: its count and sum (readings added) and its late and duplicate counts (readings
+/// that changed nothing else).
+type ChangeMark = (i64, u64, i64, i64);
+
+fn change_mark(agg: &WindowAgg) -> ChangeMark {
+    (agg.count, agg.sum().to_bits(), agg.late, agg.duplicates)
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use weir_operators::DeviceId;
 use weir_pipeline::stats::{Answer, Query};
 
-use crate::node::answers::{SeriesAnswer, SeriesQuery, latest_answer, series_answer};
+use crate::node::answers::{SeriesAnswer, SeriesQuery, latest_answer, quantiles_of, series_answer};
 use crate::node::error::ServiceError;
 use crate::node::stats::timestamp_text;
 use crate::server::AppState;
@@ -25,16 +25,26 @@ pub struct SeriesParams {
     to: Option<String>,
     format: Option<String>,
     after: Option<crate::position::LogPosition>,
+    q: Option<String>,
 }
 
-/// `GET /api/v1/series?sensor=&device=&window=1m|15m|1h|1d&from=&to=[&format=csv][&after=]`: the windows of one
-/// series whose start lies in `[from, to)` (RFC 3339; both optional).
+/// `GET /api/v1/series?sensor=&device=&window=1m|15m|1h|1d&from=&to=[&q=0.5,0.999][&format=csv][&after=]`: the
+/// windows of one series whose start lies in `[from, to)` (RFC 3339; both optional), with p50/p90/p95/p99 and the
+/// quantiles `q` asks for.
 pub async fn series(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<SeriesParams>,
 ) -> Result<Response, ServiceError> {
-    let query =
-        SeriesQuery { sensor: p.sensor, device: p.device, window: p.window, from: p.from, to: p.to, after: p.after };
+    let quantiles = quantiles_of(p.q.as_deref())?;
+    let query = SeriesQuery {
+        sensor: p.sensor,
+        device: p.device,
+        window: p.window,
+        from: p.from,
+        to: p.to,
+        after: p.after,
+        quantiles: quantiles.clone(),
+    };
     let SeriesAnswer { device, sensor, width, rows } = series_answer(&state.stats, &query).await?;
     match p.format.as_deref() {
         None | Some("json") => Ok(Json(serde_json::json!({
@@ -43,12 +53,18 @@ pub async fn series(
         .into_response()),
         Some("csv") => {
             let mut csv = String::from(
-                "device,sensor,window,start,end,count,sum,min,max,mean,first,first_timestamp,last,last_timestamp\n",
+                "device,sensor,window,start,end,count,sum,min,max,mean,first,first_timestamp,last,last_timestamp,\
+                 p50,p90,p95,p99,late,duplicates",
             );
+            for q in &quantiles {
+                let _ = write!(csv, ",q{q}");
+            }
+            csv.push('\n');
+            let opt = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
             for r in &rows {
-                let _ = writeln!(
+                let _ = write!(
                     csv,
-                    "{},{sensor},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    "{},{sensor},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                     csv_field(&device),
                     width.name(),
                     r.start,
@@ -61,8 +77,18 @@ pub async fn series(
                     r.first,
                     r.first_timestamp,
                     r.last,
-                    r.last_timestamp
+                    r.last_timestamp,
+                    opt(r.p50),
+                    opt(r.p90),
+                    opt(r.p95),
+                    opt(r.p99),
+                    r.late,
+                    r.duplicates
                 );
+                for q in &r.quantiles {
+                    let _ = write!(csv, ",{}", opt(q.value));
+                }
+                csv.push('\n');
             }
             Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response())
         }

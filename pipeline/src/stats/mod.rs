@@ -68,6 +68,8 @@ pub struct StatsOptions {
     /// The device names this process knows, filled as the log and the archive are fed (shared with ingest, which
     /// refuses a name whose id another holds).
     pub device_names: DeviceNames,
+    /// The window widths whose live windows carry a quantile sketch (percentiles); the others answer none.
+    pub sketch_widths: Vec<weir_operators::Width>,
 }
 
 impl Default for StatsOptions {
@@ -80,6 +82,7 @@ impl Default for StatsOptions {
             feed_limit: 16_384,
             cluster: None,
             device_names: DeviceNames::default(),
+            sketch_widths: weir_operators::Width::ALL.to_vec(),
         }
     }
 }
@@ -355,8 +358,9 @@ impl Drop for StatsEngine {
 #[derive(Debug)]
 struct LiveState {
     rolled_through: AtomicI64,
-    /// Per local worker: windows held, series held, readings dropped as no longer live, deduplication keys.
-    sizes: Vec<[AtomicU64; 4]>,
+    /// Per local worker: windows held, series held, readings dropped as no longer live, deduplication keys, sketch
+    /// bytes.
+    sizes: Vec<[AtomicU64; 5]>,
 }
 
 /// What the live windows of one process hold.
@@ -368,6 +372,15 @@ pub struct LiveWindowsSize {
     pub dropped_readings: u64,
     /// Keys deduplication remembers (each series' timestamps within the dedup horizon).
     pub dedup_keys: u64,
+    /// Heap memory of the windows' quantile sketches.
+    pub sketch_bytes: u64,
+}
+
+impl LiveWindowsSize {
+    /// The memory the live windows hold: [`weir_operators::live::BYTES_PER_WINDOW`] a window and their sketches.
+    pub fn window_bytes(&self) -> u64 {
+        self.windows * weir_operators::live::BYTES_PER_WINDOW as u64 + self.sketch_bytes
+    }
 }
 
 impl LiveState {
@@ -378,7 +391,13 @@ impl LiveState {
 
     fn size(&self) -> LiveWindowsSize {
         let sum = |i: usize| self.sizes.iter().map(|s| s[i].load(Ordering::Relaxed)).sum();
-        LiveWindowsSize { windows: sum(0), series: sum(1), dropped_readings: sum(2), dedup_keys: sum(3) }
+        LiveWindowsSize {
+            windows: sum(0),
+            series: sum(1),
+            dropped_readings: sum(2),
+            dedup_keys: sum(3),
+            sketch_bytes: sum(4),
+        }
     }
 
     /// Brings a worker's live windows up to the rolled-through mark and records their size.
@@ -389,6 +408,7 @@ impl LiveState {
             size[1].store(windows.series() as u64, Ordering::Relaxed);
             size[2].store(windows.dropped_readings(), Ordering::Relaxed);
             size[3].store(dedup_keys as u64, Ordering::Relaxed);
+            size[4].store(windows.sketch_bytes() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -433,7 +453,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             recent.borrow_mut().record(updates);
         };
         let live_horizon = ctx.options.live_horizon.map(|h| i64::try_from(h.as_micros()).unwrap_or(i64::MAX));
-        let mut live = weir_operators::LiveWindows::new(live_horizon);
+        let mut live = weir_operators::LiveWindows::new(live_horizon).with_sketched_widths(&ctx.options.sketch_widths);
         if let Some(from) = ctx.live_from {
             live.set_start_from(from);
         }

@@ -149,6 +149,40 @@ fn model(records: &[Vec<Input>]) -> (BTreeMap<WindowKey, (i64, f64, f64, f64, f6
     )
 }
 
+/// Per window, as the statistics should count them from write order (records in order, each in its order): late
+/// readings (first writes older than their series' newest so far), duplicates (readings of a key already written),
+/// and the sketch of the first writes' values. Readings of the first `through` records (a snapshot's prefix, fed
+/// from the archive, where duplicates and arrival order are gone) are not counted as late or duplicate, but still
+/// set each series' newest.
+fn quality_model(
+    records: &[Vec<Input>],
+    through: usize,
+) -> BTreeMap<WindowKey, (i64, i64, weir_operators::sketch::Sketch)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut newest: BTreeMap<SeriesKey, i64> = BTreeMap::new();
+    let mut windows: BTreeMap<WindowKey, (i64, i64, weir_operators::sketch::Sketch)> = BTreeMap::new();
+    for (i, record) in records.iter().enumerate() {
+        for &(d, sensor, micros, value) in record {
+            let series = SeriesKey { device: DeviceId::of(DEVICES[d as usize]), sensor: sensor_id(sensor) };
+            let first = seen.insert((d, sensor, micros));
+            let newest = newest.entry(series).or_insert(i64::MIN);
+            let late = first && micros < *newest;
+            *newest = (*newest).max(micros);
+            for width in Width::ALL {
+                let w = windows.entry(WindowKey { series, width, start: width.start_of(micros) }).or_default();
+                if first {
+                    w.2.add_value(value);
+                }
+                if i >= through {
+                    w.0 += i64::from(late);
+                    w.1 += i64::from(!first);
+                }
+            }
+        }
+    }
+    windows
+}
+
 fn check(records: &[Vec<Input>], workers: usize) -> Result<(), TestCaseError> {
     check_from(records, workers, 0)
 }
@@ -172,6 +206,21 @@ fn check_from(records: &[Vec<Input>], workers: usize, through: usize) -> Result<
             got.sum(),
             want.1
         );
+    }
+    // Late and duplicate counts and the percentiles' sketch, per window, as the model counts them.
+    let quality = quality_model(records, through);
+    for (key, got) in &windows {
+        let (late, duplicates, sketch) = &quality[key];
+        prop_assert_eq!((got.late, got.duplicates), (*late, *duplicates), "late, duplicates of {:?}", key);
+        prop_assert_eq!(got.sketch(), Some(sketch), "{:?}", key);
+        // The median: the lowest or highest value exactly at the ends, the sketch's estimate between them.
+        let rank = (got.count - 1) / 2;
+        let median = match rank {
+            0 => Some(got.min),
+            r if r == got.count - 1 => Some(got.max),
+            _ => sketch.quantile(0.5).map(|v| v.clamp(got.min, got.max)),
+        };
+        prop_assert_eq!(got.quantile(0.5), median);
     }
     let got_latest: BTreeMap<SeriesKey, f64> = latest.iter().map(|(k, l)| (*k, l.value)).collect();
     prop_assert_eq!(got_latest, want_latest);
@@ -248,7 +297,7 @@ fn first_write_wins_across_records_whatever_the_value() {
     let t = 1_795_000_000_000_000;
     let records = vec![vec![(0, 0, t, 1.0)], vec![(0, 0, t, 99.0), (0, 0, t + 1, 2.0)]];
     let (windows, latest, _) = run_engine(&records, 2);
-    let minute = windows.iter().find(|(k, _)| k.width == Width::Minute).unwrap().1;
+    let minute = &windows.iter().find(|(k, _)| k.width == Width::Minute).unwrap().1;
     assert_eq!((minute.count, minute.sum()), (2, 3.0));
     assert_eq!(latest[0].1.value, 2.0);
 }
@@ -279,7 +328,7 @@ fn a_snapshot_through_position_zero_is_still_fed() {
     engine.stop();
     wal.close();
     assert_eq!(latest.len(), 2, "both devices of the snapshot are live: {latest:?}");
-    let minute = windows[0].1;
+    let minute = &windows[0].1;
     assert_eq!((minute.count, minute.sum()), (2, 3.0), "the snapshot's first write wins over the log's duplicate");
 }
 
@@ -614,6 +663,10 @@ fn without_seq((mut windows, mut latest, devices): Everything) -> Everything {
     for (_, w) in &mut windows {
         w.first.seq = 0;
         w.last.seq = 0;
+        // Which readings arrived late depends on the order writes are processed in, and a cluster interleaves its
+        // processes' writes otherwise than one process given them all (duplicates do not: every key but its first
+        // write is one).
+        w.late = 0;
     }
     for (_, l) in &mut latest {
         l.seq = 0;

@@ -302,7 +302,8 @@ fn window_tables_answer_from_readings_then_from_rollups_alike() {
             &format!(
                 "SELECT device, sensor, CAST(window_start AS VARCHAR) AS s, CAST(window_end AS VARCHAR) AS e, count, \
                  sum, mean, min, max, first, CAST(first_timestamp AS VARCHAR) AS f, last, \
-                 CAST(last_timestamp AS VARCHAR) AS l, date FROM windows_{width} ORDER BY device, sensor, s"
+                 CAST(last_timestamp AS VARCHAR) AS l, p50, p90, p95, p99, date FROM windows_{width} \
+                 ORDER BY device, sensor, s"
             ),
         );
         arrow::util::pretty::pretty_format_batches(&r.batches).unwrap().to_string()
@@ -318,6 +319,15 @@ fn window_tables_answer_from_readings_then_from_rollups_alike() {
     assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 2);
     let floats: Vec<f64> = (1..7).map(|i| b.column(i).as_primitive::<Float64Type>().value(0)).collect();
     assert_eq!(floats, vec![30.0, 15.0, 10.0, 20.0, 10.0, 20.0]);
+    // Percentiles from the window's sketch (1 % relative error), within [min, max]: the lower median of {10, 20}.
+    let p = run(
+        &f,
+        "SELECT p50, p99 FROM windows_1d WHERE device = 'default' AND sensor = 'speed' AND date = '2026-11-19'",
+    );
+    let (p50, p99) =
+        (p.batches[0].column(0).as_primitive::<Float64Type>(), p.batches[0].column(1).as_primitive::<Float64Type>());
+    assert!((p50.value(0) - 10.0).abs() <= 0.1, "{}", p50.value(0));
+    assert!((p99.value(0) - 10.0).abs() <= 0.1, "rank ⌊0.99 × 1⌋ = 0: {}", p99.value(0));
 
     f.runtime.block_on(crate::seal::seal_day(&f.location, "2026-11-19", None, None)).unwrap();
     let after: Vec<String> = ["1m", "15m", "1h", "1d"].map(q).to_vec();
@@ -345,10 +355,10 @@ fn window_tables_fold_extreme_values_as_the_live_windows_do() {
     let windows = || {
         let r = f
             .runtime
-            .block_on(archive.query("SELECT sum, mean, min, max FROM windows_1m ORDER BY sensor DESC"))
+            .block_on(archive.query("SELECT sum, mean, min, max, p50, p99 FROM windows_1m ORDER BY sensor DESC"))
             .unwrap();
         let b = &r.batches[0];
-        (0..2).map(|row| (0..4).map(|c| b.column(c).as_primitive::<Float64Type>().value(row)).collect()).collect()
+        (0..2).map(|row| (0..6).map(|c| b.column(c).as_primitive::<Float64Type>().value(row)).collect()).collect()
     };
     // The model: the live windows' aggregate over the same values.
     let agg = |values: &[f64]| {
@@ -362,7 +372,10 @@ fn window_tables_fold_extreme_values_as_the_live_windows_do() {
         for &v in &values[1..] {
             agg.add(&reading(v));
         }
-        vec![agg.sum(), agg.mean(), agg.min, agg.max]
+        for &v in values {
+            agg.add_to_sketch(weir_operators::sketch::Bucket::of(v).unwrap(), 1);
+        }
+        vec![agg.sum(), agg.mean(), agg.min, agg.max, agg.quantile(0.5).unwrap(), agg.quantile(0.99).unwrap()]
     };
     let expected: Vec<Vec<f64>> = vec![agg(&[big, big, 0.0]), agg(&[0.0, -0.0, 1e-300])];
     assert_eq!(expected[0][0], f64::MAX, "the live windows saturate the sum");
