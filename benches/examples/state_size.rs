@@ -46,10 +46,33 @@ fn main() {
     println!("dedup: {} keys remembered, {dedup_bytes:.1} bytes per key", filter.remembered());
     drop(filter);
 
-    // Windows: readings one minute apart on one series, so each opens a 1-minute window (and every 15th a
-    // quarter-hour one, ...). Measure what the engine holds once it has processed them all.
+    // Windows: (a) readings one minute apart on one series, so each opens a 1-minute window (and every 15th a
+    // quarter-hour one, ...); (b) a 1 Hz sensor whose value wanders ±20 % (sixty readings a minute, sketches of
+    // ~20 buckets). Each without sketches and with every width sketched (issue 24): what the engine holds once it
+    // has processed them all.
+    use weir_operators::Width;
+    let minute_apart = |i: usize| (i as i64 * 60_000_000, i as f64);
+    let one_hertz = |i: usize| (i as i64 * 1_000_000, 50.0 + 10.0 * ((i as f64) / 300.0).sin() + (i % 7) as f64);
+    for (shape, every, readings) in [
+        ("one reading a minute", &minute_apart as &dyn Fn(usize) -> (i64, f64), 200_000),
+        ("1 Hz", &one_hertz, 864_000),
+    ] {
+        for (sketched, widths) in [("no sketches", vec![]), ("sketches on every width", Width::ALL.to_vec())] {
+            windows_held(shape, sketched, readings, every, widths);
+        }
+    }
+}
+
+/// Feeds `readings` of one series (`at(i)`: timestamp and value) to a one-worker engine whose `sketch_widths`
+/// carry sketches, and prints the bytes it holds per window.
+fn windows_held(
+    shape: &str,
+    sketched: &str,
+    readings: usize,
+    at: &dyn Fn(usize) -> (i64, f64),
+    sketch_widths: Vec<weir_operators::Width>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let readings = 200_000usize;
     let last = {
         use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row};
         use weir_pipeline::wal::{Wal, WalOptions};
@@ -62,19 +85,22 @@ fn main() {
             let device = interner.intern(&mut b.devices, "default");
             let sensor = interner.intern_sensor(&mut b.sensors, "speed").unwrap();
             for &i in chunk {
-                b.rows.push(Row { sensor, device, micros: i as i64 * 60_000_000, value: i as f64 });
+                let (micros, value) = at(i);
+                b.rows.push(Row { sensor, device, micros, value });
             }
             last = a.append_blocking(&b).unwrap();
         }
         wal.close();
         last
     };
-    let windows = readings + readings / 15 + readings / 60 + readings / 1440;
+    let span = at(readings - 1).0 - at(0).0;
+    let windows: i64 = weir_operators::Width::ALL.iter().map(|w| span / w.micros() + 1).sum();
     let (_tx, durable) = tokio::sync::watch::channel(last);
     let baseline = live();
     let options = weir_pipeline::stats::StatsOptions {
         workers: 1,
         dedup_horizon: std::time::Duration::ZERO,
+        sketch_widths,
         ..Default::default()
     };
     let tail = weir_pipeline::wal::LogTail { dir: dir.path().to_path_buf(), durable, clock: Default::default() };
@@ -83,9 +109,12 @@ fn main() {
     while engine.processed_position() < last {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    // Let the arrangement finish its merges.
+    // Let the dataflow settle.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let held = live() - baseline;
-    println!("windows: {windows} windows held in {held} bytes: {:.1} bytes per window", held as f64 / windows as f64);
+    println!(
+        "windows ({shape}, {sketched}): {windows} windows held in {held} bytes: {:.1} bytes per window",
+        held as f64 / windows as f64
+    );
     engine.stop();
 }
