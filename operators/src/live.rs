@@ -41,11 +41,15 @@ use crate::model::{Reading, SeriesKey, Time, Width, WindowKey};
 use crate::sketch::Bucket;
 use crate::stats::on_grid;
 use crate::window::WindowAgg;
-use differential_dataflow::difference::Monoid;
 
 /// Estimated memory of one live window: 8 bytes of start and 112 of aggregate in a sorted vector, with its growth
 /// slack (a sketch's buckets are counted apart: [`LiveWindows::sketch_bytes`]).
 pub const BYTES_PER_WINDOW: usize = 136;
+
+/// The widths whose windows carry a quantile sketch unless configured otherwise: not the 1-minute windows, which
+/// are most of a series' windows (1 440 a day against 121 for the others together), so that sketches add ~7 % to
+/// the live windows' memory instead of doubling it (benches/RESULTS.md, "Issue 24").
+pub const DEFAULT_SKETCHED_WIDTHS: [Width; 3] = [Width::QuarterHour, Width::Hour, Width::Day];
 
 /// One series' windows, per width (in [`Width::ALL`]'s order), sorted by start. Sorted vectors, not B-trees: a
 /// B-tree's first leaf holds room for 11 entries (~1.1 KB a width), which made a series with one reading cost
@@ -108,12 +112,12 @@ impl LiveWindows {
             rolled_through: i64::MIN,
             start_from: i64::MIN,
             dropped_readings: 0,
-            sketched: [true; 4],
+            sketched: Width::ALL.map(|w| DEFAULT_SKETCHED_WIDTHS.contains(&w)),
             sketch_bytes: 0,
         }
     }
 
-    /// The same live windows where only `widths` carry a quantile sketch (all of them by default).
+    /// The same live windows where only `widths` carry a quantile sketch ([`DEFAULT_SKETCHED_WIDTHS`] by default).
     pub fn with_sketched_widths(mut self, widths: &[Width]) -> Self {
         self.sketched = Width::ALL.map(|w| widths.contains(&w));
         self
@@ -165,14 +169,14 @@ impl LiveWindows {
                 continue;
             }
             let windows = &mut series.by_width[width_index(width)];
-            let i = match windows.last().map(|(s, _)| *s) {
-                Some(last) if last == start => windows.len() - 1,
+            // The window's index, and whether it is new (then it starts as `agg` itself, not as zero plus `agg`).
+            let (i, new) = match windows.last().map(|(s, _)| *s) {
+                Some(last) if last == start => (windows.len() - 1, false),
                 Some(last) if last > start => match windows.binary_search_by_key(&start, |(s, _)| *s) {
-                    Ok(i) => i,
+                    Ok(i) => (i, false),
                     Err(i) => {
-                        windows.insert(i, (start, WindowAgg::zero()));
-                        self.windows += 1;
-                        i
+                        windows.insert(i, (start, agg.clone()));
+                        (i, true)
                     }
                 },
                 _ => {
@@ -180,13 +184,15 @@ impl LiveWindows {
                     if windows.capacity() == 0 {
                         windows.reserve_exact(1);
                     }
-                    windows.push((start, WindowAgg::zero()));
-                    self.windows += 1;
-                    windows.len() - 1
+                    windows.push((start, agg.clone()));
+                    (windows.len() - 1, true)
                 }
             };
+            self.windows += usize::from(new);
             let window = &mut windows[i].1;
-            window.plus_equals(agg);
+            if !new {
+                window.plus_equals(agg);
+            }
             if let Some(bucket) = bucket.filter(|_| self.sketched[width_index(width)]) {
                 let before = window.heap_bytes();
                 window.add_to_sketch(bucket, agg.count.max(0) as u64);

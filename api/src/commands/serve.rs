@@ -237,9 +237,9 @@ pub struct ServeArgs {
     pub live_horizon: Duration,
 
     /// The window widths whose live windows carry a quantile sketch (p50 … p99 and `q=`): a comma-separated list
-    /// of 1m, 15m, 1h, 1d, or `none`. A sketch costs ~8 bytes per 2 % of value range a window spans (see README
-    /// "Percentiles"); rollups and SQL always carry them.
-    #[arg(long, env = "WEIR_SKETCH_WIDTHS", default_value = "1m,15m,1h,1d", value_parser = parse_sketch_widths)]
+    /// of 1m, 15m, 1h, 1d, or `none`. Not 1m by default: most windows are 1-minute ones, and a sketch costs about
+    /// 100–170 bytes a window (README "Data quality"); rollups and SQL always carry them.
+    #[arg(long, env = "WEIR_SKETCH_WIDTHS", default_value = "15m,1h,1d", value_parser = parse_sketch_widths)]
     pub sketch_widths: SketchWidths,
 
     /// Most series (device, sensor) stored: a reading that would start another is rejected with its line number

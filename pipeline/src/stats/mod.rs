@@ -82,7 +82,7 @@ impl Default for StatsOptions {
             feed_limit: 16_384,
             cluster: None,
             device_names: DeviceNames::default(),
-            sketch_widths: weir_operators::Width::ALL.to_vec(),
+            sketch_widths: weir_operators::live::DEFAULT_SKETCHED_WIDTHS.to_vec(),
         }
     }
 }
