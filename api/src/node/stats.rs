@@ -67,8 +67,16 @@ impl StatsService {
         };
         let Some(rollups) = self.rollups.get().filter(|_| from < live_from) else { return Ok(live) };
         let rows = rollups.rollup_windows(width, device, sensor, from, to.min(live_from)).await?;
-        let mut windows: Vec<(WindowKey, WindowAgg)> =
-            rows.into_iter().map(|r| (WindowKey { series, width, start: r.start }, r.agg)).collect();
+        // A width whose live windows carry no sketch answers none from its rollups either, so that an answer does
+        // not change when its windows leave memory (SQL's windows_* always have them).
+        let sketched = self.engine.sketch_widths().contains(&width);
+        let mut windows: Vec<(WindowKey, WindowAgg)> = rows
+            .into_iter()
+            .map(|r| {
+                let agg = if sketched { r.agg } else { r.agg.with_sketch(None) };
+                (WindowKey { series, width, start: r.start }, agg)
+            })
+            .collect();
         windows.extend(live);
         Ok(windows)
     }

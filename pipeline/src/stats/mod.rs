@@ -177,6 +177,8 @@ pub struct StatsEngine {
     live: Arc<LiveState>,
     /// The names of the devices and sensors this process has stored or read (shared with ingest).
     names: DeviceNames,
+    /// The widths whose live windows carry a quantile sketch.
+    sketch_widths: Vec<weir_operators::Width>,
     /// In a mutex only to make the engine `Sync` (the guards are not); touched once, at stop.
     guards: Mutex<Option<timely::communication::initialize::WorkerGuards<()>>>,
 }
@@ -214,6 +216,7 @@ impl StatsEngine {
         let cluster = options.cluster.clone();
         let live = Arc::new(LiveState::new(workers));
         let names = options.device_names.clone();
+        let sketch_widths = options.sketch_widths.clone();
         let context = WorkerContext {
             live: live.clone(),
             tail,
@@ -244,6 +247,7 @@ impl StatsEngine {
             archive,
             live,
             names,
+            sketch_widths,
             guards: Mutex::new(Some(guards)),
         })
     }
@@ -252,6 +256,11 @@ impl StatsEngine {
     /// memory once they are beyond the live horizon. Only moves forward.
     pub fn set_rolled_through(&self, micros: i64) {
         self.live.rolled_through.fetch_max(micros, Ordering::AcqRel);
+    }
+
+    /// The widths whose live windows carry a quantile sketch (`--sketch-widths`).
+    pub fn sketch_widths(&self) -> &[weir_operators::Width] {
+        &self.sketch_widths
     }
 
     /// What the live windows hold in this process, over its workers.
