@@ -369,7 +369,7 @@ impl IngestService {
                     for fields in readings.by_ref().take(self.limits.decode.batch_rows.max(1)) {
                         given += 1;
                         taken += 1;
-                        decoder.push_reading(given, fields);
+                        decoder.push_reading(given, fields, None);
                     }
                     if taken == 0 {
                         break;
