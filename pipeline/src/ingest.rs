@@ -259,7 +259,14 @@ fn handle_line(
 /// `max` bytes.
 fn describe(fields: &ReadingFields<'_>, max: usize) -> Vec<u8> {
     use serde_json::Value;
-    let text = |s: &str| Value::String(cut(s.to_owned(), max));
+    // Cut before copying: a reading's name may be as long as its message.
+    let text = |s: &str| {
+        let mut end = s.len().min(max);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Value::String(s[..end].to_owned())
+    };
     let mut object = serde_json::Map::new();
     if let Some(device) = fields.device {
         object.insert("device".into(), text(device));

@@ -227,7 +227,10 @@ impl RejectedStore {
         };
         state.total_bytes += written;
         state.dirty = true;
-        self.enforce_cap(state)?;
+        // The lines are written: a segment that cannot be deleted now is tried again at the next append.
+        if let Err(e) = self.enforce_cap(state) {
+            tracing::warn!(error = %e, "cannot delete the oldest segment of rejected lines beyond the size cap");
+        }
         Ok(appended)
     }
 

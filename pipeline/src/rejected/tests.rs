@@ -279,6 +279,45 @@ fn one_request_never_writes_more_than_a_segment() {
     assert_eq!(got.last().map(|r| r.line), Some(1), "the first lines are the ones kept");
 }
 
+/// Requests answered at once append at once: every record comes back whole, a request's lines together and in
+/// order, across rotations and the size cap.
+#[test]
+fn concurrent_appends_keep_each_request_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), options(1 << 20), now());
+    let store = Arc::new(store);
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for request in 0..50u64 {
+                    let text = format!("t{t} r{request}");
+                    let lines: Vec<_> =
+                        (1..=7).map(|n| kept(n, LineErrorKind::Invalid, "bad", text.as_bytes())).collect();
+                    let source = format!("thread-{t}");
+                    store.append(&origin(None, &source), now(), &lines).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut got = all(&store, now());
+    got.reverse();
+    assert_eq!(got.len(), 8 * 50 * 7);
+    for request in got.chunks(7) {
+        assert!(request.iter().all(|r| r.text == request[0].text), "a request's lines are written together");
+        assert_eq!(request.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7]);
+    }
+    for t in 0..8 {
+        let mine: Vec<_> = got.iter().filter(|r| r.source == format!("thread-{t}")).map(|r| r.text_lossy()).collect();
+        let expected: Vec<_> = (0..50).flat_map(|r| std::iter::repeat_n(format!("t{t} r{r}"), 7)).collect();
+        assert_eq!(mine, expected, "thread {t}'s requests in its order");
+    }
+    assert_eq!(bytes_on_disk(dir.path()), store.bytes());
+}
+
 #[test]
 fn heads_keep_whole_characters_and_any_bytes() {
     assert_eq!(head(b"abcdef", 3), b"abc");
