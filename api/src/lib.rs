@@ -17,6 +17,7 @@ pub mod node;
 pub mod pg;
 pub mod position;
 pub mod push;
+pub mod rejected;
 pub mod requests;
 pub mod server;
 pub mod sql;

@@ -69,6 +69,13 @@ pub const METRICS: &[(&str, &str)] = &[
     ("weir_live_window_bytes", "Estimated memory of the live windows"),
     ("weir_memory_limit_bytes", "The memory budget of the state that grows with the data (--memory-limit)"),
     ("weir_memory_used_bytes", "What each part of the state uses of the memory budget, by part"),
+    ("weir_rejected_recorded_total", "Rejected lines written to the record of rejected lines"),
+    (
+        "weir_rejected_not_recorded_total",
+        "Rejected lines left out of the record of rejected lines, by why (per_request_limit, request_too_large, \
+         write_failed)",
+    ),
+    ("weir_rejected_bytes", "Size of the record of rejected lines on disk (at most --rejected-max-bytes)"),
     (
         "weir_live_dropped_readings_total",
         "Readings older than the live horizon, not added to the live windows (they show after their day's reseal)",
@@ -76,8 +83,9 @@ pub const METRICS: &[(&str, &str)] = &[
 ];
 
 /// Counters that always carry labels.
-const LABELLED: [&str; 5] = [
+const LABELLED: [&str; 6] = [
     "weir_readings_rejected_total",
+    "weir_rejected_not_recorded_total",
     "weir_ingest_requests_total",
     "weir_http_requests_total",
     "weir_seal_runs_total",

@@ -167,7 +167,8 @@ async fn store(
     }
     let mut backoff = Duration::from_millis(50);
     loop {
-        let outcome = ingest.ingest_message(publish.payload.clone(), config.format, device).await;
+        let service = ingest.for_request(None, &format!("mqtt:{}", publish.topic));
+        let outcome = service.ingest_message(publish.payload.clone(), config.format, device).await;
         match &outcome.failure {
             None if outcome.rejected == 0 => {
                 metrics::counter!("weir_mqtt_messages_total", "outcome" => "stored").increment(1);

@@ -8,9 +8,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::decode::{Decoder, LineError, LineErrorKind, ReadingFields};
+use crate::decode::{Decoder, LineError, LineErrorKind, ReadingFields, Timestamp};
 use crate::lines::{Line, LineSplitter};
 use crate::reading::{DeviceInterner, ReadingBatch};
+use crate::rejected::{KeptLine, head};
 
 /// Limits that apply while decoding one body.
 #[derive(Debug, Clone)]
@@ -64,6 +65,20 @@ pub struct Rejections {
     /// `rejected`, split by reason.
     #[serde(skip)]
     pub by_reason: RejectionCounts,
+    /// The rejected lines kept for the record of rejected lines ([`BodyDecoder::keeping`]), in order.
+    #[serde(skip)]
+    pub kept: Vec<KeptLine>,
+    /// Rejected lines beyond [`KeepLimits::max_lines`], not kept.
+    #[serde(skip)]
+    pub not_kept: u64,
+}
+
+/// Which rejected lines a decoder keeps for the record of rejected lines: the first `max_lines`, each with its
+/// first `text_bytes` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepLimits {
+    pub max_lines: usize,
+    pub text_bytes: usize,
 }
 
 /// Rejected lines counted by [`LineErrorKind`].
@@ -103,6 +118,8 @@ pub struct BodyDecoder {
     devices: DeviceInterner,
     rejections: Rejections,
     decoded: u64,
+    /// Which rejected lines are kept for the record of rejected lines (`None`: none).
+    keep: Option<KeepLimits>,
 }
 
 impl BodyDecoder {
@@ -115,36 +132,67 @@ impl BodyDecoder {
             devices: DeviceInterner::default(),
             rejections: Rejections::default(),
             decoded: 0,
+            keep: None,
         }
+    }
+
+    /// Keeps the first rejected lines, with their first bytes, for the record of rejected lines
+    /// ([`Rejections::kept`]); the others are counted in [`Rejections::not_kept`].
+    pub fn keeping(mut self, keep: KeepLimits) -> Self {
+        self.keep = Some(keep);
+        self
     }
 
     /// Decodes every line `chunk` completes.
     pub fn feed(&mut self, chunk: &[u8]) {
-        let BodyDecoder { splitter, decoder, limits, batch, devices, rejections, decoded } = self;
-        splitter.feed(chunk, |n, line| handle_line(decoder, limits, batch, devices, rejections, decoded, n, line));
+        let BodyDecoder { splitter, decoder, limits, batch, devices, rejections, decoded, keep } = self;
+        let mut out = Out { rejections, decoded, limits, keep: keep.as_ref() };
+        splitter.feed(chunk, |n, line| handle_line(decoder, batch, devices, &mut out, n, line));
     }
 
     /// Ends the body, decoding a last line that has no newline.
     pub fn finish(&mut self) {
-        let BodyDecoder { splitter, decoder, limits, batch, devices, rejections, decoded } = self;
-        splitter.finish(|n, line| handle_line(decoder, limits, batch, devices, rejections, decoded, n, line));
+        let BodyDecoder { splitter, decoder, limits, batch, devices, rejections, decoded, keep } = self;
+        let mut out = Out { rejections, decoded, limits, keep: keep.as_ref() };
+        splitter.finish(|n, line| handle_line(decoder, batch, devices, &mut out, n, line));
+    }
+
+    fn out(&mut self) -> Out<'_> {
+        Out {
+            rejections: &mut self.rejections,
+            decoded: &mut self.decoded,
+            limits: &self.limits,
+            keep: self.keep.as_ref(),
+        }
     }
 
     /// Validates one reading given as fields (not as a line; gRPC sends them typed) with the same rules, counting
     /// and reporting as a line: `number` is its 1-based place in the request. `Err` is why the transport could not
-    /// read the reading's fields (rejected as undecodable, with that reason).
-    pub fn push_reading(&mut self, number: u64, fields: Result<ReadingFields<'_>, String>) {
-        let result = match fields {
-            Ok(fields) => self.decoder.validate_into(fields, &mut self.batch, &mut self.devices),
-            Err(reason) => Err(LineError::undecodable(reason)),
+    /// read the reading's fields (rejected as undecodable, with that reason). `line` is the text the reading came
+    /// from, if it came from one (kept for the record of rejected lines; otherwise its fields are, as NDJSON).
+    pub fn push_reading(&mut self, number: u64, fields: Result<ReadingFields<'_>, String>, line: Option<&[u8]>) {
+        let (result, described) = match fields {
+            Ok(fields) => (self.decoder.validate_into(fields, &mut self.batch, &mut self.devices), Some(fields)),
+            Err(reason) => (Err(LineError::undecodable(reason)), None),
         };
-        record(&mut self.rejections, &mut self.decoded, &self.limits, number, result.map_err(|e| (e, None)));
+        self.out().record(number, result.map_err(|e| (e, None)), |max| match (line, described) {
+            (Some(line), _) => head(line, max).to_vec(),
+            (None, Some(fields)) => describe(&fields, max),
+            (None, None) => Vec::new(),
+        });
     }
 
     /// Rejects reading or line `number` with `error` (a transport's own reasons: line protocol's parse errors,
-    /// string fields), counted and reported like any rejected line.
-    pub fn reject(&mut self, number: u64, error: LineError) {
-        record(&mut self.rejections, &mut self.decoded, &self.limits, number, Err((error, None)));
+    /// string fields), counted and reported like any rejected line; `line` is its text.
+    pub fn reject(&mut self, number: u64, error: LineError, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.out().record(number, Err((error, None)), |max| head(line, max).to_vec());
+    }
+
+    /// The rejected lines kept for the record of rejected lines so far, taken, and how many were not kept.
+    pub fn take_kept(&mut self) -> (Vec<KeptLine>, u64) {
+        (std::mem::take(&mut self.rejections.kept), std::mem::take(&mut self.rejections.not_kept))
     }
 
     /// The decode limits this decoder enforces.
@@ -186,23 +234,63 @@ impl BodyDecoder {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn handle_line(
     decoder: &Decoder,
-    limits: &DecodeLimits,
     batch: &mut ReadingBatch,
     devices: &mut DeviceInterner,
-    rejections: &mut Rejections,
-    decoded: &mut u64,
+    out: &mut Out<'_>,
     number: u64,
     line: Line<'_>,
 ) {
-    let result = match line {
-        Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => return,
-        Line::Text(text) => decoder.decode_into(text, batch, devices).map_err(|e| (e, Some(text))),
-        Line::TooLong { len } => Err((LineError::too_long(len, limits.max_line_bytes), None)),
+    match line {
+        Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => {}
+        Line::Text(text) => {
+            let result = decoder.decode_into(text, batch, devices).map_err(|e| (e, Some(text)));
+            out.record(number, result, |max| head(text, max).to_vec());
+        }
+        Line::TooLong { len, head: first } => {
+            let error = LineError::too_long(len, out.limits.max_line_bytes);
+            out.record(number, Err((error, None)), |max| head(first, max).to_vec());
+        }
+    }
+}
+
+/// A reading's fields as one NDJSON line (what is kept of a rejected reading that came without a line), at most
+/// `max` bytes.
+fn describe(fields: &ReadingFields<'_>, max: usize) -> Vec<u8> {
+    use serde_json::Value;
+    // Cut before copying: a reading's name may be as long as its message.
+    let text = |s: &str| {
+        let mut end = s.len().min(max);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Value::String(s[..end].to_owned())
     };
-    record(rejections, decoded, limits, number, result);
+    let mut object = serde_json::Map::new();
+    if let Some(device) = fields.device {
+        object.insert("device".into(), text(device));
+    }
+    if let Some(sensor) = fields.sensor {
+        object.insert("sensor".into(), text(sensor));
+    }
+    if let Some(value) = fields.value {
+        // JSON has no NaN or infinities: those are written as text.
+        let number =
+            serde_json::Number::from_f64(value).map_or_else(|| Value::String(value.to_string()), Value::Number);
+        object.insert("value".into(), number);
+    }
+    match fields.timestamp {
+        Some(Timestamp::Rfc3339(t)) => {
+            object.insert("timestamp".into(), text(t));
+        }
+        Some(Timestamp::Micros(micros)) => {
+            object.insert("timestamp".into(), Value::String(crate::decode::format_timestamp(micros)));
+        }
+        None => {}
+    }
+    let bytes = serde_json::to_vec(&Value::Object(object)).unwrap_or_default();
+    head(&bytes, max).to_vec()
 }
 
 /// `text` cut to at most `max` bytes (at a character boundary, marked with `…`).
@@ -218,38 +306,70 @@ fn cut(mut text: String, max: usize) -> String {
     text
 }
 
-/// Counts a decoded reading, or records a rejected one (with its text, when it has one, among the invalid).
-fn record(
-    rejections: &mut Rejections,
-    decoded: &mut u64,
-    limits: &DecodeLimits,
-    number: u64,
-    result: Result<(), (LineError, Option<&[u8]>)>,
-) {
-    match result {
-        Ok(()) => *decoded += 1,
-        Err((error, text)) => {
-            rejections.rejected += 1;
-            rejections.by_reason.count(error.kind);
-            let reason = cut(error.message, MAX_REASON_BYTES);
-            let echo = match (error.kind, text) {
-                (LineErrorKind::Invalid, Some(text)) => std::str::from_utf8(text).ok().map(str::trim),
-                _ => None,
-            };
-            // 16: the line number and the JSON around a reason, roughly.
-            let cost = reason.len() + echo.map_or(0, str::len) + 16;
-            if rejections.errors.len() >= limits.max_reported_errors
-                || rejections.report_bytes + cost > limits.max_report_bytes
-            {
-                rejections.truncated = true;
+/// Where a decoder's verdicts go.
+struct Out<'a> {
+    rejections: &'a mut Rejections,
+    decoded: &'a mut u64,
+    limits: &'a DecodeLimits,
+    keep: Option<&'a KeepLimits>,
+}
+
+impl Out<'_> {
+    /// Counts a decoded reading, or records a rejected one (with its text, when it has one, among the invalid) and
+    /// keeps it for the record of rejected lines with the first bytes `line(max)` gives.
+    fn record(
+        &mut self,
+        number: u64,
+        result: Result<(), (LineError, Option<&[u8]>)>,
+        line: impl FnOnce(usize) -> Vec<u8>,
+    ) {
+        let (rejections, limits) = (&mut *self.rejections, self.limits);
+        let (error, text) = match result {
+            Ok(()) => {
+                *self.decoded += 1;
                 return;
             }
-            rejections.report_bytes += cost;
-            rejections.errors.push(LineReport { line: number, error: reason });
-            if let Some(raw) = echo.and_then(|raw| RawValue::from_string(raw.to_owned()).ok()) {
-                rejections.invalid.push(raw);
+            Err(rejected) => rejected,
+        };
+        rejections.rejected += 1;
+        rejections.by_reason.count(error.kind);
+        let reason = cut(error.message, MAX_REASON_BYTES);
+        if let Some(keep) = self.keep {
+            if rejections.kept.len() < keep.max_lines {
+                let text = line(keep.text_bytes);
+                rejections.kept.push(KeptLine { line: number, kind: error.kind, error: reason.clone(), text });
+            } else {
+                rejections.not_kept += 1;
             }
         }
+        report(rejections, limits, number, error.kind, reason, text);
+    }
+}
+
+/// Describes a rejected line in the report, within its limits.
+fn report(
+    rejections: &mut Rejections,
+    limits: &DecodeLimits,
+    number: u64,
+    kind: LineErrorKind,
+    reason: String,
+    text: Option<&[u8]>,
+) {
+    let echo = match (kind, text) {
+        (LineErrorKind::Invalid, Some(text)) => std::str::from_utf8(text).ok().map(str::trim),
+        _ => None,
+    };
+    // 16: the line number and the JSON around a reason, roughly.
+    let cost = reason.len() + echo.map_or(0, str::len) + 16;
+    if rejections.errors.len() >= limits.max_reported_errors || rejections.report_bytes + cost > limits.max_report_bytes
+    {
+        rejections.truncated = true;
+        return;
+    }
+    rejections.report_bytes += cost;
+    rejections.errors.push(LineReport { line: number, error: reason });
+    if let Some(raw) = echo.and_then(|raw| RawValue::from_string(raw.to_owned()).ok()) {
+        rejections.invalid.push(raw);
     }
 }
 
@@ -336,6 +456,66 @@ mod tests {
         d.finish();
         taken += d.take_batch().map_or(0, |b| b.len());
         assert_eq!(taken, 10);
+    }
+
+    const KEEP: KeepLimits = KeepLimits { max_lines: 4, text_bytes: 12 };
+
+    /// What the record of rejected lines gets: every rejected line's number, kind, reason and first bytes, up to
+    /// the per-request limit; the rest counted.
+    #[test]
+    fn rejected_lines_are_kept_with_their_first_bytes_up_to_the_limit() {
+        let mut d = body_decoder(100).keeping(KEEP);
+        let body = format!("{GOOD}\n{{bad json\n{}\n{}\n", r#"{"sensor":"speed","value":1}"#, "é".repeat(150));
+        d.feed(body.as_bytes());
+        d.feed(b"\xff\xfe{\n");
+        d.feed(b"nope\nnope again\n");
+        d.finish();
+        let (kept, not_kept) = d.take_kept();
+        let got: Vec<_> =
+            kept.iter().map(|k| (k.line, k.kind, String::from_utf8_lossy(&k.text).into_owned())).collect();
+        assert_eq!(
+            got,
+            [
+                (2, LineErrorKind::Undecodable, "{bad json".to_owned()),
+                (3, LineErrorKind::Invalid, r#"{"sensor":"s"#.to_owned()),
+                (4, LineErrorKind::TooLong, "éééééé".to_owned()),
+                (5, LineErrorKind::Undecodable, "\u{fffd}\u{fffd}{".to_owned()),
+            ]
+        );
+        assert!(kept[1].error.contains("timestamp"), "{}", kept[1].error);
+        assert_eq!(kept[2].error, d.rejections().errors[2].error, "the reason the client got");
+        assert_eq!(not_kept, 2);
+        assert_eq!(d.rejections().rejected, 6, "every line is still counted");
+    }
+
+    #[test]
+    fn readings_without_a_line_are_kept_as_their_fields() {
+        let mut d = body_decoder(100).keeping(KeepLimits { max_lines: 10, text_bytes: 200 });
+        let fields = ReadingFields {
+            sensor: Some("speed"),
+            value: Some(f64::NAN),
+            timestamp: Some(Timestamp::Micros(0)),
+            device: Some("truck\"7"),
+        };
+        d.push_reading(1, Ok(fields), None);
+        d.push_reading(2, Err("field 3 is not a string".into()), None);
+        d.push_reading(3, Ok(ReadingFields { sensor: Some("warp"), ..fields }), Some(b"cpu warp=1"));
+        d.reject(4, LineError::undecodable("bad"), b"cpu x\r\n");
+        let (kept, _) = d.take_kept();
+        let texts: Vec<_> = kept.iter().map(|k| String::from_utf8_lossy(&k.text).into_owned()).collect();
+        assert_eq!(
+            texts,
+            [
+                r#"{"device":"truck\"7","sensor":"speed","timestamp":"1970-01-01T00:00:00Z","value":"NaN"}"#,
+                "",
+                "cpu warp=1",
+                "cpu x"
+            ]
+        );
+        // Without keeping, nothing is kept and nothing counted as not kept.
+        let mut d = body_decoder(100);
+        d.feed(b"nope\n");
+        assert_eq!(d.take_kept(), (Vec::new(), 0));
     }
 
     proptest! {

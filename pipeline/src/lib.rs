@@ -12,5 +12,6 @@ pub mod ingest;
 pub mod line_protocol;
 pub mod lines;
 pub mod reading;
+pub mod rejected;
 pub mod stats;
 pub mod wal;

@@ -213,7 +213,7 @@ impl LineProtocolDecoder {
         if self.pending.len() > max {
             let line = self.next_line;
             self.note_rejected(line, &self.pending.clone(), out);
-            out.reject(line, LineError::too_long(self.pending.len() as u64, max));
+            out.reject(line, LineError::too_long(self.pending.len() as u64, max), &self.pending);
             self.pending.clear();
             self.skipping = true;
         }
@@ -245,6 +245,7 @@ impl LineProtocolDecoder {
                             "invalid UTF-8 at column {} (lines must be UTF-8)",
                             bad - line_start + 1
                         )),
+                        &bytes[line_start..line_end],
                     );
                     self.next_line += 1;
                     start = line_end;
@@ -277,7 +278,7 @@ impl LineProtocolDecoder {
             let max = out.limits().max_line_bytes;
             if piece.len() > max {
                 self.note_rejected(line, piece.as_bytes(), out);
-                out.reject(line, LineError::too_long(piece.len() as u64, max));
+                out.reject(line, LineError::too_long(piece.len() as u64, max), piece.as_bytes());
                 continue;
             }
             self.line(line, piece, out);
@@ -291,7 +292,7 @@ impl LineProtocolDecoder {
             Some(Ok(parsed)) => parsed,
             Some(Err(e)) => {
                 self.note_rejected(line, text.as_bytes(), out);
-                out.reject(line, LineError::undecodable(format!("invalid line protocol: {e}")));
+                out.reject(line, LineError::undecodable(format!("invalid line protocol: {e}")), text.as_bytes());
                 return;
             }
         };
@@ -305,6 +306,7 @@ impl LineProtocolDecoder {
                     out.reject(
                         line,
                         LineError::invalid(format!("timestamp {t} overflows at precision {:?}", self.precision)),
+                        text.as_bytes(),
                     );
                     return;
                 }
@@ -330,6 +332,7 @@ impl LineProtocolDecoder {
                              fields are stored",
                             key.as_str()
                         )),
+                        text.as_bytes(),
                     );
                     continue;
                 }
@@ -351,7 +354,7 @@ impl LineProtocolDecoder {
                 timestamp: Some(Timestamp::Micros(micros)),
                 device,
             };
-            out.push_reading(line, Ok(fields));
+            out.push_reading(line, Ok(fields), Some(text.as_bytes()));
             if out.rejections().rejected > before {
                 self.note_rejected(line, text.as_bytes(), out);
             }

@@ -10,9 +10,13 @@
 pub enum Line<'a> {
     /// The line's bytes, without the `\n` (and without a `\r` before it).
     Text(&'a [u8]),
-    /// The line was longer than the limit; its `len` bytes were skipped.
-    TooLong { len: u64 },
+    /// The line was longer than the limit; its `len` bytes were skipped but the first [`HEAD_BYTES`] (`head`),
+    /// kept to say which line it was.
+    TooLong { len: u64, head: &'a [u8] },
 }
+
+/// How many bytes of a line too long to read are kept ([`Line::TooLong`]'s `head`).
+pub const HEAD_BYTES: usize = crate::rejected::MAX_TEXT_BYTES;
 
 /// Incremental line splitter. Line numbers are 1-based and count every line, blank ones included.
 #[derive(Debug)]
@@ -23,13 +27,22 @@ pub struct LineSplitter {
     skipping: Option<u64>,
     /// Whether the last byte skipped was a `\r` (it belongs to the line ending, not the line).
     skipped_cr: bool,
+    /// The first bytes of the line being skipped.
+    skipped_head: Vec<u8>,
     next_line: u64,
 }
 
 impl LineSplitter {
     /// A splitter that rejects lines longer than `max_line` bytes (excluding the line ending).
     pub fn new(max_line: usize) -> Self {
-        LineSplitter { max_line: max_line.max(1), carry: Vec::new(), skipping: None, skipped_cr: false, next_line: 1 }
+        LineSplitter {
+            max_line: max_line.max(1),
+            carry: Vec::new(),
+            skipping: None,
+            skipped_cr: false,
+            skipped_head: Vec::new(),
+            next_line: 1,
+        }
     }
 
     /// Number of lines completed so far.
@@ -65,10 +78,14 @@ impl LineSplitter {
         if let Some(len) = self.skipping.as_mut() {
             *len += part.len() as u64;
             self.skipped_cr = part.last() == Some(&b'\r');
+            keep_head(&mut self.skipped_head, part);
         } else if self.carry.len() + part.len() > self.max_line + 1 {
             // +1 leaves room for a '\r' that the line ending may still strip.
             self.skipping = Some((self.carry.len() + part.len()) as u64);
             self.skipped_cr = part.last() == Some(&b'\r');
+            self.skipped_head.clear();
+            keep_head(&mut self.skipped_head, &self.carry);
+            keep_head(&mut self.skipped_head, part);
             self.carry.clear();
         } else {
             self.carry.extend_from_slice(part);
@@ -81,7 +98,10 @@ impl LineSplitter {
         if let Some(len) = self.skipping.take() {
             let ends_in_cr = head.last().map_or(self.skipped_cr, |&b| b == b'\r');
             let len = len + head.len() as u64 - u64::from(ends_in_cr);
-            on_line(number, Line::TooLong { len });
+            keep_head(&mut self.skipped_head, head);
+            // Without the `\r` of the line ending.
+            self.skipped_head.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+            on_line(number, Line::TooLong { len, head: &self.skipped_head });
             return;
         }
         let line: &[u8] = if self.carry.is_empty() {
@@ -92,7 +112,7 @@ impl LineSplitter {
         };
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > self.max_line {
-            on_line(number, Line::TooLong { len: line.len() as u64 });
+            on_line(number, Line::TooLong { len: line.len() as u64, head: &line[..line.len().min(HEAD_BYTES)] });
         } else {
             on_line(number, Line::Text(line));
         }
@@ -100,12 +120,21 @@ impl LineSplitter {
     }
 }
 
+/// Adds to `kept` what of `more` fits within [`HEAD_BYTES`].
+fn keep_head(kept: &mut Vec<u8>, more: &[u8]) {
+    let room = HEAD_BYTES.saturating_sub(kept.len());
+    kept.extend_from_slice(&more[..more.len().min(room)]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn split_all(chunks: &[&[u8]], max: usize) -> Vec<(u64, Result<Vec<u8>, u64>)> {
+    /// A line's number, and its text or (too long) its length and first bytes.
+    type Split = (u64, Result<Vec<u8>, (u64, Vec<u8>)>);
+
+    fn split_all(chunks: &[&[u8]], max: usize) -> Vec<Split> {
         let mut out = Vec::new();
         let mut s = LineSplitter::new(max);
         let mut push = |n: u64, l: Line<'_>| {
@@ -113,7 +142,7 @@ mod tests {
                 n,
                 match l {
                     Line::Text(t) => Ok(t.to_vec()),
-                    Line::TooLong { len } => Err(len),
+                    Line::TooLong { len, head } => Err((len, head.to_vec())),
                 },
             ))
         };
@@ -136,7 +165,10 @@ mod tests {
     #[test]
     fn long_line_is_skipped_and_the_rest_goes_on() {
         let got = split_all(&[b"ok\n0123", b"456789abc", b"def\nnext\n"], 8);
-        assert_eq!(got, vec![(1, Ok(b"ok".to_vec())), (2, Err(16)), (3, Ok(b"next".to_vec()))]);
+        assert_eq!(
+            got,
+            vec![(1, Ok(b"ok".to_vec())), (2, Err((16, b"0123456789abcdef".to_vec()))), (3, Ok(b"next".to_vec()))]
+        );
     }
 
     #[test]
@@ -164,6 +196,16 @@ mod tests {
             let newlines = input.iter().filter(|&&b| b == b'\n').count();
             let expected = if input.last().is_none_or(|&b| b == b'\n') { newlines } else { newlines + 1 };
             prop_assert_eq!(whole.len(), expected);
+            // A line too long is reported with its length and its first bytes.
+            let lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+            for (n, item) in &whole {
+                if let Err((len, head)) = item {
+                    let line = lines[(*n - 1) as usize];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    prop_assert_eq!(*len as usize, line.len());
+                    prop_assert_eq!(&head[..], &line[..line.len().min(HEAD_BYTES)]);
+                }
+            }
         }
     }
 }

@@ -26,11 +26,13 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 mod bounded;
 mod pg_catalog;
+mod rejected;
 mod scan_time;
 mod stream;
 mod threads;
 mod window_functions;
 pub use pg_catalog::{CATALOG, SERVER_VERSION, setting};
+pub use rejected::rejected_schema;
 use stream::Producer;
 pub use stream::{Described, STREAM_BATCHES, SqlStream};
 pub use threads::{Busy, SqlThreads, StartError};
@@ -132,6 +134,8 @@ pub struct SqlArchive {
     /// The session every query starts from (see [`SqlArchive::context`]), and the object stores it reads.
     session: Arc<tokio::sync::Mutex<Option<CachedSession>>>,
     stores: Arc<DefaultObjectStoreRegistry>,
+    /// The record of rejected lines, the `rejected` table (empty without one).
+    rejected: Option<Arc<weir_pipeline::rejected::RejectedStore>>,
 }
 
 /// A session with every table and view registered, built once and rebuilt only when the days with rollups change
@@ -237,7 +241,13 @@ impl SqlArchive {
         let threads = SqlThreads::start(limits.concurrency, limits.parallelism, limits.queue, limits.nice)?;
         // An archive URL always has a scheme (ArchiveLocation::open made it one); an empty registry only fails reads.
         let stores = store_registry(&location).unwrap_or_default();
-        Ok(SqlArchive { location, progress, limits, threads, session: Default::default(), stores })
+        Ok(SqlArchive { location, progress, limits, threads, session: Default::default(), stores, rejected: None })
+    }
+
+    /// Answers `rejected` from `store` (this process's record of rejected lines).
+    pub fn with_rejected(mut self, store: Arc<weir_pipeline::rejected::RejectedStore>) -> Self {
+        self.rejected = Some(store);
+        self
     }
 
     /// [`check_query`] on a SQL thread.
@@ -558,7 +568,7 @@ impl SqlArchive {
         ))
     }
 
-    /// A session with `archived`, `unflushed`, `seals`, the `readings` view and the `windows_*` views (which read
+    /// A session with `archived`, `unflushed`, `seals`, `rejected` (the record of rejected lines), the `readings` view and the `windows_*` views (which read
     /// the rollups of the `rolled` days).
     async fn session_state(&self, rolled: &[Vec<String>; 4]) -> Result<SessionState, SqlError> {
         let runtime = RuntimeEnvBuilder::new().with_object_store_registry(self.stores.clone()).build_arc()?;
@@ -589,6 +599,10 @@ impl SqlArchive {
         ctx.register_table("archived", Arc::new(archived))?;
         let unflushed = scan_time::Unflushed { schema, progress: self.progress.clone() };
         ctx.register_table("unflushed", Arc::new(scan_time::ScanTime(unflushed)))?;
+        match &self.rejected {
+            Some(store) => ctx.register_table("rejected", Arc::new(rejected::rejected_table(store.clone())?))?,
+            None => ctx.register_table("rejected", Arc::new(MemTable::try_new(rejected_schema(), vec![vec![]])?))?,
+        };
         ctx.register_table(
             "seals",
             Arc::new(scan_time::ScanTime(scan_time::Seals { location: self.location.clone() })),

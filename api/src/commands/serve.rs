@@ -188,6 +188,24 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_IDEMPOTENCY_MEMORY", default_value = "64MiB", value_parser = parse_size)]
     pub idempotency_memory: u64,
 
+    /// How long rejected lines stay in the record of rejected lines (`GET /api/v1/rejected`, the SQL table
+    /// `rejected`, in `<data-dir>/rejected/`): older lines are not shown and their segments are deleted.
+    #[arg(long, env = "WEIR_REJECTED_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub rejected_retention: Duration,
+
+    /// The most disk the record of rejected lines takes (at least 128KiB): beyond it the oldest lines are deleted.
+    #[arg(long, env = "WEIR_REJECTED_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub rejected_max_bytes: u64,
+
+    /// The most rejected lines one request records (0: none); the rest are counted in
+    /// weir_rejected_not_recorded_total, and every line in weir_readings_rejected_total.
+    #[arg(long, env = "WEIR_REJECTED_MAX_PER_REQUEST", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub rejected_max_per_request: u32,
+
+    /// How many bytes of each rejected line the record keeps (at most 4096).
+    #[arg(long, env = "WEIR_REJECTED_TEXT_BYTES", default_value_t = 256, value_parser = clap::value_parser!(u16).range(0..=4096))]
+    pub rejected_text_bytes: u16,
+
     /// At most this many bytes of reasons and echoed lines in a rejection report (beyond: lines only counted, and
     /// the report says `"truncated": true`).
     #[arg(long, env = "WEIR_MAX_REPORT_BYTES", default_value = "1MiB", value_parser = parse_size)]
@@ -434,6 +452,13 @@ impl ServeArgs {
             self.live_horizon,
             self.dedup_horizon
         );
+        anyhow::ensure!(
+            self.rejected_max_bytes >= weir_pipeline::rejected::MIN_MAX_BYTES,
+            "--rejected-max-bytes ({} bytes) must be at least {} KiB (eight segments that each hold the largest \
+             record)",
+            self.rejected_max_bytes,
+            weir_pipeline::rejected::MIN_MAX_BYTES >> 10
+        );
         let cluster = cluster_config(self)?;
         Ok(NodeConfig {
             data_dir: self.data_dir.clone(),
@@ -494,6 +519,12 @@ impl ServeArgs {
                 max_bytes: self.idempotency_memory.min(usize::MAX as u64) as usize,
             },
             memory_limit,
+            rejected: weir_pipeline::rejected::RejectedOptions {
+                retention: self.rejected_retention,
+                max_bytes: self.rejected_max_bytes,
+                max_per_request: self.rejected_max_per_request as usize,
+                text_bytes: usize::from(self.rejected_text_bytes),
+            },
         })
     }
 

@@ -103,7 +103,7 @@ fn ipc_messages(result: &weir_sinks::sql::SqlResult) -> Result<Vec<SqlResponse>,
 
 impl Backend for AppState {
     async fn write(&self, batch: ReadingBatch, key: Option<&Principal>) -> BatchAck {
-        let service = self.ingest.for_key(key);
+        let service = self.ingest.for_request(key, "grpc");
         let keyed = match batch.batch_id.as_str() {
             "" => None,
             id => match KeyedRequest::parse(id, "weir.v1.ReadingBatch", "", key.map(|k| &*k.name)) {

@@ -110,7 +110,7 @@ async fn write(
     default_precision: Precision,
     atomic: bool,
 ) -> Response {
-    let for_key = service_for(state, principal);
+    let for_key = service_for(state, principal, uri.path());
     let service = &*for_key;
     let precision = match precision.map(str::parse).unwrap_or(Ok(default_precision)) {
         Ok(p) => p,

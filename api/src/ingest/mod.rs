@@ -84,7 +84,7 @@ pub async fn ingest(
     principal: Option<axum::Extension<crate::auth::Principal>>,
     body: Body,
 ) -> Response {
-    let for_key = service_for(&state, &principal);
+    let for_key = service_for(&state, &principal, uri.path());
     let service = &*for_key;
     if let Err(response) = check_content_type(&headers) {
         return response;
@@ -122,12 +122,13 @@ pub(crate) fn keyed_request(
         .map_err(|e| ServiceError::invalid(e.to_string()))
 }
 
-/// The ingest service as the request's key may use it ([`IngestService::for_key`]).
+/// The ingest service for one request to `route` under the request's key ([`IngestService::for_request`]).
 pub(crate) fn service_for<'s>(
     state: &'s AppState,
     principal: &Option<axum::Extension<crate::auth::Principal>>,
+    route: &str,
 ) -> std::borrow::Cow<'s, crate::node::ingest::IngestService> {
-    state.ingest.for_key(principal.as_ref().map(|p| &p.0))
+    state.ingest.for_request(principal.as_ref().map(|p| &p.0), route)
 }
 
 /// Marks the answer of an earlier request given again (`Idempotent-Replayed: true`).

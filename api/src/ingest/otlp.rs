@@ -124,7 +124,7 @@ pub async fn metrics(
     principal: Option<axum::Extension<crate::auth::Principal>>,
     body: Body,
 ) -> Response {
-    let for_key = super::service_for(&state, &principal);
+    let for_key = super::service_for(&state, &principal, uri.path());
     let service = &*for_key;
     let limit = service.message_limit();
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -148,7 +148,7 @@ pub async fn write(
     principal: Option<axum::Extension<crate::auth::Principal>>,
     body: Body,
 ) -> Response {
-    let for_key = super::service_for(&state, &principal);
+    let for_key = super::service_for(&state, &principal, uri.path());
     let service = &*for_key;
     let mut keyed = match keyed_request(&headers, &uri, &principal) {
         Ok(keyed) => keyed,

@@ -181,3 +181,29 @@ pub(super) async fn measure_memory(
         metrics::counter!("weir_idempotency_evicted_total").absolute(usage.evicted);
     }
 }
+
+/// Keeps the record of rejected lines: fsyncs what was written every second (what a power loss may lose), deletes
+/// segments past the retention every minute, and exports `weir_rejected_bytes`.
+pub(super) async fn keep_rejected(store: Arc<weir_pipeline::rejected::RejectedStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
+    loop {
+        tick.tick().await;
+        let expire = ticks.is_multiple_of(60);
+        ticks += 1;
+        let s = store.clone();
+        let work = move || -> Result<usize, weir_pipeline::rejected::RejectedError> {
+            s.sync()?;
+            if expire { s.expire(weir_pipeline::idempotency::now_micros()) } else { Ok(0) }
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => {
+                tracing::info!(segments = deleted, "deleted segments of rejected lines past the retention")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot keep the record of rejected lines; retrying"),
+            Err(e) => tracing::warn!(error = %e, "the task keeping the record of rejected lines failed"),
+        }
+        metrics::gauge!("weir_rejected_bytes").set(store.bytes() as f64);
+    }
+}

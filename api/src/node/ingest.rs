@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use weir_pipeline::budget::MemoryBudget;
 use weir_pipeline::decode::{Decoder, ReadingFields};
 use weir_pipeline::idempotency::{Claim, IdempotencyKey, KeyEntry, Keys};
-use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, LineReport, RejectionCounts};
+use weir_pipeline::ingest::{BodyDecoder, DecodeLimits, KeepLimits, LineReport, RejectionCounts};
 use weir_pipeline::line_protocol::{LineProtocolDecoder, LineProtocolMapping, RejectedLine};
 use weir_pipeline::reading::{DeviceInterner, MAX_SENSORS, ReadingBatch};
+use weir_pipeline::rejected::{KeptLine, Origin, RejectedStore};
 use weir_pipeline::wal::{AppendError, KeyView, PendingAppend, ReadingLog};
 
 use super::error::{ErrorKind, ServiceError};
@@ -63,11 +64,15 @@ pub struct IngestService {
     /// Requests are refused while it is used up.
     budget: Option<Arc<MemoryBudget>>,
     /// How the other protocols' names become readings' devices and sensors.
-    protocols: Protocols,
+    protocols: Arc<Protocols>,
     /// The idempotency keys this process remembers.
     keys: Arc<Keys>,
     /// The API key of the request, when it has a rate: its readings are taken from it as they are stored.
     rate: Option<crate::auth::Principal>,
+    /// Where rejected lines are recorded (`None`: nowhere, only counted).
+    rejected: Option<Arc<RejectedStore>>,
+    /// Who sent the request and where to ([`IngestService::for_request`]), for the record of rejected lines.
+    origin: Origin,
 }
 
 /// How the protocols other than NDJSON and gRPC name devices and sensors (`weir serve`'s flags).
@@ -132,20 +137,44 @@ impl IngestService {
             log,
             process: None,
             budget: None,
-            protocols: Protocols::default(),
+            protocols: Arc::default(),
             keys,
             rate: None,
+            rejected: None,
+            origin: Origin { key: None, source: Arc::from("unknown") },
         }
     }
 
-    /// The service as a request's API key may use it: only the devices its key lists (other readings are rejected
-    /// line by line, with the reason), and its readings taken from the key's rate as they are stored (beyond it,
-    /// [`ErrorKind::RateLimited`]). Every transport gets its service here.
-    pub fn for_key(&self, principal: Option<&crate::auth::Principal>) -> std::borrow::Cow<'_, IngestService> {
-        let Some(principal) = principal.filter(|p| p.devices.is_some() || p.limiter.is_some()) else {
+    /// Records every rejected line in `store` before the request is answered.
+    pub fn with_rejected(mut self, store: Arc<RejectedStore>) -> Self {
+        self.rejected = Some(store);
+        self
+    }
+
+    /// The record of rejected lines, if rejected lines are recorded.
+    pub fn rejected(&self) -> Option<&Arc<RejectedStore>> {
+        self.rejected.as_ref()
+    }
+
+    /// The service for one request from `source` (its route, `grpc`, or `mqtt:<topic>`) under the API key
+    /// `principal`: its rejected lines are recorded with the source and the key's name; it writes only the devices
+    /// its key lists (other readings are rejected line by line, with the reason), and its readings are taken from
+    /// the key's rate as they are stored (beyond it, [`ErrorKind::RateLimited`]). Every transport gets its service
+    /// here.
+    pub fn for_request(
+        &self,
+        principal: Option<&crate::auth::Principal>,
+        source: &str,
+    ) -> std::borrow::Cow<'_, IngestService> {
+        let limited = principal.filter(|p| p.devices.is_some() || p.limiter.is_some());
+        if self.rejected.is_none() && limited.is_none() {
             return std::borrow::Cow::Borrowed(self);
-        };
+        }
         let mut service = self.clone();
+        service.origin = Origin { key: principal.map(|p| p.name.clone()), source: Arc::from(source) };
+        let Some(principal) = limited else {
+            return std::borrow::Cow::Owned(service);
+        };
         if let Some(patterns) = &principal.devices {
             let limit = weir_pipeline::decode::DeviceLimit { key: principal.name.clone(), patterns: patterns.clone() };
             service.decoder = service.decoder.with_device_limit(limit);
@@ -176,7 +205,7 @@ impl IngestService {
 
     /// Names devices and sensors of the other protocols with `protocols`.
     pub fn with_protocols(mut self, protocols: Protocols) -> Self {
-        self.protocols = protocols;
+        self.protocols = Arc::new(protocols);
         self
     }
 
@@ -327,6 +356,11 @@ impl IngestService {
             None => self.decoder.clone(),
         };
         let mut decoder = BodyDecoder::new(decoder, self.limits.decode.clone());
+        if let Some(store) = &self.rejected {
+            let options = store.options();
+            decoder =
+                decoder.keeping(KeepLimits { max_lines: options.max_per_request, text_bytes: options.text_bytes });
+        }
         let mut held = ReadingBatch::new();
         let mut held_devices = DeviceInterner::default();
         let mut pending: Vec<(PendingAppend, u64)> = Vec::new();
@@ -369,7 +403,7 @@ impl IngestService {
                     for fields in readings.by_ref().take(self.limits.decode.batch_rows.max(1)) {
                         given += 1;
                         taken += 1;
-                        decoder.push_reading(given, fields);
+                        decoder.push_reading(given, fields, None);
                     }
                     if taken == 0 {
                         break;
@@ -412,9 +446,15 @@ impl IngestService {
             Input::Body(_) | Input::Readings(_) => Vec::new(),
         };
         let rejected = decoder.rejections().rejected;
+        let kept = decoder.take_kept();
         if let (Some(keyed), Some(claim), None) = (keyed, claim, &failure) {
             let stored = if atomic && rejected > 0 { ReadingBatch::new() } else { held };
-            return self.finish_keyed(keyed, claim, stored, decoder, echoes, received_micros, deadline).await;
+            let outcome = self.finish_keyed(keyed, claim, stored, decoder, echoes, received_micros, deadline).await;
+            // A replay was recorded the first time; a refused request's lines were not reported.
+            if !outcome.replayed && outcome.failure.is_none() {
+                self.record_rejected(kept, received_micros).await;
+            }
+            return outcome;
         }
         if atomic
             && failure.is_none()
@@ -443,6 +483,7 @@ impl IngestService {
         }
         let decoded = decoder.decoded();
         let rejections = decoder.into_rejections();
+        self.record_rejected(kept, received_micros).await;
         IngestOutcome {
             accepted,
             position,
@@ -524,6 +565,33 @@ impl IngestService {
         outcome
     }
 
+    /// Writes the request's rejected lines to the record of rejected lines, with one write on a blocking thread,
+    /// before the request is answered. Lines not recorded (beyond the per-request limit or one segment, or when the
+    /// write fails) are counted in `weir_rejected_not_recorded_total`, never dropped silently.
+    async fn record_rejected(&self, (kept, not_kept): (Vec<KeptLine>, u64), received_micros: i64) {
+        let Some(store) = &self.rejected else { return };
+        not_recorded("per_request_limit", not_kept);
+        if kept.is_empty() {
+            return;
+        }
+        let lines = kept.len() as u64;
+        let (store, origin) = (store.clone(), self.origin.clone());
+        match tokio::task::spawn_blocking(move || store.append(&origin, received_micros, &kept)).await {
+            Ok(Ok(appended)) => {
+                metrics::counter!("weir_rejected_recorded_total").increment(appended.recorded as u64);
+                not_recorded("request_too_large", appended.too_large as u64);
+            }
+            Ok(Err(e)) => {
+                warn_write_failed(&e);
+                not_recorded("write_failed", lines);
+            }
+            Err(e) => {
+                warn_write_failed(&e);
+                not_recorded("write_failed", lines);
+            }
+        }
+    }
+
     async fn next_chunk(
         &self,
         source: &mut impl ChunkSource,
@@ -589,6 +657,30 @@ impl IngestOutcome {
             // Every reason is registered (with 0) so dashboards see the series before the first rejection.
             metrics::counter!("weir_readings_rejected_total", "reason" => reason.as_str()).increment(count);
         }
+    }
+}
+
+/// Counts rejected lines left out of the record of rejected lines, by why.
+fn not_recorded(why: &'static str, lines: u64) {
+    if lines > 0 {
+        metrics::counter!("weir_rejected_not_recorded_total", "why" => why).increment(lines);
+    }
+}
+
+/// Logs a failed write to the record of rejected lines, at most once a minute (a full disk fails every request).
+fn warn_write_failed(error: &dyn std::fmt::Display) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let now = weir_pipeline::idempotency::now_micros();
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 60_000_000
+        && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!(
+            error = %error,
+            "cannot write to the record of rejected lines; their lines are counted in weir_rejected_not_recorded_total \
+             (logged at most once a minute)"
+        );
     }
 }
 

@@ -24,6 +24,7 @@ pub mod gauges;
 pub mod idempotent;
 pub mod ingest;
 pub mod readiness;
+pub mod rejected;
 pub mod sql;
 pub mod stats;
 pub mod subscribe;
@@ -36,6 +37,7 @@ use weir_pipeline::clock::WriteClock;
 use weir_pipeline::cluster::ClusterConfig;
 use weir_pipeline::decode::Decoder;
 use weir_pipeline::reading::SensorSet;
+use weir_pipeline::rejected::RejectedStore;
 use weir_pipeline::stats::{StartFrom, StatsEngine, StatsOptions};
 use weir_pipeline::wal::{Recovery, Wal, WalOptions};
 use weir_sinks::archive::{ArchiveLocation, Archiver, ArchiverOptions, ClusterShare, checkpoint_path, read_checkpoint};
@@ -80,6 +82,8 @@ pub struct NodeConfig {
     pub idempotency: weir_pipeline::idempotency::store::Retention,
     /// The memory budget of the state that grows with the data (`--memory-limit`, bytes).
     pub memory_limit: u64,
+    /// How much of the record of rejected lines (`<data-dir>/rejected/`) is kept.
+    pub rejected: weir_pipeline::rejected::RejectedOptions,
 }
 
 /// Why a node could not start.
@@ -112,6 +116,8 @@ pub struct Node {
     wal: Wal,
     archiver: Archiver,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The record of rejected lines, fsynced at shutdown.
+    rejected: Arc<RejectedStore>,
     /// Held until the node has stopped.
     sealer_lock: SealerLock,
 }
@@ -146,6 +152,36 @@ async fn live_start(
     Ok((rolled_through, Some(Width::Day.start_of(bound))))
 }
 
+/// Opens the record of rejected lines in `<data-dir>/rejected/`, logging what its recovery cut off or found damaged
+/// (damage does not stop the start: the record is diagnostics, and readings must still be ingested).
+async fn open_rejected(config: &NodeConfig) -> Result<Arc<RejectedStore>, NodeError> {
+    let (dir, options) = (config.data_dir.join("rejected"), config.rejected.clone());
+    let now = weir_pipeline::idempotency::now_micros();
+    let opened = tokio::task::spawn_blocking(move || RejectedStore::open(&dir, options, now))
+        .await
+        .map_err(context("opening the record of rejected lines"))?
+        .map_err(context("opening the record of rejected lines"))?;
+    let (store, recovery) = opened;
+    if let Some(t) = &recovery.truncated {
+        tracing::warn!(
+            file = %t.path.display(), offset = t.offset, reason = %t.reason,
+            "cut off a torn tail of the record of rejected lines (a crash interrupted a write)"
+        );
+    }
+    for d in &recovery.damaged {
+        tracing::error!(
+            file = %d.path.display(), offset = d.offset, reason = %d.reason,
+            "a segment of the record of rejected lines is damaged: its records after the offset are not shown; \
+             the segment is deleted with the retention or the size cap"
+        );
+    }
+    tracing::info!(
+        segments = recovery.segments, records = recovery.records, bytes = store.bytes(), dir = %store.dir().display(),
+        "record of rejected lines opened"
+    );
+    Ok(Arc::new(store))
+}
+
 impl Node {
     /// Opens the data directory, recovers the log and checks it against the archive checkpoint, starts the
     /// statistics (from the archive, then the log after it; in a cluster this waits, bounded, for the other
@@ -167,6 +203,7 @@ impl Node {
         }
         tracing::info!(segments = recovery.segments, last_position = recovery.last_position, dir = %wal_dir.display(), "write-ahead log recovered");
         let log = Arc::new(wal.appender());
+        let rejected = open_rejected(&config).await?;
         // The keys of requests answered within the window: the key file, then the keys of the log after it.
         let keys = {
             let (file, dir) = (weir_pipeline::idempotency::store::path(&config.data_dir), wal_dir.clone());
@@ -319,7 +356,9 @@ impl Node {
         // flushes first and the query reads the shared archive only.
         let local_progress = share.is_none().then(|| archiver.progress.clone());
         let mut sql = SqlService::new(
-            SqlArchive::new(location, local_progress, config.sql.clone()).map_err(context("SQL"))?,
+            SqlArchive::new(location, local_progress, config.sql.clone())
+                .map_err(context("SQL"))?
+                .with_rejected(rejected.clone()),
             archiver.progress.clone(),
             log.clone(),
             config.read_wait,
@@ -338,7 +377,8 @@ impl Node {
         let mut ingest = IngestService::new(decoder, config.ingest.clone(), log)
             .with_budget(budget.clone())
             .with_keys(keys.clone())
-            .with_protocols(config.protocols.clone());
+            .with_protocols(config.protocols.clone())
+            .with_rejected(rejected.clone());
         if cluster.is_some() {
             ingest = ingest.in_cluster(process);
         }
@@ -354,7 +394,20 @@ impl Node {
             archiver.progress.clone(),
             keys,
         )));
-        Ok(Node { ingest, stats, sql: Arc::new(sql), readiness, gauges, recovery, wal, archiver, tasks, sealer_lock })
+        tasks.push(tokio::spawn(background::keep_rejected(rejected.clone())));
+        Ok(Node {
+            ingest,
+            stats,
+            sql: Arc::new(sql),
+            readiness,
+            gauges,
+            recovery,
+            wal,
+            archiver,
+            tasks,
+            rejected,
+            sealer_lock,
+        })
     }
 
     /// Ingest: validation, limits, the log and its acknowledgement.
@@ -391,10 +444,13 @@ impl Node {
     /// (at most 10 s); the archiver, which flushes what they decided; the log. Transports must have stopped and dropped their handles to the services first (a handle still held
     /// only delays the statistics' stop to when it is dropped).
     pub async fn shutdown(self) {
-        let Node { ingest, stats, sql, readiness, gauges, wal, archiver, tasks, sealer_lock, .. } = self;
+        let Node { ingest, stats, sql, readiness, gauges, wal, archiver, tasks, rejected, sealer_lock, .. } = self;
         for task in tasks {
             task.abort();
             let _ = task.await;
+        }
+        if let Err(e) = tokio::task::spawn_blocking(move || rejected.sync()).await.unwrap_or(Ok(())) {
+            tracing::warn!(error = %e, "cannot fsync the record of rejected lines");
         }
         // A clean stop leaves the archive complete: the statistics first decide what was acknowledged (bounded: in
         // a cluster a peer that is gone holds them back; what is left is archived after the next start). In a
