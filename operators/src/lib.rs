@@ -12,6 +12,7 @@
 //! differential *differences* in an arrangement, the windows in memory of their own ([`live`], which can let go of
 //! them). [`stats::stats_dataflow`] wires the operators together; `weir-pipeline` runs it.
 
+pub mod completeness;
 pub mod dedup;
 pub mod fold;
 pub mod latest;

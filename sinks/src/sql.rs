@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use weir_operators::completeness::ExpectedIntervals;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -25,6 +26,7 @@ use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 
 mod bounded;
+mod completeness;
 mod pg_catalog;
 mod rejected;
 mod scan_time;
@@ -136,6 +138,8 @@ pub struct SqlArchive {
     stores: Arc<DefaultObjectStoreRegistry>,
     /// The record of rejected lines, the `rejected` table (empty without one).
     rejected: Option<Arc<weir_pipeline::rejected::RejectedStore>>,
+    /// Each sensor's expected interval: the `windows_*` views' `expected` and `completeness`.
+    intervals: ExpectedIntervals,
 }
 
 /// A session with every table and view registered, built once and rebuilt only when the days with rollups change
@@ -241,12 +245,27 @@ impl SqlArchive {
         let threads = SqlThreads::start(limits.concurrency, limits.parallelism, limits.queue, limits.nice)?;
         // An archive URL always has a scheme (ArchiveLocation::open made it one); an empty registry only fails reads.
         let stores = store_registry(&location).unwrap_or_default();
-        Ok(SqlArchive { location, progress, limits, threads, session: Default::default(), stores, rejected: None })
+        Ok(SqlArchive {
+            location,
+            progress,
+            limits,
+            threads,
+            session: Default::default(),
+            stores,
+            rejected: None,
+            intervals: ExpectedIntervals::default(),
+        })
     }
 
     /// Answers `rejected` from `store` (this process's record of rejected lines).
     pub fn with_rejected(mut self, store: Arc<weir_pipeline::rejected::RejectedStore>) -> Self {
         self.rejected = Some(store);
+        self
+    }
+
+    /// Judges the `windows_*` views' completeness by `intervals` (`--expected-interval`).
+    pub fn with_expected_intervals(mut self, intervals: ExpectedIntervals) -> Self {
+        self.intervals = intervals;
         self
     }
 
@@ -586,6 +605,9 @@ impl SqlArchive {
         for function in window_functions::window_functions() {
             ctx.register_udaf(function);
         }
+        for function in completeness::completeness_functions(&self.intervals) {
+            ctx.register_udf(function);
+        }
         let url = &self.location.url;
 
         let readings_url = url.join("readings/").map_err(|e| SqlError::Invalid(e.to_string()))?;
@@ -698,6 +720,11 @@ async fn register_windows(
     let start = format!("date_bin(INTERVAL '{interval}', timestamp, TIMESTAMP '1970-01-01T00:00:00Z')");
     ctx.sql(&format!(
         "CREATE VIEW windows_{name} AS \
+         SELECT device, sensor, window_start, window_end, count, sum, mean, min, max, first, first_timestamp, last, \
+                last_timestamp, p50, p90, p95, p99, \
+                window_expected(sensor, window_start, '{name}') AS expected, \
+                window_completeness(count, window_expected(sensor, window_start, '{name}')) AS completeness, date \
+         FROM (\
          SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, window_start, window_end, \
                 count, sum, mean, min, max, first, first_timestamp, last, last_timestamp, \
                 p50, p90, p95, p99, date \
@@ -711,7 +738,7 @@ async fn register_windows(
                 window_p50(value) AS p50, window_p90(value) AS p90, window_p95(value) AS p95, \
                 window_p99(value) AS p99, date \
          FROM readings WHERE NOT ({rolled}) \
-         GROUP BY device, sensor, {start}, date"
+         GROUP BY device, sensor, {start}, date)"
     ))
     .await?;
     Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use weir_operators::completeness::ExpectedIntervals;
 use weir_pipeline::cluster::ClusterConfig;
 use weir_pipeline::ingest::DecodeLimits;
 use weir_pipeline::line_protocol::{LineProtocolMapping, SensorNaming};
@@ -18,7 +19,6 @@ use weir_sinks::sql::SqlLimits;
 
 use super::{parse_duration, parse_size};
 
-/// An API key: not blank (a blank key used to be dropped, and a list of only blank keys turned authentication off).
 /// The widths `--sketch-widths` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SketchWidths(pub Vec<weir_operators::Width>);
@@ -37,6 +37,24 @@ fn parse_sketch_widths(text: &str) -> Result<SketchWidths, String> {
     Ok(SketchWidths(widths))
 }
 
+/// `--expected-interval speed=1s,fuel=10s,*=1m`: each sensor's expected interval between readings.
+fn parse_expected_intervals(text: &str) -> Result<ExpectedIntervals, String> {
+    let pairs = text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (sensor, interval) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not sensor=interval: write e.g. speed=1s,fuel=10s,*=1m"))?;
+            let interval = parse_duration(interval.trim()).map_err(|e| format!("{pair:?}: {e}"))?;
+            Ok((sensor.trim().to_owned(), i64::try_from(interval.as_micros()).unwrap_or(i64::MAX)))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    ExpectedIntervals::new(pairs).map_err(|e| e.to_string())
+}
+
+/// An API key: not blank (a blank key used to be dropped, and a list of only blank keys turned authentication off).
 fn parse_api_key(text: &str) -> Result<String, String> {
     let key = text.trim();
     if key.is_empty() {
@@ -259,6 +277,12 @@ pub struct ServeArgs {
     /// 100–170 bytes a window (README "Data quality"); rollups and SQL always carry them.
     #[arg(long, env = "WEIR_SKETCH_WIDTHS", default_value = "15m,1h,1d", value_parser = parse_sketch_widths)]
     pub sketch_widths: SketchWidths,
+
+    /// Each sensor's expected interval between readings, for windows' `expected` and `completeness` and the
+    /// dashboard's completeness map: `speed=1s,fuel=10s`, with `*=1m` for every sensor not named. A sensor without
+    /// one has no completeness. Default: none.
+    #[arg(long, env = "WEIR_EXPECTED_INTERVAL", default_value = "", value_parser = parse_expected_intervals)]
+    pub expected_interval: ExpectedIntervals,
 
     /// Most series (device, sensor) stored: a reading that would start another is rejected with its line number
     /// and "series limit reached"; readings of stored series are always accepted.
@@ -525,6 +549,7 @@ impl ServeArgs {
                 max_per_request: self.rejected_max_per_request as usize,
                 text_bytes: usize::from(self.rejected_text_bytes),
             },
+            expected_intervals: self.expected_interval.clone(),
         })
     }
 

@@ -79,6 +79,8 @@ fn window(row: WindowRow) -> Window {
         quantiles: row.quantiles.into_iter().map(|q| Quantile { q: q.q, value: q.value }).collect(),
         late: row.late,
         duplicates: row.duplicates,
+        expected: row.expected,
+        completeness: row.completeness,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The live statistics in users' terms, for every transport: a series' windows as rows, a device's latest values,
 //! and the checks of what a user names (sensor, window width, time bounds) with errors that say what to write.
 
+use weir_operators::completeness::completeness;
 use weir_operators::{DeviceId, SensorId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::decode::parse_timestamp;
 
@@ -38,6 +39,10 @@ pub struct WindowRow {
     pub late: i64,
     /// Readings of the window dropped as duplicates of one already written (not in `count`).
     pub duplicates: i64,
+    /// Readings the window should hold by now by its sensor's `--expected-interval`; `None` without one.
+    pub expected: Option<f64>,
+    /// `min(1, count / expected)`; `None` without an expected interval.
+    pub completeness: Option<f64>,
 }
 
 /// One quantile asked for by `q=`, and its value.
@@ -67,8 +72,9 @@ pub fn quantiles_of(text: Option<&str>) -> Result<Vec<f64>, ServiceError> {
 }
 
 impl WindowRow {
-    /// The window's row, with the quantiles `quantiles` besides the named percentiles.
-    pub fn of(key: &WindowKey, w: &WindowAgg, quantiles: &[f64]) -> WindowRow {
+    /// The window's row, with the quantiles `quantiles` besides the named percentiles, and `expected` readings
+    /// (see [`StatsService::expected`]).
+    pub fn of(key: &WindowKey, w: &WindowAgg, quantiles: &[f64], expected: Option<f64>) -> WindowRow {
         WindowRow {
             start: timestamp_text(key.start),
             end: timestamp_text(key.start + key.width.micros()),
@@ -88,6 +94,8 @@ impl WindowRow {
             quantiles: quantiles.iter().map(|&q| QuantileValue { q, value: w.quantile(q) }).collect(),
             late: w.late,
             duplicates: w.duplicates,
+            expected,
+            completeness: completeness(w.count, expected),
         }
     }
 }
@@ -151,7 +159,7 @@ pub async fn series_answer(stats: &StatsService, p: &SeriesQuery) -> Result<Seri
             windows.len()
         )));
     }
-    let rows = windows.iter().map(|(k, w)| WindowRow::of(k, w, &p.quantiles)).collect();
+    let rows = windows.iter().map(|(k, w)| WindowRow::of(k, w, &p.quantiles, stats.expected(sensor, k))).collect();
     Ok(SeriesAnswer { device, sensor: sensor.to_owned(), width, rows })
 }
 

@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub memory_limit: u64,
     /// How much of the record of rejected lines (`<data-dir>/rejected/`) is kept.
     pub rejected: weir_pipeline::rejected::RejectedOptions,
+    /// Each sensor's expected interval, for windows' completeness (`--expected-interval`).
+    pub expected_intervals: weir_operators::completeness::ExpectedIntervals,
 }
 
 /// Why a node could not start.
@@ -305,7 +307,8 @@ impl Node {
         );
         let stats = Arc::new(
             StatsService::new(engine, config.sensors.clone(), config.read_wait, log.clone())
-                .in_cluster(process, processes),
+                .in_cluster(process, processes)
+                .with_expected_intervals(config.expected_intervals.clone()),
         );
         stats.engine().set_rolled_through(rolled_through);
         // The statistics decide which readings are first writes; the archive stores exactly those (alone as in a
@@ -358,7 +361,8 @@ impl Node {
         let mut sql = SqlService::new(
             SqlArchive::new(location, local_progress, config.sql.clone())
                 .map_err(context("SQL"))?
-                .with_rejected(rejected.clone()),
+                .with_rejected(rejected.clone())
+                .with_expected_intervals(config.expected_intervals.clone()),
             archiver.progress.clone(),
             log.clone(),
             config.read_wait,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
+use weir_operators::completeness::ExpectedIntervals;
 use weir_operators::{DeviceId, Latest, SensorId, SeriesKey, Width, WindowAgg, WindowKey};
 use weir_pipeline::decode::format_timestamp;
 use weir_pipeline::reading::{DEFAULT_DEVICE, SensorSet};
@@ -29,6 +30,8 @@ pub struct StatsService {
     rollups: OnceLock<SqlArchive>,
     /// Names of sensors that only other processes of the cluster have stored, as the statistics told them.
     cluster_sensors: RwLock<HashMap<SensorId, Arc<str>>>,
+    /// Each sensor's expected interval, for windows' completeness (`--expected-interval`).
+    intervals: ExpectedIntervals,
 }
 
 impl StatsService {
@@ -42,7 +45,24 @@ impl StatsService {
             log,
             rollups: OnceLock::new(),
             cluster_sensors: RwLock::default(),
+            intervals: ExpectedIntervals::default(),
         }
+    }
+
+    /// Judges windows' completeness by `intervals` (none without).
+    pub fn with_expected_intervals(mut self, intervals: ExpectedIntervals) -> Self {
+        self.intervals = intervals;
+        self
+    }
+
+    /// Each sensor's expected interval.
+    pub fn expected_intervals(&self) -> &ExpectedIntervals {
+        &self.intervals
+    }
+
+    /// How many readings the window `key` of `sensor` should hold by now (see [`weir_operators::completeness`]).
+    pub fn expected(&self, sensor: &str, key: &WindowKey) -> Option<f64> {
+        self.intervals.expected(sensor, key.width, key.start, weir_pipeline::idempotency::now_micros())
     }
 
     /// Lets series answers reach before the live windows, into the archive's rollups; set once.

@@ -245,7 +245,7 @@ impl Subscription {
         let replaces = self.sent.insert(key, change_mark(agg)).is_some();
         let newest = self.newest.entry((key.series, key.width)).or_insert(i64::MIN);
         *newest = (*newest).max(key.start);
-        let window = Some((key.width, WindowRow::of(&key, agg, &[])));
+        let window = Some((key.width, WindowRow::of(&key, agg, &[], self.stats.expected(&sensor, &key))));
         let event = WindowEvent { kind, device, sensor, window, replaces };
         tx.send(event).await.map_err(|_| Closed)
     }

@@ -54,7 +54,7 @@ pub async fn series(
         Some("csv") => {
             let mut csv = String::from(
                 "device,sensor,window,start,end,count,sum,min,max,mean,first,first_timestamp,last,last_timestamp,\
-                 p50,p90,p95,p99,late,duplicates",
+                 p50,p90,p95,p99,late,duplicates,expected,completeness",
             );
             for q in &quantiles {
                 let _ = write!(csv, ",q{q}");
@@ -64,7 +64,7 @@ pub async fn series(
             for r in &rows {
                 let _ = write!(
                     csv,
-                    "{},{sensor},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    "{},{sensor},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                     csv_field(&device),
                     width.name(),
                     r.start,
@@ -83,7 +83,9 @@ pub async fn series(
                     opt(r.p95),
                     opt(r.p99),
                     r.late,
-                    r.duplicates
+                    r.duplicates,
+                    opt(r.expected),
+                    opt(r.completeness)
                 );
                 for q in &r.quantiles {
                     let _ = write!(csv, ",{}", opt(q.value));

@@ -294,7 +294,9 @@ fn values_larger_than_the_query_memory_are_refused() {
 fn window_tables_answer_from_readings_then_from_rollups_alike() {
     let f = archived(None);
     // One archive's SQL for every query below: its session, built once, is rebuilt when the seal adds rollups.
-    let archive = sql(&f, SqlLimits::default());
+    let hour = 3_600_000_000;
+    let intervals = weir_operators::completeness::ExpectedIntervals::new([("speed".to_owned(), hour)]).unwrap();
+    let archive = sql(&f, SqlLimits::default()).with_expected_intervals(intervals);
     let run = |_: &Fixture, q: &str| f.runtime.block_on(archive.query(q)).unwrap();
     let q = |width: &str| {
         let r = run(
@@ -302,8 +304,8 @@ fn window_tables_answer_from_readings_then_from_rollups_alike() {
             &format!(
                 "SELECT device, sensor, CAST(window_start AS VARCHAR) AS s, CAST(window_end AS VARCHAR) AS e, count, \
                  sum, mean, min, max, first, CAST(first_timestamp AS VARCHAR) AS f, last, \
-                 CAST(last_timestamp AS VARCHAR) AS l, p50, p90, p95, p99, date FROM windows_{width} \
-                 ORDER BY device, sensor, s"
+                 CAST(last_timestamp AS VARCHAR) AS l, p50, p90, p95, p99, expected, completeness, date \
+                 FROM windows_{width} ORDER BY device, sensor, s"
             ),
         );
         arrow::util::pretty::pretty_format_batches(&r.batches).unwrap().to_string()
@@ -328,6 +330,19 @@ fn window_tables_answer_from_readings_then_from_rollups_alike() {
         (p.batches[0].column(0).as_primitive::<Float64Type>(), p.batches[0].column(1).as_primitive::<Float64Type>());
     assert!((p50.value(0) - 10.0).abs() <= 0.1, "{}", p50.value(0));
     assert!((p99.value(0) - 10.0).abs() <= 0.1, "rank ⌊0.99 × 1⌋ = 0: {}", p99.value(0));
+    // Completeness by `speed=1h`: a day expects 24 readings, and 2 came; a 1-minute window expects 1/60 and is
+    // complete with one; sensors without an interval have none.
+    let c = run(
+        &f,
+        "SELECT sensor, expected, completeness FROM windows_1d WHERE device = 'default' AND date = '2026-11-19' \
+         ORDER BY sensor DESC",
+    );
+    let b = &c.batches[0];
+    assert_eq!(b.column(1).as_primitive::<Float64Type>().value(0), 24.0);
+    assert_eq!(b.column(2).as_primitive::<Float64Type>().value(0), 2.0 / 24.0);
+    assert!(b.num_rows() < 2 || (b.column(1).is_null(1) && b.column(2).is_null(1)), "{b:?}");
+    let m = run(&f, "SELECT min(completeness), max(completeness) FROM windows_1m WHERE sensor = 'speed'");
+    assert_eq!(m.batches[0].column(0).as_primitive::<Float64Type>().value(0), 1.0);
 
     f.runtime.block_on(crate::seal::seal_day(&f.location, "2026-11-19", None, None)).unwrap();
     let after: Vec<String> = ["1m", "15m", "1h", "1d"].map(q).to_vec();
