@@ -200,6 +200,22 @@ def check_sql(wd):
     print(f"  n = {result}")
 
 
+def check_completeness(wd):
+    print("(5) the completeness map shows truck-7's hours")
+    cells = wait_for("truck-7's row of the completeness map has a judged hour", lambda: wd.script(
+        "const r = document.querySelector('#completeness-map tr[data-device=\"truck-7\"]');"
+        "const judged = r && [...r.querySelectorAll('td.cell')].filter(c => c.dataset.completeness !== '');"
+        "return judged && judged.length > 0 && judged.map(c => c.title);"))
+    hours = wd.script("return document.querySelectorAll('#completeness-map thead th.hour').length")
+    if hours != 24:
+        raise CheckFailed(f"the map has {hours} hour columns, not 24")
+    colour = wd.script("return getComputedStyle(document.querySelector("
+                       "'#completeness-map tr[data-device=\"truck-7\"] td.cell:last-child')).backgroundColor")
+    if "rgb" not in colour:
+        raise CheckFailed(f"the newest hour's cell has no colour: {colour!r}")
+    print(f"  {cells[-1]}; colour {colour}")
+
+
 def check_upload(wd, workdir):
     print("(4) uploading a file with a bad line 2 reports it")
     path = os.path.join(workdir, "upload.ndjson")
@@ -263,6 +279,9 @@ def run(args, wd, workdir):
     check_sql(wd)
     wd.screenshot(os.path.join(args.screenshots, "dashboard-sql.png"))
     check_upload(wd, workdir)
+    check_completeness(wd)
+    wd.script("document.querySelector('#completeness').scrollIntoView()")
+    wd.screenshot(os.path.join(args.screenshots, "dashboard-completeness.png"))
     check_phone(wd, args.screenshots)
 
 

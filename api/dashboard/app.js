@@ -583,6 +583,40 @@ async function refreshLateReadings() {
   }
 }
 
+// ---------- completeness map ----------
+
+const MAX_MAP_DEVICES = 50;
+
+/** A colour from red (0) through amber to green (1); grey for no expectation. */
+function completenessColour(c) {
+  if (c === null || c === undefined) return "#e3e6ea";
+  return `hsl(${Math.round(120 * c)}, 62%, ${Math.round(46 + 8 * (1 - c))}%)`;
+}
+
+async function refreshCompleteness() {
+  const map = await getJson("/api/v1/completeness");
+  const hours = map.hours.map((h) => h.slice(11, 13));
+  const head = el("tr", {}, el("th", { scope: "col" }, "Device"),
+    ...hours.map((h, i) => el("th", { scope: "col", class: "hour", title: map.hours[i] }, h)));
+  $("#completeness-map thead").replaceChildren(head);
+  const devices = map.devices.slice(0, MAX_MAP_DEVICES);
+  $("#completeness-map tbody").replaceChildren(...devices.map((d) => el("tr", { "data-device": d.device },
+    el("th", { scope: "row" }, d.device),
+    ...d.completeness.map((c, i) => {
+      const text = c === null ? "no expectation" : `${Math.floor(c * 1000) / 10} %`;
+      const cell = el("td", {
+        class: "cell", title: `${d.device} ${map.hours[i]}: ${text}`,
+        "data-completeness": c === null ? "" : String(c), "aria-label": `${map.hours[i].slice(0, 13)}h: ${text}`,
+      });
+      // Through the CSSOM: the page's CSP (style-src 'self') refuses style attributes.
+      cell.style.backgroundColor = completenessColour(c);
+      return cell;
+    }))));
+  $("#completeness-note").textContent = map.devices.length === 0
+    ? "No sensor has an expected interval: start Weir with --expected-interval, e.g. speed=1s,*=1m."
+    : map.devices.length > devices.length ? `The first ${devices.length} of ${map.devices.length} devices.` : "";
+}
+
 // ---------- SQL console ----------
 
 async function runSql(event) {
@@ -736,6 +770,7 @@ function startDashboard(restart) {
   every(5000, refreshDevices);
   every(2000, pollMetrics);
   every(30000, refreshLateReadings);
+  every(60000, refreshCompleteness);
 }
 
 async function start() {

@@ -40,6 +40,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/series", get(v1::series))
         .route("/api/v1/latest", get(v1::latest))
         .route("/api/v1/devices", get(v1::devices))
+        .route("/api/v1/gaps", get(v1::gaps))
+        .route("/api/v1/completeness", get(v1::completeness))
         .route("/api/v1/rejected", get(crate::rejected::rejected))
         .route("/api/v1/sql", post(crate::sql::sql))
         .route("/api/v1/subscribe", get(crate::stats::sse::sse))

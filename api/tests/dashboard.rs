@@ -25,7 +25,8 @@ async fn the_dashboard_shows_live_data_runs_sql_and_reports_upload_errors_in_chr
     let install = Command::new(root().join("scripts/install-chromium.sh")).status().unwrap();
     assert!(install.success(), "scripts/install-chromium.sh failed");
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &["--api-key", "dash-key"]);
+    let server =
+        Server::start(&dir.path().join("data"), &["--api-key", "dash-key", "--expected-interval", "speed=1m,fuel=1m"]);
     // The page and its files need no key (the page asks for one); the API does.
     for path in ["/", "/dashboard/app.js", "/dashboard/style.css"] {
         let r = client().get(format!("{}{path}", server.url)).send().await.unwrap();

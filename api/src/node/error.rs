@@ -62,6 +62,10 @@ impl ServiceError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         ServiceError::new(ErrorKind::Unavailable, message)
     }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ServiceError::new(ErrorKind::Internal, message)
+    }
 }
 
 impl From<crate::auth::LimitExceeded> for ServiceError {

@@ -19,6 +19,7 @@
 
 pub mod answers;
 mod background;
+pub mod completeness;
 pub mod error;
 pub mod gauges;
 pub mod idempotent;

@@ -83,7 +83,7 @@ impl StatsService {
     ) -> Result<Vec<(WindowKey, WindowAgg)>, ServiceError> {
         let (live, live_from) = match self.ask(Query::Series { series, width, from, to }, after).await? {
             Answer::Windows { windows, live_from } => (windows, live_from),
-            _ => (Vec::new(), i64::MIN),
+            other => return Err(unexpected("Series", &other)),
         };
         let Some(rollups) = self.rollups.get().filter(|_| from < live_from) else { return Ok(live) };
         let rows = rollups.rollup_windows(width, device, sensor, from, to.min(live_from)).await?;
@@ -180,9 +180,26 @@ impl StatsService {
         device: &str,
         after: Option<LogPosition>,
     ) -> Result<Vec<(SeriesKey, Latest)>, ServiceError> {
-        match self.ask(Query::Latest { device: Some(DeviceId::of(device)) }, after).await? {
+        self.latest(Some(DeviceId::of(device)), after).await
+    }
+
+    /// The latest value of every series of `device`, or of every series.
+    pub async fn latest(
+        &self,
+        device: Option<DeviceId>,
+        after: Option<LogPosition>,
+    ) -> Result<Vec<(SeriesKey, Latest)>, ServiceError> {
+        match self.ask(Query::Latest { device }, after).await? {
             Answer::Latest(l) => Ok(l),
-            _ => Ok(Vec::new()),
+            other => Err(unexpected("Latest", &other)),
+        }
+    }
+
+    /// Every device's name, by id.
+    pub async fn device_names(&self, after: Option<LogPosition>) -> Result<HashMap<DeviceId, String>, ServiceError> {
+        match self.ask(Query::Devices, after).await? {
+            Answer::Devices(d) => Ok(d.into_iter().collect()),
+            other => Err(unexpected("Devices", &other)),
         }
     }
 
@@ -224,6 +241,19 @@ pub struct LoadProgress {
     pub snapshot_loaded: bool,
     /// The last position of this process's log processed.
     pub processed: u64,
+}
+
+/// The statistics answered a query with another query's answer: a defect, reported rather than read as empty.
+fn unexpected(query: &str, answer: &Answer) -> ServiceError {
+    let kind = match answer {
+        Answer::Windows { .. } => "Windows",
+        Answer::Latest(_) => "Latest",
+        Answer::Devices(_) => "Devices",
+        Answer::Sensors(_) => "Sensors",
+        Answer::Changes { .. } => "Changes",
+        Answer::Archive(_) => "Archive",
+    };
+    ServiceError::internal(format!("the statistics answered {query} with {kind}"))
 }
 
 /// The device named by a query parameter, the default device when absent.

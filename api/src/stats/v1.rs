@@ -1,4 +1,5 @@
-//! The general statistics API: `/api/v1/series`, `/api/v1/latest`, `/api/v1/devices`.
+//! The general statistics API: `/api/v1/series`, `/api/v1/latest`, `/api/v1/devices`, and whether the data is
+//! complete: `/api/v1/gaps`, `/api/v1/completeness`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,9 +10,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use weir_operators::DeviceId;
-use weir_pipeline::stats::{Answer, Query};
 
 use crate::node::answers::{SeriesAnswer, SeriesQuery, latest_answer, quantiles_of, series_answer};
+use crate::node::completeness::{GapsQuery, MapQuery, completeness_map, gaps_answer};
 use crate::node::error::ServiceError;
 use crate::node::stats::timestamp_text;
 use crate::server::AppState;
@@ -129,14 +130,8 @@ pub async fn devices(
     QueryParams(p): QueryParams<DevicesParams>,
 ) -> Result<Response, ServiceError> {
     let stats = &state.stats;
-    let names = match stats.ask(Query::Devices, p.after).await? {
-        Answer::Devices(d) => d,
-        _ => Vec::new(),
-    };
-    let latest = match stats.ask(Query::Latest { device: None }, p.after).await? {
-        Answer::Latest(l) => l,
-        _ => Vec::new(),
-    };
+    let names = stats.device_names(p.after).await?;
+    let latest = stats.latest(None, p.after).await?;
     let mut per_device: HashMap<DeviceId, (usize, i64)> = HashMap::new();
     for (k, l) in &latest {
         let e = per_device.entry(k.device).or_insert((0, i64::MIN));
@@ -152,4 +147,42 @@ pub async fn devices(
         .collect();
     rows.sort_by(|a, b| a["device"].as_str().cmp(&b["device"].as_str()));
     Ok(Json(serde_json::json!({ "devices": rows })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GapsParams {
+    device: Option<String>,
+    sensor: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    min: Option<String>,
+    after: Option<crate::position::LogPosition>,
+}
+
+/// `GET /api/v1/gaps?device=&from=&to=&min=[&sensor=]`: the holes of at least `min` (default twice the sensor's
+/// expected interval, at least 1m; 5m without one) between a device's readings, per sensor, in time order.
+pub async fn gaps(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<GapsParams>,
+) -> Result<Response, ServiceError> {
+    let query = GapsQuery { device: p.device, sensor: p.sensor, from: p.from, to: p.to, min: p.min, after: p.after };
+    Ok(Json(gaps_answer(&state.stats, &query).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletenessParams {
+    device: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    after: Option<crate::position::LogPosition>,
+}
+
+/// `GET /api/v1/completeness?[device=][&from=&to=]`: every device's completeness per hour (the dashboard's map); by
+/// default the 24 hours up to the newest reading's.
+pub async fn completeness(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<CompletenessParams>,
+) -> Result<Response, ServiceError> {
+    let query = MapQuery { device: p.device, from: p.from, to: p.to, after: p.after };
+    Ok(Json(completeness_map(&state.stats, &query).await?).into_response())
 }
