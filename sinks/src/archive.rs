@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
+use weir_operators::Admission;
 use weir_pipeline::reading::ReadingBatch;
 use weir_pipeline::stats::DedupVerdicts;
 use weir_pipeline::wal::{LogRecord, WalReader};
@@ -189,6 +190,40 @@ impl ArchiveLocation {
         self.staging_root().join(format!("date={date}")).join(self.part_file(first, last, 0))
     }
 
+    /// Where a flush's readings judged `kind` (see [`VerdictKind`]) of `date` live: `verdicts/kind=K/date=D/`, named
+    /// like the flush's parts.
+    pub fn verdict_path(&self, kind: VerdictKind, date: &str, first: u64, last: u64) -> Path {
+        self.root
+            .clone()
+            .join("verdicts")
+            .join(format!("kind={}", kind.name()))
+            .join(format!("date={date}"))
+            .join(self.part_file(first, last, 0))
+    }
+
+    /// Where a verdict file waits between upload and commit.
+    pub fn verdict_staging_path(&self, kind: VerdictKind, date: &str, first: u64, last: u64) -> Path {
+        self.staging_root()
+            .join(format!("verdicts-{}", kind.name()))
+            .join(format!("date={date}"))
+            .join(self.part_file(first, last, 0))
+    }
+
+    /// Every file of the record of verdicts, with its kind and the position range its name gives.
+    pub async fn list_verdict_files(&self) -> Result<Vec<(VerdictKind, PartName)>, ArchiveError> {
+        use futures_util::TryStreamExt;
+        let prefix = self.root.clone().join("verdicts");
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let kind =
+                    m.location.parts().find_map(|p| p.as_ref().strip_prefix("kind=").and_then(VerdictKind::parse))?;
+                Some((kind, PartName::parse(&m.location)?))
+            })
+            .collect())
+    }
+
     /// Whether `part` is one of this process's own flushes (alone: every part).
     pub fn is_own(&self, part: &PartName) -> bool {
         match self.share {
@@ -203,6 +238,40 @@ impl ArchiveLocation {
         let prefix = self.root.clone().join("readings");
         let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
         Ok(metas.into_iter().filter_map(|m| PartName::parse(&m.location)).collect())
+    }
+}
+
+/// What the statistics made of a reading kept in the record of verdicts (`verdicts/kind=…/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VerdictKind {
+    /// Admitted although its series already had a newer reading (it is in `readings/` too).
+    Late,
+    /// Dropped: its (device, sensor, timestamp) was already written (only here).
+    Duplicate,
+}
+
+impl VerdictKind {
+    pub const ALL: [VerdictKind; 2] = [VerdictKind::Late, VerdictKind::Duplicate];
+
+    /// The name in paths and in SQL's `verdicts.kind`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            VerdictKind::Late => "late",
+            VerdictKind::Duplicate => "duplicate",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<VerdictKind> {
+        VerdictKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind of a statistics' verdict; none for a reading admitted in order.
+    pub const fn of(admission: Admission) -> Option<VerdictKind> {
+        match admission {
+            Admission::InOrder => None,
+            Admission::Late => Some(VerdictKind::Late),
+            Admission::Duplicate => Some(VerdictKind::Duplicate),
+        }
     }
 }
 
@@ -459,6 +528,7 @@ impl Archiver {
             progress: progress.clone(),
             stop: stop.clone(),
             verdicts,
+            judged: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("weir-archiver".into())
@@ -505,6 +575,9 @@ struct ArchiverLoop {
     progress: Arc<ArchiveProgress>,
     stop: Arc<AtomicBool>,
     verdicts: Arc<dyn DedupVerdicts>,
+    /// The readings of the buffered records that were judged late or duplicate (with their record's write time),
+    /// for the record of verdicts; written with the next flush.
+    judged: Vec<(VerdictKind, ReadingBatch, u64)>,
 }
 
 impl ArchiverLoop {
@@ -584,15 +657,32 @@ impl ArchiverLoop {
 
     /// The readings of one record that are the first writes of their key (the statistics' verdict), in archive
     /// form.
+    /// The late and duplicate readings go to the record of verdicts.
     fn first_writes(&mut self, mut record: LogRecord) -> LogRecord {
-        let rejected = self.verdicts.take_rejected(record.position);
-        if !rejected.is_empty() {
-            let mut index = 0u32;
-            record.batch.rows.retain(|_| {
-                index += 1;
-                rejected.binary_search(&(index - 1)).is_err()
-            });
+        let verdicts = self.verdicts.take_verdicts(record.position);
+        if verdicts.is_empty() {
+            return record;
         }
+        let kind_of = |index: usize| {
+            let at = verdicts.binary_search_by_key(&(index as u32), |(i, _)| *i).ok()?;
+            VerdictKind::of(verdicts[at].1)
+        };
+        for kind in VerdictKind::ALL {
+            let rows = record.batch.rows.iter().enumerate().filter(|(i, _)| kind_of(*i) == Some(kind));
+            let judged = ReadingBatch {
+                sensors: record.batch.sensors.clone(),
+                devices: record.batch.devices.clone(),
+                rows: rows.map(|(_, r)| *r).collect(),
+            };
+            if !judged.rows.is_empty() {
+                self.judged.push((kind, judged, record.written));
+            }
+        }
+        let mut index = 0usize;
+        record.batch.rows.retain(|_| {
+            index += 1;
+            kind_of(index - 1) != Some(VerdictKind::Duplicate)
+        });
         record
     }
 
@@ -625,6 +715,19 @@ impl ArchiverLoop {
             }
             Ok(())
         })?;
+        for kind in VerdictKind::ALL {
+            let mut judged = DayRows::default();
+            for (_, batch, written) in self.judged.iter().filter(|(k, _, _)| *k == kind) {
+                judged.add(batch, *written);
+            }
+            judged.encode_each(|_, day, bytes, _| {
+                let date = utc_date(day * DAY_MICROS);
+                let staging = self.location.verdict_staging_path(kind, &date, first, last);
+                self.runtime.block_on(self.location.store.put(&staging, PutPayload::from(bytes)))?;
+                staged.push((staging, self.location.verdict_path(kind, &date, first, last)));
+                Ok::<(), ArchiveError>(())
+            })?;
+        }
         if fault == Some(FaultPoint::BeforeCommit) {
             return Err(ArchiveError::Injected(FaultPoint::BeforeCommit));
         }
@@ -645,6 +748,7 @@ impl ArchiverLoop {
         if let Ok(mut u) = self.progress.unflushed.lock() {
             u.drain(..buffered.len());
         }
+        self.judged.clear();
         tracing::debug!(first, last, "archived");
         Ok(())
     }
@@ -659,7 +763,9 @@ impl ArchiverLoop {
             self.runtime.block_on(self.location.store.delete(&meta.location))?;
         }
         let parts = self.runtime.block_on(self.location.list_parts())?;
-        for part in parts.into_iter().filter(|p| !p.sealed && self.location.is_own(p) && p.first > committed) {
+        let verdict_files = self.runtime.block_on(self.location.list_verdict_files())?;
+        let files = parts.into_iter().chain(verdict_files.into_iter().map(|(_, p)| p));
+        for part in files.filter(|p| !p.sealed && self.location.is_own(p) && p.first > committed) {
             tracing::info!(part = %part.path, "removing a part of a flush that never committed");
             self.runtime.block_on(self.location.store.delete(&part.path))?;
         }

@@ -166,7 +166,7 @@ async fn compact(
     let tier = parts.iter().map(|p| p.tier).max().unwrap_or(0) + 1;
     let first = parts.iter().map(|p| p.first).min().unwrap_or(0);
     let last = parts.iter().map(|p| p.last).max().unwrap_or(0);
-    let (day, _merging) = merge_parts(location, parts, |_| false, progress, Derived::None).await?;
+    let (day, _merging) = merge_parts(location, parts, |_| false, progress, Derived::None, Default::default()).await?;
     let target = location.tiered_part_path(date, first, last, tier);
     let staged = staged_path(location, date);
     location.store.put(&staged, PutPayload::from(day.parquet)).await?;

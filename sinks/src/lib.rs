@@ -11,3 +11,4 @@ pub mod snapshot;
 pub mod sql;
 #[cfg(test)]
 mod test_support;
+pub mod verdicts;

@@ -28,6 +28,7 @@ use weir_operators::{Reading, Width, WindowAgg};
 use crate::archive::{ArchiveError, ArchiveLocation};
 use crate::part::PartError;
 use crate::seal::{MergedRow, Names};
+use crate::verdicts::DayVerdicts;
 
 /// One window of one series.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,10 @@ pub fn rollup_schema() -> SchemaRef {
         // The window's DDSketch as `Sketch::encode` writes it: any quantile, and what a window loaded from the
         // rollup needs to go on merging.
         Field::new("sketch", DataType::Binary, true),
+        // Readings of the window judged late and duplicate, from the record of verdicts (`crate::verdicts`); null in
+        // rollups written before it.
+        Field::new("late", DataType::Int64, true),
+        Field::new("duplicates", DataType::Int64, true),
     ]))
 }
 
@@ -75,6 +80,9 @@ const STORED_COLUMNS: usize = 15;
 
 /// The index of the `sketch` column.
 const SKETCH_COLUMN: usize = 19;
+
+/// The index of the `late` column (`duplicates` follows it).
+const LATE_COLUMN: usize = 20;
 
 /// Where the rollup of `width` for `date` lives under the archive root.
 pub fn rollup_path(root: &Path, width: Width, date: &str) -> Path {
@@ -148,6 +156,8 @@ pub fn rollup_batch<'a>(
         })
         .collect();
     columns.push(Arc::new(sketches));
+    columns.push(Arc::new(Int64Array::from_iter_values(rows.clone().map(|r| r.agg.late))));
+    columns.push(Arc::new(Int64Array::from_iter_values(rows.clone().map(|r| r.agg.duplicates))));
     Ok(RecordBatch::try_new(rollup_schema(), columns)?)
 }
 
@@ -166,12 +176,14 @@ pub(crate) struct DayRollupWriter {
     open: Option<((u32, u32, i64), WindowAgg, u64)>,
     /// Finished windows not yet encoded.
     chunk: Vec<((u32, u32, i64), WindowAgg)>,
+    /// The day's late and duplicate readings, counted into each window as it finishes.
+    verdicts: Arc<DayVerdicts>,
 }
 
 impl DayRollupWriter {
-    pub fn new(width: Width) -> Result<DayRollupWriter, PartError> {
+    pub fn new(width: Width, verdicts: Arc<DayVerdicts>) -> Result<DayRollupWriter, PartError> {
         let writer = ArrowWriter::try_new(Vec::new(), rollup_schema(), Some(crate::part::parquet_properties()))?;
-        Ok(DayRollupWriter { width, writer, open: None, chunk: Vec::with_capacity(ENCODE_WINDOWS) })
+        Ok(DayRollupWriter { width, writer, open: None, chunk: Vec::with_capacity(ENCODE_WINDOWS), verdicts })
     }
 
     /// Folds the next reading (in archive order) into its window.
@@ -196,7 +208,10 @@ impl DayRollupWriter {
         Ok(())
     }
 
-    fn finish_window(&mut self, key: (u32, u32, i64), agg: WindowAgg, names: &Names) -> Result<(), PartError> {
+    fn finish_window(&mut self, key: (u32, u32, i64), mut agg: WindowAgg, names: &Names) -> Result<(), PartError> {
+        let (sensor, device, start) = key;
+        let span = (start, start + self.width.micros());
+        (agg.late, agg.duplicates) = self.verdicts.counts(names.get(sensor), names.get(device), span);
         self.chunk.push((key, agg));
         if self.chunk.len() == ENCODE_WINDOWS { self.encode(names) } else { Ok(()) }
     }
@@ -259,6 +274,14 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
     let (min, max, first, last) = (float(7, "min")?, float(8, "max")?, float(9, "first")?, float(11, "last")?);
     let (first_at, last_at) = (time(10, "first_timestamp")?, time(12, "last_timestamp")?);
     let (stored_sum, stored_compensation) = (float(13, "stored_sum")?, float(14, "stored_compensation")?);
+    let counts = |i: usize, name: &'static str| -> Result<Option<&Int64Array>, PartError> {
+        match batch.num_columns() > i {
+            true => Ok(Some(batch.column(i).as_primitive_opt::<Int64Type>().ok_or(PartError::Column(name))?)),
+            false => Ok(None),
+        }
+    };
+    let (late, duplicates) = (counts(LATE_COLUMN, "late")?, counts(LATE_COLUMN + 1, "duplicates")?);
+    let count_at = |c: Option<&Int64Array>, i: usize| c.filter(|c| c.is_valid(i)).map_or(0, |c| c.value(i));
     let sketches = match batch.num_columns() > SKETCH_COLUMN {
         true => Some(batch.column(SKETCH_COLUMN).as_binary_opt::<i32>().ok_or(PartError::Column("sketch"))?),
         false => None,
@@ -279,7 +302,9 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<Vec<RollupRow>, PartError> {
             }
             _ => None,
         };
-        out.push(RollupRow { device, sensor, start: start.value(i), agg: agg.with_sketch(sketch) });
+        let mut agg = agg.with_sketch(sketch);
+        (agg.late, agg.duplicates) = (count_at(late, i), count_at(duplicates, i));
+        out.push(RollupRow { device, sensor, start: start.value(i), agg });
     }
     Ok(out)
 }

@@ -31,6 +31,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{ArchiveError, ArchiveLocation, ArchiveProgress, PartName};
+use crate::verdicts::DayVerdicts;
 
 /// The record of a day's seals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +161,8 @@ pub async fn seal_committed_day(
     };
     // The day's rows, merged (see [`merge`]) in the archive's order (sensor, device, timestamp), then sealed rows
     // first, then write time (ties in part and row order): the first row of each key is its first write.
-    let (day, _merging) = merge_parts(location, &parts, is_late, progress, Derived::RollupsAndDump).await?;
+    let verdicts = Arc::new(DayVerdicts::read(location, date, is_committed).await?);
+    let (day, _merging) = merge_parts(location, &parts, is_late, progress, Derived::RollupsAndDump, verdicts).await?;
     let late_now = day.late;
     let ranged = parts.iter().filter(|p| !p.sealed);
     let first = ranged.clone().map(|p| p.first).min().or(previous.as_ref().map(|p| p.first)).unwrap_or(0);

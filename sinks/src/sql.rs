@@ -629,6 +629,19 @@ impl SqlArchive {
             "seals",
             Arc::new(scan_time::ScanTime(scan_time::Seals { location: self.location.clone() })),
         )?;
+        let verdicts_url = url.join("verdicts/").map_err(|e| SqlError::Invalid(e.to_string()))?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![
+                ("kind".into(), arrow::datatypes::DataType::Utf8),
+                ("date".into(), arrow::datatypes::DataType::Utf8),
+            ]);
+        let config = ListingTableConfig::new(ListingTableUrl::parse(verdicts_url.as_str())?)
+            .with_listing_options(options)
+            .with_schema(archive_schema());
+        ctx.register_table("verdict_parts", Arc::new(ListingTable::try_new(config)?))?;
+        ctx.sql("CREATE VIEW verdicts AS SELECT device, sensor, value, timestamp, kind, date FROM verdict_parts")
+            .await?;
         ctx.sql(
             "CREATE VIEW readings AS \
              SELECT device, sensor, value, timestamp, date FROM archived \
@@ -721,24 +734,35 @@ async fn register_windows(
     ctx.sql(&format!(
         "CREATE VIEW windows_{name} AS \
          SELECT device, sensor, window_start, window_end, count, sum, mean, min, max, first, first_timestamp, last, \
-                last_timestamp, p50, p90, p95, p99, \
+                last_timestamp, p50, p90, p95, p99, late, duplicates, \
                 window_expected(sensor, window_start, '{name}') AS expected, \
                 window_completeness(count, window_expected(sensor, window_start, '{name}')) AS completeness, date \
          FROM (\
          SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, window_start, window_end, \
                 count, sum, mean, min, max, first, first_timestamp, last, last_timestamp, \
-                p50, p90, p95, p99, date \
+                p50, p90, p95, p99, COALESCE(late, 0) AS late, COALESCE(duplicates, 0) AS duplicates, date \
          FROM {table} \
          UNION ALL \
-         SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, {start} AS window_start, \
-                {start} + INTERVAL '{interval}' AS window_end, count(*) AS count, window_sum(value) AS sum, \
-                window_mean(value) AS mean, window_min(value) AS min, window_max(value) AS max, \
-                first_value(value ORDER BY timestamp) AS first, min(timestamp) AS first_timestamp, \
-                last_value(value ORDER BY timestamp) AS last, max(timestamp) AS last_timestamp, \
-                window_p50(value) AS p50, window_p90(value) AS p90, window_p95(value) AS p95, \
-                window_p99(value) AS p99, date \
-         FROM readings WHERE NOT ({rolled}) \
-         GROUP BY device, sensor, {start}, date)"
+         SELECT r.device, r.sensor, r.window_start, r.window_end, r.count, r.sum, r.mean, r.min, r.max, r.first, \
+                r.first_timestamp, r.last, r.last_timestamp, r.p50, r.p90, r.p95, r.p99, \
+                COALESCE(v.late, 0) AS late, COALESCE(v.duplicates, 0) AS duplicates, r.date \
+         FROM (\
+           SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, {start} AS window_start, \
+                  {start} + INTERVAL '{interval}' AS window_end, count(*) AS count, window_sum(value) AS sum, \
+                  window_mean(value) AS mean, window_min(value) AS min, window_max(value) AS max, \
+                  first_value(value ORDER BY timestamp) AS first, min(timestamp) AS first_timestamp, \
+                  last_value(value ORDER BY timestamp) AS last, max(timestamp) AS last_timestamp, \
+                  window_p50(value) AS p50, window_p90(value) AS p90, window_p95(value) AS p95, \
+                  window_p99(value) AS p99, date \
+           FROM readings WHERE NOT ({rolled}) \
+           GROUP BY device, sensor, {start}, date) r \
+         LEFT JOIN (\
+           SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, {start} AS window_start, \
+                  count(*) FILTER (WHERE kind = 'late') AS late, \
+                  count(*) FILTER (WHERE kind = 'duplicate') AS duplicates \
+           FROM verdicts WHERE NOT ({rolled}) \
+           GROUP BY device, sensor, {start}) v \
+         ON r.device = v.device AND r.sensor = v.sensor AND r.window_start = v.window_start)"
     ))
     .await?;
     Ok(())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use object_store::ObjectStoreExt;
 use tokio::sync::watch;
+use weir_operators::Admission;
 use weir_pipeline::reading::{DeviceInterner, ReadingBatch, Row};
 use weir_pipeline::stats::DedupVerdicts;
 use weir_pipeline::wal::{Wal, WalOptions};
@@ -50,18 +51,29 @@ pub struct Fixture {
 #[derive(Debug)]
 pub struct ModelVerdicts {
     pub decided: AtomicU64,
-    pub rejected: Mutex<HashMap<u64, Vec<u32>>>,
+    pub rejected: Mutex<HashMap<u64, Vec<(u32, Admission)>>>,
 }
 
 impl ModelVerdicts {
-    /// The verdicts on `records`, written at positions 1, 2, ...
+    /// The verdicts on `records`, written at positions 1, 2, ...: duplicates (a key written before) and late
+    /// readings (a first write whose series had a newer one).
     pub fn of(records: &[Vec<Input>]) -> Arc<ModelVerdicts> {
         let mut seen = HashSet::new();
+        let mut newest: HashMap<(u8, u16), i64> = HashMap::new();
         let mut rejected = HashMap::new();
         for (i, record) in records.iter().enumerate() {
             for (index, r) in record.iter().enumerate() {
-                if !seen.insert((r.0, r.1, r.2)) {
-                    rejected.entry(i as u64 + 1).or_insert_with(Vec::new).push(index as u32);
+                let admission = if !seen.insert((r.0, r.1, r.2)) {
+                    Admission::Duplicate
+                } else if newest.get(&(r.0, r.1)).is_some_and(|n| *n > r.2) {
+                    Admission::Late
+                } else {
+                    Admission::InOrder
+                };
+                let n = newest.entry((r.0, r.1)).or_insert(r.2);
+                *n = (*n).max(r.2);
+                if admission != Admission::InOrder {
+                    rejected.entry(i as u64 + 1).or_insert_with(Vec::new).push((index as u32, admission));
                 }
             }
         }
@@ -76,7 +88,7 @@ impl DedupVerdicts for ModelVerdicts {
 
     /// Not forgotten once taken: a restarted archiver reads the records after its checkpoint again, as the
     /// restarted statistics decide them again.
-    fn take_rejected(&self, position: u64) -> Vec<u32> {
+    fn take_verdicts(&self, position: u64) -> Vec<(u32, Admission)> {
         self.rejected.lock().unwrap().get(&position).cloned().unwrap_or_default()
     }
 }
@@ -141,6 +153,24 @@ impl Fixture {
             for r in rows {
                 assert_eq!(utc_date(r.micros), part.date, "partitioned by event date");
                 out.push((r.device, r.sensor, r.micros, r.value.to_bits()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Fixture {
+    /// The record of verdicts: (kind, device, sensor, timestamp, value bits), sorted.
+    pub fn verdict_contents(&self) -> Vec<(&'static str, String, String, i64, u64)> {
+        let files = self.runtime.block_on(self.location.list_verdict_files()).unwrap();
+        let mut out = Vec::new();
+        for (kind, file) in files {
+            let bytes =
+                self.runtime.block_on(async { self.location.store.get(&file.path).await?.bytes().await }).unwrap();
+            for r in read_parquet(bytes).unwrap() {
+                assert_eq!(utc_date(r.micros), file.date, "partitioned by event date");
+                out.push((kind.name(), r.device, r.sensor, r.micros, r.value.to_bits()));
             }
         }
         out.sort();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use weir_operators::{DeviceId, Latest, SensorId, SeriesKey, Width, WindowAgg, WindowKey};
+use weir_operators::{Admission, DeviceId, Latest, SensorId, SeriesKey, Width, WindowAgg, WindowKey};
 
 use super::*;
 use crate::reading::{DeviceInterner, ReadingBatch, Row};
@@ -719,9 +719,9 @@ fn check_cluster(records: &[Vec<Input>]) -> Result<(), TestCaseError> {
             std::thread::sleep(Duration::from_millis(2));
         }
         for (i, record) in records.iter().skip(p).step_by(3).enumerate() {
-            let rejected = verdicts.take_rejected(i as u64 + 1);
+            let rejected = verdicts.take_verdicts(i as u64 + 1);
             for (index, r) in record.iter().enumerate() {
-                if !rejected.contains(&(index as u32)) {
+                if !rejected.contains(&(index as u32, Admission::Duplicate)) {
                     kept.push((r.0, r.1, r.2));
                 }
             }
@@ -793,7 +793,8 @@ fn a_cross_process_verdict_survives_restarts_in_any_order_with_skewed_clocks() {
             assert!(started.elapsed() < wait, "process 0 decided only {}", verdicts.decided_through());
             std::thread::sleep(Duration::from_millis(2));
         }
-        verdicts.take_rejected(through)
+        let taken = verdicts.take_verdicts(through);
+        taken.into_iter().filter(|(_, a)| *a == Admission::Duplicate).map(|(i, _)| i).collect::<Vec<u32>>()
     };
 
     let wals: Vec<_> = (0..2).map(open).collect();

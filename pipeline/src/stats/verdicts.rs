@@ -9,7 +9,11 @@
 //! statistics have processed its position and leaves the recorded duplicates out — so every reading acknowledged
 //! anywhere is archived exactly once, by the process that acknowledged its first write.
 //!
-//! Duplicates are rare, so this is a small map; an entry lives from the verdict until the archiver reads it.
+//! The archiver also keeps each verdict, with its reading, in the archive's record of verdicts (`verdicts/`), so
+//! that late and duplicate counts outlive the log (rollups and the `windows_*` tables count them from there).
+//!
+//! Duplicates and late readings are rare, so this is a small map; an entry lives from the verdict until the
+//! archiver reads it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +30,9 @@ use super::feed::SNAPSHOT_TIMES;
 pub trait DedupVerdicts: Send + Sync {
     /// Every reading of this process's log through this position has been decided.
     fn decided_through(&self) -> u64;
-    /// The indexes (in the record) of the readings at `position` that were duplicates; forgets them.
-    fn take_rejected(&self, position: u64) -> Vec<u32>;
+    /// The verdicts on the readings at `position` that were not simply admitted in order: each reading's index in
+    /// the record and whether it was a duplicate (dropped) or admitted late, by index; forgets them.
+    fn take_verdicts(&self, position: u64) -> Vec<(u32, Admission)>;
 }
 
 impl std::fmt::Debug for dyn DedupVerdicts {
@@ -39,7 +44,7 @@ impl std::fmt::Debug for dyn DedupVerdicts {
 /// The verdicts recorded at this process.
 #[derive(Debug)]
 pub struct Verdicts {
-    rejected: Mutex<HashMap<u64, Vec<u32>>>,
+    rejected: Mutex<HashMap<u64, Vec<(u32, Admission)>>>,
     /// Per local worker, the last position of this process's log it knows processed.
     processed: Arc<Vec<AtomicU64>>,
 }
@@ -49,9 +54,9 @@ impl Verdicts {
         Verdicts { rejected: Mutex::new(HashMap::new()), processed }
     }
 
-    fn record(&self, position: u64, index: u32) {
+    fn record(&self, position: u64, index: u32, admission: Admission) {
         if let Ok(mut r) = self.rejected.lock() {
-            r.entry(position).or_default().push(index);
+            r.entry(position).or_default().push((index, admission));
         }
     }
 
@@ -66,10 +71,10 @@ impl DedupVerdicts for Verdicts {
         self.processed.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(0)
     }
 
-    fn take_rejected(&self, position: u64) -> Vec<u32> {
-        let mut indexes = self.rejected.lock().ok().and_then(|mut r| r.remove(&position)).unwrap_or_default();
-        indexes.sort_unstable();
-        indexes
+    fn take_verdicts(&self, position: u64) -> Vec<(u32, Admission)> {
+        let mut verdicts = self.rejected.lock().ok().and_then(|mut r| r.remove(&position)).unwrap_or_default();
+        verdicts.sort_unstable();
+        verdicts
     }
 }
 
@@ -90,13 +95,11 @@ pub fn verdicts_to_their_process<'scope>(
                 return;
             }
             match v.admission {
-                Admission::Duplicate => {
-                    metrics::counter!("weir_readings_deduplicated_total").increment(1);
-                    verdicts.record(v.seq >> 32, (v.seq & 0xffff_ffff) as u32);
-                }
+                Admission::Duplicate => metrics::counter!("weir_readings_deduplicated_total").increment(1),
                 Admission::Late => metrics::counter!("weir_readings_late_total").increment(1),
-                Admission::InOrder => {}
+                Admission::InOrder => return,
             }
+            verdicts.record(v.seq >> 32, (v.seq & 0xffff_ffff) as u32, v.admission);
         })
         .filter(|_| false)
 }

@@ -21,6 +21,36 @@ fn model(records: &[Vec<Input>]) -> Vec<(String, String, i64, u64)> {
     out
 }
 
+/// The verdicts the statistics give in write order: a key written before is a duplicate, a first write whose series
+/// had a newer reading is late; (kind, device, sensor, timestamp, value bits), sorted.
+fn model_verdicts(records: &[Vec<Input>]) -> Vec<(&'static str, String, String, i64, u64)> {
+    let mut seen = HashSet::new();
+    let mut newest = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for &(d, s, micros, value) in records.iter().flatten() {
+        let kind = if !seen.insert((d, s, micros)) {
+            Some("duplicate")
+        } else if newest.get(&(d, s)).is_some_and(|n| *n > micros) {
+            Some("late")
+        } else {
+            None
+        };
+        let n = newest.entry((d, s)).or_insert(micros);
+        *n = (*n).max(micros);
+        if let Some(kind) = kind {
+            out.push((
+                kind,
+                DEVICES[d as usize].to_owned(),
+                SENSORS[usize::from(s)].to_owned(),
+                micros,
+                value.to_bits(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
 fn records_strategy() -> impl Strategy<Value = Vec<Vec<Input>>> {
     let day = 86_400_000_000i64;
     let base = 20_000 * day;
@@ -55,6 +85,7 @@ proptest! {
         let f = fixture(&records, None);
         f.archive(small_flushes()).unwrap();
         prop_assert_eq!(f.contents(), model(&records));
+        prop_assert_eq!(f.verdict_contents(), model_verdicts(&records));
     }
 
     /// A crash at any point of a flush, then a restart, still leaves every reading in the archive exactly once.
@@ -75,6 +106,7 @@ proptest! {
         // failed one left behind: those must be removed, not kept beside the new ones.
         f.archive(ArchiverOptions { flush_rows: 1000, ..small_flushes() }).unwrap();
         prop_assert_eq!(f.contents(), model(&records));
+        prop_assert_eq!(f.verdict_contents(), model_verdicts(&records));
     }
 }
 

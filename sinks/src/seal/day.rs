@@ -23,6 +23,7 @@ use super::merge::{DayMerge, MergeInput, MergedRow, Names};
 use crate::archive::{ArchiveError, ArchiveLocation, ArchiveProgress, MergingGuard, PartName};
 use crate::part::{PartError, PartWriter, ROW_GROUP_ROWS, ReadingRef};
 use crate::rollup::DayRollupWriter;
+use crate::verdicts::DayVerdicts;
 
 /// What a merge writes besides the merged file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub(crate) struct MergedDay {
 }
 
 /// Reads `parts` (in the order that breaks ties between equal write times) and merges them, first write of each key
-/// only, into the merged file and what `derived` asks; `late` says which parts were written after the day's last
+/// only, into the merged file and what `derived` asks (rollups count `verdicts` into their windows); `late` says which parts were written after the day's last
 /// seal. The guard counts what the merge holds in the memory budget (`progress`: [`cost::MERGE_BASE`], a reader per
 /// part, the parts' and the outputs' bytes) for as long as the caller holds it.
 pub(crate) async fn merge_parts(
@@ -57,6 +58,7 @@ pub(crate) async fn merge_parts(
     late: impl Fn(&PartName) -> bool,
     progress: Option<&Arc<ArchiveProgress>>,
     derived: Derived,
+    verdicts: Arc<DayVerdicts>,
 ) -> Result<(MergedDay, MergingGuard), ArchiveError> {
     let mut fetched = Vec::with_capacity(parts.len());
     for part in parts {
@@ -73,7 +75,7 @@ pub(crate) async fn merge_parts(
         parts.iter().zip(fetched).map(|(part, bytes)| MergeInput { bytes, late: late(part), sealed: part.sealed });
     let mut merge = DayMerge::new(inputs).map_err(bad)?;
     let date = parts.first().map_or_else(String::new, |p| p.date.clone());
-    let mut day = DayWriter::new(derived, date)?;
+    let mut day = DayWriter::new(derived, date, verdicts)?;
     while let Some(row) = merge.next_row().map_err(bad)? {
         day.push(row, merge.names())?;
     }
@@ -94,11 +96,12 @@ struct DayWriter {
 }
 
 impl DayWriter {
-    fn new(derived: Derived, date: String) -> Result<DayWriter, PartError> {
+    fn new(derived: Derived, date: String, verdicts: Arc<DayVerdicts>) -> Result<DayWriter, PartError> {
         let (rollups, dump) = match derived {
             Derived::None => (Vec::new(), None),
             Derived::RollupsAndDump => {
-                (Width::ALL.into_iter().map(DayRollupWriter::new).collect::<Result<_, _>>()?, Some(DumpWriter::new()))
+                let rollups = Width::ALL.into_iter().map(|w| DayRollupWriter::new(w, verdicts.clone()));
+                (rollups.collect::<Result<_, _>>()?, Some(DumpWriter::new()))
             }
         };
         Ok(DayWriter {

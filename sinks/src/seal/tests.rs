@@ -31,6 +31,11 @@ impl Store {
         let path = self.location.part_path(DAY, first, last);
         self.rt.block_on(self.location.store.put(&path, PutPayload::from(write_parquet(&rows).unwrap()))).unwrap();
     }
+    fn put_verdicts(&self, kind: crate::archive::VerdictKind, first: u64, last: u64, mut rows: Vec<ArchivedReading>) {
+        sort_for_archive(&mut rows);
+        let path = self.location.verdict_path(kind, DAY, first, last);
+        self.rt.block_on(self.location.store.put(&path, PutPayload::from(write_parquet(&rows).unwrap()))).unwrap();
+    }
     fn get(&self, path: &Path) -> Vec<u8> {
         self.rt.block_on(async { self.location.store.get(path).await.unwrap().bytes().await.unwrap() }).to_vec()
     }
@@ -380,8 +385,32 @@ mod rollups {
                 }
                 Ok(())
             };
+            // Verdicts on some of the readings (late: one of them again; duplicate: its key with another value), in
+            // files of their own: each window counts them, nothing else changes.
+            let mut judged: BTreeMap<(String, String, i64), (i64, i64)> = BTreeMap::new();
+            for (n, part) in parts.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                let (mut late_rows, mut duplicate_rows) = (Vec::new(), Vec::new());
+                for (i, r) in part.iter().map(reading).enumerate().filter(|(i, _)| i % 3 == n % 3) {
+                    for width in Width::ALL {
+                        let start = r.micros.div_euclid(width.micros()) * width.micros();
+                        let e = judged.entry((width.name().to_owned() + &r.sensor, r.device.clone(), start)).or_default();
+                        if i % 2 == 0 { e.0 += 1 } else { e.1 += 1 }
+                    }
+                    if i % 2 == 0 { late_rows.push(r) } else { duplicate_rows.push(ArchivedReading { value: -1.0, ..r }) }
+                }
+                let first = 1 + 10 * n as u64;
+                s.put_verdicts(crate::archive::VerdictKind::Late, first, first + 9, late_rows);
+                s.put_verdicts(crate::archive::VerdictKind::Duplicate, first, first + 9, duplicate_rows);
+            }
             let sealed = s.seal().sealed;
             check(&s, &sealed)?;
+            for width in Width::ALL {
+                for row in s.rt.block_on(read_day_rollup(&s.location, width, DAY)).unwrap().unwrap() {
+                    let key = (width.name().to_owned() + &row.sensor, row.device.clone(), row.start);
+                    let want = judged.get(&key).copied().unwrap_or_default();
+                    prop_assert_eq!((row.agg.late, row.agg.duplicates), want, "{:?}", key);
+                }
+            }
             let bytes = |s: &Store| Width::ALL.map(|w| s.get(&rollup_path(&s.location.root, w, DAY)));
             let before = bytes(&s);
             s.seal();

@@ -304,7 +304,7 @@ fn window_tables_answer_from_readings_then_from_rollups_alike() {
             &format!(
                 "SELECT device, sensor, CAST(window_start AS VARCHAR) AS s, CAST(window_end AS VARCHAR) AS e, count, \
                  sum, mean, min, max, first, CAST(first_timestamp AS VARCHAR) AS f, last, \
-                 CAST(last_timestamp AS VARCHAR) AS l, p50, p90, p95, p99, expected, completeness, date \
+                 CAST(last_timestamp AS VARCHAR) AS l, p50, p90, p95, p99, late, duplicates, expected, completeness, date \
                  FROM windows_{width} ORDER BY device, sensor, s"
             ),
         );
@@ -343,6 +343,17 @@ fn window_tables_answer_from_readings_then_from_rollups_alike() {
     assert!(b.num_rows() < 2 || (b.column(1).is_null(1) && b.column(2).is_null(1)), "{b:?}");
     let m = run(&f, "SELECT min(completeness), max(completeness) FROM windows_1m WHERE sensor = 'speed'");
     assert_eq!(m.batches[0].column(0).as_primitive::<Float64Type>().value(0), 1.0);
+    // The duplicate 999 is counted in its windows (from the record of verdicts), and is in `verdicts`.
+    let d = run(
+        &f,
+        "SELECT sum(duplicates), sum(late) FROM windows_1d WHERE device = 'default' AND sensor = 'speed' \
+         AND date = '2026-11-19'",
+    );
+    assert_eq!(d.batches[0].column(0).as_primitive::<Int64Type>().value(0), 1);
+    assert_eq!(d.batches[0].column(1).as_primitive::<Int64Type>().value(0), 0);
+    let v = run(&f, "SELECT value, kind FROM verdicts");
+    let text = arrow::util::pretty::pretty_format_batches(&v.batches).unwrap().to_string();
+    assert!(text.contains("999.0") && text.contains("duplicate"), "{text}");
 
     f.runtime.block_on(crate::seal::seal_day(&f.location, "2026-11-19", None, None)).unwrap();
     let after: Vec<String> = ["1m", "15m", "1h", "1d"].map(q).to_vec();
