@@ -3,7 +3,8 @@
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::{Concat, Exchange, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle, Scope, Stream};
 
 use crate::dedup::{Deduplicated, Verdict, dedup_first_write};
@@ -22,6 +23,9 @@ pub struct StatsDataflow<'scope> {
     pub readings: InputHandleVec<Time, Reading>,
     /// Device and sensor names, each inserted (at least) once.
     pub names: InputSession<Time, (NameId, String), isize>,
+    /// Verdicts made before this start, from the archive's record of verdicts: counted into the live windows'
+    /// late and duplicate counts like deduplication's own, and nothing else.
+    pub judged: InputHandleVec<Time, Verdict>,
     pub windows: SharedLiveWindows,
     pub latest: LatestTrace,
     pub names_trace: NamesTrace,
@@ -39,7 +43,8 @@ pub fn on_grid(t: Time, grid: Time) -> Time {
     t.div_ceil(grid).saturating_mul(grid)
 }
 
-/// Builds the dataflow in `scope`: readings → `dedup_first_write` → `live_windows` and `latest_by_time`.
+/// Builds the dataflow in `scope`: readings → `dedup_first_write` → `live_windows` (with its verdicts from time
+/// `counted_from` on, and the verdicts `judged` brings from before the start) and `latest_by_time`.
 /// `on_window_updates` sees which windows changed at which times (see [`live_windows`]).
 ///
 /// Deduplication sees every reading at its own time (its write time: the order of first writes). The readings it
@@ -51,18 +56,25 @@ pub fn stats_dataflow<'scope>(
     scope: Scope<'scope, Time>,
     horizon_micros: i64,
     grid: Time,
-    live: LiveWindows,
+    (live, counted_from): (LiveWindows, Time),
     on_window_updates: impl FnMut(&mut dyn Iterator<Item = (Time, WindowKey)>) + 'static,
 ) -> StatsDataflow<'scope> {
     let mut readings = InputHandleVec::new();
+    let mut judged = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let (names, name_collection) = scope.new_collection::<(NameId, String), isize>();
 
     let Deduplicated { admitted, verdicts, remembered } = dedup_first_write(readings.to_stream(scope), horizon_micros);
     let deduplicated = admitted.delay(move |t| on_grid(*t, grid));
     let windows: SharedLiveWindows = std::rc::Rc::new(std::cell::RefCell::new(live));
-    let windows_applied =
-        live_windows(deduplicated.clone(), verdicts.clone(), grid, windows.clone(), on_window_updates);
+    // To the worker that deduplicates the verdict's device (as `dedup_first_write` routes readings), which holds its
+    // windows.
+    let earlier = judged.to_stream(scope).exchange(|v: &Verdict| v.series.device.0);
+    // Deduplication's verdicts before `counted_from` judge readings replayed from a snapshot in the archive's order,
+    // not their arrival order: what was late then is what `judged` says.
+    let counted = verdicts.clone().filter(move |v: &Verdict| v.time >= counted_from);
+    let all_verdicts = counted.concat(earlier);
+    let windows_applied = live_windows(deduplicated.clone(), all_verdicts, grid, windows.clone(), on_window_updates);
     let latest = latest_by_time(deduplicated);
     let names_arranged = name_collection.arrange_by_self_named("Names");
 
@@ -72,6 +84,7 @@ pub fn stats_dataflow<'scope>(
     StatsDataflow {
         readings,
         names,
+        judged,
         windows,
         latest: latest.trace,
         names_trace: names_arranged.trace,

@@ -265,6 +265,14 @@ impl VerdictKind {
         VerdictKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
+    /// The statistics' verdict of this kind.
+    pub const fn admission(self) -> Admission {
+        match self {
+            VerdictKind::Late => Admission::Late,
+            VerdictKind::Duplicate => Admission::Duplicate,
+        }
+    }
+
     /// The kind of a statistics' verdict; none for a reading admitted in order.
     pub const fn of(admission: Admission) -> Option<VerdictKind> {
         match admission {

@@ -12,20 +12,26 @@
 use std::collections::VecDeque;
 
 use object_store::ObjectStoreExt;
+use weir_operators::Admission;
 use weir_pipeline::reading::ReadingBatch;
+use weir_pipeline::stats::SnapshotBatch;
 
 use crate::archive::{ArchiveError, ArchiveLocation, PartName};
 use crate::part::read_parquet_batches;
 use crate::rollup::read_day_rollup;
 
-/// Reads every committed part, in order of the last WAL position each covers, as reading batches.
+/// Reads every committed part, in order of the last WAL position each covers, as reading batches; then the record
+/// of verdicts of the same days (see [`crate::verdicts`]), so that the live windows' late and duplicate counts start
+/// where they were.
 pub struct ArchiveSnapshot {
     location: ArchiveLocation,
     runtime: tokio::runtime::Handle,
     parts: VecDeque<PartName>,
-    pending: VecDeque<ReadingBatch>,
+    pending: VecDeque<SnapshotBatch>,
     /// The last position of the part `pending` came from.
     pending_last: u64,
+    /// The verdict files to read after the parts, with their kind.
+    judged: VecDeque<(Admission, PartName)>,
 }
 
 impl ArchiveSnapshot {
@@ -53,6 +59,16 @@ impl ArchiveSnapshot {
         let first_live_day =
             live_from.and_then(chrono::DateTime::from_timestamp_micros).map(|t| t.format("%Y-%m-%d").to_string());
         let (mut pending, mut pending_last) = (VecDeque::new(), 0);
+        // This process's own verdict files (each process keeps those of its own log), of the days loaded.
+        let mut judged: Vec<(Admission, PartName)> = location
+            .list_verdict_files()
+            .await?
+            .into_iter()
+            .filter(|(_, p)| location.is_own(p) && p.last <= committed)
+            .filter(|(_, p)| first_live_day.as_ref().is_none_or(|day| p.date >= *day))
+            .map(|(kind, p)| (kind.admission(), p))
+            .collect();
+        judged.sort_by(|a, b| (a.1.last, a.1.first, &a.1.date, a.0).cmp(&(b.1.last, b.1.first, &b.1.date, b.0)));
         if let Some(first_live_day) = first_live_day {
             let (older, live): (Vec<PartName>, Vec<PartName>) =
                 parts.into_iter().partition(|p| p.date < first_live_day);
@@ -64,11 +80,18 @@ impl ArchiveSnapshot {
             days.dedup();
             let seeds = last_readings(location, &days).await?;
             if !seeds.is_empty() {
-                pending.extend(seeds);
+                pending.extend(seeds.into_iter().map(SnapshotBatch::Readings));
                 pending_last = older.iter().map(|p| p.last).min().unwrap_or(0);
             }
         }
-        Ok(ArchiveSnapshot { location: location.clone(), runtime, parts: parts.into(), pending, pending_last })
+        Ok(ArchiveSnapshot {
+            location: location.clone(),
+            runtime,
+            parts: parts.into(),
+            pending,
+            pending_last,
+            judged: judged.into(),
+        })
     }
 
     /// How many parts it will read.
@@ -84,19 +107,30 @@ impl ArchiveSnapshot {
 }
 
 impl Iterator for ArchiveSnapshot {
-    /// A batch with the last WAL position of the part it comes from.
-    type Item = Result<(u64, ReadingBatch), ArchiveError>;
+    /// A batch with the last WAL position of the part it comes from (verdicts: of the last part, so that positions
+    /// never decrease).
+    type Item = Result<(u64, SnapshotBatch), ArchiveError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(batch) = self.pending.pop_front() {
                 return Some(Ok((self.pending_last, batch)));
             }
-            let part = self.parts.pop_front()?;
-            match self.read_part(&part) {
+            if let Some(part) = self.parts.pop_front() {
+                match self.read_part(&part) {
+                    Ok(batches) => {
+                        self.pending = batches.into_iter().map(SnapshotBatch::Readings).collect();
+                        self.pending_last = part.last;
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+                continue;
+            }
+            let (admission, file) = self.judged.pop_front()?;
+            match self.read_part(&file) {
                 Ok(batches) => {
-                    self.pending = batches.into();
-                    self.pending_last = part.last;
+                    self.pending = batches.into_iter().map(|b| SnapshotBatch::Judged(admission, b)).collect();
+                    self.pending_last = self.pending_last.max(file.last);
                 }
                 Err(e) => return Some(Err(e)),
             }

@@ -107,7 +107,7 @@ fn dataflow_round() -> usize {
             .collect();
         let mut inputs = worker.dataflow(|scope| {
             let StatsDataflow { readings, names, windows, probe, .. } =
-                stats_dataflow(scope, 3_600_000_000, 1, LiveWindows::new(Some(48 * 3_600_000_000)), |_| {});
+                stats_dataflow(scope, 3_600_000_000, 1, (LiveWindows::new(Some(48 * 3_600_000_000)), 0), |_| {});
             Inputs { readings, names, windows, probe }
         });
         measured_dataflow_round(worker, &mut inputs, readings)

@@ -17,9 +17,9 @@ use std::time::Duration;
 use differential_dataflow::input::InputSession;
 use timely::dataflow::InputHandleVec;
 use tokio::sync::watch;
-use weir_operators::{DeviceId, NameId, Reading, SensorId, SeriesKey, Time};
+use weir_operators::{DeviceId, NameId, Reading, SensorId, SeriesKey, Time, Verdict};
 
-use super::Snapshot;
+use super::{Snapshot, SnapshotBatch};
 use crate::clock::WriteClock;
 use crate::devices::DeviceNames;
 use crate::reading::{Row, SensorSet};
@@ -32,14 +32,23 @@ pub type Mark = (u32, u64);
 pub const SNAPSHOT_TIMES: Time = 1 << 40;
 
 /// The dataflow inputs a feeder sends to: readings, device names, marks.
-pub type FeedInputs =
-    (InputHandleVec<Time, Reading>, InputSession<Time, (NameId, String), isize>, InputHandleVec<Time, Mark>);
+pub type FeedInputs = (
+    InputHandleVec<Time, Reading>,
+    InputSession<Time, (NameId, String), isize>,
+    InputHandleVec<Time, Mark>,
+    InputHandleVec<Time, Verdict>,
+);
 
 /// The inputs of one process's feeder and what it reads.
 pub struct LogFeed {
     pub readings: InputHandleVec<Time, Reading>,
     pub names: InputSession<Time, (NameId, String), isize>,
     pub marks: InputHandleVec<Time, Mark>,
+    /// Verdicts made before this start (from the snapshot).
+    pub judged: InputHandleVec<Time, Verdict>,
+    /// The snapshot's verdicts, held until the first log round: above every snapshot round of every process, so
+    /// that the windows they count in exist by then (in a cluster another process may feed a window's readings).
+    pub earlier: Vec<Verdict>,
     pub feeder: Feeder,
     pub reader: WalReader,
     /// How far the log is durable.
@@ -76,13 +85,15 @@ impl LogFeed {
         start: (Option<Snapshot>, u64),
         grid: Time,
     ) -> Self {
-        let (readings, names, marks) = inputs;
+        let (readings, names, marks, judged) = inputs;
         let (snapshot, snapshot_through) = start;
         let time = u64::from(clock.process());
         LogFeed {
             readings,
             names,
             marks,
+            judged,
+            earlier: Vec::new(),
             feeder,
             reader,
             durable,
@@ -123,6 +134,11 @@ impl LogFeed {
             // The first log round: above every snapshot round of every process.
             let n = self.clock.processes() as u64;
             self.time = SNAPSHOT_TIMES.next_multiple_of(n) + u64::from(self.clock.process());
+            self.move_to(self.time);
+            for mut verdict in std::mem::take(&mut self.earlier) {
+                verdict.time = self.time;
+                self.judged.send(verdict);
+            }
         }
         // The safe time before the durable position: every record written below it is durable by then, so once
         // the log is read through that position nothing can come below it any more.
@@ -173,12 +189,14 @@ impl LogFeed {
         self.readings.flush();
         self.names.flush();
         self.marks.flush();
+        self.judged.flush();
     }
 
     fn move_to(&mut self, time: Time) {
         self.readings.advance_to(time);
         self.names.advance_to(time);
         self.marks.advance_to(time);
+        self.judged.advance_to(time);
     }
 
     /// Feeds durable records after `read_through` up to about `limit` readings, each at its write time (a record
@@ -196,6 +214,7 @@ impl LogFeed {
                         self.readings.advance_to(self.time);
                         self.names.advance_to(self.time);
                         self.marks.advance_to(self.time);
+                        self.judged.advance_to(self.time);
                     }
                     self.fed_at = self.time;
                     let (readings, names) = (&mut self.readings, &mut self.names);
@@ -237,16 +256,33 @@ impl LogFeed {
                 self.snapshot_at = (position, 0);
             }
             let first_row = self.snapshot_at.1;
-            self.snapshot_at.1 = first_row.saturating_add(u32::try_from(batch.len()).unwrap_or(u32::MAX));
-            let (readings, names) = (&mut self.readings, &mut self.names);
-            fed += self.feeder.feed_batch(
-                position,
-                first_row,
-                (&batch.sensors, &batch.devices),
-                batch.rows.iter().copied(),
-                &mut |r| readings.send(r),
-                &mut |n| names.insert(n),
-            );
+            let (readings, names, earlier) = (&mut self.readings, &mut self.names, &mut self.earlier);
+            match batch {
+                SnapshotBatch::Readings(batch) => {
+                    self.snapshot_at.1 = first_row.saturating_add(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+                    fed += self.feeder.feed_batch(
+                        position,
+                        first_row,
+                        (&batch.sensors, &batch.devices),
+                        batch.rows.iter().copied(),
+                        &mut |r| readings.send(r),
+                        &mut |n| names.insert(n),
+                    );
+                }
+                SnapshotBatch::Judged(admission, batch) => {
+                    let time = self.time;
+                    self.feeder.feed_batch(
+                        position,
+                        0,
+                        (&batch.sensors, &batch.devices),
+                        batch.rows.iter().copied(),
+                        &mut |r: Reading| {
+                            earlier.push(Verdict { time, seq: r.seq, series: r.series, micros: r.micros, admission })
+                        },
+                        &mut |n| names.insert(n),
+                    );
+                }
+            }
         }
         fed
     }

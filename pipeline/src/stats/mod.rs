@@ -98,7 +98,18 @@ impl StatsOptions {
 }
 
 /// A snapshot's readings: batches with the last log position each covers, in non-decreasing positions.
-pub type Snapshot = Box<dyn Iterator<Item = (u64, ReadingBatch)> + Send>;
+pub type Snapshot = Box<dyn Iterator<Item = (u64, SnapshotBatch)> + Send>;
+
+/// What a snapshot feeds.
+#[derive(Debug, Clone)]
+pub enum SnapshotBatch {
+    /// First writes, fed like the log's readings.
+    Readings(ReadingBatch),
+    /// Readings deduplication judged ([`Admission::Late`] or [`Admission::Duplicate`](weir_operators::Admission))
+    /// before this start: counted into the live windows' late and duplicate counts, nothing else. Fed after every
+    /// batch of readings (a verdict counts in a window that exists).
+    Judged(weir_operators::Admission, ReadingBatch),
+}
 
 /// Readings the statistics start from instead of the log's first record: a snapshot of everything the log held
 /// through `through`, already deduplicated (the archive, once the log before it has been deleted).
@@ -466,8 +477,17 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         if let Some(from) = ctx.live_from {
             live.set_start_from(from);
         }
-        let StatsDataflow { readings, names, windows, latest, names_trace, verdicts: judged, dedup_keys, probe } =
-            stats_dataflow(scope, horizon, grid, live, record_changes);
+        let StatsDataflow {
+            readings,
+            names,
+            judged: earlier,
+            windows,
+            latest,
+            names_trace,
+            verdicts: judged,
+            dedup_keys,
+            probe,
+        } = stats_dataflow(scope, horizon, grid, (live, feed::SNAPSHOT_TIMES), record_changes);
         verdicts_to_their_process(judged, processes, workers, verdicts).probe_with(&probe);
         // Marks go to every worker; each counts one once its frontier passes the mark's time.
         let mut marks: InputHandleVec<u64, Mark> = InputHandleVec::new();
@@ -484,9 +504,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
                 }
             })
             .probe_with(&probe);
-        ((readings, names, windows, latest, names_trace, dedup_keys, probe), marks)
+        ((readings, names, earlier, windows, latest, names_trace, dedup_keys, probe), marks)
     });
-    let (readings, names, windows, latest, names_trace, dedup_keys, probe) = dataflow;
+    let (readings, names, earlier, windows, latest, names_trace, dedup_keys, probe) = dataflow;
     let traces = Rc::new(RefCell::new(WorkerTraces { windows, latest, names: names_trace }));
     let waiting = Rc::new(RefCell::new(Waiting::default()));
     let (queries, _query_probe) = worker.dataflow(|scope| {
@@ -509,7 +529,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         // also holds the sealed days it owns, written from the other processes' logs.
         let snapshot = ctx.snapshot.lock().expect("not poisoned").take();
         Some(LogFeed::new(
-            (readings, names, marks),
+            (readings, names, marks, earlier),
             Feeder::new(&ctx.sensors, ctx.options.device_names.clone(), *ctx.tail.durable.borrow()),
             WalReader::new(&ctx.tail.dir, ctx.start_through + 1),
             ctx.tail.durable.clone(),
@@ -519,6 +539,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         ))
     } else {
         drop(readings);
+        drop(earlier);
         names.close();
         marks.close();
         None

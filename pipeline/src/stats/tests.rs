@@ -40,16 +40,43 @@ fn batch_of(readings: &[Input]) -> ReadingBatch {
 }
 
 /// What an archive of the first `through` records holds: their first writes, in another order (the archive's
-/// sort), cut into batches whose last positions never decrease and end at `through`, some sharing a position.
+/// sort; parts of a series may go back in time), cut into batches whose last positions never decrease and end at
+/// `through`, some sharing a position; then its record of verdicts (late and duplicate readings, in time order).
 fn snapshot_of(records: &[Vec<Input>], through: usize) -> StartFrom {
     let mut seen = std::collections::HashSet::new();
-    let mut admitted: Vec<Input> =
-        records[..through].iter().flatten().filter(|r| seen.insert((r.0, r.1, r.2))).copied().collect();
-    admitted.sort_by_key(|a| (a.1, a.0, a.2));
+    let mut newest = std::collections::HashMap::new();
+    let (mut admitted, mut late, mut duplicates) = (Vec::new(), Vec::new(), Vec::new());
+    for &r in records[..through].iter().flatten() {
+        let first = seen.insert((r.0, r.1, r.2));
+        let n = newest.entry((r.0, r.1)).or_insert(r.2);
+        match (first, r.2 < *n) {
+            (true, true) => {
+                admitted.push(r);
+                late.push(r);
+            }
+            (true, false) => admitted.push(r),
+            (false, _) => duplicates.push(r),
+        }
+        *n = (*n).max(r.2);
+    }
+    // Two "parts" of alternate readings, each sorted: a series goes back in time in the second.
+    let (mut one, mut two): (Vec<Input>, Vec<Input>) =
+        (admitted.iter().step_by(2).copied().collect(), admitted.iter().skip(1).step_by(2).copied().collect());
+    one.sort_by_key(|a| (a.1, a.0, a.2));
+    two.sort_by_key(|a| (a.1, a.0, a.2));
+    let admitted: Vec<Input> = one.into_iter().chain(two).collect();
     let chunks: Vec<&[Input]> = admitted.chunks(7).collect();
     let m = chunks.len().max(1);
-    let batches: Vec<(u64, ReadingBatch)> =
-        chunks.iter().enumerate().map(|(j, c)| ((through * (j + 1) / m).max(1) as u64, batch_of(c))).collect();
+    let mut batches: Vec<(u64, SnapshotBatch)> = chunks
+        .iter()
+        .enumerate()
+        .map(|(j, c)| ((through * (j + 1) / m).max(1) as u64, SnapshotBatch::Readings(batch_of(c))))
+        .collect();
+    for (admission, judged) in [(Admission::Late, late), (Admission::Duplicate, duplicates)] {
+        for chunk in judged.chunks(5) {
+            batches.push((through as u64, SnapshotBatch::Judged(admission, batch_of(chunk))));
+        }
+    }
     StartFrom { through: through as u64, snapshot: Box::new(batches.into_iter()), live_from: None }
 }
 
@@ -151,17 +178,13 @@ fn model(records: &[Vec<Input>]) -> (BTreeMap<WindowKey, (i64, f64, f64, f64, f6
 
 /// Per window, as the statistics should count them from write order (records in order, each in its order): late
 /// readings (first writes older than their series' newest so far), duplicates (readings of a key already written),
-/// and the sketch of the first writes' values. Readings of the first `through` records (a snapshot's prefix, fed
-/// from the archive, where duplicates and arrival order are gone) are not counted as late or duplicate, but still
-/// set each series' newest.
-fn quality_model(
-    records: &[Vec<Input>],
-    through: usize,
-) -> BTreeMap<WindowKey, (i64, i64, weir_operators::sketch::Sketch)> {
+/// and the sketch of the first writes' values — whether the first records come from a snapshot (the archive and its
+/// record of verdicts) or from the log.
+fn quality_model(records: &[Vec<Input>]) -> BTreeMap<WindowKey, (i64, i64, weir_operators::sketch::Sketch)> {
     let mut seen = std::collections::HashSet::new();
     let mut newest: BTreeMap<SeriesKey, i64> = BTreeMap::new();
     let mut windows: BTreeMap<WindowKey, (i64, i64, weir_operators::sketch::Sketch)> = BTreeMap::new();
-    for (i, record) in records.iter().enumerate() {
+    for record in records {
         for &(d, sensor, micros, value) in record {
             let series = SeriesKey { device: DeviceId::of(DEVICES[d as usize]), sensor: sensor_id(sensor) };
             let first = seen.insert((d, sensor, micros));
@@ -173,10 +196,8 @@ fn quality_model(
                 if first {
                     w.2.add_value(value);
                 }
-                if i >= through {
-                    w.0 += i64::from(late);
-                    w.1 += i64::from(!first);
-                }
+                w.0 += i64::from(late);
+                w.1 += i64::from(!first);
             }
         }
     }
@@ -208,7 +229,7 @@ fn check_from(records: &[Vec<Input>], workers: usize, through: usize) -> Result<
         );
     }
     // Late and duplicate counts and the percentiles' sketch, per window, as the model counts them.
-    let quality = quality_model(records, through);
+    let quality = quality_model(records);
     for (key, got) in &windows {
         let (late, duplicates, sketch) = &quality[key];
         prop_assert_eq!((got.late, got.duplicates), (*late, *duplicates), "late, duplicates of {:?}", key);
@@ -319,7 +340,11 @@ fn a_snapshot_through_position_zero_is_still_fed() {
     let appender = wal.appender();
     let last = appender.append_blocking(&batch_of(&[(0, 0, t, 99.0), (0, 0, t + 1, 2.0)])).unwrap();
     let sealed_elsewhere = batch_of(&[(0, 0, t, 1.0), (1, 0, t, 5.0)]);
-    let start = StartFrom { through: 0, snapshot: Box::new(std::iter::once((0, sealed_elsewhere))), live_from: None };
+    let start = StartFrom {
+        through: 0,
+        snapshot: Box::new(std::iter::once((0, SnapshotBatch::Readings(sealed_elsewhere)))),
+        live_from: None,
+    };
     let options = StatsOptions { dedup_horizon: Duration::from_secs(100 * 365 * 86_400), ..StatsOptions::default() };
     let engine = StatsEngine::start_from(wal.tail(), sensors, options, start).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
@@ -348,8 +373,11 @@ fn a_snapshot_keeps_write_order_across_the_batches_of_one_position() {
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     let first = batch_of(&[(1, 0, t, 7.0), (2, 0, t, 8.0), (0, 0, t, 5.0)]);
     let second = batch_of(&[(0, 0, t, 3.0)]);
-    let start =
-        StartFrom { through: 4, snapshot: Box::new(vec![(4, first), (4, second)].into_iter()), live_from: None };
+    let start = StartFrom {
+        through: 4,
+        snapshot: Box::new(vec![(4, SnapshotBatch::Readings(first)), (4, SnapshotBatch::Readings(second))].into_iter()),
+        live_from: None,
+    };
     let engine = StatsEngine::start_from(wal.tail(), sensors, Default::default(), start).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let wait = Duration::from_secs(30);
@@ -559,7 +587,7 @@ fn the_snapshot_counts_as_loaded_only_once_it_has_gone_through() {
     let batch = batch_of(&[(0, 0, t, 1.0)]);
     let slow_archive = std::iter::once(()).map(move |()| {
         released.recv().unwrap();
-        (0, batch.clone())
+        (0, SnapshotBatch::Readings(batch.clone()))
     });
     let start = StartFrom { through: 0, snapshot: Box::new(slow_archive), live_from: None };
     let engine =
