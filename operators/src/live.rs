@@ -363,7 +363,12 @@ pub fn live_windows<'scope>(
                     if readings_frontier.less_equal(&time) || verdicts_frontier.less_equal(&time) {
                         break;
                     }
-                    let Some((_, (_capability, readings, verdicts))) = pending.pop_first() else { break };
+                    let Some((_, (_capability, mut readings, verdicts))) = pending.pop_first() else { break };
+                    // One series after another: its windows (and their sketches' buckets) stay in cache while its
+                    // readings are added, instead of a cache miss a reading when series interleave (with sketches,
+                    // `Store::add` was 13 % of the server's CPU at 400 k readings/s in arrival order). Adding is
+                    // commutative, so the order changes no window.
+                    readings.sort_by_key(|(r, _)| r.series);
                     {
                         let mut store = store.borrow_mut();
                         for (r, diff) in &readings {
