@@ -13,7 +13,7 @@
 //! Who reads it: the seal counts each window's verdicts into the rollups ([`DayVerdicts`]), and SQL's `verdicts`
 //! table and the `windows_*` views read the files of days not sealed yet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use object_store::ObjectStoreExt;
 
@@ -63,21 +63,5 @@ impl DayVerdicts {
             VerdictKind::Late => (late + 1, duplicates),
             VerdictKind::Duplicate => (late, duplicates + 1),
         })
-    }
-
-    /// Every series' verdicts per window start of `width_micros`: for tests and models.
-    pub fn per_window(&self, width_micros: i64) -> BTreeMap<(String, String, i64), (i64, i64)> {
-        let mut out = BTreeMap::new();
-        for ((sensor, device), judged) in &self.by_series {
-            for (t, kind) in judged {
-                let e: &mut (i64, i64) =
-                    out.entry((sensor.clone(), device.clone(), t.div_euclid(width_micros) * width_micros)).or_default();
-                match kind {
-                    VerdictKind::Late => e.0 += 1,
-                    VerdictKind::Duplicate => e.1 += 1,
-                }
-            }
-        }
-        out
     }
 }
