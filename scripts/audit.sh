@@ -19,6 +19,9 @@ if [ -z "$DENY" ]; then
       cargo-deny --version 0.20.2
   fi
 fi
+# cargo-deny reads the metadata of every platform's dependencies (windows-sys, …), which a build on Linux never
+# downloads: fetch them first (crates.io only), so that the check itself can stay offline.
+cargo fetch --locked --quiet
 "$DENY" --offline check licenses bans sources
 AUDIT="$(command -v cargo-audit || true)"
 if [ -z "$AUDIT" ]; then
