@@ -27,6 +27,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 mod bounded;
 mod completeness;
+mod dictionary_grouping;
 mod pg_catalog;
 mod rejected;
 mod scan_time;
@@ -651,7 +652,10 @@ impl SqlArchive {
         for (width, days) in weir_operators::Width::ALL.into_iter().zip(rolled) {
             register_windows(&ctx, &self.location, width, days).await?;
         }
-        Ok(ctx.state())
+        // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers.
+        Ok(SessionStateBuilder::new_from_existing(ctx.state())
+            .with_physical_optimizer_rule(Arc::new(dictionary_grouping::DictionaryGrouping))
+            .build())
     }
 }
 

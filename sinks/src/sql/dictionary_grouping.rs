@@ -1,0 +1,454 @@
+//! Grouping by dictionary-encoded names without row-encoding them: a physical plan rule and the partial
+//! aggregation it puts in place.
+//!
+//! Why: the archive's `device` and `sensor` are dictionary columns, and DataFusion (55) groups dictionary columns
+//! with its generic row format — each row's string is copied into a row, hashed and compared (`GroupValuesRows`,
+//! `arrow_row::encode_dictionary_values`, `memcmp`): 45 % of `GROUP BY sensor` over a sealed day in the profile
+//! (`benches/RESULTS.md`, issue 19, 3). A batch's dictionary has a handful of names for thousands of rows, so here
+//! each batch's *dictionary* is numbered (one hash lookup per distinct name), and a row's group is a lookup of its
+//! keys' numbers: two small integers, never a string.
+//!
+//! What it replaces: only a hash aggregation's stage over raw rows — the partial stage, or the one stage where
+//! the input is a single partition (`Single`, `SinglePartitioned`) — whose group keys are one or two plain columns of `Dictionary(_, Utf8)` and whose aggregates all have DataFusion's own
+//! [`GroupsAccumulator`]s (count, sum, min, max, avg, …; no `DISTINCT`, no `ORDER BY` inside the aggregate). The
+//! accumulators, their arguments and filters are DataFusion's, so the partial states (or values) are exactly those
+//! it would emit, and its final stage merges them unchanged. Anything else is left as DataFusion planned it.
+//!
+//! Memory: the groups and accumulators are reserved in the query's memory pool (`--sql-memory`). When the pool
+//! refuses more, the partial states so far are emitted and the groups start again — the final stage merges them,
+//! as DataFusion's own partial aggregation does under pressure — so memory stays bounded whatever the number of
+//! groups. A one-stage aggregation cannot emit in parts: there the refusal is the query's error, as in DataFusion.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::config::ConfigOptions;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{
+    AggregateExec, AggregateInputMode, AggregateOutputMode, aggregate_expressions, evaluate_many,
+};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PhysicalExpr, PlanProperties, apply_expression_roots,
+};
+use futures_util::StreamExt;
+
+/// The plan rule: partial aggregations grouped by one or two dictionary columns become [`DictionaryAggregateExec`].
+#[derive(Debug, Default)]
+pub(super) struct DictionaryGrouping;
+
+impl PhysicalOptimizerRule for DictionaryGrouping {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            match DictionaryAggregateExec::try_replace(aggregate)? {
+                Some(replacement) => Ok(Transformed::yes(Arc::new(replacement) as Arc<dyn ExecutionPlan>)),
+                None => Ok(Transformed::no(node)),
+            }
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "dictionary_grouping"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// The most group columns handled: a row's group is the pair of its names' numbers.
+const MAX_GROUP_COLUMNS: usize = 2;
+
+/// The partial stage of a hash aggregation grouped by dictionary columns (see the module doc).
+#[derive(Debug)]
+pub(super) struct DictionaryAggregateExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// The group columns' indices in the input, and their (dictionary) types, which the output keeps.
+    group_columns: Vec<(usize, DataType)>,
+    aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// What each aggregate is computed over (DataFusion's own expressions for the partial stage).
+    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// The replaced aggregation's schema and properties: the same output, the same partitioning.
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    /// Whether it answers final values (one stage: `Single`, `SinglePartitioned`) rather than partial states.
+    final_values: bool,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl DictionaryAggregateExec {
+    /// The replacement for `aggregate`, where it qualifies.
+    fn try_replace(aggregate: &AggregateExec) -> Result<Option<Self>> {
+        let group_by = aggregate.group_expr();
+        let input_schema = aggregate.input_schema();
+        let qualifies = aggregate.mode().input_mode() == AggregateInputMode::Raw
+            && *aggregate.input_order_mode() == InputOrderMode::Linear
+            && aggregate.limit_options().is_none()
+            && aggregate.dynamic_expressions_produced().is_empty()
+            && group_by.is_single()
+            && !group_by.expr().is_empty()
+            && group_by.expr().len() <= MAX_GROUP_COLUMNS
+            && aggregate
+                .aggr_expr()
+                .iter()
+                .all(|a| a.order_bys().is_empty() && !a.is_distinct() && a.groups_accumulator_supported());
+        if !qualifies {
+            return Ok(None);
+        }
+        let mut group_columns = Vec::new();
+        for (expr, _) in group_by.expr() {
+            let Some(column) = expr.downcast_ref::<Column>() else { return Ok(None) };
+            let data_type = input_schema.field(column.index()).data_type();
+            match data_type {
+                DataType::Dictionary(key, value) if key.is_dictionary_key_type() && **value == DataType::Utf8 => {
+                    group_columns.push((column.index(), data_type.clone()));
+                }
+                _ => return Ok(None),
+            }
+        }
+        let arguments = aggregate_expressions(aggregate.aggr_expr(), aggregate.mode(), 0)?;
+        Ok(Some(DictionaryAggregateExec {
+            input: Arc::clone(aggregate.input()),
+            group_columns,
+            aggregates: aggregate.aggr_expr().to_vec(),
+            filters: aggregate.filter_expr().to_vec(),
+            arguments,
+            schema: aggregate.schema(),
+            properties: Arc::clone(aggregate.properties()),
+            final_values: aggregate.mode().output_mode() == AggregateOutputMode::Final,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+}
+
+impl DisplayAs for DictionaryAggregateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let groups: Vec<_> =
+            self.group_columns.iter().map(|(i, _)| self.input.schema().field(*i).name().clone()).collect();
+        let aggregates: Vec<_> = self.aggregates.iter().map(|a| a.name().to_owned()).collect();
+        let mode = if self.final_values { "Single" } else { "Partial" };
+        write!(f, "DictionaryAggregateExec: mode={mode}, gby=[{}], aggr=[{}]", groups.join(", "), aggregates.join(", "))
+    }
+}
+
+impl ExecutionPlan for DictionaryAggregateExec {
+    fn name(&self) -> &str {
+        "DictionaryAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        let arguments = self.arguments.iter().flatten().cloned();
+        let filters = self.filters.iter().flatten().cloned();
+        apply_expression_roots(arguments.chain(filters).collect::<Vec<_>>().iter(), f)
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal("DictionaryAggregateExec has one input".into()));
+        }
+        let input = children.remove(0);
+        if input.schema() != self.input.schema() {
+            return Err(DataFusionError::Internal("DictionaryAggregateExec's new input changes the schema".into()));
+        }
+        Ok(Arc::new(DictionaryAggregateExec {
+            input,
+            group_columns: self.group_columns.clone(),
+            aggregates: self.aggregates.clone(),
+            filters: self.filters.clone(),
+            arguments: self.arguments.clone(),
+            schema: Arc::clone(&self.schema),
+            properties: Arc::clone(&self.properties),
+            final_values: self.final_values,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, Arc::clone(&context))?;
+        let reservation =
+            MemoryConsumer::new(format!("DictionaryAggregateExec[{partition}]")).register(context.memory_pool());
+        let accumulators = self.aggregates.iter().map(|a| a.create_groups_accumulator()).collect::<Result<Vec<_>>>()?;
+        let groups = Groups::new(self.group_columns.clone());
+        let state = PartialState {
+            input: Some(input),
+            groups,
+            accumulators,
+            arguments: self.arguments.clone(),
+            filters: self.filters.clone(),
+            schema: Arc::clone(&self.schema),
+            reservation,
+            final_values: self.final_values,
+            early_emits: MetricBuilder::new(&self.metrics).counter("early_emits", partition),
+        };
+        let stream = futures_util::stream::try_unfold(state, |mut state| async move {
+            match state.next_output().await? {
+                Some(batch) => Ok(Some((batch, state))),
+                None => Ok(None),
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream)))
+    }
+}
+
+/// One partition's partial aggregation while it runs.
+struct PartialState {
+    /// `None` once the input is done.
+    input: Option<SendableRecordBatchStream>,
+    groups: Groups,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    schema: SchemaRef,
+    reservation: MemoryReservation,
+    final_values: bool,
+    /// Times the partial states were emitted before the input ended (the memory pool refused more).
+    early_emits: Count,
+}
+
+impl PartialState {
+    /// Reads input until the memory pool refuses more (then emits the partial states so far) or the input ends
+    /// (then emits the rest); `None` when nothing is left.
+    async fn next_output(&mut self) -> Result<Option<RecordBatch>> {
+        while let Some(input) = self.input.as_mut() {
+            match input.next().await {
+                Some(batch) => {
+                    self.aggregate(&batch?)?;
+                    let size = self.groups.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
+                    if let Err(refused) = self.reservation.try_resize(size) {
+                        if self.final_values {
+                            // One stage: its groups cannot be emitted in parts.
+                            return Err(refused);
+                        }
+                        if self.groups.len() > 0 {
+                            self.early_emits.add(1);
+                            return self.emit().map(Some);
+                        }
+                    }
+                }
+                None => self.input = None,
+            }
+        }
+        if self.groups.len() == 0 {
+            self.reservation.free();
+            return Ok(None);
+        }
+        self.emit().map(Some)
+    }
+
+    fn aggregate(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.groups.intern(batch)?;
+        let (indices, total) = (&self.groups.rows, self.groups.len());
+        let values = evaluate_many(&self.arguments, batch)?;
+        for ((accumulator, values), filter) in self.accumulators.iter_mut().zip(&values).zip(&self.filters) {
+            let filter =
+                filter.as_ref().map(|f| f.evaluate(batch).and_then(|v| v.into_array(batch.num_rows()))).transpose()?;
+            let filter: Option<&BooleanArray> = filter.as_ref().map(|f| f.as_boolean());
+            accumulator.update_batch(values, indices, filter, total)?;
+        }
+        Ok(())
+    }
+
+    /// Every group's keys and partial states (or final values), in the replaced aggregation's schema; the groups
+    /// start again.
+    fn emit(&mut self) -> Result<RecordBatch> {
+        let mut columns = self.groups.emit()?;
+        for accumulator in &mut self.accumulators {
+            if self.final_values {
+                columns.push(accumulator.evaluate(EmitTo::All)?);
+            } else {
+                columns.extend(accumulator.state(EmitTo::All)?);
+            }
+        }
+        let size = self.accumulators.iter().map(|a| a.size()).sum::<usize>();
+        self.reservation.shrink(self.reservation.size().saturating_sub(size));
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+/// A null name's number.
+const NULL_NAME: u32 = u32::MAX;
+
+/// One group column's names: name → number, and the names by number.
+type Numbering = (HashMap<Box<str>, u32>, Vec<Box<str>>);
+
+/// The groups seen so far: each group column's names numbered in order of appearance, and each group's numbers.
+struct Groups {
+    columns: Vec<(usize, DataType)>,
+    /// Per group column: name → number, and the names by number.
+    names: Vec<Numbering>,
+    /// Group index of each pair of numbers (first << 32 | second; the second is 0 with one group column).
+    index: HashMap<u64, usize, foldhash::fast::RandomState>,
+    /// Each group's numbers, by group index.
+    keys: Vec<(u32, u32)>,
+    /// The current batch's row → group index.
+    rows: Vec<usize>,
+    /// Scratch: the current batch's dictionary entry → number, per group column.
+    numbered: Vec<Vec<u32>>,
+    name_bytes: usize,
+}
+
+impl Groups {
+    fn new(columns: Vec<(usize, DataType)>) -> Self {
+        let n = columns.len();
+        Groups {
+            columns,
+            names: (0..n).map(|_| Default::default()).collect(),
+            index: HashMap::default(),
+            keys: Vec::new(),
+            rows: Vec::new(),
+            numbered: vec![Vec::new(); n],
+            name_bytes: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Bytes held (approximately: the maps' entries and the names).
+    fn size(&self) -> usize {
+        let names: usize = self.names.iter().map(|(m, v)| m.capacity() * 24 + v.capacity() * 16).sum();
+        names + self.name_bytes + self.index.capacity() * 24 + self.keys.capacity() * 8 + self.rows.capacity() * 8
+    }
+
+    /// The group index of every row of `batch` into `rows`, new groups added.
+    fn intern(&mut self, batch: &RecordBatch) -> Result<()> {
+        let rows = batch.num_rows();
+        let mut keys: Vec<Vec<usize>> = Vec::with_capacity(self.columns.len());
+        for (c, (index, _)) in self.columns.iter().enumerate() {
+            let array = batch.column(*index);
+            let dictionary = array.as_any_dictionary_opt().ok_or_else(|| {
+                DataFusionError::Internal(format!("DictionaryAggregateExec: column {index} is not a dictionary"))
+            })?;
+            let values: &StringArray = dictionary.values().as_string_opt::<i32>().ok_or_else(|| {
+                DataFusionError::Internal(format!("DictionaryAggregateExec: column {index} is not of strings"))
+            })?;
+            let (map, by_number) = &mut self.names[c];
+            let numbered = &mut self.numbered[c];
+            numbered.clear();
+            for i in 0..values.len() {
+                if values.is_null(i) {
+                    numbered.push(NULL_NAME);
+                    continue;
+                }
+                let name = values.value(i);
+                let number = match map.get(name) {
+                    Some(&n) => n,
+                    None => {
+                        let n = u32::try_from(by_number.len())
+                            .ok()
+                            .filter(|&n| n != NULL_NAME)
+                            .ok_or_else(|| DataFusionError::ResourcesExhausted("too many names to group by".into()))?;
+                        map.insert(name.into(), n);
+                        by_number.push(name.into());
+                        self.name_bytes += 2 * name.len();
+                        n
+                    }
+                };
+                numbered.push(number);
+            }
+            // An empty dictionary (a batch of no rows, or of null keys only) has no entry to point at.
+            let mut row_keys =
+                if values.is_empty() { vec![usize::MAX; array.len()] } else { dictionary.normalized_keys() };
+            if let Some(nulls) = array.logical_nulls() {
+                // A null row's key may point anywhere: mark it past the dictionary (a null name).
+                for (k, valid) in row_keys.iter_mut().zip(nulls.iter()) {
+                    if !valid {
+                        *k = usize::MAX;
+                    }
+                }
+            }
+            keys.push(row_keys);
+        }
+        self.rows.clear();
+        self.rows.reserve(rows);
+        let number = |c: usize, k: usize, numbered: &[Vec<u32>]| numbered[c].get(k).copied().unwrap_or(NULL_NAME);
+        if keys.len() == 1 {
+            // One column: a row's group follows from its dictionary entry, so look each entry up once — when a
+            // row first uses it (an entry no row uses makes no group).
+            let entries = self.numbered[0].len();
+            let mut group_of_entry = vec![usize::MAX; entries + 1];
+            for &k in &keys[0] {
+                let entry = k.min(entries);
+                let mut group = group_of_entry[entry];
+                if group == usize::MAX {
+                    group = self.group_of(number(0, entry, &self.numbered), 0);
+                    group_of_entry[entry] = group;
+                }
+                self.rows.push(group);
+            }
+        } else {
+            for (&k0, &k1) in keys[0].iter().zip(&keys[1]) {
+                let first = number(0, k0, &self.numbered);
+                let second = number(1, k1, &self.numbered);
+                let group = self.group_of(first, second);
+                self.rows.push(group);
+            }
+        }
+        Ok(())
+    }
+
+    /// The group index of a pair of numbers, a new group if it is new.
+    fn group_of(&mut self, first: u32, second: u32) -> usize {
+        let next = self.keys.len();
+        let group = *self.index.entry(u64::from(first) << 32 | u64::from(second)).or_insert(next);
+        if group == next {
+            self.keys.push((first, second));
+        }
+        group
+    }
+
+    /// The group columns of every group (in the input's dictionary types); the groups start again.
+    fn emit(&mut self) -> Result<Vec<ArrayRef>> {
+        let mut out = Vec::with_capacity(self.columns.len());
+        for (c, (_, data_type)) in self.columns.iter().enumerate() {
+            let by_number = &self.names[c].1;
+            let strings: StringArray = self
+                .keys
+                .iter()
+                .map(|k| {
+                    let n = if c == 0 { k.0 } else { k.1 };
+                    by_number.get(n as usize).map(|s| &**s)
+                })
+                .collect();
+            out.push(arrow::compute::cast(&strings, data_type)?);
+        }
+        self.index.clear();
+        self.keys.clear();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! The rule against DataFusion itself: the same queries over the same random batches (dictionaries that differ
+//! from batch to batch, names chosen to collide, nulls in keys and in dictionaries, empty partitions) answer the
+//! same with and without it — and the plans show it was used, so the comparison is not vacuous.
+
+use std::sync::Arc;
+
+use arrow::array::{DictionaryArray, Float64Array, Int32Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation, UnboundedMemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use proptest::prelude::*;
+
+use super::DictionaryGrouping;
+
+const NAMES: [&str; 8] = ["speed", "Speed", "speed ", "", "ü", "truck-7", "truck-70", "a\u{0}b"];
+
+fn schema() -> SchemaRef {
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    Arc::new(Schema::new(vec![
+        Field::new("device", dict.clone(), true),
+        Field::new("sensor", dict, true),
+        Field::new("value", DataType::Float64, true),
+    ]))
+}
+
+/// One row: device and sensor as (dictionary entry, or None for a null key), and a value.
+type Row = (Option<u8>, Option<u8>, Option<i32>);
+
+/// A batch whose dictionaries are `dict_device`/`dict_sensor` (entries are indices into NAMES, or None for a null
+/// entry); a row's key picks an entry of its batch's dictionary.
+fn batch(dicts: &Dictionaries, rows: &[Row]) -> RecordBatch {
+    let column = |dict: &Vec<Option<u8>>, pick: &dyn Fn(&Row) -> Option<u8>| {
+        let values: StringArray = dict.iter().map(|e| e.map(|i| NAMES[i as usize % NAMES.len()])).collect();
+        // An empty dictionary: every key is null.
+        let keys: Int32Array = rows
+            .iter()
+            .map(|r| pick(r).filter(|_| !dict.is_empty()).map(|k| i32::from(k) % dict.len() as i32))
+            .collect();
+        Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).expect("keys within the dictionary"))
+    };
+    let values: Float64Array = rows.iter().map(|r| r.2.map(f64::from)).collect();
+    RecordBatch::try_new(schema(), vec![column(&dicts.0, &|r| r.0), column(&dicts.1, &|r| r.1), Arc::new(values)])
+        .expect("a batch of the schema")
+}
+
+/// What [`CappedPool`] lets a `DictionaryAggregateExec` hold.
+const CAPPED_BYTES: usize = 64 << 10;
+
+/// A pool that refuses `DictionaryAggregateExec`s more than `cap` bytes each and everything else nothing: so the
+/// partial stage meets a full pool while DataFusion's own stages do not.
+#[derive(Debug)]
+struct CappedPool {
+    cap: usize,
+    inner: UnboundedMemoryPool,
+}
+
+impl std::fmt::Display for CappedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "capped({} bytes per DictionaryAggregateExec)", self.cap)
+    }
+}
+
+impl MemoryPool for CappedPool {
+    fn name(&self) -> &str {
+        "capped"
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> datafusion::error::Result<()> {
+        if reservation.consumer().name().starts_with("DictionaryAggregateExec")
+            && reservation.size() + additional > self.cap
+        {
+            return Err(datafusion::error::DataFusionError::ResourcesExhausted("capped for the test".into()));
+        }
+        self.inner.try_grow(reservation, additional)
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+}
+
+fn context(partitions: Vec<Vec<RecordBatch>>, with_rule: bool, capped: Option<usize>) -> SessionContext {
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(cap) = capped {
+        runtime = runtime.with_memory_pool(Arc::new(CappedPool { cap, inner: UnboundedMemoryPool::default() }));
+    }
+    let config = SessionConfig::new().with_target_partitions(3).with_batch_size(64);
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime.build_arc().expect("runtime"))
+        .with_default_features();
+    if with_rule {
+        state = state.with_physical_optimizer_rule(Arc::new(DictionaryGrouping));
+    }
+    let ctx = SessionContext::new_with_state(state.build());
+    ctx.register_table("t", Arc::new(MemTable::try_new(schema(), partitions).expect("table"))).expect("register");
+    ctx
+}
+
+const QUERIES: [&str; 5] = [
+    "SELECT sensor, count(*), count(value), sum(value), min(value), max(value), avg(value) FROM t GROUP BY sensor",
+    "SELECT device, sensor, count(*), max(value), min(value) FROM t GROUP BY device, sensor",
+    "SELECT sensor, device, sum(value) FILTER (WHERE value > 0), count(*) FILTER (WHERE value IS NULL) FROM t \
+     GROUP BY sensor, device",
+    "SELECT device, count(*) AS n FROM t GROUP BY device HAVING count(*) > 1 ORDER BY n DESC, device LIMIT 3",
+    "SELECT sensor, sum(value * value), count(DISTINCT value) FROM t WHERE value IS NOT NULL GROUP BY sensor",
+];
+
+async fn answer(ctx: &SessionContext, query: &str) -> (Vec<String>, String) {
+    let frame = ctx.sql(query).await.expect("plans");
+    let plan = frame.clone().create_physical_plan().await.expect("physical plan");
+    let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string();
+    let batches = frame.collect().await.expect("runs");
+    let text = arrow::util::pretty::pretty_format_batches(&batches).expect("formats").to_string();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.sort();
+    (lines, shown)
+}
+
+/// A batch's two dictionaries (entries index NAMES; `None` is a null entry).
+type Dictionaries = (Vec<Option<u8>>, Vec<Option<u8>>);
+
+/// Partitions of batches, each its dictionaries and rows.
+fn rows_strategy() -> impl Strategy<Value = Vec<Vec<(Dictionaries, Vec<Row>)>>> {
+    let dict = proptest::collection::vec(proptest::option::weighted(0.9, 0u8..8), 0..6);
+    let row = (
+        proptest::option::weighted(0.9, 0u8..8),
+        proptest::option::weighted(0.9, 0u8..8),
+        proptest::option::weighted(0.9, -1000i32..1000),
+    );
+    let batch = ((dict.clone(), dict), proptest::collection::vec(row, 0..150));
+    proptest::collection::vec(proptest::collection::vec(batch, 0..4), 1..4)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn answers_equal_datafusions_own(partitions in rows_strategy()) {
+        let batches: Vec<Vec<RecordBatch>> =
+            partitions.iter().map(|p| p.iter().map(|(dicts, rows)| batch(dicts, rows)).collect()).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(async {
+            let (with, without) = (context(batches.clone(), true, None), context(batches, false, None));
+            for query in QUERIES {
+                let (ours, plan) = answer(&with, query).await;
+                let (theirs, their_plan) = answer(&without, query).await;
+                prop_assert!(plan.contains("DictionaryAggregateExec"), "{query}: not used:\n{plan}");
+                prop_assert!(!their_plan.contains("DictionaryAggregateExec"));
+                prop_assert_eq!(ours, theirs, "{}", query);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn other_groupings_are_left_as_planned() {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    runtime.block_on(async {
+        let ctx =
+            context(vec![vec![batch(&(vec![Some(0)], vec![Some(1)]), &[(Some(0), Some(0), Some(1))])]], true, None);
+        for query in [
+            "SELECT value, count(*) FROM t GROUP BY value",
+            "SELECT device, sensor, value, count(*) FROM t GROUP BY device, sensor, value",
+            "SELECT sensor, array_agg(value ORDER BY value) FROM t GROUP BY sensor",
+            "SELECT upper(sensor), count(*) FROM t GROUP BY upper(sensor)",
+        ] {
+            let (_, plan) = answer(&ctx, query).await;
+            assert!(!plan.contains("DictionaryAggregateExec"), "{query}:\n{plan}");
+        }
+    });
+}
+
+/// Many groups under a memory pool that refuses the partial stage: it emits early (counted in its `early_emits` metric)
+/// and the answer is still every group once.
+#[test]
+fn a_small_memory_pool_emits_early_and_the_answer_stays_whole() {
+    let groups = 3000usize;
+    let rows = groups * 4;
+    let devices: StringArray = (0..groups).map(|i| Some(format!("device-{i:05}"))).collect();
+    let keys: Int32Array = (0..rows as i32).map(|i| Some(i % groups as i32)).collect();
+    let device = Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(devices)).expect("dictionary"));
+    let sensor_keys: Int32Array = (0..rows).map(|_| Some(0)).collect();
+    let sensor = Arc::new(
+        DictionaryArray::<Int32Type>::try_new(sensor_keys, Arc::new(StringArray::from(vec!["speed"])))
+            .expect("dictionary"),
+    );
+    let value: Float64Array = (0..rows).map(|i| Some(i as f64)).collect();
+    let batch = RecordBatch::try_new(schema(), vec![device, sensor, Arc::new(value)]).expect("batch");
+    let partitions = vec![vec![batch.clone()], vec![batch]];
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    runtime.block_on(async {
+        let query = "SELECT count(*), sum(n), min(n), max(n) FROM \
+                     (SELECT device, sensor, count(*) AS n FROM t GROUP BY device, sensor)";
+        let ctx = context(partitions, true, Some(CAPPED_BYTES));
+        let plan = ctx.sql(query).await.expect("plans").create_physical_plan().await.expect("physical plan");
+        let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await.expect("runs");
+        let text = arrow::util::pretty::pretty_format_batches(&batches).expect("formats").to_string();
+        let expected = format!("|{groups}|{}|8|8|", rows * 2);
+        assert!(text.replace(' ', "").contains(&expected), "{text}");
+        let mut early = 0;
+        datafusion::physical_plan::accept(plan.as_ref(), &mut EarlyEmits(&mut early)).expect("walks");
+        assert!(early > 1, "the partial stage emitted early {early} times");
+    });
+}
+
+/// Sums the `early_emits` metric of every [`super::DictionaryAggregateExec`] in a plan.
+struct EarlyEmits<'a>(&'a mut usize);
+
+impl datafusion::physical_plan::ExecutionPlanVisitor for EarlyEmits<'_> {
+    type Error = datafusion::error::DataFusionError;
+
+    fn pre_visit(&mut self, plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Result<bool, Self::Error> {
+        if plan.name() == "DictionaryAggregateExec" {
+            *self.0 += plan.metrics().and_then(|m| m.sum_by_name("early_emits")).map_or(0, |v| v.as_usize());
+        }
+        Ok(true)
+    }
+}
