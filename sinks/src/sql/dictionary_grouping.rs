@@ -19,7 +19,7 @@
 //! as DataFusion's own partial aggregation does under pressure — so memory stays bounded whatever the number of
 //! groups. A one-stage aggregation cannot emit in parts: there the refusal is the query's error, as in DataFusion.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -208,6 +208,8 @@ impl ExecutionPlan for DictionaryAggregateExec {
             filters: self.filters.clone(),
             schema: Arc::clone(&self.schema),
             reservation,
+            batch_rows: context.session_config().batch_size().max(1),
+            pending: VecDeque::new(),
             final_values: self.final_values,
             early_emits: MetricBuilder::new(&self.metrics).counter("early_emits", partition),
         };
@@ -231,6 +233,10 @@ struct PartialState {
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     schema: SchemaRef,
     reservation: MemoryReservation,
+    /// Emitted groups go out in batches of at most this many rows (the session's batch size).
+    batch_rows: usize,
+    /// The rest of the last emission, sent before more input is read.
+    pending: VecDeque<RecordBatch>,
     final_values: bool,
     /// Times the partial states were emitted before the input ended (the memory pool refused more).
     early_emits: Count,
@@ -240,6 +246,9 @@ impl PartialState {
     /// Reads input until the memory pool refuses more (then emits the partial states so far) or the input ends
     /// (then emits the rest); `None` when nothing is left.
     async fn next_output(&mut self) -> Result<Option<RecordBatch>> {
+        if let Some(batch) = self.pending.pop_front() {
+            return Ok(Some(batch));
+        }
         while let Some(input) = self.input.as_mut() {
             match input.next().await {
                 Some(batch) => {
@@ -252,7 +261,7 @@ impl PartialState {
                         }
                         if self.groups.len() > 0 {
                             self.early_emits.add(1);
-                            return self.emit().map(Some);
+                            return self.emit();
                         }
                     }
                 }
@@ -263,7 +272,7 @@ impl PartialState {
             self.reservation.free();
             return Ok(None);
         }
-        self.emit().map(Some)
+        self.emit()
     }
 
     fn aggregate(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -279,9 +288,9 @@ impl PartialState {
         Ok(())
     }
 
-    /// Every group's keys and partial states (or final values), in the replaced aggregation's schema; the groups
-    /// start again.
-    fn emit(&mut self) -> Result<RecordBatch> {
+    /// Every group's keys and partial states (or final values), in the replaced aggregation's schema, in batches of
+    /// `batch_rows` (the first returned, the rest pending); the groups start again.
+    fn emit(&mut self) -> Result<Option<RecordBatch>> {
         let mut columns = self.groups.emit()?;
         for accumulator in &mut self.accumulators {
             if self.final_values {
@@ -290,9 +299,16 @@ impl PartialState {
                 columns.extend(accumulator.state(EmitTo::All)?);
             }
         }
-        let size = self.accumulators.iter().map(|a| a.size()).sum::<usize>();
+        let size = self.groups.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
         self.reservation.shrink(self.reservation.size().saturating_sub(size));
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+        let all = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        let mut offset = 0;
+        while offset < all.num_rows() {
+            let rows = self.batch_rows.min(all.num_rows() - offset);
+            self.pending.push_back(all.slice(offset, rows));
+            offset += rows;
+        }
+        Ok(self.pending.pop_front())
     }
 }
 
@@ -444,8 +460,13 @@ impl Groups {
                 .collect();
             out.push(arrow::compute::cast(&strings, data_type)?);
         }
-        self.index.clear();
-        self.keys.clear();
+        // The numbers meant something only to these groups: the names start again too, so that memory is bounded
+        // by what one emission holds, however many distinct names the input has.
+        // (New maps, not cleared ones: a cleared map keeps its capacity.)
+        self.index = HashMap::default();
+        self.keys = Vec::new();
+        self.names = (0..self.columns.len()).map(|_| Default::default()).collect();
+        self.name_bytes = 0;
         Ok(out)
     }
 }
