@@ -23,6 +23,11 @@ impl Names {
         id
     }
 
+    /// How many names are numbered.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
     /// The name numbered `id`.
     pub fn get(&self, id: u32) -> &str {
         &self.names[id as usize]

@@ -44,6 +44,8 @@ use datafusion::physical_plan::{
 };
 use futures_util::StreamExt;
 
+use crate::names::Names;
+
 /// The plan rule: partial aggregations grouped by one or two dictionary columns become [`DictionaryAggregateExec`].
 #[derive(Debug, Default)]
 pub(super) struct DictionaryGrouping;
@@ -315,14 +317,11 @@ impl PartialState {
 /// A null name's number.
 const NULL_NAME: u32 = u32::MAX;
 
-/// One group column's names: name → number, and the names by number.
-type Numbering = (HashMap<Box<str>, u32>, Vec<Box<str>>);
-
 /// The groups seen so far: each group column's names numbered in order of appearance, and each group's numbers.
 struct Groups {
     columns: Vec<(usize, DataType)>,
-    /// Per group column: name → number, and the names by number.
-    names: Vec<Numbering>,
+    /// Per group column, its names numbered.
+    names: Vec<Names>,
     /// Group index of each pair of numbers (first << 32 | second; the second is 0 with one group column).
     index: HashMap<u64, usize, foldhash::fast::RandomState>,
     /// Each group's numbers, by group index.
@@ -354,7 +353,8 @@ impl Groups {
 
     /// Bytes held (approximately: the maps' entries and the names).
     fn size(&self) -> usize {
-        let names: usize = self.names.iter().map(|(m, v)| m.capacity() * 24 + v.capacity() * 16).sum();
+        // A name costs an entry in the map and one in the list (~40 bytes) besides its two copies (`name_bytes`).
+        let names: usize = self.names.iter().map(|n| n.len() * 40).sum();
         names + self.name_bytes + self.index.capacity() * 24 + self.keys.capacity() * 8 + self.rows.capacity() * 8
     }
 
@@ -370,7 +370,7 @@ impl Groups {
             let values: &StringArray = dictionary.values().as_string_opt::<i32>().ok_or_else(|| {
                 DataFusionError::Internal(format!("DictionaryAggregateExec: column {index} is not of strings"))
             })?;
-            let (map, by_number) = &mut self.names[c];
+            let names = &mut self.names[c];
             let numbered = &mut self.numbered[c];
             numbered.clear();
             for i in 0..values.len() {
@@ -379,19 +379,14 @@ impl Groups {
                     continue;
                 }
                 let name = values.value(i);
-                let number = match map.get(name) {
-                    Some(&n) => n,
-                    None => {
-                        let n = u32::try_from(by_number.len())
-                            .ok()
-                            .filter(|&n| n != NULL_NAME)
-                            .ok_or_else(|| DataFusionError::ResourcesExhausted("too many names to group by".into()))?;
-                        map.insert(name.into(), n);
-                        by_number.push(name.into());
-                        self.name_bytes += 2 * name.len();
-                        n
-                    }
-                };
+                let known = names.len();
+                if known >= NULL_NAME as usize {
+                    return Err(DataFusionError::ResourcesExhausted("too many names to group by".into()));
+                }
+                let number = names.intern(name);
+                if number as usize == known {
+                    self.name_bytes += 2 * name.len();
+                }
                 numbered.push(number);
             }
             // An empty dictionary (a batch of no rows, or of null keys only) has no entry to point at.
@@ -449,13 +444,13 @@ impl Groups {
     fn emit(&mut self) -> Result<Vec<ArrayRef>> {
         let mut out = Vec::with_capacity(self.columns.len());
         for (c, (_, data_type)) in self.columns.iter().enumerate() {
-            let by_number = &self.names[c].1;
+            let names = &self.names[c];
             let strings: StringArray = self
                 .keys
                 .iter()
                 .map(|k| {
                     let n = if c == 0 { k.0 } else { k.1 };
-                    by_number.get(n as usize).map(|s| &**s)
+                    (n != NULL_NAME).then(|| names.get(n))
                 })
                 .collect();
             out.push(arrow::compute::cast(&strings, data_type)?);
