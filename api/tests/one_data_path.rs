@@ -498,8 +498,16 @@ impl Weir {
         format!("--archive-flush-rows {flush_rows} --workers {workers} {}", seal.join(" "))
     }
 
-    /// SIGTERM to every process, each must exit 0.
+    /// SIGTERM to every process, each must exit 0 — having decided everything acknowledged, and (in a cluster)
+    /// with every process's statistics stopping together, not at a timeout.
     fn stop(&mut self) -> Result<(), String> {
+        const UNCLEAN: [&str; 3] =
+            ["did not catch up with the cluster", "did not stop within", "not every process of the cluster announced"];
+        let count = |log: &PathBuf| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            UNCLEAN.iter().map(|warning| text.matches(warning).count()).sum::<usize>()
+        };
+        let before: Vec<usize> = self.logs.iter().map(count).collect();
         for s in &self.servers {
             s.sigterm();
         }
@@ -508,6 +516,12 @@ impl Weir {
             match s.wait_exit(Duration::from_secs(30)) {
                 Some(status) if status.success() => {}
                 other => problems.push(format!("process {p} after SIGTERM: {other:?}")),
+            }
+        }
+        for (p, log) in self.logs.iter().enumerate() {
+            if count(log) > before.get(p).copied().unwrap_or(0) {
+                problems
+                    .push(format!("process {p} stopped at a timeout, not together (one of {UNCLEAN:?} in its log)"));
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }

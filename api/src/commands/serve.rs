@@ -627,6 +627,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
     tokio::spawn(async move {
         signal.await;
+        STOPPING.store(true, std::sync::atomic::Ordering::Release);
         let _ = stop.send(true);
     });
     let stopping = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -733,15 +734,26 @@ fn cluster_config(args: &ServeArgs) -> anyhow::Result<Option<ClusterConfig>> {
     })
 }
 
+/// Set once a stop signal has been received: see [`stop_with_the_cluster`].
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A timely cluster stops as a whole: when a peer process dies, timely's network threads panic (and a worker that
 /// panics leaves the cluster's progress stuck). On a panic in a `timely:` thread Weir then exits
 /// (status 70) instead of serving statistics that can no longer make progress; restart every process, and each
 /// recovers from its own log.
+///
+/// Once this process is stopping (SIGTERM/SIGINT received) a failed `timely:` thread no longer exits: the peers are
+/// stopping too, and one that has already left closed its connections. The stop goes on, so the archive is
+/// flushed and the log closed.
 fn stop_with_the_cluster() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        default(info);
         let timely = std::thread::current().name().is_some_and(|n| n.starts_with("timely:"));
+        if timely && STOPPING.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::warn!(panic = %info, "a cluster connection failed while stopping (a peer has left); stopping on");
+            return;
+        }
+        default(info);
         if !timely {
             return;
         }

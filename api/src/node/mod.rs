@@ -446,8 +446,9 @@ impl Node {
     }
 
     /// Stops the node in order: background tasks; the statistics, once they have decided everything acknowledged
-    /// (at most 10 s); the archiver, which flushes what they decided; the log. Transports must have stopped and dropped their handles to the services first (a handle still held
-    /// only delays the statistics' stop to when it is dropped).
+    /// (at most 10 s) and, in a cluster, once every process has (a barrier, see `StatsEngine::stop`); the archiver,
+    /// which flushes what they decided; the log. Transports must have stopped and dropped their handles to the
+    /// services first (a handle still held only delays the statistics' stop to when it is dropped).
     pub async fn shutdown(self) {
         let Node { ingest, stats, sql, readiness, gauges, wal, archiver, tasks, rejected, sealer_lock, .. } = self;
         for task in tasks {
@@ -460,8 +461,10 @@ impl Node {
         // A clean stop leaves the archive complete: the statistics first decide what was acknowledged (bounded: in
         // a cluster a peer that is gone holds them back; what is left is archived after the next start). In a
         // cluster every process waits until it has processed what *every* process had acknowledged: the dataflow
-        // runs on until then, so a peer's last writes are decided here too before any process stops its workers
-        // (a process that stopped first left the others' frontier stuck, and they stopped 10 s later, in error).
+        // runs on until then, so a peer's last writes are decided here too. Each process's wait is answered by every
+        // worker of the cluster, so no process's workers leave before every process has finished its wait: the
+        // statistics' stop is a barrier. (Without it, a process that stopped first left a slower one's wait
+        // unanswered: it stopped 10 s later with its last writes undecided, and failed on the closed connections.)
         let deadline = tokio::time::Instant::now() + SHUTDOWN_CATCH_UP;
         let targets = match stats.archive_states(false).await {
             Ok(states) if !states.is_empty() => states.iter().map(|s| (s.process, s.durable)).collect(),

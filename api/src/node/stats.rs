@@ -252,6 +252,7 @@ fn unexpected(query: &str, answer: &Answer) -> ServiceError {
         Answer::Sensors(_) => "Sensors",
         Answer::Changes { .. } => "Changes",
         Answer::Archive(_) => "Archive",
+        Answer::Stopping => "Stopping",
     };
     ServiceError::internal(format!("the statistics answered {query} with {kind}"))
 }

@@ -24,6 +24,7 @@ use weir_operators::Time;
 use super::changes::RecentChanges;
 use super::positions::Positions;
 use super::query::{Answer, ArchiveState, Query, WorkerTraces};
+use super::stopping::StopBarrier;
 
 /// A query on its way to every worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +119,7 @@ pub fn query_dataflow(
     waiting: Rc<RefCell<Waiting>>,
     archive: ArchiveAnswerer,
     changes: Rc<RefCell<RecentChanges>>,
+    stopping: Arc<StopBarrier>,
 ) -> (InputHandleVec<Time, QueryRequest>, ProbeHandle<Time>) {
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
@@ -156,6 +158,10 @@ pub fn query_dataflow(
                     }
                     let answer = match request.query {
                         Query::Archive { flush } => archive.answer(flush, &positions),
+                        Query::Stopping { process } => {
+                            stopping.announce(process);
+                            Answer::Stopping
+                        }
                         Query::Changes { since, filter } => {
                             let changed = changes.borrow_mut().changed_since(since, &filter);
                             let windows = traces.borrow_mut().windows_at(&changed.keys);

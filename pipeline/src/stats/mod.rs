@@ -14,6 +14,7 @@ mod changes;
 mod feed;
 mod positions;
 mod query;
+mod stopping;
 mod verdicts;
 
 use std::cell::RefCell;
@@ -42,6 +43,7 @@ use crate::wal::{LogTail, WalReader};
 use answers::{ArchiveAnswerer, QueryRequest, Waiting, query_dataflow};
 use feed::{Feeder, LogFeed, Mark};
 use positions::Positions;
+use stopping::{STOP_BARRIER_WAIT, StopBarrier};
 use verdicts::verdicts_to_their_process;
 pub use verdicts::{DedupVerdicts, Verdicts};
 
@@ -228,6 +230,7 @@ impl StatsEngine {
         let live = Arc::new(LiveState::new(workers));
         let names = options.device_names.clone();
         let sketch_widths = options.sketch_widths.clone();
+        let processes = options.processes();
         let context = WorkerContext {
             live: live.clone(),
             tail,
@@ -236,6 +239,7 @@ impl StatsEngine {
             processed: processed.clone(),
             loaded: loaded.clone(),
             stop: stop.clone(),
+            stopping: Arc::new(StopBarrier::new(processes)),
             start_through: start.through,
             live_from: start.live_from,
             snapshot: Mutex::new(Some(start.snapshot)),
@@ -343,8 +347,9 @@ impl StatsEngine {
         }
     }
 
-    /// Stops the workers and waits for them (at most 10 s: in a cluster, a peer that is gone can keep timely's
-    /// network threads waiting; the process is stopping anyway).
+    /// Stops the workers and waits for them. In a cluster the workers leave together, once every process has
+    /// called `stop` (see [`stopping`]; at most [`STOP_BARRIER_WAIT`]), and the wait here is bounded (10 s more: a
+    /// peer that is gone can keep timely's network threads waiting; the process is stopping anyway).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
         let guards = self.guards.lock().map(|mut g| g.take()).unwrap_or(None);
@@ -358,7 +363,7 @@ impl StatsEngine {
             }
             let _ = done.send(());
         });
-        if finished.recv_timeout(Duration::from_secs(10)).is_err() {
+        if finished.recv_timeout(STOP_BARRIER_WAIT + Duration::from_secs(10)).is_err() {
             tracing::warn!("the statistics workers did not stop within 10 s; leaving them");
         }
     }
@@ -442,6 +447,8 @@ struct WorkerContext {
     /// Per local worker: its frontier has passed every snapshot round.
     loaded: Arc<Vec<AtomicBool>>,
     stop: Arc<AtomicBool>,
+    /// Which processes have announced their stop (the workers leave together, see [`stopping`]).
+    stopping: Arc<StopBarrier>,
     start_through: u64,
     /// Where the live windows start (see [`StartFrom::live_from`]).
     live_from: Option<i64>,
@@ -517,7 +524,8 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             control: ctx.archive.clone(),
             start_through: ctx.start_through,
         };
-        query_dataflow(scope, traces.clone(), positions.clone(), waiting.clone(), archive, recent.clone())
+        let stopping = ctx.stopping.clone();
+        query_dataflow(scope, traces.clone(), positions.clone(), waiting.clone(), archive, recent.clone(), stopping)
     });
 
     // The first worker of each process reads this process's log and feeds it, and takes this process's queries;
@@ -557,6 +565,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     // complete; alone, it feeds a round only when there is something to read.
     let in_cluster = ctx.options.processes() > 1;
     let mut last_tick = std::time::Instant::now();
+    // When the stop was first seen: the workers leave once every process has announced its stop, or after
+    // STOP_BARRIER_WAIT.
+    let mut stop_seen: Option<Instant> = None;
     loop {
         if let Some(feed) = feed.as_mut() {
             let durable = *ctx.tail.durable.borrow();
@@ -616,7 +627,21 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
         }
         drop(positions);
         if ctx.stop.load(Ordering::Acquire) {
-            break;
+            let seen = *stop_seen.get_or_insert_with(|| {
+                if let Some(queries) = queries.as_mut() {
+                    announce_stop(queries, clock, &mut next_query, worker.index(), ctx.options.process());
+                }
+                Instant::now()
+            });
+            if ctx.stopping.passed() || seen.elapsed() >= STOP_BARRIER_WAIT {
+                if !ctx.stopping.passed() {
+                    tracing::warn!(
+                        waited = ?STOP_BARRIER_WAIT,
+                        "not every process of the cluster announced its stop; the statistics stop anyway"
+                    );
+                }
+                break;
+            }
         }
     }
     // Stopping does not wait for the dataflows to drain: in a cluster the other processes' inputs may stay open
@@ -624,6 +649,23 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     for dataflow in worker.installed_dataflows() {
         worker.drop_dataflow(dataflow);
     }
+}
+
+/// Tells every worker of the cluster that this process stops ([`Query::Stopping`]); nobody waits for the answer.
+fn announce_stop(
+    queries: &mut InputHandleVec<u64, QueryRequest>,
+    clock: &crate::clock::WriteClock,
+    next_query: &mut u64,
+    requester: usize,
+    process: u32,
+) {
+    queries.advance_to(clock.next());
+    *next_query += 1;
+    let wait_micros = u64::try_from(STOP_BARRIER_WAIT.as_micros()).unwrap_or(u64::MAX);
+    let query = Query::Stopping { process };
+    queries.send(QueryRequest { id: *next_query, requester, process, after: 0, wait_micros, query });
+    queries.advance_to(clock.next());
+    queries.flush();
 }
 
 /// Puts the queries asked of this process into the query dataflow (at one new time), remembering where each

@@ -28,6 +28,9 @@ pub enum Query {
     /// Where each process's archive stands (answered by each process's first worker, not from the statistics);
     /// with `flush`, each process is also asked to flush what its log holds now.
     Archive { flush: bool },
+    /// `process` stops its statistics: every worker records it, and leaves once every process has (see
+    /// [`stopping`](super::stopping)). Answered with [`Answer::Stopping`] by every worker.
+    Stopping { process: u32 },
 }
 
 /// One process's archive, as its first worker answers [`Query::Archive`].
@@ -63,6 +66,8 @@ pub enum Answer {
         through: u64,
         resync: bool,
     },
+    /// A worker has recorded a [`Query::Stopping`].
+    Stopping,
 }
 
 impl Answer {
@@ -89,6 +94,7 @@ impl Answer {
                     *through = (*through).min(other);
                     *resync |= behind;
                 }
+                (Answer::Stopping, Answer::Stopping) => {}
                 _ => {}
             }
         }
@@ -105,6 +111,7 @@ impl Answer {
             }
             Answer::Archive(a) => a.sort_by_key(|s| s.process),
             Answer::Changes { windows, .. } => windows.sort_by_key(|(k, _)| *k),
+            Answer::Stopping => {}
         }
         Some(out)
     }
@@ -149,6 +156,7 @@ impl WorkerTraces {
             // Not the statistics' alone to answer: see `answers`.
             Query::Archive { .. } => Answer::Archive(Vec::new()),
             Query::Changes { .. } => Answer::Changes { windows: Vec::new(), through: u64::MAX, resync: false },
+            Query::Stopping { .. } => Answer::Stopping,
         }
     }
 }

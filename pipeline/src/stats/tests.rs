@@ -862,6 +862,53 @@ fn a_cross_process_verdict_survives_restarts_in_any_order_with_skewed_clocks() {
     }
 }
 
+/// A cluster's statistics stop together. Process 0 is told to stop first; process 1 then writes and waits for its
+/// statistics to include the write — answered by every worker, process 0's too — before it stops. (Process 0's
+/// workers used to leave at once: process 1's wait was never answered, as in a clean stop of a cluster where one
+/// process finished its own wait before the others asked theirs.) Process 0's stop waits for process 1's, within
+/// the barrier's bound.
+#[test]
+fn a_cluster_stops_together_so_a_slower_process_still_gets_its_answers() {
+    let (dirs, wals) = empty_wals(2);
+    let engines = start_cluster(&dirs, &wals, |_| StatsOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let wait = Duration::from_secs(3);
+    let mut engines = engines.into_iter();
+    let (first, second) = (engines.next().unwrap(), engines.next().unwrap());
+    std::thread::scope(|scope| {
+        let stopping = scope.spawn(move || {
+            let started = std::time::Instant::now();
+            first.stop();
+            started.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let written = wals[1].1.append_blocking(&batch_of(&[(1, 0, 1_795_000_000_000_000, 5.0)])).unwrap();
+        let answer = rt.block_on(second.query_at(Query::Devices, 1, written, wait));
+        assert!(answer.is_ok(), "asked after process 0 began to stop: {answer:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        second.stop();
+        let second_stopped = started.elapsed();
+        let first_stopped = stopping.join().unwrap();
+        assert!(first_stopped >= Duration::from_millis(700), "process 0 waited for process 1: {first_stopped:?}");
+        assert!(
+            first_stopped < STOP_BARRIER_WAIT,
+            "process 0 left at the barrier, not at its bound: {first_stopped:?}"
+        );
+        assert!(second_stopped < Duration::from_secs(2), "process 1 found every process stopping: {second_stopped:?}");
+    });
+}
+
+/// Alone, a process passes the stop barrier at once.
+#[test]
+fn one_process_stops_at_once() {
+    let (_dirs, wals) = empty_wals(1);
+    let engine = StatsEngine::start(wals[0].0.tail(), test_sensors(), StatsOptions::default()).unwrap();
+    let started = std::time::Instant::now();
+    engine.stop();
+    assert!(started.elapsed() < Duration::from_secs(2), "stopped in {:?}", started.elapsed());
+}
+
 /// `PROPTEST_CASES` if set (to run many more cases: `PROPTEST_CASES=2000 cargo test …`), else `default`.
 fn cases_or(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
