@@ -30,6 +30,7 @@ mod completeness;
 mod dictionary_grouping;
 mod pg_catalog;
 mod rejected;
+mod scan_in_pieces;
 mod scan_time;
 mod stream;
 mod threads;
@@ -598,6 +599,9 @@ impl SqlArchive {
             .with_default_catalog_and_schema(pg_catalog::CATALOG, "public")
             .with_information_schema(true);
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        // A sealed day is one file of a few MiB (DataFusion reads files under 10 MiB on one partition): split it.
+        config.options_mut().optimizer.repartition_file_min_size =
+            scan_in_pieces::PIECE_BYTES_WITHOUT_STATISTICS as usize;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         pg_catalog::install(&ctx, self.limits.timeout)?;
         for function in bounded::bounded_string_functions(self.limits.memory_bytes) {
@@ -652,9 +656,11 @@ impl SqlArchive {
         for (width, days) in weir_operators::Width::ALL.into_iter().zip(rolled) {
             register_windows(&ctx, &self.location, width, days).await?;
         }
-        // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers.
+        // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers, and large
+        // files scanned in pieces that the partitions share.
         Ok(SessionStateBuilder::new_from_existing(ctx.state())
             .with_physical_optimizer_rule(Arc::new(dictionary_grouping::DictionaryGrouping))
+            .with_physical_optimizer_rule(Arc::new(scan_in_pieces::ScanInPieces::default()))
             .build())
     }
 }
