@@ -659,7 +659,7 @@ impl SqlArchive {
         // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers, and large
         // files scanned in pieces that the partitions share.
         Ok(SessionStateBuilder::new_from_existing(ctx.state())
-            .with_physical_optimizer_rule(Arc::new(dictionary_grouping::DictionaryGrouping))
+            .with_physical_optimizer_rule(Arc::new(dictionary_grouping::DictionaryGrouping::default()))
             .with_physical_optimizer_rule(Arc::new(scan_in_pieces::ScanInPieces::default()))
             .build())
     }

@@ -90,7 +90,8 @@ impl MemoryPool for CappedPool {
     }
 }
 
-fn context(partitions: Vec<Vec<RecordBatch>>, with_rule: bool, capped: Option<usize>) -> SessionContext {
+/// A session over `partitions`; `rule`: the rule's shortest run (`None`: without the rule).
+fn context(partitions: Vec<Vec<RecordBatch>>, rule: Option<usize>, capped: Option<usize>) -> SessionContext {
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(cap) = capped {
         runtime = runtime.with_memory_pool(Arc::new(CappedPool { cap, inner: UnboundedMemoryPool::default() }));
@@ -100,8 +101,8 @@ fn context(partitions: Vec<Vec<RecordBatch>>, with_rule: bool, capped: Option<us
         .with_config(config)
         .with_runtime_env(runtime.build_arc().expect("runtime"))
         .with_default_features();
-    if with_rule {
-        state = state.with_physical_optimizer_rule(Arc::new(DictionaryGrouping));
+    if let Some(min_run_rows) = rule {
+        state = state.with_physical_optimizer_rule(Arc::new(DictionaryGrouping { min_run_rows }));
     }
     let ctx = SessionContext::new_with_state(state.build());
     ctx.register_table("t", Arc::new(MemTable::try_new(schema(), partitions).expect("table"))).expect("register");
@@ -139,7 +140,14 @@ fn rows_strategy() -> impl Strategy<Value = Vec<Vec<(Dictionaries, Vec<Row>)>>> 
         proptest::option::weighted(0.9, 0u8..8),
         proptest::option::weighted(0.9, -1000i32..1000),
     );
-    let batch = ((dict.clone(), dict), proptest::collection::vec(row, 0..150));
+    // Rows sorted by their keys (as the archive's are) make runs of one group.
+    let rows = (proptest::collection::vec(row, 0..150), any::<bool>()).prop_map(|(mut rows, sorted)| {
+        if sorted {
+            rows.sort_by_key(|r| (r.0, r.1));
+        }
+        rows
+    });
+    let batch = ((dict.clone(), dict), rows);
     proptest::collection::vec(proptest::collection::vec(batch, 0..4), 1..4)
 }
 
@@ -147,12 +155,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn answers_equal_datafusions_own(partitions in rows_strategy()) {
+    fn answers_equal_datafusions_own(
+        partitions in rows_strategy(),
+        min_run in prop_oneof![Just(1usize), Just(2), Just(5), Just(usize::MAX)],
+    ) {
         let batches: Vec<Vec<RecordBatch>> =
             partitions.iter().map(|p| p.iter().map(|(dicts, rows)| batch(dicts, rows)).collect()).collect();
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         runtime.block_on(async {
-            let (with, without) = (context(batches.clone(), true, None), context(batches, false, None));
+            let (with, without) = (context(batches.clone(), Some(min_run), None), context(batches, None, None));
             for query in QUERIES {
                 let (ours, plan) = answer(&with, query).await;
                 let (theirs, their_plan) = answer(&without, query).await;
@@ -170,7 +181,7 @@ fn other_groupings_are_left_as_planned() {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     runtime.block_on(async {
         let ctx =
-            context(vec![vec![batch(&(vec![Some(0)], vec![Some(1)]), &[(Some(0), Some(0), Some(1))])]], true, None);
+            context(vec![vec![batch(&(vec![Some(0)], vec![Some(1)]), &[(Some(0), Some(0), Some(1))])]], Some(1), None);
         for query in [
             "SELECT value, count(*) FROM t GROUP BY value",
             "SELECT device, sensor, value, count(*) FROM t GROUP BY device, sensor, value",
@@ -204,28 +215,55 @@ fn a_small_memory_pool_emits_early_and_the_answer_stays_whole() {
     runtime.block_on(async {
         let query = "SELECT count(*), sum(n), min(n), max(n) FROM \
                      (SELECT device, sensor, count(*) AS n FROM t GROUP BY device, sensor)";
-        let ctx = context(partitions, true, Some(CAPPED_BYTES));
+        let ctx = context(partitions, Some(usize::MAX), Some(CAPPED_BYTES));
         let plan = ctx.sql(query).await.expect("plans").create_physical_plan().await.expect("physical plan");
         let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await.expect("runs");
         let text = arrow::util::pretty::pretty_format_batches(&batches).expect("formats").to_string();
         let expected = format!("|{groups}|{}|8|8|", rows * 2);
         assert!(text.replace(' ', "").contains(&expected), "{text}");
-        let mut early = 0;
-        datafusion::physical_plan::accept(plan.as_ref(), &mut EarlyEmits(&mut early)).expect("walks");
+        let early = metric(plan.as_ref(), "early_emits");
         assert!(early > 1, "the partial stage emitted early {early} times");
     });
 }
 
-/// Sums the `early_emits` metric of every [`super::DictionaryAggregateExec`] in a plan.
-struct EarlyEmits<'a>(&'a mut usize);
-
-impl datafusion::physical_plan::ExecutionPlanVisitor for EarlyEmits<'_> {
-    type Error = datafusion::error::DataFusionError;
-
-    fn pre_visit(&mut self, plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Result<bool, Self::Error> {
-        if plan.name() == "DictionaryAggregateExec" {
-            *self.0 += plan.metrics().and_then(|m| m.sum_by_name("early_emits")).map_or(0, |v| v.as_usize());
+/// Long runs of one group (sorted rows, as in the archive) are aggregated whole — counted in `rows_in_runs` — and
+/// the answers, rows between runs included, are DataFusion's own.
+#[test]
+fn runs_of_one_group_are_aggregated_whole_and_answer_the_same() {
+    let mut rows: Vec<Row> = (0..600).map(|i| (Some((i / 200) as u8), Some(1), Some(i - 300))).collect();
+    // Between the runs, a few rows of other groups, and nulls.
+    rows.insert(200, (Some(1), Some(0), None));
+    rows.insert(400, (None, Some(1), Some(7)));
+    let dicts = (vec![Some(0), Some(1), Some(2)], vec![Some(0), Some(1)]);
+    let partitions = vec![vec![batch(&dicts, &rows)]];
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    runtime.block_on(async {
+        // The session's batches are of 64 rows: runs of at least 20 rows within them.
+        let (with, without) = (context(partitions.clone(), Some(20), None), context(partitions, None, None));
+        for query in QUERIES {
+            assert_eq!(answer(&with, query).await.0, answer(&without, query).await.0, "{query}");
         }
-        Ok(true)
+        let plan = with.sql(QUERIES[1]).await.expect("plans").create_physical_plan().await.expect("physical plan");
+        datafusion::physical_plan::collect(plan.clone(), with.task_ctx()).await.expect("runs");
+        let in_runs = metric(plan.as_ref(), "rows_in_runs");
+        assert!((400..=600).contains(&in_runs), "most of the three runs of 200 rows: {in_runs}");
+    });
+}
+
+/// The sum of metric `name` over every [`super::DictionaryAggregateExec`] in a plan (once run).
+fn metric(plan: &dyn datafusion::physical_plan::ExecutionPlan, name: &str) -> usize {
+    struct Sum<'a>(&'a str, usize);
+    impl datafusion::physical_plan::ExecutionPlanVisitor for Sum<'_> {
+        type Error = datafusion::error::DataFusionError;
+
+        fn pre_visit(&mut self, plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Result<bool, Self::Error> {
+            if plan.name() == "DictionaryAggregateExec" {
+                self.1 += plan.metrics().and_then(|m| m.sum_by_name(self.0)).map_or(0, |v| v.as_usize());
+            }
+            Ok(true)
+        }
     }
+    let mut sum = Sum(name, 0);
+    datafusion::physical_plan::accept(plan, &mut sum).expect("walks");
+    sum.1
 }
