@@ -375,6 +375,10 @@ pub struct ArchiverOptions {
     pub flush_age: Duration,
     /// How long to sleep when the log has nothing new.
     pub idle: Duration,
+    /// How much lower the archiver thread's CPU priority is than ingest's and the statistics' (a nice increment;
+    /// 0: the same). Its work is behind the acknowledgement and bounded by `flush_rows`; where cores are short it
+    /// takes what the rest leaves and catches up from the log.
+    pub nice: u8,
     /// Test hook: fail at this point of the first flush.
     #[cfg(test)]
     pub fault: Option<FaultPoint>,
@@ -386,6 +390,7 @@ impl Default for ArchiverOptions {
             flush_rows: 100_000,
             flush_age: Duration::from_secs(10),
             idle: Duration::from_millis(5),
+            nice: 0,
             #[cfg(test)]
             fault: None,
         }
@@ -541,6 +546,7 @@ impl Archiver {
         let thread = std::thread::Builder::new()
             .name("weir-archiver".into())
             .spawn(move || {
+                crate::priority::lower_priority(worker.options.nice, "the archiver");
                 let result = worker.run();
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "the archiver stopped");

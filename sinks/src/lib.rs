@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod compact;
 mod names;
+mod priority;
 /// The archive's file format (its own crate, so that what needs only the format builds without DataFusion).
 pub use weir_format as part;
 pub mod rollup;

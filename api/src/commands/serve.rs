@@ -363,6 +363,12 @@ pub struct ArchiveArgs {
     #[arg(long, env = "WEIR_ARCHIVE_FLUSH_AGE", default_value = "10s", value_parser = parse_duration)]
     pub archive_flush_age: Duration,
 
+    /// How much lower the archiver's CPU priority is than ingest's and the statistics' (a nice increment; 0: the
+    /// same): where cores are short, writing Parquet parts takes what acknowledging and the live statistics leave,
+    /// and catches up from the log.
+    #[arg(long, env = "WEIR_ARCHIVE_NICE", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub archive_nice: u8,
+
     /// How long after the end of a UTC day its parts are sealed into one file and its dump is written.
     #[arg(long, env = "WEIR_SEAL_GRACE", default_value = "1h", value_parser = parse_duration)]
     pub seal_grace: Duration,
@@ -532,6 +538,7 @@ impl ServeArgs {
             archiver: ArchiverOptions {
                 flush_rows: self.archive.archive_flush_rows.max(1),
                 flush_age: self.archive.archive_flush_age,
+                nice: self.archive.archive_nice,
                 ..ArchiverOptions::default()
             },
             seal_grace: self.archive.seal_grace,

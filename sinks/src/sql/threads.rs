@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::priority::lower_priority;
+
 /// The stack of a SQL thread. Deep enough for the deepest query the checks let through (see `MAX_NESTING`).
 pub const STACK_BYTES: usize = 256 << 20;
 
@@ -62,7 +64,7 @@ impl SqlThreads {
             .worker_threads(parallelism)
             .thread_name("weir-sql-worker")
             .thread_stack_size(STACK_BYTES)
-            .on_thread_start(move || lower_priority(nice))
+            .on_thread_start(move || lower_priority(nice, "a SQL thread"))
             .enable_all()
             .build()?;
         let workers = Arc::new(workers);
@@ -71,7 +73,7 @@ impl SqlThreads {
         for i in 0..threads {
             let (receiver, workers) = (receiver.clone(), workers.clone());
             std::thread::Builder::new().name(format!("weir-sql-{i}")).stack_size(STACK_BYTES).spawn(move || {
-                lower_priority(nice);
+                lower_priority(nice, "a SQL thread");
                 // The query's own future runs here (this thread's stack); what it spawns runs on the workers.
                 while let Some(job) = workers.block_on(async { receiver.lock().await.recv().await }) {
                     // A panic ends the query (its asker hears "failed on its thread"), not the thread.
@@ -113,26 +115,6 @@ impl SqlThreads {
             .try_send(job)
             .map_err(|_| Busy { waiting: self.jobs.max_capacity() - self.jobs.capacity(), threads: self.threads })?;
         Ok(answered)
-    }
-}
-
-/// Lowers the calling thread's CPU priority by `nice` (Linux: the nice value is per thread). Best effort: a
-/// refusal (a sandbox) leaves the thread at the process's priority, which costs fairness, not correctness.
-fn lower_priority(nice: u8) {
-    if nice == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain system calls on the calling thread, no memory passed.
-        let done = unsafe {
-            let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            let now = libc::getpriority(libc::PRIO_PROCESS, thread);
-            libc::setpriority(libc::PRIO_PROCESS, thread, (now + i32::from(nice)).min(19))
-        };
-        if done != 0 {
-            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower a SQL thread's CPU priority");
-        }
     }
 }
 
