@@ -363,8 +363,9 @@ impl StatsEngine {
             }
             let _ = done.send(());
         });
-        if finished.recv_timeout(STOP_BARRIER_WAIT + Duration::from_secs(10)).is_err() {
-            tracing::warn!("the statistics workers did not stop within 10 s; leaving them");
+        let bound = STOP_BARRIER_WAIT + Duration::from_secs(10);
+        if finished.recv_timeout(bound).is_err() {
+            tracing::warn!(waited = ?bound, "the statistics workers did not stop within their bound; leaving them");
         }
     }
 }
