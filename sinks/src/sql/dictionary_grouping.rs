@@ -333,9 +333,6 @@ impl PartialState {
     /// whole count early marks a later, all-null group as having one.
     fn aggregate_in_runs(&mut self, values: &[Vec<ArrayRef>], groups_before: usize) -> Result<()> {
         let indices = &self.groups.rows;
-        let slice = |arrays: &[ArrayRef], from: usize, rows: usize| -> Vec<ArrayRef> {
-            arrays.iter().map(|a| a.slice(from, rows)).collect()
-        };
         let mut known = groups_before;
         let mut mixed_from = 0;
         let mut at = 0;
@@ -347,17 +344,11 @@ impl PartialState {
                 at += run;
                 continue;
             }
-            if mixed_from < at {
-                for (accumulator, values) in self.accumulators.iter_mut().zip(values) {
-                    let rows = at - mixed_from;
-                    let stretch = slice(values, mixed_from, rows);
-                    accumulator.update_batch(&stretch, &indices[mixed_from..at], None, known)?;
-                }
-            }
+            update_rows(&mut self.accumulators, values, indices, mixed_from..at, known)?;
             known = known.max(group + 1);
             let accumulators = self.accumulators.iter_mut().zip(&self.aggregates);
             for ((accumulator, aggregate), values) in accumulators.zip(values) {
-                let run_values = slice(values, at, run);
+                let run_values = rows_of(values, at..at + run);
                 if run_values.first().is_some_and(|v| v.null_count() == run) {
                     // Nothing to aggregate: a plain accumulator's empty state is not always "no value" once merged
                     // (avg's is a count of 0, which evaluates to NaN), so the rows go the groups' way.
@@ -373,12 +364,7 @@ impl PartialState {
             at += run;
             mixed_from = at;
         }
-        if mixed_from < indices.len() {
-            let rows = indices.len() - mixed_from;
-            for (accumulator, values) in self.accumulators.iter_mut().zip(values) {
-                accumulator.update_batch(&slice(values, mixed_from, rows), &indices[mixed_from..], None, known)?;
-            }
-        }
+        update_rows(&mut self.accumulators, values, indices, mixed_from..indices.len(), known)?;
         debug_assert_eq!(known, self.groups.len(), "every group of the batch told");
         Ok(())
     }
@@ -405,6 +391,29 @@ impl PartialState {
         }
         Ok(self.pending.pop_front())
     }
+}
+
+/// The rows `rows` of a batch (their `values` and group `indices`) into the accumulators, row by row; `known`: the
+/// groups known up to them (see [`PartialState::aggregate_in_runs`]).
+fn update_rows(
+    accumulators: &mut [Box<dyn GroupsAccumulator>],
+    values: &[Vec<ArrayRef>],
+    indices: &[usize],
+    rows: std::ops::Range<usize>,
+    known: usize,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    for (accumulator, values) in accumulators.iter_mut().zip(values) {
+        accumulator.update_batch(&rows_of(values, rows.clone()), &indices[rows.clone()], None, known)?;
+    }
+    Ok(())
+}
+
+/// The rows `rows` of each array (zero-copy slices).
+fn rows_of(arrays: &[ArrayRef], rows: std::ops::Range<usize>) -> Vec<ArrayRef> {
+    arrays.iter().map(|a| a.slice(rows.start, rows.len())).collect()
 }
 
 /// A null name's number.
