@@ -578,7 +578,7 @@ async fn new_series_beyond_the_limit_are_refused_on_their_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn new_series_stop_at_the_memory_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--memory-limit", "64MiB", "--sql-memory", "1MiB", "--sql-concurrency", "1"];
+    let args = ["--memory-limit", "64MiB", "--sql-memory", "1MiB", "--sql-concurrency", "1", "--sql-cache", "1MiB"];
     let s = Server::start(&dir.path().join("data"), &args);
     let before = s.rss_kib();
     let line = |device: u64| {

@@ -28,6 +28,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 mod bounded;
 mod completeness;
 mod dictionary_grouping;
+mod file_caches;
 mod pg_catalog;
 mod rejected;
 mod scan_in_pieces;
@@ -62,6 +63,8 @@ pub struct SqlLimits {
     pub queue: usize,
     /// How much lower the SQL threads' CPU priority is than the rest of the process (a nice increment, 0–19).
     pub nice: u8,
+    /// Bytes of the files' footers and statistics kept between queries ([`file_caches`]).
+    pub cache_bytes: usize,
 }
 
 impl Default for SqlLimits {
@@ -75,6 +78,7 @@ impl Default for SqlLimits {
             parallelism: 0,
             nice: 10,
             queue: 16,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct SqlArchive {
     rejected: Option<Arc<weir_pipeline::rejected::RejectedStore>>,
     /// Each sensor's expected interval: the `windows_*` views' `expected` and `completeness`.
     intervals: ExpectedIntervals,
+    /// The files' footers and statistics, kept between queries.
+    caches: file_caches::FileCaches,
 }
 
 /// A session with every table and view registered, built once and rebuilt only when the days with rollups change
@@ -247,6 +253,7 @@ impl SqlArchive {
         let threads = SqlThreads::start(limits.concurrency, limits.parallelism, limits.queue, limits.nice)?;
         // An archive URL always has a scheme (ArchiveLocation::open made it one); an empty registry only fails reads.
         let stores = store_registry(&location).unwrap_or_default();
+        let caches = file_caches::FileCaches::new(limits.cache_bytes);
         Ok(SqlArchive {
             location,
             progress,
@@ -256,6 +263,7 @@ impl SqlArchive {
             stores,
             rejected: None,
             intervals: ExpectedIntervals::default(),
+            caches,
         })
     }
 
@@ -583,6 +591,7 @@ impl SqlArchive {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
             .with_object_store_registry(self.stores.clone())
+            .with_cache_manager(self.caches.runtime_config())
             .build_arc()?;
         Ok(SessionContext::new_with_state(
             SessionStateBuilder::new_from_existing(state).with_runtime_env(runtime).build(),
@@ -621,7 +630,7 @@ impl SqlArchive {
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![("date".into(), arrow::datatypes::DataType::Utf8)]);
         let config = ListingTableConfig::new(table_url).with_listing_options(options).with_schema(archive_schema());
-        let archived = ListingTable::try_new(config)?;
+        let archived = ListingTable::try_new(config)?.with_cache(self.caches.statistics());
         let schema = datafusion::datasource::TableProvider::schema(&archived);
         ctx.register_table("archived", Arc::new(archived))?;
         let unflushed = scan_time::Unflushed { schema, progress: self.progress.clone() };
@@ -644,7 +653,10 @@ impl SqlArchive {
         let config = ListingTableConfig::new(ListingTableUrl::parse(verdicts_url.as_str())?)
             .with_listing_options(options)
             .with_schema(archive_schema());
-        ctx.register_table("verdict_parts", Arc::new(ListingTable::try_new(config)?))?;
+        ctx.register_table(
+            "verdict_parts",
+            Arc::new(ListingTable::try_new(config)?.with_cache(self.caches.statistics())),
+        )?;
         ctx.sql("CREATE VIEW verdicts AS SELECT device, sensor, value, timestamp, kind, date FROM verdict_parts")
             .await?;
         ctx.sql(

@@ -410,6 +410,11 @@ pub struct ArchiveArgs {
     /// same): where cores are short, queries take what the rest leaves.
     #[arg(long, env = "WEIR_SQL_NICE", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
     pub sql_nice: u8,
+
+    /// Memory for the archive files' Parquet footers and statistics, kept between queries so that a query does not
+    /// read them again (0: none). Part of the memory budget, like --sql-memory.
+    #[arg(long, env = "WEIR_SQL_CACHE", default_value = "64MiB", value_parser = parse_size)]
+    pub sql_cache: u64,
 }
 
 impl ArchiveArgs {
@@ -428,6 +433,7 @@ impl ArchiveArgs {
             parallelism: self.sql_parallelism as usize,
             queue: self.sql_queue as usize,
             nice: self.sql_nice,
+            cache_bytes: usize::try_from(self.sql_cache).unwrap_or(usize::MAX),
         }
     }
 }
@@ -467,11 +473,15 @@ impl ServeArgs {
             names => SensorSet::new(names).context("--sensors / WEIR_SENSORS")?,
         };
         let memory_limit = self.memory_limit.unwrap_or_else(weir_pipeline::budget::default_limit);
-        let sql_share = self.archive.sql_memory.saturating_mul(u64::from(self.archive.sql_concurrency));
+        let sql_share = self
+            .archive
+            .sql_memory
+            .saturating_mul(u64::from(self.archive.sql_concurrency))
+            .saturating_add(self.archive.sql_cache);
         anyhow::ensure!(
             memory_limit > sql_share.saturating_add(16 << 20),
-            "--memory-limit ({} MiB) must leave room beyond SQL's share (--sql-memory × --sql-concurrency = {} MiB) \
-             and 16 MiB for the data's state: raise it, or lower --sql-memory",
+            "--memory-limit ({} MiB) must leave room beyond SQL's share (--sql-memory × --sql-concurrency + \
+             --sql-cache = {} MiB) and 16 MiB for the data's state: raise it, or lower --sql-memory",
             memory_limit >> 20,
             sql_share >> 20
         );

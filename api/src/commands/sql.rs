@@ -41,6 +41,15 @@ pub struct SqlArgs {
     /// of the last run).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
+
+    /// With --archive: workers that run the query's partitions (0: one per core).
+    #[arg(long, env = "WEIR_SQL_PARALLELISM", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub sql_parallelism: u32,
+
+    /// With --archive: memory for the files' Parquet footers and statistics, kept from one --repeat run to the next
+    /// (0: none).
+    #[arg(long, env = "WEIR_SQL_CACHE", default_value = "64MiB", value_parser = super::parse_size)]
+    pub sql_cache: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,7 +63,12 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let archive = match &args.archive {
         Some(url) => {
             let location = ArchiveLocation::open(url).with_context(|| format!("cannot open the archive {url}"))?;
-            Some(SqlArchive::new(location, None, SqlLimits::default())?)
+            let limits = SqlLimits {
+                parallelism: args.sql_parallelism as usize,
+                cache_bytes: usize::try_from(args.sql_cache).unwrap_or(usize::MAX),
+                ..SqlLimits::default()
+            };
+            Some(SqlArchive::new(location, None, limits)?)
         }
         None => None,
     };
