@@ -336,9 +336,7 @@ impl PartialState {
         let mut known = groups_before;
         let mut mixed_from = 0;
         let mut at = 0;
-        while at < indices.len() {
-            let group = indices[at];
-            let run = indices[at..].iter().take_while(|&&g| g == group).count();
+        for &(group, run) in &self.groups.runs {
             if run < self.min_run_rows {
                 known = known.max(group + 1);
                 at += run;
@@ -430,6 +428,8 @@ struct Groups {
     keys: Vec<(u32, u32)>,
     /// The current batch's row → group index.
     rows: Vec<usize>,
+    /// The current batch's rows as maximal stretches of one group: (group index, rows).
+    runs: Vec<(usize, usize)>,
     /// Scratch: the current batch's dictionary entry → number, per group column.
     numbered: Vec<Vec<u32>>,
     name_bytes: usize,
@@ -444,6 +444,7 @@ impl Groups {
             index: HashMap::default(),
             keys: Vec::new(),
             rows: Vec::new(),
+            runs: Vec::new(),
             numbered: vec![Vec::new(); n],
             name_bytes: 0,
         }
@@ -457,7 +458,12 @@ impl Groups {
     fn size(&self) -> usize {
         // A name costs an entry in the map and one in the list (~40 bytes) besides its two copies (`name_bytes`).
         let names: usize = self.names.iter().map(|n| n.len() * 40).sum();
-        names + self.name_bytes + self.index.capacity() * 24 + self.keys.capacity() * 8 + self.rows.capacity() * 8
+        names
+            + self.name_bytes
+            + self.index.capacity() * 24
+            + self.keys.capacity() * 8
+            + self.rows.capacity() * 8
+            + self.runs.capacity() * 16
     }
 
     /// The group index of every row of `batch` into `rows`, new groups added.
@@ -506,27 +512,36 @@ impl Groups {
         }
         self.rows.clear();
         self.rows.reserve(rows);
+        self.runs.clear();
         let number = |c: usize, k: usize, numbered: &[Vec<u32>]| numbered[c].get(k).copied().unwrap_or(NULL_NAME);
-        if keys.len() == 1 {
-            // One column: a row's group follows from its dictionary entry, so look each entry up once — when a
-            // row first uses it (an entry no row uses makes no group).
-            let entries = self.numbered[0].len();
-            let mut group_of_entry = vec![usize::MAX; entries + 1];
-            for &k in &keys[0] {
+        // Rows come in stretches of one dictionary entry (the archive is sorted by sensor, then device): look each
+        // stretch's group up once, and keep the stretches for the runs ([`PartialState::aggregate_in_runs`]).
+        let entries = self.numbered[0].len();
+        let mut group_of_entry = vec![usize::MAX; if keys.len() == 1 { entries + 1 } else { 0 }];
+        let mut at = 0;
+        while at < rows {
+            let group = if keys.len() == 1 {
+                // One column: a row's group follows from its dictionary entry, so look each entry up once — when a
+                // row first uses it (an entry no row uses makes no group).
+                let k = keys[0][at];
+                at += 1 + keys[0][at + 1..].iter().take_while(|&&next| next == k).count();
                 let entry = k.min(entries);
-                let mut group = group_of_entry[entry];
-                if group == usize::MAX {
-                    group = self.group_of(number(0, entry, &self.numbered), 0);
-                    group_of_entry[entry] = group;
+                if group_of_entry[entry] == usize::MAX {
+                    group_of_entry[entry] = self.group_of(number(0, entry, &self.numbered), 0);
                 }
-                self.rows.push(group);
-            }
-        } else {
-            for (&k0, &k1) in keys[0].iter().zip(&keys[1]) {
-                let first = number(0, k0, &self.numbered);
-                let second = number(1, k1, &self.numbered);
-                let group = self.group_of(first, second);
-                self.rows.push(group);
+                group_of_entry[entry]
+            } else {
+                let (k0, k1) = (keys[0][at], keys[1][at]);
+                let same = keys[0][at + 1..].iter().zip(&keys[1][at + 1..]).take_while(|&(&a, &b)| a == k0 && b == k1);
+                at += 1 + same.count();
+                let (first, second) = (number(0, k0, &self.numbered), number(1, k1, &self.numbered));
+                self.group_of(first, second)
+            };
+            let run = at - self.rows.len();
+            self.rows.extend(std::iter::repeat_n(group, run));
+            match self.runs.last_mut() {
+                Some((last, length)) if *last == group => *length += run,
+                _ => self.runs.push((group, run)),
             }
         }
         Ok(())
