@@ -8,7 +8,8 @@
 //! compaction deletes a part it reads.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use weir_operators::completeness::ExpectedIntervals;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -141,6 +142,8 @@ pub struct SqlArchive {
     threads: SqlThreads,
     /// The session every query starts from (see [`SqlArchive::context`]), and the object stores it reads.
     session: Arc<tokio::sync::Mutex<Option<CachedSession>>>,
+    /// Set when this process has written rollups: the next query lists them again.
+    rollups_changed: Arc<AtomicBool>,
     stores: Arc<DefaultObjectStoreRegistry>,
     /// The record of rejected lines, the `rejected` table (empty without one).
     rejected: Option<Arc<weir_pipeline::rejected::RejectedStore>>,
@@ -155,7 +158,17 @@ pub struct SqlArchive {
 struct CachedSession {
     rolled: [Vec<String>; 4],
     state: SessionState,
+    /// When `rolled` was listed.
+    listed_at: Instant,
 }
+
+/// How long a query trusts the list of days with rollups before it lists `rollups/` again. Listing it took 16 ms per
+/// query with a year of rollups (1 464 files, local disk), and grows with history; on S3 it is a request per 1 000
+/// files. A stale list is safe: the `windows_*` views read a listed day from its rollups only and any other day from
+/// its readings only, so a day sealed since the list was taken is answered from its readings, which give the same
+/// windows as its rollups (`window_tables_answer_from_readings_then_from_rollups_alike`); and this process's own
+/// sealer says at once when it wrote rollups ([`SqlArchive::rollups_changed`]).
+pub const ROLLED_DAYS_TRUSTED_FOR: Duration = Duration::from_secs(30);
 
 /// Refuses anything but one read-only query of at most `max_bytes` bytes and [`MAX_NESTING`] levels, naming
 /// what is wrong. Parses the text: call it on a SQL thread ([`SqlArchive::check`]), whose stack holds any nesting
@@ -260,6 +273,7 @@ impl SqlArchive {
             limits,
             threads,
             session: Default::default(),
+            rollups_changed: Default::default(),
             stores,
             rejected: None,
             intervals: ExpectedIntervals::default(),
@@ -277,6 +291,12 @@ impl SqlArchive {
     pub fn with_expected_intervals(mut self, intervals: ExpectedIntervals) -> Self {
         self.intervals = intervals;
         self
+    }
+
+    /// Says that rollups were written (a seal): the next query lists the days with rollups again instead of trusting
+    /// its list for up to [`ROLLED_DAYS_TRUSTED_FOR`].
+    pub fn rollups_changed(&self) {
+        self.rollups_changed.store(true, Ordering::Release);
     }
 
     /// [`check_query`] on a SQL thread.
@@ -573,18 +593,29 @@ impl SqlArchive {
         Ok(if params.is_empty() { df } else { df.with_param_values(params)? })
     }
 
-    /// A session for one query: the cached session (rebuilt first if the days with rollups changed) with a memory
-    /// pool of the query's own.
+    /// A session for one query: the cached session (rebuilt first if the days with rollups changed; they are listed
+    /// at most every [`ROLLED_DAYS_TRUSTED_FOR`], or after [`SqlArchive::rollups_changed`]) with a memory pool of
+    /// the query's own.
     async fn context(&self) -> Result<SessionContext, SqlError> {
-        let rolled = rolled_days(&self.location).await?;
         let state = {
             let mut cached = self.session.lock().await;
-            match &*cached {
-                Some(c) if c.rolled == rolled => c.state.clone(),
-                _ => {
-                    let state = self.session_state(&rolled).await?;
-                    *cached = Some(CachedSession { rolled, state: state.clone() });
-                    state
+            let changed = self.rollups_changed.swap(false, Ordering::AcqRel);
+            match &mut *cached {
+                Some(c) if !changed && c.listed_at.elapsed() < ROLLED_DAYS_TRUSTED_FOR => c.state.clone(),
+                stale => {
+                    let listed_at = Instant::now();
+                    let rolled = rolled_days(&self.location).await?;
+                    match &mut *stale {
+                        Some(c) if c.rolled == rolled => {
+                            c.listed_at = listed_at;
+                            c.state.clone()
+                        }
+                        _ => {
+                            let state = self.session_state(&rolled).await?;
+                            *stale = Some(CachedSession { rolled, state: state.clone(), listed_at });
+                            state
+                        }
+                    }
                 }
             }
         };
@@ -728,6 +759,33 @@ fn rollup_table(location: &ArchiveLocation, width: weir_operators::Width) -> Res
     Ok(ListingTable::try_new(config)?)
 }
 
+/// A predicate on `date` that holds for `days` (sorted `YYYY-MM-DD`) and no other day: one `BETWEEN` per stretch of
+/// consecutive days. An `IN` list of every day made planning a `windows_*` query grow with history (95 ms with a year
+/// of rollups); the days with rollups are nearly always one stretch.
+fn rolled_predicate(days: &[String]) -> String {
+    let day = |d: &String| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok();
+    let mut stretches: Vec<(&String, &String)> = Vec::new();
+    for d in days {
+        match stretches.last_mut() {
+            Some((_, last)) if day(last).and_then(|l| l.succ_opt()).is_some_and(|next| day(d) == Some(next)) => {
+                *last = d
+            }
+            _ => stretches.push((d, d)),
+        }
+    }
+    let terms: Vec<String> = stretches
+        .iter()
+        .map(|(first, last)| match first == last {
+            true => format!("date = '{first}'"),
+            false => format!("date BETWEEN '{first}' AND '{last}'"),
+        })
+        .collect();
+    match terms.is_empty() {
+        true => "FALSE".to_owned(),
+        false => format!("({})", terms.join(" OR ")),
+    }
+}
+
 /// `windows_1m`, `windows_15m`, `windows_1h`, `windows_1d`: one row per window of a series, with the statistics of
 /// `/api/v1/series`. A day with rollups ([`crate::rollup`], written when it is sealed) is read from them; a day without
 /// (not sealed yet) is aggregated from its readings at query time with the live windows' own aggregate
@@ -747,11 +805,7 @@ async fn register_windows(
         weir_operators::Width::Hour => "1 hour",
         weir_operators::Width::Day => "1 day",
     };
-    let rolled = if days.is_empty() {
-        "FALSE".to_owned()
-    } else {
-        format!("date IN ({})", days.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", "))
-    };
+    let rolled = rolled_predicate(days);
     let start = format!("date_bin(INTERVAL '{interval}', timestamp, TIMESTAMP '1970-01-01T00:00:00Z')");
     ctx.sql(&format!(
         "CREATE VIEW windows_{name} AS \
@@ -763,7 +817,7 @@ async fn register_windows(
          SELECT CAST(device AS VARCHAR) AS device, CAST(sensor AS VARCHAR) AS sensor, window_start, window_end, \
                 count, sum, mean, min, max, first, first_timestamp, last, last_timestamp, \
                 p50, p90, p95, p99, COALESCE(late, 0) AS late, COALESCE(duplicates, 0) AS duplicates, date \
-         FROM {table} \
+         FROM {table} WHERE {rolled} \
          UNION ALL \
          SELECT r.device, r.sensor, r.window_start, r.window_end, r.count, r.sum, r.mean, r.min, r.max, r.first, \
                 r.first_timestamp, r.last, r.last_timestamp, r.p50, r.p90, r.p95, r.p99, \

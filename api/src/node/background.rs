@@ -57,6 +57,8 @@ pub(super) async fn seal_due_days(
         for date in due {
             let started = std::time::Instant::now();
             let result = seal_committed_day(&location, &date, Some(&progress), None, committed.as_ref()).await;
+            // Whether it succeeded or not, it may have written rollups: SQL lists them again.
+            stats.rollups_changed();
             metrics::histogram!("weir_seal_duration_seconds").record(started.elapsed().as_secs_f64());
             match result {
                 Ok(o) => {

@@ -70,6 +70,13 @@ impl StatsService {
         let _ = self.rollups.set(archive);
     }
 
+    /// Says that this process wrote rollups (a seal): SQL's next query lists the days with rollups again.
+    pub fn rollups_changed(&self) {
+        if let Some(archive) = self.rollups.get() {
+            archive.rollups_changed();
+        }
+    }
+
     /// The windows of one series (`device`'s `sensor`) and width whose start is in `[from, to)`: the live windows,
     /// and before the series' live days (beyond the live horizon) the sealed days' rollups, which hold the same
     /// numbers. Every answer about windows comes through here.

@@ -293,7 +293,8 @@ fn values_larger_than_the_query_memory_are_refused() {
 #[test]
 fn window_tables_answer_from_readings_then_from_rollups_alike() {
     let f = archived(None);
-    // One archive's SQL for every query below: its session, built once, is rebuilt when the seal adds rollups.
+    // One archive's SQL for every query below: its session, built once, is rebuilt when told that the seal added
+    // rollups.
     let hour = 3_600_000_000;
     let intervals = weir_operators::completeness::ExpectedIntervals::new([("speed".to_owned(), hour)]).unwrap();
     let archive = sql(&f, SqlLimits::default()).with_expected_intervals(intervals);
@@ -356,6 +357,14 @@ fn window_tables_answer_from_readings_then_from_rollups_alike() {
     assert!(text.contains("999.0") && text.contains("duplicate"), "{text}");
 
     f.runtime.block_on(crate::seal::seal_day(&f.location, "2026-11-19", None, None)).unwrap();
+    // Not told of the seal, the archive trusts its list of rolled days (ROLLED_DAYS_TRUSTED_FOR): the sealed day is
+    // still answered from its readings, with the same answer.
+    let plan = run(&f, "EXPLAIN SELECT * FROM windows_1h");
+    let text = arrow::util::pretty::pretty_format_batches(&plan.batches).unwrap().to_string();
+    assert!(!text.contains("rollups/width=1h/date=2026-11-19"), "the list is trusted: {text}");
+    let trusted: Vec<String> = ["1m", "15m", "1h", "1d"].map(q).to_vec();
+    assert_eq!(trusted, before, "a sealed day's readings answer as before");
+    archive.rollups_changed();
     let after: Vec<String> = ["1m", "15m", "1h", "1d"].map(q).to_vec();
     assert_eq!(after, before, "a sealed day's rollups answer as its readings did");
     // The sealed day is read from its rollups, the other from readings.
@@ -411,6 +420,45 @@ fn window_tables_fold_extreme_values_as_the_live_windows_do() {
     let from_readings: Vec<Vec<f64>> = windows();
     assert_eq!(bits(&from_readings), bits(&expected), "over readings");
     f.runtime.block_on(crate::seal::seal_day(&f.location, "2026-11-19", None, None)).unwrap();
+    assert_eq!(bits(&windows()), bits(&expected), "over readings, the list of rolled days not listed again yet");
+    archive.rollups_changed();
     let from_rollups: Vec<Vec<f64>> = windows();
     assert_eq!(bits(&from_rollups), bits(&expected), "over rollups");
+}
+
+/// The days with rollups as a predicate: one `BETWEEN` per stretch of consecutive days, holding for exactly those
+/// days (checked against every day of two years around them).
+#[test]
+fn the_rolled_days_predicate_holds_for_exactly_those_days() {
+    assert_eq!(rolled_predicate(&[]), "FALSE");
+    let days = |list: &[&str]| list.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+    assert_eq!(rolled_predicate(&days(&["2026-11-19"])), "(date = '2026-11-19')");
+    assert_eq!(
+        rolled_predicate(&days(&["2026-02-27", "2026-02-28", "2026-03-01", "2026-03-03", "2026-12-31", "2027-01-01"])),
+        "(date BETWEEN '2026-02-27' AND '2026-03-01' OR date = '2026-03-03' OR date BETWEEN '2026-12-31' AND '2027-01-01')"
+    );
+    let f = archived(None);
+    let archive = sql(&f, SqlLimits::default());
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    let all: Vec<String> = (0..730).map(|i| (start + chrono::Days::new(i)).format("%Y-%m-%d").to_string()).collect();
+    for _ in 0..4 {
+        let mut rolled = Vec::new();
+        for d in &all {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            if state >> 62 != 0 {
+                rolled.push(d.clone());
+            }
+        }
+        let values = all.iter().map(|d| format!("('{d}')")).collect::<Vec<_>>().join(", ");
+        let q =
+            format!("SELECT date FROM (VALUES {values}) AS t(date) WHERE {} ORDER BY date", rolled_predicate(&rolled));
+        let r = f.runtime.block_on(archive.query(&q)).unwrap();
+        let got: Vec<String> = r
+            .batches
+            .iter()
+            .flat_map(|b| b.column(0).as_string::<i32>().iter().map(|d| d.unwrap().to_owned()).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(got, rolled);
+    }
 }
