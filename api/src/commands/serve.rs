@@ -481,7 +481,7 @@ impl ServeArgs {
         anyhow::ensure!(
             memory_limit > sql_share.saturating_add(16 << 20),
             "--memory-limit ({} MiB) must leave room beyond SQL's share (--sql-memory × --sql-concurrency + \
-             --sql-cache = {} MiB) and 16 MiB for the data's state: raise it, or lower --sql-memory",
+             --sql-cache = {} MiB) and 16 MiB for the data's state: raise it, or lower --sql-memory or --sql-cache",
             memory_limit >> 20,
             sql_share >> 20
         );
