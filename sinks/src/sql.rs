@@ -68,6 +68,14 @@ pub struct SqlLimits {
     pub cache_bytes: usize,
 }
 
+impl SqlLimits {
+    /// The memory SQL may hold at once, its share of the memory budget: every running query's pool
+    /// (`memory_bytes` × `concurrency`) and the files' caches (`cache_bytes`).
+    pub fn memory_share(&self) -> u64 {
+        (self.memory_bytes as u64).saturating_mul(self.concurrency as u64).saturating_add(self.cache_bytes as u64)
+    }
+}
+
 impl Default for SqlLimits {
     fn default() -> Self {
         SqlLimits {

@@ -473,11 +473,7 @@ impl ServeArgs {
             names => SensorSet::new(names).context("--sensors / WEIR_SENSORS")?,
         };
         let memory_limit = self.memory_limit.unwrap_or_else(weir_pipeline::budget::default_limit);
-        let sql_share = self
-            .archive
-            .sql_memory
-            .saturating_mul(u64::from(self.archive.sql_concurrency))
-            .saturating_add(self.archive.sql_cache);
+        let sql_share = self.archive.sql_limits().memory_share();
         anyhow::ensure!(
             memory_limit > sql_share.saturating_add(16 << 20),
             "--memory-limit ({} MiB) must leave room beyond SQL's share (--sql-memory × --sql-concurrency + \

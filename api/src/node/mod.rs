@@ -375,10 +375,7 @@ impl Node {
         // Ingest refuses a device name whose id another name holds; the statistics fill the same registry from the
         // log and the archive.
         let budget = weir_pipeline::budget::MemoryBudget::new(config.memory_limit);
-        let sql_share = (config.sql.memory_bytes as u64)
-            .saturating_mul(config.sql.concurrency as u64)
-            .saturating_add(config.sql.cache_bytes as u64);
-        budget.set(weir_pipeline::budget::Part::Sql, sql_share);
+        budget.set(weir_pipeline::budget::Part::Sql, config.sql.memory_share());
         config.stats.device_names.set_budget(budget.clone());
         let decoder = Decoder::new(config.sensors.clone()).with_device_names(config.stats.device_names.clone());
         let mut ingest = IngestService::new(decoder, config.ingest.clone(), log)
