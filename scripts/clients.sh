@@ -181,7 +181,7 @@ PY
 # 7. The ADBC Flight SQL driver (PyPI) with pyarrow: a million rows stream and equal the HTTP Arrow answer;
 #    catalog calls; a wrong key refused.
 python3 - "$URL" "$KEY" <<'PY'
-import sys, json, urllib.request, base64
+import sys, json, time, urllib.request, urllib.error, base64
 url, key = sys.argv[1], sys.argv[2]
 lines = "\n".join(json.dumps({"device": f"bulk-{i % 100}", "sensor": "speed", "value": i * 0.5,
                               "timestamp": f"2026-11-17T{(i // 3600000) % 24:02d}:{(i // 60000) % 60:02d}:{(i // 1000) % 60:02d}.{i % 1000:03d}Z"})
@@ -194,7 +194,17 @@ while start < len(body):
     end = body.find(b"\n", start + step)
     end = len(body) if end < 0 else end
     r = urllib.request.Request(f"{url}/ingest", data=body[start:end], headers={"Content-Type": "application/x-ndjson", "Authorization": auth})
-    urllib.request.urlopen(r, timeout=300).read()
+    for attempt in range(4):
+        try:
+            urllib.request.urlopen(r, timeout=300).read()
+            break
+        except urllib.error.HTTPError as e:
+            # 503 with Retry-After is Weir's backpressure (a full WAL queue): what a real client does is wait and retry.
+            answer = e.read().decode(errors="replace")[:500]
+            if e.code != 503 or attempt == 3:
+                raise SystemExit(f"FAIL bulk ingest: {e.code} {answer}")
+            print(f"note bulk ingest: 503, retrying after {e.headers.get('Retry-After')} s: {answer}", file=sys.stderr)
+            time.sleep(int(e.headers.get("Retry-After") or "1"))
     start = end + 1
 PY
 python3 - "$URL" "$GRPC" "$KEY" <<'PY'
