@@ -84,6 +84,15 @@ fn the_date_partition_filters() {
 }
 
 #[test]
+fn without_an_archiver_readings_is_the_archive_alone() {
+    // Nothing is unflushed without an archiver in the process: no union with an empty table to plan and run.
+    let f = archived(None);
+    let plan = run(&f, "EXPLAIN SELECT sum(value) FROM readings");
+    let text = arrow::util::pretty::pretty_format_batches(&plan.batches).unwrap().to_string();
+    assert!(!text.contains("Union") && text.contains("DataSourceExec"), "{text}");
+}
+
+#[test]
 fn unflushed_readings_are_seen_once() {
     let f = fixture(&records(), Some("memory:///"));
     // An archiver that never flushes on its own: everything stays unflushed while it runs.
