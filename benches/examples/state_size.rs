@@ -48,7 +48,7 @@ fn main() {
 
     // Windows: (a) readings one minute apart on one series, so each opens a 1-minute window (and every 15th a
     // quarter-hour one, ...); (b) a 1 Hz sensor whose value wanders ±20 % (sixty readings a minute, sketches of
-    // ~20 buckets). Each without sketches and with every width sketched (issue 24): what the engine holds once it
+    // ~20 buckets). Each without sketches, with the default sketched widths and with every width sketched (issue 24): what the engine holds once it
     // has processed them all.
     use weir_operators::Width;
     let minute_apart = |i: usize| (i as i64 * 60_000_000, i as f64);
@@ -57,7 +57,11 @@ fn main() {
         ("one reading a minute", &minute_apart as &dyn Fn(usize) -> (i64, f64), 200_000),
         ("1 Hz", &one_hertz, 864_000),
     ] {
-        for (sketched, widths) in [("no sketches", vec![]), ("sketches on every width", Width::ALL.to_vec())] {
+        for (sketched, widths) in [
+            ("no sketches", vec![]),
+            ("default sketched widths", weir_operators::live::DEFAULT_SKETCHED_WIDTHS.to_vec()),
+            ("sketches on every width", Width::ALL.to_vec()),
+        ] {
             windows_held(shape, sketched, readings, every, widths);
         }
     }

@@ -20,7 +20,8 @@
 //! sign in the window; smaller magnitudes answer as that bound (still in order). A store costs 8 bytes per bucket
 //! between its lowest and highest: values spanning a factor of 1.5 take ~21 buckets.
 //!
-//! **Cost.** One `ln` per reading (shared by every window width it updates) and an increment per width.
+//! **Cost.** One `ln` per reading and one increment: live windows keep a sketch only at the finest sketched width
+//! and merge a coarser window's from its finer windows when it is read (`LiveWindows`; merging is exact).
 
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +131,18 @@ impl Store {
         if self.highest().is_none_or(|h| h < other_highest) {
             self.add(other_highest, 0);
         }
+        // And room down to its lowest, as far as the limit allows (what `add` would make for its lowest bucket).
+        self.add(other.offset, 0);
+        if other.offset >= self.offset {
+            // Every bucket of the other has its own here: add the counts as slices (a window sketch derived from
+            // finer ones is up to 96 such merges: `LiveWindows`).
+            let from = (other.offset - self.offset) as usize;
+            for (mine, theirs) in self.counts[from..from + other.counts.len()].iter_mut().zip(&other.counts) {
+                *mine += theirs;
+            }
+            return;
+        }
+        // Its lowest buckets fold into the lowest kept here.
         for (i, &count) in other.counts.iter().enumerate() {
             if count > 0 {
                 self.add(other.offset + i as i32, count);
