@@ -295,7 +295,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_MEMORY_LIMIT", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
 
-    /// Longest wait of a statistics request with `?after=` for the dataflow to catch up (503 beyond it).
+    /// Longest wait of a statistics request with `?after=` for the dataflow to catch up, and of a SQL query for the
+    /// archive to take in what was acknowledged before it (503 with `Retry-After` beyond it).
     #[arg(long, env = "WEIR_READ_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub read_wait: Duration,
 
