@@ -180,8 +180,9 @@ PY
 
 # 7. The ADBC Flight SQL driver (PyPI) with pyarrow: a million rows stream and equal the HTTP Arrow answer;
 #    catalog calls; a wrong key refused.
-python3 - "$URL" "$KEY" <<'PY'
-import sys, json, time, urllib.request, urllib.error, base64
+PYTHONPATH=scripts python3 - "$URL" "$KEY" <<'PY'
+import sys, json, urllib.request, base64
+from http_retry import send
 url, key = sys.argv[1], sys.argv[2]
 lines = "\n".join(json.dumps({"device": f"bulk-{i % 100}", "sensor": "speed", "value": i * 0.5,
                               "timestamp": f"2026-11-17T{(i // 3600000) % 24:02d}:{(i // 60000) % 60:02d}:{(i // 1000) % 60:02d}.{i % 1000:03d}Z"})
@@ -194,21 +195,12 @@ while start < len(body):
     end = body.find(b"\n", start + step)
     end = len(body) if end < 0 else end
     r = urllib.request.Request(f"{url}/ingest", data=body[start:end], headers={"Content-Type": "application/x-ndjson", "Authorization": auth})
-    for attempt in range(4):
-        try:
-            urllib.request.urlopen(r, timeout=300).read()
-            break
-        except urllib.error.HTTPError as e:
-            # 503 with Retry-After is Weir's backpressure (a full WAL queue): what a real client does is wait and retry.
-            answer = e.read().decode(errors="replace")[:500]
-            if e.code != 503 or attempt == 3:
-                raise SystemExit(f"FAIL bulk ingest: {e.code} {answer}")
-            print(f"note bulk ingest: 503, retrying after {e.headers.get('Retry-After')} s: {answer}", file=sys.stderr)
-            time.sleep(int(e.headers.get("Retry-After") or "1"))
+    send(r, "bulk ingest", retries=3)
     start = end + 1
 PY
-python3 - "$URL" "$GRPC" "$KEY" <<'PY'
-import sys, time, urllib.request, urllib.error, base64
+PYTHONPATH=scripts python3 - "$URL" "$GRPC" "$KEY" <<'PY'
+import sys, time, urllib.request, base64
+from http_retry import send
 import pyarrow as pa, pyarrow.ipc
 import adbc_driver_flightsql.dbapi as flight_sql
 from adbc_driver_flightsql import DatabaseOptions
@@ -217,20 +209,9 @@ q = "SELECT device, value, timestamp FROM readings WHERE device LIKE 'bulk-%' OR
 auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
 r = urllib.request.Request(f"{url}/api/v1/sql", data=q.encode(),
                            headers={"Content-Type": "text/plain", "Accept": "application/vnd.apache.arrow.stream", "Authorization": auth})
-def answer(r):
-    # 503 with Retry-After: the archive had not taken in the million readings just acknowledged within --read-wait
-    # (a debug build on busy cores); a real client waits and asks again.
-    for attempt in range(6):
-        try:
-            return urllib.request.urlopen(r, timeout=300).read()
-        except urllib.error.HTTPError as e:
-            said = e.read().decode(errors="replace")[:500]
-            if e.code != 503 or attempt == 5:
-                raise SystemExit(f"FAIL HTTP Arrow query: {e.code} {said}")
-            print(f"note HTTP Arrow query: 503, retrying after {e.headers.get('Retry-After')} s: {said}", file=sys.stderr)
-            time.sleep(int(e.headers.get("Retry-After") or "1"))
 t = time.perf_counter()
-http = pa.ipc.open_stream(answer(r)).read_all()
+# The archive may not have taken in the million readings just acknowledged within --read-wait: 503, retried.
+http = pa.ipc.open_stream(send(r, "HTTP Arrow query", retries=5)).read_all()
 http_s = time.perf_counter() - t
 with flight_sql.connect(f"grpc://{grpc}", db_kwargs={DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {key}"}) as c:
     with c.cursor() as cur:

@@ -48,8 +48,8 @@ fn main() {
 
     // Windows: (a) readings one minute apart on one series, so each opens a 1-minute window (and every 15th a
     // quarter-hour one, ...); (b) a 1 Hz sensor whose value wanders ±20 % (sixty readings a minute, sketches of
-    // ~20 buckets). Each without sketches, with the default sketched widths and with every width sketched (issue 24): what the engine holds once it
-    // has processed them all.
+    // ~20 buckets). Each without sketches, with the default sketched widths and with every width sketched (issue
+    // 24): what the engine holds once it has processed them all.
     use weir_operators::Width;
     let minute_apart = |i: usize| (i as i64 * 60_000_000, i as f64);
     let one_hertz = |i: usize| (i as i64 * 1_000_000, 50.0 + 10.0 * ((i as f64) / 300.0).sin() + (i % 7) as f64);
