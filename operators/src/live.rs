@@ -18,10 +18,12 @@
 //!
 //! Readings reach this operator on the worker that owns their device (deduplication routes them by device and this
 //! operator reads its input in place), so all windows of a series live on one worker: a series' windows can be read,
-//! and later evicted, in one place. Each reading costs one lookup of its series, every width updated in place (a
-//! fold into one entry per window first, then a lookup per width, were the worker's top symbols). Cost: about
-//! [`BYTES_PER_WINDOW`] bytes per window (the aggregate and its start in a sorted vector), against ~162 measured for
-//! the arrangement.
+//! and later evicted, in one place. Each reading costs one lookup of its series, and an update in place of its
+//! window of each *held* width: the 1-minute windows, and the finest width that carries a sketch (15 minutes by
+//! default). The other widths are merged from those when read ([`MAX_DERIVED_PARTS`]), so a reading touches two
+//! windows, not four (each a cache miss at hundreds of thousands of readings a second). Cost: about
+//! [`BYTES_PER_WINDOW`] bytes per held window (the aggregate and its start in a sorted vector), against ~162
+//! measured for the arrangement.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -47,8 +49,8 @@ use crate::window::WindowAgg;
 pub const BYTES_PER_WINDOW: usize = 136;
 
 /// The widths whose windows carry a quantile sketch unless configured otherwise: not the 1-minute windows, which
-/// are most of a series' windows (1 440 a day against 121 for the others together), so that sketches add ~7 % to
-/// the live windows' memory instead of doubling it (benches/RESULTS.md, "Issue 24").
+/// are most of a series' windows (1 440 a day against 121 for the others together), so that sketches add a few
+/// per cent to the live windows' memory instead of doubling it (benches/RESULTS.md, "Issue 24").
 pub const DEFAULT_SKETCHED_WIDTHS: [Width; 3] = [Width::QuarterHour, Width::Hour, Width::Day];
 
 /// One series' windows, per width (in [`Width::ALL`]'s order), sorted by start. Sorted vectors, not B-trees: a
@@ -77,8 +79,8 @@ pub struct LiveWindows {
     start_from: i64,
     /// Readings dropped because their window was no longer live.
     dropped_readings: u64,
-    /// Per width (in [`Width::ALL`]'s order), where its windows' sketches come from: [`SketchSource`].
-    sketches: [SketchSource; 4],
+    /// Per width (in [`Width::ALL`]'s order), where its windows come from: [`Source`].
+    sources: [Source; 4],
     /// Heap memory of the sketches held.
     sketch_bytes: usize,
 }
@@ -93,46 +95,44 @@ impl Default for LiveWindows {
 /// worker thread).
 pub type SharedLiveWindows = Rc<RefCell<LiveWindows>>;
 
-/// Where the sketches of one width's windows come from.
+/// Where the windows of one width come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SketchSource {
-    /// Its windows carry no sketch.
-    None,
-    /// Each window keeps its own, updated by every reading.
-    Own,
-    /// Each window's sketch is merged, when read, from those of the windows of this finer width that it is made of
-    /// (at most [`MAX_DERIVED_PARTS`] of them).
-    Finer(Width),
+enum Source {
+    /// Each window is held, updated by every reading of it (its sketch too when `sketched`).
+    Own { sketched: bool },
+    /// Each window is merged, when read, from the held windows of the finer width `from` that it is made of (at
+    /// most [`MAX_DERIVED_PARTS`] of them), their sketches with them when `sketched`; none is held.
+    Finer { from: Width, sketched: bool },
 }
 
-/// The most finer windows a window's sketch is merged from when read: a 1-day window from 96 quarter-hours, not
-/// from 1 440 minutes.
+/// The most finer windows a window is merged from when read: a 1-day window from 96 quarter-hours, not from 1 440
+/// minutes.
 ///
-/// Why derive at all: a reading's sketch update is a cache miss in a cold vector of bucket counts (its series'
-/// windows are rarely in cache at hundreds of thousands of readings a second across thousands of series), and
-/// `Store::add` was the statistics worker's top symbol with one update per sketched width (11 % of the server at
-/// 400 k readings/s, three widths). Merging finer sketches gives the very sketch the readings would have made
-/// (DDSketch merges are exact: `sketch`'s property tests check it bit for bit), and the windows of a day all leave
-/// memory together, so a window's finer windows are always all there. Reading costs up to this many merges instead
-/// of a copy; a reading costs one sketch update instead of one per sketched width.
+/// Why derive at all: a reading's update of a window is a cache miss (its series' windows are rarely in cache at
+/// hundreds of thousands of readings a second across thousands of series). `Store::add` was the statistics
+/// worker's top symbol with one sketch update per sketched width (11 % of the server at 400 k readings/s, three
+/// widths), and `add_reading` with `plus_equals` the next with one window per width. A window's aggregate and
+/// sketch are exactly the merge of its finer windows' (count, sums, min, max, first and last are semigroups; DDSketch
+/// merges add counts, which `sketch`'s property tests check bit for bit), and the windows of a day all leave memory
+/// together, so a window's finer windows are always all there. With the default widths a reading updates two
+/// windows (its minute and its quarter-hour, which holds the sketch) instead of four; reading an hour merges 4
+/// windows and a day 96 (~2 µs, `benches/benches/live_windows.rs`) instead of copying one.
 pub const MAX_DERIVED_PARTS: i64 = 96;
 
-/// Per width (in [`Width::ALL`]'s order), where its sketches come from when `sketched` are the widths that carry one:
-/// the finest keeps its own; a coarser one merges from the finest that keeps its own, when that takes at most
-/// [`MAX_DERIVED_PARTS`] windows, and keeps its own otherwise.
-fn sketch_sources(sketched: &[Width]) -> [SketchSource; 4] {
-    let mut sources = [SketchSource::None; 4];
-    let mut finest_own: Option<Width> = None;
-    for width in Width::ALL {
-        if !sketched.contains(&width) {
-            continue;
-        }
-        sources[width_index(width)] = match finest_own {
-            Some(finer) if width.micros() / finer.micros() <= MAX_DERIVED_PARTS => SketchSource::Finer(finer),
-            _ => {
-                finest_own = finest_own.or(Some(width));
-                SketchSource::Own
-            }
+/// Per width (in [`Width::ALL`]'s order), where its windows come from when `sketched` are the widths that carry a
+/// sketch: a width is merged from the coarsest finer held width within [`MAX_DERIVED_PARTS`] windows that carries a
+/// sketch if it needs one, and held otherwise. The finest width is always held.
+fn sources(sketched: &[Width]) -> [Source; 4] {
+    let mut sources = [Source::Own { sketched: false }; 4];
+    for (i, width) in Width::ALL.into_iter().enumerate() {
+        let wants = sketched.contains(&width);
+        let from = Width::ALL[..i].iter().rev().copied().find(|finer| {
+            matches!(sources[width_index(*finer)], Source::Own { sketched } if sketched || !wants)
+                && width.micros() / finer.micros() <= MAX_DERIVED_PARTS
+        });
+        sources[i] = match from {
+            Some(from) => Source::Finer { from, sketched: wants },
+            None => Source::Own { sketched: wants },
         };
     }
     sources
@@ -157,62 +157,35 @@ impl LiveWindows {
             rolled_through: i64::MIN,
             start_from: i64::MIN,
             dropped_readings: 0,
-            sketches: sketch_sources(&DEFAULT_SKETCHED_WIDTHS),
+            sources: sources(&DEFAULT_SKETCHED_WIDTHS),
             sketch_bytes: 0,
         }
     }
 
     /// The same live windows where only `widths` carry a quantile sketch ([`DEFAULT_SKETCHED_WIDTHS`] by default).
     pub fn with_sketched_widths(mut self, widths: &[Width]) -> Self {
-        self.sketches = sketch_sources(widths);
+        self.sources = sources(widths);
         self
     }
 
-    /// Adds `agg` into the window `key` alone, unless that window is no longer live (then it is counted as dropped).
-    #[cfg(test)]
-    fn add(&mut self, key: WindowKey, agg: &WindowAgg) {
-        self.add_widths(key.series, &[(key.width, key.start)], agg, None);
-    }
-
     /// Adds one reading (`agg`: its aggregate, times its multiplicity; `bucket`: its value's sketch bucket) into its
-    /// window of every width, with one lookup of its series (four, one per width, were the top of the statistics'
-    /// profile).
-    pub fn add_reading(&mut self, series: SeriesKey, micros: i64, agg: &WindowAgg, bucket: Option<Bucket>) {
-        self.add_widths(series, &Width::ALL.map(|w| (w, w.start_of(micros))), agg, bucket);
-    }
-
-    /// Counts a late or duplicate reading of `series` at `micros` in each of its windows that is held (a window
-    /// that is not — its day left memory — is not made for it; an in-order admission counts nothing).
-    pub fn add_verdict(&mut self, series: SeriesKey, micros: i64, admission: Admission) {
-        let verdict = match admission {
-            Admission::InOrder => return,
-            Admission::Late => WindowAgg::verdicts(1, 0),
-            Admission::Duplicate => WindowAgg::verdicts(0, 1),
-        };
-        let Some(s) = self.series.get_mut(&series) else { return };
-        for width in Width::ALL {
-            let windows = &mut s.by_width[width_index(width)];
-            if let Ok(i) = windows.binary_search_by_key(&width.start_of(micros), |(start, _)| *start) {
-                windows[i].1.plus_equals(&verdict);
-            }
-        }
-    }
-
-    fn add_widths(&mut self, key: SeriesKey, windows: &[(Width, i64)], agg: &WindowAgg, bucket: Option<Bucket>) {
+    /// window of every held width, with one lookup of its series (four, one per width, were the top of the
+    /// statistics' profile); the other widths are merged from those when read.
+    pub fn add_reading(&mut self, key: SeriesKey, micros: i64, agg: &WindowAgg, bucket: Option<Bucket>) {
         let start_from = self.start_from;
         let series = self.series.entry(key).or_insert_with(|| SeriesWindows {
             by_width: Default::default(),
             newest: i64::MIN,
             live_from: start_from,
         });
-        for &(width, start) in windows {
-            if start < series.live_from {
-                // Each reading updates one window of every width: count it once.
-                if width == Width::Day {
-                    self.dropped_readings += agg.count.max(0) as u64;
-                }
-                continue;
-            }
+        // `live_from` is a day boundary: a reading's windows of every width are all before it, or none is.
+        if Width::Day.start_of(micros) < series.live_from {
+            self.dropped_readings += agg.count.max(0) as u64;
+            return;
+        }
+        for (width, source) in Width::ALL.into_iter().zip(self.sources) {
+            let Source::Own { sketched } = source else { continue };
+            let start = width.start_of(micros);
             let windows = &mut series.by_width[width_index(width)];
             // The window's index, and whether it is new (then it starts as `agg` itself, not as zero plus `agg`).
             let (i, new) = match windows.last().map(|(s, _)| *s) {
@@ -238,7 +211,7 @@ impl LiveWindows {
             if !new {
                 window.plus_equals(agg);
             }
-            if let Some(bucket) = bucket.filter(|_| self.sketches[width_index(width)] == SketchSource::Own) {
+            if let Some(bucket) = bucket.filter(|_| sketched) {
                 let before = window.heap_bytes();
                 window.add_to_sketch(bucket, agg.count.max(0) as u64);
                 self.sketch_bytes = self.sketch_bytes + window.heap_bytes() - before;
@@ -249,6 +222,26 @@ impl LiveWindows {
             let (windows, bytes) = evict(series, self.horizon_micros, self.rolled_through);
             self.windows -= windows;
             self.sketch_bytes -= bytes;
+        }
+    }
+
+    /// Counts a late or duplicate reading of `series` at `micros` in each of its windows that is held (a window
+    /// that is not — its day left memory — is not made for it; an in-order admission counts nothing).
+    pub fn add_verdict(&mut self, series: SeriesKey, micros: i64, admission: Admission) {
+        let verdict = match admission {
+            Admission::InOrder => return,
+            Admission::Late => WindowAgg::verdicts(1, 0),
+            Admission::Duplicate => WindowAgg::verdicts(0, 1),
+        };
+        let Some(s) = self.series.get_mut(&series) else { return };
+        for (width, source) in Width::ALL.into_iter().zip(self.sources) {
+            if !matches!(source, Source::Own { .. }) {
+                continue;
+            }
+            let windows = &mut s.by_width[width_index(width)];
+            if let Ok(i) = windows.binary_search_by_key(&width.start_of(micros), |(start, _)| *start) {
+                windows[i].1.plus_equals(&verdict);
+            }
         }
     }
 
@@ -293,37 +286,48 @@ impl LiveWindows {
         if from >= to {
             return Vec::new();
         }
-        let windows = &s.by_width[width_index(width)];
-        let first = windows.partition_point(|(start, _)| *start < from);
-        let end = windows.partition_point(|(start, _)| *start < to);
-        windows[first..end.max(first)]
-            .iter()
-            .map(|(start, agg)| (WindowKey { series, width, start: *start }, self.answer(s, width, *start, agg)))
-            .collect()
-    }
-
-    /// The window `key`, if this worker holds it.
-    pub fn get(&self, key: &WindowKey) -> Option<WindowAgg> {
-        let s = self.series.get(&key.series)?;
-        let windows = &s.by_width[width_index(key.width)];
-        let i = windows.binary_search_by_key(&key.start, |(s, _)| *s).ok()?;
-        Some(self.answer(s, key.width, key.start, &windows[i].1))
-    }
-
-    /// The window of `width` at `start` as read: with its sketch merged from the finer windows it is made of when
-    /// its width takes its sketch from them ([`SketchSource::Finer`]).
-    fn answer(&self, series: &SeriesWindows, width: Width, start: i64, agg: &WindowAgg) -> WindowAgg {
-        let SketchSource::Finer(finer) = self.sketches[width_index(width)] else { return agg.clone() };
-        let parts = &series.by_width[width_index(finer)];
-        let first = parts.partition_point(|(s, _)| *s < start);
-        let end = parts.partition_point(|(s, _)| *s < start.saturating_add(width.micros()));
-        let mut sketch: Option<Sketch> = None;
-        for (_, part) in &parts[first..end.max(first)] {
-            if let Some(part) = part.sketch() {
-                sketch.get_or_insert_default().merge(part);
+        let key = |start| WindowKey { series, width, start };
+        match self.sources[width_index(width)] {
+            Source::Own { .. } => {
+                let windows = &s.by_width[width_index(width)];
+                let first = windows.partition_point(|(start, _)| *start < from);
+                let end = windows.partition_point(|(start, _)| *start < to);
+                windows[first..end.max(first)].iter().map(|(start, agg)| (key(*start), agg.clone())).collect()
+            }
+            Source::Finer { from: finer, sketched } => {
+                // The held windows of the finer width that make up the windows starting in [from, to): a window's
+                // parts are consecutive, and the start of the window a part is in grows with the part's start.
+                let parts = &s.by_width[width_index(finer)];
+                let first = parts.partition_point(|(start, _)| width.start_of(*start) < from);
+                let end = parts.partition_point(|(start, _)| width.start_of(*start) < to);
+                parts[first..end.max(first)]
+                    .chunk_by(|(a, _), (b, _)| width.start_of(*a) == width.start_of(*b))
+                    .map(|run| (key(width.start_of(run[0].0)), merged(run, sketched)))
+                    .collect()
             }
         }
-        agg.clone().with_sketch(sketch)
+    }
+
+    /// The window `key`, if this worker holds it (or, for a width merged when read, one of its parts).
+    pub fn get(&self, key: &WindowKey) -> Option<WindowAgg> {
+        let s = self.series.get(&key.series)?;
+        match self.sources[width_index(key.width)] {
+            Source::Own { .. } => {
+                let windows = &s.by_width[width_index(key.width)];
+                let i = windows.binary_search_by_key(&key.start, |(s, _)| *s).ok()?;
+                Some(windows[i].1.clone())
+            }
+            Source::Finer { from: finer, sketched } => {
+                if key.width.start_of(key.start) != key.start {
+                    return None;
+                }
+                let parts = &s.by_width[width_index(finer)];
+                let first = parts.partition_point(|(start, _)| *start < key.start);
+                let end = parts.partition_point(|(start, _)| key.width.start_of(*start) <= key.start);
+                let run = &parts[first..end.max(first)];
+                (!run.is_empty()).then(|| merged(run, sketched))
+            }
+        }
     }
 
     /// How many windows are held.
@@ -339,6 +343,24 @@ impl LiveWindows {
     pub fn series(&self) -> usize {
         self.series.len()
     }
+}
+
+/// One window merged from the finer windows `parts` it is made of (at least one), with their sketches when `sketched`.
+fn merged(parts: &[(i64, WindowAgg)], sketched: bool) -> WindowAgg {
+    let mut window = parts[0].1.clone_without_sketch();
+    for (_, part) in &parts[1..] {
+        window.plus_equals_without_sketch(part);
+    }
+    if sketched {
+        let mut sketch: Option<Sketch> = None;
+        for (_, part) in parts {
+            if let Some(part) = part.sketch() {
+                sketch.get_or_insert_default().merge(part);
+            }
+        }
+        window = window.with_sketch(sketch);
+    }
+    window
 }
 
 /// Lets `series`' days leave that lie neither wholly within its horizon nor among the days not rolled up yet;
@@ -382,9 +404,10 @@ type Pending = (Capability<Time>, Vec<(Reading, isize)>, Vec<Verdict>);
 ///
 /// In: a collection of [`Reading`]s (each present once), on the worker that owns each reading's device, and the
 /// [`Verdict`]s on that worker's late and duplicate readings (at their record's time; they apply with the readings
-/// of the same `grid` cell, [`on_grid`]). Each reading adds into its 1-minute, 15-minute, 1-hour and 1-day UTC
-/// windows in `store` (and its value's bucket into the sketches of the widths that carry one); each verdict then
-/// counts a late or duplicate reading in the same windows. Updates of one time are applied together once both input
+/// of the same `grid` cell, [`on_grid`]). Each reading adds into its window of every held width in `store` (and its
+/// value's bucket into the sketches of the held widths that carry one; the 1-minute, 15-minute, 1-hour and 1-day
+/// UTC windows are all answered, the others merged when read); each verdict then counts a late or duplicate reading
+/// in the same windows. Updates of one time are applied together once both input
 /// frontiers have passed it; `on_updates` then may read which windows changed at that time (for live
 /// subscriptions; a window appears once per reading or verdict that changed it, and nothing is computed unless
 /// read). Out: a stream without data whose frontier says which times are applied (for a probe).
@@ -478,18 +501,25 @@ mod tests {
 
     #[test]
     fn windows_accumulate_and_scan_in_order() {
+        const MINUTE: i64 = 60_000_000;
         let mut live = LiveWindows::default();
-        for (start, v) in [(120, 1.0), (0, 2.0), (60, 3.0), (0, 4.0)] {
-            live.add(key(1, Width::Minute, start), &agg(start, v));
+        let series = |device| key(device, Width::Minute, 0).series;
+        for (micros, v) in [(2 * MINUTE, 1.0), (0, 2.0), (MINUTE, 3.0), (1, 4.0)] {
+            live.add_reading(series(1), micros, &agg(micros, v), None);
         }
-        live.add(key(2, Width::Minute, 0), &agg(0, 9.0));
-        assert_eq!((live.len(), live.series()), (4, 2));
-        let scanned = live.scan(key(1, Width::Minute, 0).series, Width::Minute, 0, 120);
-        assert_eq!(scanned.iter().map(|(k, a)| (k.start, a.count)).collect::<Vec<_>>(), vec![(0, 2), (60, 1)]);
+        live.add_reading(series(2), 0, &agg(0, 9.0), None);
+        // Held: three minutes and a quarter-hour of series 1, a minute and a quarter-hour of series 2.
+        assert_eq!((live.len(), live.series()), (6, 2));
+        let scanned = live.scan(series(1), Width::Minute, 0, 2 * MINUTE);
+        assert_eq!(scanned.iter().map(|(k, a)| (k.start, a.count)).collect::<Vec<_>>(), vec![(0, 2), (MINUTE, 1)]);
         assert_eq!(live.get(&key(1, Width::Minute, 0)).map(|a| a.sum()), Some(6.0));
-        assert_eq!(live.get(&key(1, Width::Hour, 0)), None);
-        assert!(live.scan(key(3, Width::Minute, 0).series, Width::Minute, 0, 1_000).is_empty());
-        assert!(live.scan(key(1, Width::Minute, 0).series, Width::Minute, 100, 0).is_empty());
+        // An hour is merged from its quarter-hours when read; a start that is no hour's is none.
+        assert_eq!(live.get(&key(1, Width::Hour, 0)).map(|a| (a.count, a.sum())), Some((4, 10.0)));
+        assert_eq!(live.get(&key(1, Width::Hour, MINUTE)), None);
+        assert_eq!(live.scan(series(1), Width::Day, 0, 1).len(), 1);
+        assert!(live.scan(series(1), Width::Day, 1, i64::MAX).is_empty());
+        assert!(live.scan(series(3), Width::Minute, 0, 1_000).is_empty());
+        assert!(live.scan(series(1), Width::Minute, 100, 0).is_empty());
     }
 
     use proptest::prelude::*;
@@ -520,10 +550,7 @@ mod tests {
                 match *step {
                     Ok((device, micros, value)) => {
                         let r = Reading { series: SeriesKey { device: DeviceId(device), sensor: SensorId(0) }, micros, value, seq: seq as u64 };
-                        let agg = WindowAgg::of(&r);
-                        for width in Width::ALL {
-                            live.add(WindowKey { series: r.series, width, start: width.start_of(micros) }, &agg);
-                        }
+                        live.add_reading(r.series, micros, &WindowAgg::of(&r), None);
                         readings.push(r);
                     }
                     Err(through) => {
@@ -559,7 +586,10 @@ mod tests {
                         prop_assert_eq!((a.count, a.min, a.max, a.first, a.last), (b.count, b.min, b.max, b.first, b.last));
                         prop_assert!((a.sum() - b.sum()).abs() < 1e-9);
                     }
-                    total += model.len();
+                    // Windows of the widths merged when read are not held.
+                    if matches!(live.sources[width_index(width)], Source::Own { .. }) {
+                        total += model.len();
+                    }
                 }
             }
             prop_assert_eq!(live.len(), total);
@@ -567,11 +597,11 @@ mod tests {
         }
 
         /// Readings of any values (folding ones among them) in any order over three days, seals and a horizon
-        /// between them, any set of sketched widths: every window read — by `scan` and by `get` — carries exactly
-        /// the sketch of the readings it holds for a sketched width (whether its own or merged from finer windows
-        /// when read), and none for the others.
+        /// between them, any set of sketched widths: every window read — by `scan` and by `get`, whether held or
+        /// merged from finer windows when read — holds exactly the numbers of its readings, and the sketch of
+        /// them for a sketched width and none for the others; a window without readings is not answered.
         #[test]
-        fn every_sketched_window_reads_the_sketch_of_its_readings(
+        fn every_window_reads_the_numbers_and_sketch_of_its_readings(
             steps in proptest::collection::vec(
                 prop_oneof![
                     6 => (0u64..2, 0i64..3 * DAY, prop_oneof![
@@ -603,14 +633,24 @@ mod tests {
                 let series = SeriesKey { device: DeviceId(device), sensor: SensorId(0) };
                 let live_from = live.live_from(series);
                 for width in Width::ALL {
-                    let mut model: BTreeMap<i64, Sketch> = BTreeMap::new();
+                    let mut model: BTreeMap<i64, (WindowAgg, Sketch)> = BTreeMap::new();
                     for r in readings.iter().filter(|r| r.series == series && r.micros >= live_from) {
-                        model.entry(width.start_of(r.micros)).or_default().add_value(r.value);
+                        let (agg, sketch) = model.entry(width.start_of(r.micros)).or_insert_with(|| (WindowAgg::zero(), Sketch::default()));
+                        agg.plus_equals(&WindowAgg::of(r));
+                        sketch.add_value(r.value);
                     }
                     let held = live.scan(series, width, i64::MIN, i64::MAX);
                     prop_assert_eq!(held.len(), model.len());
-                    for ((key, agg), (start, sketch)) in held.iter().zip(&model) {
+                    for ((key, agg), (start, (numbers, sketch))) in held.iter().zip(&model) {
                         prop_assert_eq!(key.start, *start);
+                        prop_assert_eq!(
+                            (agg.count, agg.min, agg.max, agg.first, agg.last),
+                            (numbers.count, numbers.min, numbers.max, numbers.first, numbers.last)
+                        );
+                        let tolerance = 1e-9 * (1.0 + numbers.sum().abs());
+                        prop_assert!((agg.sum() - numbers.sum()).abs() <= tolerance, "{} vs {}", agg.sum(), numbers.sum());
+                        // Every window's neighbours are not answered as it: a start between windows reads nothing.
+                        prop_assert_eq!(live.get(&WindowKey { start: key.start + 1, ..*key }), None);
                         let want = sketched.contains(&width).then_some(sketch);
                         prop_assert_eq!(agg.sketch(), want, "{:?} at {}", width, start);
                         let got = live.get(key);
@@ -624,15 +664,50 @@ mod tests {
     }
 
     #[test]
-    fn sketches_come_from_the_finest_sketched_width_within_the_merge_bound() {
-        use SketchSource::{Finer, Own};
-        assert_eq!(sketch_sources(&[]), [SketchSource::None; 4]);
+    fn widths_are_merged_from_the_coarsest_held_width_within_the_merge_bound() {
+        use Source::{Finer, Own};
+        use Width::{Day, Hour, Minute, QuarterHour};
+        let plain = Own { sketched: false };
         assert_eq!(
-            sketch_sources(&DEFAULT_SKETCHED_WIDTHS),
-            [SketchSource::None, Own, Finer(Width::QuarterHour), Finer(Width::QuarterHour)]
+            sources(&[]),
+            [plain, Finer { from: Minute, sketched: false }, Finer { from: Minute, sketched: false }, plain]
         );
-        assert_eq!(sketch_sources(&Width::ALL), [Own, Finer(Width::Minute), Finer(Width::Minute), Own]);
-        assert_eq!(sketch_sources(&[Width::Day]), [SketchSource::None, SketchSource::None, SketchSource::None, Own]);
-        assert_eq!(sketch_sources(&[Width::Minute, Width::Day]), [Own, SketchSource::None, SketchSource::None, Own]);
+        // The defaults: a reading updates its minute and its quarter-hour (which keeps the sketch).
+        assert_eq!(
+            sources(&DEFAULT_SKETCHED_WIDTHS),
+            [
+                plain,
+                Own { sketched: true },
+                Finer { from: QuarterHour, sketched: true },
+                Finer { from: QuarterHour, sketched: true }
+            ]
+        );
+        assert_eq!(
+            sources(&Width::ALL),
+            [
+                Own { sketched: true },
+                Finer { from: Minute, sketched: true },
+                Finer { from: Minute, sketched: true },
+                Own { sketched: true }
+            ]
+        );
+        assert_eq!(
+            sources(&[Day]),
+            [
+                plain,
+                Finer { from: Minute, sketched: false },
+                Finer { from: Minute, sketched: false },
+                Own { sketched: true }
+            ]
+        );
+        assert_eq!(
+            sources(&[Hour]),
+            [
+                plain,
+                Finer { from: Minute, sketched: false },
+                Own { sketched: true },
+                Finer { from: Hour, sketched: false }
+            ]
+        );
     }
 }

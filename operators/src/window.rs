@@ -258,19 +258,32 @@ impl IsZero for WindowAgg {
 
 impl Semigroup for WindowAgg {
     fn plus_equals(&mut self, rhs: &Self) {
-        self.late += rhs.late;
-        self.duplicates += rhs.duplicates;
         match (&mut self.sketch, &rhs.sketch) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
             (None, Some(theirs)) => self.sketch = Some(theirs.clone()),
             (_, None) => {}
         }
+        self.plus_equals_without_sketch(rhs);
+    }
+}
+
+impl WindowAgg {
+    /// The same window's numbers, without its sketch.
+    pub fn clone_without_sketch(&self) -> WindowAgg {
+        WindowAgg { sketch: None, ..*self }
+    }
+
+    /// Adds `rhs`'s numbers into this window, leaving its sketch as it is ([`Semigroup::plus_equals`] merges the
+    /// sketches too).
+    pub fn plus_equals_without_sketch(&mut self, rhs: &Self) {
+        self.late += rhs.late;
+        self.duplicates += rhs.duplicates;
         if rhs.count == 0 {
             return;
         }
         if self.count == 0 {
             let (late, duplicates, sketch) = (self.late, self.duplicates, self.sketch.take());
-            *self = WindowAgg { late, duplicates, sketch, ..rhs.clone() };
+            *self = WindowAgg { late, duplicates, sketch, ..*rhs };
             return;
         }
         let min = if rhs.min.total_cmp(&self.min).is_lt() { rhs.min } else { self.min };
