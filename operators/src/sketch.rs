@@ -91,6 +91,15 @@ impl Store {
         (!self.counts.is_empty()).then(|| self.offset + self.counts.len() as i32 - 1)
     }
 
+    /// The count of bucket `key` (0 outside the buckets held).
+    fn count_of(&self, key: i32) -> u64 {
+        usize::try_from(i64::from(key) - i64::from(self.offset))
+            .ok()
+            .and_then(|i| self.counts.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn add(&mut self, key: i32, count: u64) {
         if self.counts.is_empty() {
             self.offset = key;
@@ -190,6 +199,15 @@ impl Sketch {
             Bucket::Zero => self.zeros += count,
             Bucket::Positive(key) => self.positive.add(key, count),
             Bucket::Negative(key) => self.negative.add(key, count),
+        }
+    }
+
+    /// How many values of `bucket` it holds.
+    pub fn count_of(&self, bucket: Bucket) -> u64 {
+        match bucket {
+            Bucket::Zero => self.zeros,
+            Bucket::Positive(key) => self.positive.count_of(key),
+            Bucket::Negative(key) => self.negative.count_of(key),
         }
     }
 
