@@ -116,7 +116,7 @@ enum Source {
 /// merges add counts, which `sketch`'s property tests check bit for bit), and the windows of a day all leave memory
 /// together, so a window's finer windows are always all there. With the default widths a reading updates two
 /// windows (its minute and its quarter-hour, which holds the sketch) instead of four; reading an hour merges 4
-/// windows and a day 96 (~2 µs, `benches/benches/live_windows.rs`) instead of copying one.
+/// windows and a day 96 (~2–3 µs, `benches/benches/live_windows.rs`) instead of copying one.
 pub const MAX_DERIVED_PARTS: i64 = 96;
 
 /// Per width (in [`Width::ALL`]'s order), where its windows come from when `sketched` are the widths that carry a
