@@ -40,7 +40,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::dedup::{Admission, Verdict};
 use crate::model::{Reading, SeriesKey, Time, Width, WindowKey};
-use crate::sketch::{Bucket, Sketch};
+use crate::sketch::Bucket;
 use crate::stats::on_grid;
 use crate::window::WindowAgg;
 
@@ -369,19 +369,14 @@ impl LiveWindows {
 
 /// One window merged from the finer windows `parts` it is made of (at least one), with their sketches when `sketched`.
 fn merged(parts: &[(i64, WindowAgg)], sketched: bool) -> WindowAgg {
-    let mut window = parts[0].1.clone_without_sketch();
-    for (_, part) in &parts[1..] {
-        window.plus_equals_without_sketch(part);
+    let ((_, first), rest) = parts.split_first().expect("a window is merged from at least one part");
+    if !sketched {
+        let mut window = first.clone_without_sketch();
+        rest.iter().for_each(|(_, part)| window.plus_equals_without_sketch(part));
+        return window;
     }
-    if sketched {
-        let mut sketch: Option<Sketch> = None;
-        for (_, part) in parts {
-            if let Some(part) = part.sketch() {
-                sketch.get_or_insert_default().merge(part);
-            }
-        }
-        window = window.with_sketch(sketch);
-    }
+    let mut window = first.clone();
+    rest.iter().for_each(|(_, part)| window.plus_equals(part));
     window
 }
 
@@ -514,6 +509,7 @@ pub fn live_windows<'scope>(
 mod tests {
     use super::*;
     use crate::model::{DeviceId, SensorId};
+    use crate::sketch::Sketch;
     use differential_dataflow::difference::Monoid;
 
     fn key(device: u64, width: Width, start: i64) -> WindowKey {
