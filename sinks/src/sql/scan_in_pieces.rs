@@ -123,6 +123,13 @@ fn piece_bytes(file: &PartitionedFile, rows_per_row_group: usize) -> u64 {
 
 /// `file`'s range cut at the multiples of its piece size (so that the k-th row group's start falls in about the
 /// k-th piece); the pieces cover the range exactly, in order.
+///
+/// A piece carries no statistics of its own. The file's would be wrong for a piece (its row count is the whole
+/// file's), and with them every piece would run the same file-level pruning when it is opened: building and
+/// evaluating a pruning predicate over the same numbers, and rewriting the predicate with the columns the
+/// statistics show constant, once per piece (~5 % of a one-sensor query's CPU over a sealed day). Without them a
+/// piece is pruned by its row groups' statistics, which the file's cover: a row group lies within its file's
+/// minimum and maximum, so a file that its statistics prune has every row group pruned too.
 fn pieces_of(file: &PartitionedFile, rows_per_row_group: usize) -> Vec<PartitionedFile> {
     let (start, end) = file.range();
     let step = piece_bytes(file, rows_per_row_group);
@@ -130,7 +137,9 @@ fn pieces_of(file: &PartitionedFile, rows_per_row_group: usize) -> Vec<Partition
     let mut from = start;
     while from < end {
         let to = ((from / step + 1) * step).min(end);
-        pieces.push(file.clone().with_range(from as i64, to as i64));
+        let mut piece = file.clone().with_range(from as i64, to as i64);
+        piece.statistics = None;
+        pieces.push(piece);
         from = to;
     }
     if pieces.len() <= 1 {

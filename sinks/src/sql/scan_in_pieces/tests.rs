@@ -56,6 +56,7 @@ proptest! {
         for piece in &pieces {
             prop_assert!(piece.range().0 < piece.range().1 || pieces.len() == 1, "no empty piece");
             prop_assert_eq!(piece.path(), f.path());
+            prop_assert!(pieces.len() == 1 || piece.statistics.is_none(), "a piece does not carry the file's statistics");
         }
     }
 }
