@@ -716,7 +716,7 @@ impl SqlArchive {
         // files scanned in pieces that the partitions share.
         Ok(SessionStateBuilder::new_from_existing(ctx.state())
             .with_physical_optimizer_rule(Arc::new(dictionary_grouping::DictionaryGrouping::default()))
-            .with_physical_optimizer_rule(Arc::new(scan_in_pieces::ScanInPieces::default()))
+            .with_physical_optimizer_rule(Arc::new(scan_in_pieces::ScanInPieces::new(self.caches.footers())))
             .build())
     }
 }

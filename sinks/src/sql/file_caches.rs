@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use datafusion::execution::cache::cache_manager::{
-    CacheManagerConfig, CachedFileMetadata, CachedFileMetadataEntry, FileStatisticsCache,
+    CacheManagerConfig, CachedFileMetadata, CachedFileMetadataEntry, FileMetadataCache, FileStatisticsCache,
 };
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::cache::{Cache, TableScopedPath};
@@ -48,6 +48,11 @@ impl FileCaches {
         CacheManagerConfig::default()
             .with_file_metadata_cache(Some(self.metadata.clone() as _))
             .with_metadata_cache_limit(self.metadata_bytes)
+    }
+
+    /// The footer cache, for the plan rule that cuts files at their row groups; `None` when footers are not kept.
+    pub fn footers(&self) -> Option<Arc<FileMetadataCache>> {
+        (self.metadata_bytes > 0).then(|| self.metadata.clone() as Arc<FileMetadataCache>)
     }
 
     /// The statistics cache for a listing table of the shared session.
