@@ -300,13 +300,15 @@ impl<'a> RowGroups<'a> {
                 &metrics,
             );
         }
-        // A piece holds the start of its row group and ends where the next one starts (or at the range's end):
-        // DataFusion reads a row group in the one range that holds its start.
+        // A piece holds the start of its row group and ends where the next row group in the file starts (or at the
+        // range's end): DataFusion reads a row group in the one range that holds its start, so no piece holds two.
+        let mut starts: Vec<u64> = (0..groups.len()).map(start_of).collect();
+        starts.sort_unstable();
         let pieces = kept
             .row_group_indexes()
             .map(|i| {
                 let from = start_of(i);
-                let next = if i + 1 < groups.len() { start_of(i + 1) } else { end };
+                let next = starts.get(starts.partition_point(|&start| start <= from)).copied().unwrap_or(end);
                 let mut piece = file.clone().with_range(from as i64, next.clamp(from + 1, end) as i64);
                 piece.statistics = None;
                 piece
