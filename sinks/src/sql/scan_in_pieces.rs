@@ -227,8 +227,8 @@ impl<'a> RowGroups<'a> {
     }
 
     /// The filter over `file`'s row groups, as DataFusion's opener makes it: the partition columns replaced by the
-    /// file's values, simplified, then a pruning predicate over the file's columns. `None` when there is no filter or it cannot
-    /// be one (it then prunes nothing here).
+    /// file's values, simplified, then a pruning predicate over the file's columns. `None` when there is no filter
+    /// or it cannot be one (it then prunes nothing here).
     fn predicate(&self, file: &PartitionedFile) -> Option<Arc<PruningPredicate>> {
         let filter = self.filter.as_ref()?;
         let mut predicates = self.predicates.borrow_mut();
