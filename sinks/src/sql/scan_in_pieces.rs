@@ -264,7 +264,8 @@ impl<'a> RowGroups<'a> {
     }
 
     /// `file`'s range as one piece per row group that starts in it and whose statistics may hold rows of the filter
-    /// (none when none may); `None` when the footer is not cached, or its column types are not the scan's.
+    /// (none when none may); `None` when the footer is not cached, the range holds fewer than two row groups, or the
+    /// footer's column types are not the scan's.
     fn pieces_of(&self, file: &PartitionedFile) -> Option<Vec<PartitionedFile>> {
         let entry = self.footers.get(&file.object_meta.location)?;
         if !entry.is_valid_for(&file.object_meta) {
@@ -272,9 +273,6 @@ impl<'a> RowGroups<'a> {
         }
         let footer: &ParquetMetaData =
             entry.file_metadata.as_any().downcast_ref::<CachedParquetMetaData>()?.parquet_metadata();
-        if !self.types_match(footer) {
-            return None;
-        }
         let groups = footer.row_groups();
         let (start, end) = file.range();
         let start_of = |i: usize| {
@@ -286,8 +284,9 @@ impl<'a> RowGroups<'a> {
             groups,
             &datafusion::datasource::listing::FileRange { start: start as i64, end: end as i64 },
         );
-        if kept.remaining_row_group_count() < 2 {
-            // One row group or none: nothing to cut (and the opener prunes a lone row group as cheaply).
+        // One row group or none: nothing to cut (and the opener prunes a lone row group as cheaply). Checked before
+        // the types, which decode the footer's schema.
+        if kept.remaining_row_group_count() < 2 || !self.types_match(footer) {
             return None;
         }
         if let Some(predicate) = self.predicate(file) {

@@ -210,14 +210,20 @@ proptest! {
     }
 }
 
-/// Not vacuous: a file of several row groups is scanned in more pieces than partitions, and a filter that keeps one
-/// sensor's row groups answers as without the rule.
-#[test]
-fn a_file_of_many_row_groups_is_scanned_in_pieces() {
+/// A directory with one file in partition `day=d0`: 5 000 rows of 5 sensors, in 20 row groups of 250 (4 a sensor).
+fn day_of_twenty_row_groups() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rows: Vec<Row> = (0..5000).map(|i| ((i % 5) as u8, (i % 7) as u8, i64::from(i), Some(i % 100))).collect();
     std::fs::create_dir(dir.path().join("day=d0")).expect("day directory");
     write_file(&dir.path().join("day=d0/day.parquet"), &mut rows, 250);
+    dir
+}
+
+/// Not vacuous: a file of several row groups is scanned in more pieces than partitions, and a filter that keeps one
+/// sensor's row groups answers as without the rule.
+#[test]
+fn a_file_of_many_row_groups_is_scanned_in_pieces() {
+    let dir = day_of_twenty_row_groups();
     let (want, plain) = answers(dir.path(), 2, Planning::Plain, true);
     let (got, guessed) = answers(dir.path(), 2, Planning::Guessed { rows_per_row_group: 250 }, true);
     assert!(plain.iter().all(|&ranges| ranges <= 2), "{plain:?}");
@@ -229,10 +235,7 @@ fn a_file_of_many_row_groups_is_scanned_in_pieces() {
 /// 20 row groups for a query without a filter, the 4 of sensor `s2` for `sensor = 's2'`, and the same answers.
 #[test]
 fn a_cached_footer_cuts_the_file_at_the_row_groups_the_filter_may_read() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut rows: Vec<Row> = (0..5000).map(|i| ((i % 5) as u8, (i % 7) as u8, i64::from(i), Some(i % 100))).collect();
-    std::fs::create_dir(dir.path().join("day=d0")).expect("day directory");
-    write_file(&dir.path().join("day=d0/day.parquet"), &mut rows, 250);
+    let dir = day_of_twenty_row_groups();
     let (want, _) = answers(dir.path(), 2, Planning::Plain, true);
     let (got, ranges) = answers(dir.path(), 2, Planning::Footers, true);
     assert_eq!(got, want);
