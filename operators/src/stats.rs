@@ -8,7 +8,6 @@ use timely::dataflow::operators::{Concat, Exchange, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle, Scope, Stream};
 
 use crate::dedup::{Deduplicated, Verdict, dedup_first_write};
-use crate::latest::{LatestTrace, latest_by_time};
 use crate::live::{LiveWindows, SharedLiveWindows, live_windows};
 use crate::model::WindowKey;
 use crate::model::{NameId, Reading, Time};
@@ -26,8 +25,8 @@ pub struct StatsDataflow<'scope> {
     /// Verdicts made before this start, from the archive's record of verdicts: counted into the live windows'
     /// late and duplicate counts like deduplication's own, and nothing else.
     pub judged: InputHandleVec<Time, Verdict>,
+    /// The live windows, with each series' latest reading.
     pub windows: SharedLiveWindows,
-    pub latest: LatestTrace,
     pub names_trace: NamesTrace,
     /// Deduplication's verdicts (duplicates dropped, late readings admitted), for the archive of the process that
     /// wrote them.
@@ -44,7 +43,8 @@ pub fn on_grid(t: Time, grid: Time) -> Time {
 }
 
 /// Builds the dataflow in `scope`: readings → `dedup_first_write` → `live_windows` (with its verdicts from time
-/// `counted_from` on, and the verdicts `judged` brings from before the start) and `latest_by_time`.
+/// `counted_from` on, and the verdicts `judged` brings from before the start), which keeps each series' latest
+/// reading beside its windows.
 /// `on_window_updates` sees which windows changed at which times (see [`live_windows`]).
 ///
 /// Deduplication sees every reading at its own time (its write time: the order of first writes). The readings it
@@ -74,19 +74,16 @@ pub fn stats_dataflow<'scope>(
     // not their arrival order: what was late then is what `judged` says.
     let counted = verdicts.clone().filter(move |v: &Verdict| v.time >= counted_from);
     let all_verdicts = counted.concat(earlier);
-    let windows_applied = live_windows(deduplicated.clone(), all_verdicts, grid, windows.clone(), on_window_updates);
-    let latest = latest_by_time(deduplicated);
+    let windows_applied = live_windows(deduplicated, all_verdicts, grid, windows.clone(), on_window_updates);
     let names_arranged = name_collection.arrange_by_self_named("Names");
 
     windows_applied.probe_with(&probe);
-    latest.stream.probe_with(&probe);
     names_arranged.stream.probe_with(&probe);
     StatsDataflow {
         readings,
         names,
         judged,
         windows,
-        latest: latest.trace,
         names_trace: names_arranged.trace,
         verdicts,
         dedup_keys: remembered,

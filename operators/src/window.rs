@@ -23,7 +23,20 @@ impl Stamped {
     fn key(&self) -> (i64, u64) {
         (self.micros, self.seq)
     }
+
+    /// Keeps the later of `self` and `other`: the greater timestamp, and of equal timestamps the first written
+    /// (the smaller `seq`). The one rule for a window's last reading and a series' latest.
+    #[inline]
+    pub fn keep_later(&mut self, other: &Stamped) {
+        if (other.micros, std::cmp::Reverse(other.seq)) > (self.micros, std::cmp::Reverse(self.seq)) {
+            *self = *other;
+        }
+    }
 }
+
+/// The latest reading of a series: the one with the greatest timestamp, and of those the first written
+/// ([`Stamped::keep_later`]).
+pub type Latest = Stamped;
 
 /// count, sum, min, max, first and last of the readings in a window; the sketch of their values (percentiles);
 /// and how many readings of the window arrived late or were dropped as duplicates.
@@ -299,10 +312,7 @@ impl WindowAgg {
         if rhs.first.key() < self.first.key() {
             self.first = rhs.first;
         }
-        // Greatest timestamp; among equal timestamps the smaller seq (first written).
-        if (rhs.last.micros, std::cmp::Reverse(rhs.last.seq)) > (self.last.micros, std::cmp::Reverse(self.last.seq)) {
-            self.last = rhs.last;
-        }
+        self.last.keep_later(&rhs.last);
     }
 }
 
@@ -375,6 +385,20 @@ mod tests {
 
     fn reading(micros: i64, seq: u64, value: f64) -> Reading {
         Reading { series: SeriesKey { device: DeviceId(1), sensor: SensorId(0) }, micros, value, seq }
+    }
+
+    #[test]
+    fn the_later_reading_has_the_greater_timestamp_and_of_equal_ones_the_first_written() {
+        let l = |micros, seq, value| Stamped { micros, seq, value };
+        let mut a = l(10, 5, 1.0);
+        a.keep_later(&l(9, 9, 2.0));
+        assert_eq!(a.value, 1.0);
+        a.keep_later(&l(10, 3, 3.0));
+        assert_eq!(a.value, 3.0, "same time, written earlier");
+        a.keep_later(&l(10, 4, 4.0));
+        assert_eq!(a.value, 3.0);
+        a.keep_later(&l(11, 99, 5.0));
+        assert_eq!(a.value, 5.0);
     }
 
     #[test]

@@ -490,7 +490,6 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             names,
             judged: earlier,
             windows,
-            latest,
             names_trace,
             verdicts: judged,
             dedup_keys,
@@ -512,10 +511,10 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
                 }
             })
             .probe_with(&probe);
-        ((readings, names, earlier, windows, latest, names_trace, dedup_keys, probe), marks)
+        ((readings, names, earlier, windows, names_trace, dedup_keys, probe), marks)
     });
-    let (readings, names, earlier, windows, latest, names_trace, dedup_keys, probe) = dataflow;
-    let traces = Rc::new(RefCell::new(WorkerTraces { windows, latest, names: names_trace }));
+    let (readings, names, earlier, windows, names_trace, dedup_keys, probe) = dataflow;
+    let traces = Rc::new(RefCell::new(WorkerTraces { windows, names: names_trace }));
     let waiting = Rc::new(RefCell::new(Waiting::default()));
     let (queries, _query_probe) = worker.dataflow(|scope| {
         let archive = ArchiveAnswerer {
@@ -608,13 +607,11 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
             worker.step_or_park(Some(ctx.options.idle_park));
         }
 
-        // Let the arrangements compact up to what is complete: one entry per series or name, not per reading.
+        // Let the names' arrangement compact up to what is complete: one entry per name, not per mention.
         let frontier = probe.with_frontier(|f| f.first().copied());
         if let Some(f) = frontier {
             let bound = [f];
             let mut traces = traces.borrow_mut();
-            traces.latest.set_logical_compaction(AntichainRef::new(&bound));
-            traces.latest.set_physical_compaction(AntichainRef::new(&bound));
             traces.names.set_logical_compaction(AntichainRef::new(&bound));
             traces.names.set_physical_compaction(AntichainRef::new(&bound));
         }

@@ -7,9 +7,7 @@ use timely::progress::Antichain;
 use weir_operators::stats::NamesTrace;
 
 pub use super::changes::WindowFilter;
-use weir_operators::{
-    DeviceId, Latest, LatestTrace, NameId, SensorId, SeriesKey, SharedLiveWindows, Width, WindowAgg, WindowKey,
-};
+use weir_operators::{DeviceId, Latest, NameId, SensorId, SeriesKey, SharedLiveWindows, Width, WindowAgg, WindowKey};
 
 /// A question for the statistics.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -119,8 +117,8 @@ impl Answer {
 
 /// The state one worker answers from.
 pub struct WorkerTraces {
+    /// The live windows, with each series' latest reading.
     pub windows: SharedLiveWindows,
-    pub latest: LatestTrace,
     pub names: NamesTrace,
 }
 
@@ -135,16 +133,7 @@ impl WorkerTraces {
                     live_from: windows.live_from(*series),
                 }
             }
-            Query::Latest { device } => {
-                let (lower, device) = match device {
-                    Some(d) => (SeriesKey { device: *d, sensor: SensorId(0) }, Some(*d)),
-                    None => (SeriesKey { device: DeviceId(0), sensor: SensorId(0) }, None),
-                };
-                let seed = Latest { micros: i64::MIN, seq: u64::MAX, value: 0.0 };
-                let mut found = scan!(self.latest, &lower, |k: &SeriesKey| device.is_none_or(|d| k.device == d), seed);
-                found.retain(|(_, l): &(SeriesKey, Latest)| l.micros != i64::MIN);
-                Answer::Latest(found)
-            }
+            Query::Latest { device } => Answer::Latest(self.windows.borrow().latest(*device)),
             Query::Devices => Answer::Devices(self.names_of(NameId::Device(DeviceId(0)), |id| match id {
                 NameId::Device(id) => Some(id),
                 NameId::Sensor(_) => None,
