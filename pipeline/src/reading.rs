@@ -218,14 +218,31 @@ impl ReadingBatch {
 pub struct TooManySensors;
 
 /// Indexes into one name table of a batch. Most batches carry one or a few names, so the last hit is checked
-/// first and a linear scan follows; a map takes over for tables of many names.
+/// first and a linear scan follows; a hash table takes over for tables of many names.
+///
+/// The hash table holds each name's index and hash, not a copy of the name: a batch of a thousand devices made a
+/// thousand copies (and freed them with the batch), and grew its map from nothing by rehashing every name again,
+/// ~5 % of the server's CPU at 400 k readings/s (`benches/RESULTS.md`).
 #[derive(Debug, Default)]
 struct NameIndex {
     last: Option<u32>,
-    map: hashbrown::HashMap<Box<str>, u32>,
+    /// (hash of the name, its index in the table), for tables of more than [`NameIndex::SCANNED`] names.
+    map: hashbrown::HashTable<(u64, u32)>,
+    hasher: foldhash::fast::FixedState,
 }
 
 impl NameIndex {
+    /// Tables of at most this many names are scanned rather than hashed.
+    const SCANNED: usize = 8;
+    /// Room the hash table starts with once it takes over (it grows by doubling beyond).
+    const FIRST_CAPACITY: usize = 256;
+
+    #[inline]
+    fn hash(&self, name: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(name)
+    }
+
     #[inline]
     fn find(&mut self, table: &[Box<str>], name: &str) -> Option<u32> {
         if let Some(i) = self.last
@@ -233,17 +250,20 @@ impl NameIndex {
         {
             return Some(i);
         }
-        if table.len() <= 8 {
-            table.iter().position(|d| &**d == name).map(|i| i as u32)
-        } else {
-            if self.map.len() != table.len() {
-                // Refilled, not rebuilt: the map keeps its capacity from batch to batch (a new map per batch
-                // rehashed its way up to the batch's thousand devices every time).
-                self.map.clear();
-                self.map.extend(table.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)));
-            }
-            self.map.get(name).copied()
+        if table.len() <= Self::SCANNED {
+            return table.iter().position(|d| &**d == name).map(|i| i as u32);
         }
+        if self.map.len() != table.len() {
+            // The table was filled without this index (or has just passed the scanned size): index it all.
+            self.map.clear();
+            self.map.reserve(table.len().max(Self::FIRST_CAPACITY), |(hash, _)| *hash);
+            for (i, d) in table.iter().enumerate() {
+                let hash = self.hash(d);
+                self.map.insert_unique(hash, (hash, i as u32), |(h, _)| *h);
+            }
+        }
+        let hash = self.hash(name);
+        self.map.find(hash, |(h, i)| *h == hash && &*table[*i as usize] == name).map(|(_, i)| *i)
     }
 
     #[inline]
@@ -251,8 +271,10 @@ impl NameIndex {
         let index = found.unwrap_or_else(|| {
             table.push(name.into());
             let i = (table.len() - 1) as u32;
-            if table.len() > 9 {
-                self.map.insert(name.into(), i);
+            // One more than the scanned size: the next `find` indexes the whole table.
+            if table.len() > Self::SCANNED + 1 {
+                let hash = self.hash(name);
+                self.map.insert_unique(hash, (hash, i), |(h, _)| *h);
             }
             i
         });
@@ -401,6 +423,34 @@ mod tests {
         let expected = [("x", "d1"), ("y", "d2"), ("x", "d1")].map(|(s, d)| (s.to_owned(), d.to_owned()));
         assert_eq!(names, expected);
         assert_eq!(a.sensors.len(), 2);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of names (few or many distinct, sharing prefixes), with resets between batches: each name
+        /// gets one index per batch, the table holds each name once in first-seen order, and `find` sees exactly
+        /// the names added — as a map from scratch says, on both sides of the scanned size.
+        #[test]
+        fn interned_names_match_a_model(
+            batches in proptest::collection::vec(proptest::collection::vec(0u16..400, 0..300), 1..4),
+            alphabet in 1u16..400,
+        ) {
+            let mut interner = DeviceInterner::default();
+            for batch in batches {
+                let (mut table, mut model) = (Vec::new(), std::collections::HashMap::new());
+                for n in batch {
+                    let name = format!("d{}", n % alphabet);
+                    let want_found = model.get(&name).copied();
+                    let found = interner.find(&table, &name);
+                    proptest::prop_assert_eq!(found, want_found);
+                    let index = interner.add_if_missing(&mut table, &name, found);
+                    let next = model.len() as u32;
+                    proptest::prop_assert_eq!(index, *model.entry(name.clone()).or_insert(next));
+                    proptest::prop_assert_eq!(&*table[index as usize], name.as_str());
+                }
+                proptest::prop_assert_eq!(table.len(), model.len());
+                interner.reset();
+            }
+        }
     }
 
     #[test]
