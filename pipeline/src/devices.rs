@@ -112,6 +112,17 @@ impl DeviceNames {
         Ok(id)
     }
 
+    /// [`Self::claim`] for each of `names`, in order, under one read lock (the write lock only for names not known
+    /// yet): the statistics' feeder claims a WAL record's thousand device names at once, where a lock each was
+    /// ~2 % of the server at 400 k readings/s.
+    pub fn claim_all<S: AsRef<str>>(&self, names: &[S]) -> Vec<Result<DeviceId, IdTaken>> {
+        let known_ids: Vec<Option<DeviceId>> = {
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            names.iter().map(|name| known.by_name.get(name.as_ref()).map(|(id, _)| *id)).collect()
+        };
+        names.iter().zip(known_ids).map(|(name, id)| id.map_or_else(|| self.claim(name.as_ref()), Ok)).collect()
+    }
+
     /// Series beyond this many are refused by [`Self::claim_series`] (shared by the clones).
     pub fn set_max_series(&self, max: usize) {
         self.max_series.store(max, Ordering::Relaxed);
@@ -227,6 +238,20 @@ mod tests {
         assert_eq!(names.claim("truck-8"), Err(IdTaken { holder: "planted".into() }));
         assert_eq!(names.clone().len(), 2, "clones share the names");
         assert_eq!(names.claim("planted"), Ok(DeviceId::of("truck-8")), "the holder keeps its id");
+    }
+
+    #[test]
+    fn claiming_names_together_says_what_claiming_each_says() {
+        let (together, one_by_one) = (DeviceNames::default(), DeviceNames::default());
+        for names in [&together, &one_by_one] {
+            names.claim("known").unwrap();
+            names.plant_collision("truck-8", "planted");
+        }
+        let batch = ["known", "new", "truck-8", "new", "planted", "other"];
+        let each: Vec<_> = batch.iter().map(|n| one_by_one.claim(n)).collect();
+        assert_eq!(together.claim_all(&batch), each);
+        assert_eq!(each[2], Err(IdTaken { holder: "planted".into() }), "a colliding name is refused among others");
+        assert_eq!(together.len(), one_by_one.len(), "the new names are remembered alike");
     }
 
     #[test]

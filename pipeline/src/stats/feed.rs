@@ -346,11 +346,14 @@ impl Feeder {
                 name((NameId::Sensor(*id), sensor.as_ref().to_owned()));
             }
         }
-        let devices: Vec<DeviceId> = device_names
-            .iter()
-            .map(|d| {
+        let devices: Vec<DeviceId> = self
+            .names
+            .claim_all(device_names)
+            .into_iter()
+            .zip(device_names)
+            .map(|(claimed, d)| {
                 let d = d.as_ref();
-                self.names.claim(d).unwrap_or_else(|taken| {
+                claimed.unwrap_or_else(|taken| {
                     // Only possible for names stored at different processes of a cluster: ingest refuses the rest.
                     tracing::error!(device = %d, holder = %taken.holder, "two stored device names share one id; their statistics merge");
                     metrics::counter!("weir_device_id_collisions_total").increment(1);
