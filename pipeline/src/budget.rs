@@ -75,8 +75,8 @@ pub mod cost {
     /// `cargo run --release -p weir-benches --example seal_memory`: 79 MiB for 60 parts of 1.7 M readings in all,
     /// 62 MiB for the sealed file and one late part.
     pub const MERGE_PART: u64 = 1 << 20;
-    /// A series, besides its windows: its entry in the live windows' map, deduplication's ring, the latest value's
-    /// and the device name's arrangements. Calibrated so that the budget's total matches the process's growth
+    /// A series, besides its windows: its entry in the live windows' map (with its latest value), deduplication's
+    /// ring, and the device name's arrangement. Calibrated so that the budget's total matches the process's growth
     /// under a fresh series per reading (`api/tests/limits.rs`: ~1.4 KB a series of one reading, measured).
     pub const SERIES: u64 = 800;
 }
