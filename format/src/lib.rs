@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use weir_pipeline::reading::{ReadingBatch, Row};
+use weir_pipeline::reading::{NameTable, ReadingBatch, Row};
 
 /// The rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -179,8 +179,7 @@ pub fn read_parquet_batches(bytes: bytes::Bytes) -> Result<Vec<ReadingBatch>, Pa
     for batch in part_batches(bytes)? {
         let batch = batch?;
         let part = PartColumns::of(&batch)?;
-        let table =
-            |names: &StringArray| -> Vec<Box<str>> { names.iter().map(|v| Box::from(v.unwrap_or_default())).collect() };
+        let table = |names: &StringArray| -> NameTable { names.iter().map(Option::unwrap_or_default).collect() };
         let sensors = table(part.sensor_names);
         if sensors.len() > usize::from(u16::MAX) {
             return Err(PartError::Column("sensor"));

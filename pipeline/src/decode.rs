@@ -616,7 +616,7 @@ mod tests {
         assert_eq!(names.sensor_name(weir_operators::SensorId::of("new:one")), None);
         let e = d.decode_into(line("a/b", "5").as_bytes(), &mut b, &mut interner).unwrap_err();
         assert!(e.message.contains("contains '/'"), "{}", e.message);
-        assert_eq!(&*b.sensors, ["cpu.usage_idle", "Speed", "speed"].map(Box::from));
+        assert_eq!(b.sensors.iter().collect::<Vec<_>>(), ["cpu.usage_idle", "Speed", "speed"]);
         let rows: Vec<(String, f64)> = b.iter().map(|r| (r.sensor, r.value)).collect();
         let want = [("cpu.usage_idle", 1.0), ("Speed", 2.0), ("speed", 3.0), ("Speed", 4.0)];
         assert_eq!(rows, want.map(|(s, v)| (s.to_owned(), v)));

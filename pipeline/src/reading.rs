@@ -6,6 +6,9 @@
 
 use std::sync::Arc;
 
+mod name_table;
+pub use name_table::{NameTable, Names};
+
 /// The device a reading belongs to when it names none.
 pub const DEFAULT_DEVICE: &str = "default";
 
@@ -137,9 +140,9 @@ pub struct Row {
 pub struct ReadingBatch {
     /// Sensor names; rows refer to them by index. Built as readings are added, each name once (at most
     /// [`MAX_SENSORS`]).
-    pub sensors: Vec<Box<str>>,
+    pub sensors: NameTable,
     /// Device names; rows refer to them by index. Built as readings are added, each name once.
-    pub devices: Vec<Box<str>>,
+    pub devices: NameTable,
     /// The readings, in arrival order.
     pub rows: Vec<Row>,
 }
@@ -245,14 +248,14 @@ impl NameIndex {
     }
 
     #[inline]
-    fn find(&mut self, table: &[Box<str>], name: &str) -> Option<u32> {
+    fn find(&mut self, table: &NameTable, name: &str) -> Option<u32> {
         if let Some(i) = self.last
-            && table.get(i as usize).is_some_and(|d| &**d == name)
+            && table.get(i as usize) == Some(name)
         {
             return Some(i);
         }
         if table.len() <= Self::SCANNED {
-            return table.iter().position(|d| &**d == name).map(|i| i as u32);
+            return table.iter().position(|d| d == name).map(|i| i as u32);
         }
         if self.map.len() != table.len() {
             // The table was filled without this index (or has just passed the scanned size): index it all.
@@ -264,13 +267,13 @@ impl NameIndex {
             }
         }
         let hash = self.hash(name);
-        self.map.find(hash, |(h, i)| *h == hash && &*table[*i as usize] == name).map(|(_, i)| *i)
+        self.map.find(hash, |(h, i)| *h == hash && &table[*i as usize] == name).map(|(_, i)| *i)
     }
 
     #[inline]
-    fn add_if_missing(&mut self, table: &mut Vec<Box<str>>, name: &str, found: Option<u32>) -> u32 {
+    fn add_if_missing(&mut self, table: &mut NameTable, name: &str, found: Option<u32>) -> u32 {
         let index = found.unwrap_or_else(|| {
-            table.push(name.into());
+            table.push(name);
             let i = (table.len() - 1) as u32;
             // One more than the scanned size: the next `find` indexes the whole table.
             if table.len() > Self::SCANNED + 1 {
@@ -301,26 +304,26 @@ pub struct DeviceInterner {
 impl DeviceInterner {
     /// The index of `name` in `devices`, adding it when new.
     #[inline]
-    pub fn intern(&mut self, devices: &mut Vec<Box<str>>, name: &str) -> u32 {
+    pub fn intern(&mut self, devices: &mut NameTable, name: &str) -> u32 {
         let found = self.find(devices, name);
         self.add_if_missing(devices, name, found)
     }
 
     /// The index of `name` in `devices`, if it is there.
     #[inline]
-    pub fn find(&mut self, devices: &[Box<str>], name: &str) -> Option<u32> {
+    pub fn find(&mut self, devices: &NameTable, name: &str) -> Option<u32> {
         self.devices.find(devices, name)
     }
 
     /// `found` (what [`Self::find`] said of `name`), or `name` added to `devices`.
     #[inline]
-    pub fn add_if_missing(&mut self, devices: &mut Vec<Box<str>>, name: &str, found: Option<u32>) -> u32 {
+    pub fn add_if_missing(&mut self, devices: &mut NameTable, name: &str, found: Option<u32>) -> u32 {
         self.devices.add_if_missing(devices, name, found)
     }
 
     /// The index of sensor `name` in `sensors`, if it is there.
     #[inline]
-    pub fn find_sensor(&mut self, sensors: &[Box<str>], name: &str) -> Option<u16> {
+    pub fn find_sensor(&mut self, sensors: &NameTable, name: &str) -> Option<u16> {
         self.sensors.find(sensors, name).map(|i| i as u16)
     }
 
@@ -329,7 +332,7 @@ impl DeviceInterner {
     #[inline]
     pub fn add_sensor_if_missing(
         &mut self,
-        sensors: &mut Vec<Box<str>>,
+        sensors: &mut NameTable,
         name: &str,
         found: Option<u16>,
     ) -> Result<u16, TooManySensors> {
@@ -340,7 +343,7 @@ impl DeviceInterner {
     }
 
     /// The index of sensor `name` in `sensors`, adding it when new.
-    pub fn intern_sensor(&mut self, sensors: &mut Vec<Box<str>>, name: &str) -> Result<u16, TooManySensors> {
+    pub fn intern_sensor(&mut self, sensors: &mut NameTable, name: &str) -> Result<u16, TooManySensors> {
         let found = self.find_sensor(sensors, name);
         self.add_sensor_if_missing(sensors, name, found)
     }
@@ -437,7 +440,7 @@ mod tests {
         ) {
             let mut interner = DeviceInterner::default();
             for batch in batches {
-                let (mut table, mut model) = (Vec::new(), std::collections::HashMap::new());
+                let (mut table, mut model) = (NameTable::new(), std::collections::HashMap::new());
                 for n in batch {
                     let name = format!("d{}", n % alphabet);
                     let want_found = model.get(&name).copied();
@@ -446,7 +449,7 @@ mod tests {
                     let index = interner.add_if_missing(&mut table, &name, found);
                     let next = model.len() as u32;
                     proptest::prop_assert_eq!(index, *model.entry(name.clone()).or_insert(next));
-                    proptest::prop_assert_eq!(&*table[index as usize], name.as_str());
+                    proptest::prop_assert_eq!(&table[index as usize], name.as_str());
                 }
                 proptest::prop_assert_eq!(table.len(), model.len());
                 interner.reset();
@@ -456,13 +459,13 @@ mod tests {
 
     #[test]
     fn interner_gives_each_name_one_index() {
-        let mut devices = Vec::new();
+        let mut devices = NameTable::new();
         let mut interner = DeviceInterner::default();
         let names: Vec<String> = (0..50).map(|i| format!("dev{}", i % 20)).collect();
         let ids: Vec<u32> = names.iter().map(|n| interner.intern(&mut devices, n)).collect();
         assert_eq!(devices.len(), 20);
         for (n, i) in names.iter().zip(ids) {
-            assert_eq!(&*devices[i as usize], n.as_str());
+            assert_eq!(&devices[i as usize], n.as_str());
         }
     }
 }

@@ -22,7 +22,7 @@ use weir_operators::{DeviceId, NameId, Reading, SensorId, SeriesKey, Time, Verdi
 use super::{Snapshot, SnapshotBatch};
 use crate::clock::WriteClock;
 use crate::devices::DeviceNames;
-use crate::reading::{Row, SensorSet};
+use crate::reading::{NameTable, Row, SensorSet};
 use crate::wal::WalReader;
 
 /// A position mark: `(process, position)` — the process's log has been fed through `position`.
@@ -263,7 +263,7 @@ impl LogFeed {
                     fed += self.feeder.feed_batch(
                         position,
                         first_row,
-                        (&batch.sensors, &batch.devices),
+                        (&name_list(&batch.sensors), &name_list(&batch.devices)),
                         batch.rows.iter().copied(),
                         &mut |r| readings.send(r),
                         &mut |n| names.insert(n),
@@ -274,7 +274,7 @@ impl LogFeed {
                     self.feeder.feed_batch(
                         position,
                         0,
-                        (&batch.sensors, &batch.devices),
+                        (&name_list(&batch.sensors), &name_list(&batch.devices)),
                         batch.rows.iter().copied(),
                         &mut |r: Reading| {
                             earlier.push(Verdict { time, seq: r.seq, series: r.series, micros: r.micros, admission })
@@ -286,6 +286,11 @@ impl LogFeed {
         }
         fed
     }
+}
+
+/// A snapshot batch's names as the feeder reads a log record's (one allocation a batch, none a name).
+fn name_list(table: &NameTable) -> Vec<&str> {
+    table.iter().collect()
 }
 
 /// Turns WAL records into dataflow readings: sensor and device names to ids.

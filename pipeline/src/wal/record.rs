@@ -63,7 +63,7 @@ pub fn encode_keyed_batch(batch: &ReadingBatch, key: &KeyView<'_>, out: &mut Vec
 }
 
 fn encode(batch: &ReadingBatch, key: Option<&KeyView<'_>>, out: &mut Vec<u8>) {
-    let names: usize = batch.sensors.iter().chain(batch.devices.iter()).map(|n| n.len() + 1).sum();
+    let names = batch.sensors.text_len() + batch.sensors.len() + batch.devices.text_len() + batch.devices.len();
     let key_bytes = key.map_or(0, |k| 1 + k.key.len() + 32 + 8 + 4 + k.answer.len());
     out.reserve(1 + 8 + key_bytes + 2 + 4 + 4 + names + batch.rows.len() * ROW_BYTES);
     out.push(if key.is_some() { KIND_KEYED_READINGS } else { KIND_STAMPED_READINGS });
@@ -83,7 +83,7 @@ fn encode(batch: &ReadingBatch, key: Option<&KeyView<'_>>, out: &mut Vec<u8>) {
         out.extend_from_slice(s.as_bytes());
     }
     out.extend_from_slice(&(batch.devices.len() as u32).to_le_bytes());
-    for d in &batch.devices {
+    for d in batch.devices.iter() {
         out.push(d.len() as u8);
         out.extend_from_slice(d.as_bytes());
     }
@@ -139,8 +139,8 @@ impl<'a> BatchView<'a> {
     /// The batch as an owned [`ReadingBatch`].
     pub fn to_batch(&self) -> ReadingBatch {
         ReadingBatch {
-            sensors: self.sensors.iter().map(|s| Box::from(*s)).collect(),
-            devices: self.devices.iter().map(|d| Box::from(*d)).collect(),
+            sensors: self.sensors.iter().copied().collect(),
+            devices: self.devices.iter().copied().collect(),
             rows: self.rows().collect(),
         }
     }
