@@ -97,8 +97,8 @@ pub fn to_record_batch(readings: &[ArchivedReading]) -> Result<RecordBatch, Part
 
 /// The archive's one encoder: borrowed readings as one Arrow batch in the archive schema, in the order given.
 pub fn encode_batch<'a>(readings: impl Iterator<Item = ReadingRef<'a>> + Clone) -> Result<RecordBatch, PartError> {
-    let device: DictionaryArray<Int32Type> = readings.clone().map(|r| r.device).collect();
-    let sensor: DictionaryArray<Int32Type> = readings.clone().map(|r| r.sensor).collect();
+    let device = dictionary(readings.clone().map(|r| r.device))?;
+    let sensor = dictionary(readings.clone().map(|r| r.sensor))?;
     let value = Float64Array::from_iter_values(readings.clone().map(|r| r.value));
     let timestamp =
         TimestampMicrosecondArray::from_iter_values(readings.clone().map(|r| r.micros)).with_timezone("UTC");
@@ -106,6 +106,33 @@ pub fn encode_batch<'a>(readings: impl Iterator<Item = ReadingRef<'a>> + Clone) 
     let columns: Vec<ArrayRef> =
         vec![Arc::new(device), Arc::new(sensor), Arc::new(value), Arc::new(timestamp), Arc::new(written)];
     Ok(RecordBatch::try_new(archive_schema(), columns)?)
+}
+
+/// Names as a dictionary column: the array that collecting them makes (values in first-seen order, each once), but
+/// a name is looked up only where it differs from the row before. Rows in the archive's order repeat their sensor
+/// and device for long runs, and hashing every row's names was ~1.3 % of the server at 400 k readings/s.
+fn dictionary<'a>(names: impl Iterator<Item = &'a str>) -> Result<DictionaryArray<Int32Type>, PartError> {
+    let mut keys: Vec<i32> = Vec::with_capacity(names.size_hint().0);
+    let mut values: Vec<&str> = Vec::new();
+    let mut index: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
+    let mut last: Option<(&str, i32)> = None;
+    for name in names {
+        let key = match last {
+            Some((previous, key)) if previous == name => key,
+            _ => {
+                let next =
+                    i32::try_from(values.len()).map_err(|_| arrow::error::ArrowError::DictionaryKeyOverflowError)?;
+                let key = *index.entry(name).or_insert_with(|| {
+                    values.push(name);
+                    next
+                });
+                last = Some((name, key));
+                key
+            }
+        };
+        keys.push(key);
+    }
+    Ok(DictionaryArray::try_new(Int32Array::from(keys), Arc::new(StringArray::from(values)))?)
 }
 
 /// The writer properties of every Parquet file Weir writes (parts, sealed files, rollups): zstd, page statistics,
@@ -283,6 +310,16 @@ impl<'a> PartColumns<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Names with runs and returns: the dictionary column is the array that collecting them makes.
+        #[test]
+        fn the_dictionary_of_runs_is_the_collected_one(names in proptest::collection::vec((0u8..6, 1usize..5), 0..60)) {
+            let names: Vec<String> = names.iter().flat_map(|(n, run)| std::iter::repeat_n(format!("n{n}"), *run)).collect();
+            let collected: DictionaryArray<Int32Type> = names.iter().map(String::as_str).collect();
+            proptest::prop_assert_eq!(dictionary(names.iter().map(String::as_str)).unwrap(), collected);
+        }
+    }
 
     fn sample() -> Vec<ArchivedReading> {
         let mut v: Vec<ArchivedReading> = (0..1000)
