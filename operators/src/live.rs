@@ -26,7 +26,7 @@
 //! measured for the arrangement.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use differential_dataflow::VecCollection;
@@ -39,7 +39,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::dedup::{Admission, Verdict};
-use crate::model::{DeviceId, Reading, SeriesKey, Time, Width, WindowKey};
+use crate::model::{DeviceId, Reading, SensorId, SeriesKey, Time, Width, WindowKey};
 use crate::sketch::Bucket;
 use crate::stats::on_grid;
 use crate::window::{Latest, WindowAgg};
@@ -74,6 +74,9 @@ struct SeriesWindows {
 #[derive(Debug)]
 pub struct LiveWindows {
     series: HashMap<SeriesKey, SeriesWindows, foldhash::fast::RandomState>,
+    /// The sensors of the series held (each once; as many as there are sensor names at most), so that one
+    /// device's latest values are a lookup per sensor rather than a scan of every series.
+    sensors: BTreeSet<SensorId>,
     windows: usize,
     /// How far behind its newest reading a series keeps its days (`None`: for ever).
     horizon_micros: Option<i64>,
@@ -156,6 +159,7 @@ impl LiveWindows {
     pub fn new(horizon_micros: Option<i64>) -> Self {
         LiveWindows {
             series: HashMap::default(),
+            sensors: BTreeSet::new(),
             windows: 0,
             horizon_micros: horizon_micros.map(|h| h.max(0)),
             rolled_through: i64::MIN,
@@ -177,11 +181,10 @@ impl LiveWindows {
     /// statistics' profile); the other widths are merged from those when read.
     pub fn add_reading(&mut self, key: SeriesKey, micros: i64, agg: &WindowAgg, bucket: Option<Bucket>) {
         let start_from = self.start_from;
-        let series = self.series.entry(key).or_insert_with(|| SeriesWindows {
-            by_width: Default::default(),
-            newest: i64::MIN,
-            live_from: start_from,
-            latest: agg.last,
+        let sensors = &mut self.sensors;
+        let series = self.series.entry(key).or_insert_with(|| {
+            sensors.insert(key.sensor);
+            SeriesWindows { by_width: Default::default(), newest: i64::MIN, live_from: start_from, latest: agg.last }
         });
         // Before the horizon's check: a reading too old for the windows may still be its series' latest (one of a
         // series first seen after a start that loaded only recent days).
@@ -302,8 +305,19 @@ impl LiveWindows {
 
     /// The latest reading of each series this worker holds, of `device` only when given (unordered).
     pub fn latest(&self, device: Option<DeviceId>) -> Vec<(SeriesKey, Latest)> {
-        let of_device = |key: &SeriesKey| device.is_none_or(|d| key.device == d);
-        self.series.iter().filter(|(key, _)| of_device(key)).map(|(key, s)| (*key, s.latest)).collect()
+        match device {
+            // A lookup per sensor, while that is fewer than the series.
+            Some(device) if self.sensors.len() < self.series.len() => self
+                .sensors
+                .iter()
+                .map(|&sensor| SeriesKey { device, sensor })
+                .filter_map(|key| self.series.get(&key).map(|s| (key, s.latest)))
+                .collect(),
+            _ => {
+                let of_device = |key: &SeriesKey| device.is_none_or(|d| key.device == d);
+                self.series.iter().filter(|(key, _)| of_device(key)).map(|(key, s)| (*key, s.latest)).collect()
+            }
+        }
     }
 
     /// Readings dropped because their windows were no longer live.
@@ -537,6 +551,25 @@ mod tests {
             value,
             seq: 0,
         })
+    }
+
+    #[test]
+    fn one_devices_latest_values_are_looked_up_or_scanned_alike() {
+        let mut live = LiveWindows::new(None);
+        for (seq, (device, sensor)) in [(1, 0), (1, 1), (2, 0), (3, 1), (1, 0), (2, 2)].into_iter().enumerate() {
+            let series = SeriesKey { device: DeviceId(device), sensor: SensorId(sensor) };
+            let r = Reading { series, micros: 10 * seq as i64, value: seq as f64, seq: seq as u64 };
+            live.add_reading(series, r.micros, &WindowAgg::of(&r), None);
+        }
+        assert!(live.sensors.len() < live.series.len(), "the lookup is what is tested");
+        for device in [1, 2, 3, 4].map(DeviceId) {
+            let mut looked_up = live.latest(Some(device));
+            let mut scanned: Vec<_> = live.latest(None).into_iter().filter(|(k, _)| k.device == device).collect();
+            looked_up.sort_by_key(|(k, _)| *k);
+            scanned.sort_by_key(|(k, _)| *k);
+            assert_eq!(looked_up, scanned, "device {device:?}");
+        }
+        assert_eq!(live.latest(Some(DeviceId(1))).iter().map(|(_, l)| l.value).sum::<f64>(), 4.0 + 1.0);
     }
 
     #[test]
