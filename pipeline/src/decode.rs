@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 mod fast_json;
 
-use crate::devices::{DeviceNames, SeriesLimit};
+use crate::devices::{DeviceNames, Refused, SeriesLimit};
 use crate::reading::{DEFAULT_DEVICE, DeviceInterner, MAX_DEVICE_BYTES, MAX_SENSORS, ReadingBatch, Row, SensorSet};
 
 /// Microseconds since the epoch of Go's zero time, 0001-01-01T00:00:00Z, which the replaced system rejected.
@@ -268,24 +268,22 @@ impl Decoder {
             )));
         }
         let found = devices.find(&batch.devices, device);
-        if found.is_none()
-            && let Err(taken) = self.names.claim(device)
-        {
-            return Err(LineError::invalid(format!(
-                "device {:?} has the same 64-bit id as the device {:?}, which is already stored; two names never \
-                 share data, so this one is refused: give the device another name",
-                truncate(device, 64),
-                truncate(&taken.holder, 64)
-            )));
-        }
         let sensors = batch.sensors.len();
+        // A device or series new to this batch is claimed in the process's registry (one lookup when it is stored).
         if !found.zip(sensor).is_some_and(|(d, s)| devices.has_series(d, s, sensors))
-            && let Err(limit) = self.names.claim_series(device, sensor_name)
+            && let Err(refused) = self.names.claim_series_of(device, sensor_name, found.is_none())
         {
             let (device, sensor) = (truncate(device, 64), truncate(sensor_name, 64));
-            return Err(LineError::invalid(match limit {
-                SeriesLimit::SensorIdTaken(_) => format!("sensor {sensor:?} is refused: {limit}"),
-                _ => format!(
+            return Err(LineError::invalid(match refused {
+                Refused::Device(taken) => format!(
+                    "device {device:?} has the same 64-bit id as the device {:?}, which is already stored; two names \
+                     never share data, so this one is refused: give the device another name",
+                    truncate(&taken.holder, 64)
+                ),
+                Refused::Series(limit @ SeriesLimit::SensorIdTaken(_)) => {
+                    format!("sensor {sensor:?} is refused: {limit}")
+                }
+                Refused::Series(limit) => format!(
                     "series limit reached: {limit}; this reading would start a new series (device {device:?}, sensor \
                      {sensor:?}): readings of stored series are still accepted"
                 ),

@@ -88,6 +88,15 @@ impl std::fmt::Display for SeriesLimit {
     }
 }
 
+/// Why [`DeviceNames::claim_series_of`] refused a reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Its device's name has the id of another device name, stored before.
+    Device(IdTaken),
+    /// It would start a series that cannot be stored.
+    Series(SeriesLimit),
+}
+
 /// A name whose id is another name's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdTaken {
@@ -123,6 +132,29 @@ impl DeviceNames {
         names.iter().zip(known_ids).map(|(name, id)| id.map_or_else(|| self.claim(name.as_ref()), Ok)).collect()
     }
 
+    /// [`Self::claim`] of `device` (when `new_device`: the caller has not claimed it yet) and then
+    /// [`Self::claim_series`] of (`device`, `sensor`): ingest's check of each device and series new to a request.
+    /// A series stored already (nearly always) costs one read lock and one lookup of each name; the two calls took
+    /// two locks and three lookups (~4 % of the server at 400 k readings/s).
+    pub fn claim_series_of(&self, device: &str, sensor: &str, new_device: bool) -> Result<(), Refused> {
+        if self.has_series(device, sensor) {
+            return Ok(());
+        }
+        if new_device {
+            self.claim(device).map_err(Refused::Device)?;
+        }
+        self.claim_series(device, sensor).map_err(Refused::Series)
+    }
+
+    /// Whether the series (`device`, `sensor`) is stored (and so `device` claimed).
+    fn has_series(&self, device: &str, sensor: &str) -> bool {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        matches!(
+            (known.by_name.get(device), known.sensors_by_name.get(sensor)),
+            (Some((_, sensors)), Some(id)) if sensors.binary_search(id).is_ok()
+        )
+    }
+
     /// Series beyond this many are refused by [`Self::claim_series`] (shared by the clones).
     pub fn set_max_series(&self, max: usize) {
         self.max_series.store(max, Ordering::Relaxed);
@@ -154,13 +186,8 @@ impl DeviceNames {
         max: usize,
         budget: Option<&Arc<MemoryBudget>>,
     ) -> Result<(), SeriesLimit> {
-        {
-            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-            if let (Some((_, sensors)), Some(id)) = (known.by_name.get(device), known.sensors_by_name.get(sensor))
-                && sensors.binary_search(id).is_ok()
-            {
-                return Ok(());
-            }
+        if self.has_series(device, sensor) {
+            return Ok(());
         }
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         let Known { by_name, sensors_by_name, sensors_by_id, series, .. } = &mut *known;
@@ -252,6 +279,47 @@ mod tests {
         assert_eq!(together.claim_all(&batch), each);
         assert_eq!(each[2], Err(IdTaken { holder: "planted".into() }), "a colliding name is refused among others");
         assert_eq!(together.len(), one_by_one.len(), "the new names are remembered alike");
+    }
+
+    #[test]
+    fn claiming_a_device_with_its_series_says_what_claiming_each_says() {
+        let (together, one_by_one) = (DeviceNames::default(), DeviceNames::default());
+        for names in [&together, &one_by_one] {
+            names.set_max_series(4);
+            names.claim("known").unwrap();
+            names.claim_series("known", "speed").unwrap();
+            names.plant_collision("truck-8", "planted");
+            names.known.write().unwrap().sensors_by_id.insert(SensorId::of("taken"), "speed".into());
+        }
+        // (device, sensor, whether the device is new to the request), in the order a request meets them.
+        let readings = [
+            ("known", "speed", true),
+            ("known", "fuel", false),
+            ("new", "speed", true),
+            ("truck-8", "speed", true),
+            ("new", "taken", false),
+            ("planted", "fuel", true),
+            ("other", "speed", true),
+            ("new", "fuel", false),
+            ("known", "speed", false),
+        ];
+        for (device, sensor, new_device) in readings {
+            let each = match new_device.then(|| one_by_one.claim(device)) {
+                Some(Err(taken)) => Err(Refused::Device(taken)),
+                _ => one_by_one.claim_series(device, sensor).map_err(Refused::Series),
+            };
+            assert_eq!(together.claim_series_of(device, sensor, new_device), each, "{device} {sensor}");
+        }
+        assert_eq!(
+            together.claim_series_of("truck-8", "speed", true),
+            Err(Refused::Device(IdTaken { holder: "planted".into() }))
+        );
+        assert_eq!(
+            together.claim_series_of("other", "fuel", true),
+            Err(Refused::Series(SeriesLimit::Count { max: 4 }))
+        );
+        assert_eq!(together.claim_series_of("known", "fuel", false), Ok(()), "a stored series is always accepted");
+        assert_eq!((together.len(), together.series()), (one_by_one.len(), one_by_one.series()));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 /// The names met so far, each numbered once (so equal numbers are equal names).
 #[derive(Debug, Default)]
 pub(crate) struct Names {
-    ids: HashMap<Box<str>, u32>,
+    /// Looked up for every name of every WAL record the archiver reads: with foldhash, not std's SipHash.
+    ids: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
     names: Vec<Box<str>>,
 }
 

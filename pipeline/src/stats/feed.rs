@@ -11,10 +11,10 @@
 //! Snapshot rounds (the archive the statistics start from) take small times, below [`SNAPSHOT_TIMES`] and so below
 //! every write time: in every process the archive is admitted before any log record.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use differential_dataflow::input::InputSession;
+use hashbrown::{HashMap, HashSet};
 use timely::dataflow::InputHandleVec;
 use tokio::sync::watch;
 use weir_operators::{DeviceId, NameId, Reading, SensorId, SeriesKey, Time, Verdict};
@@ -299,6 +299,8 @@ pub struct Feeder {
     /// The sensor names met so far with their ids (`None`: not in the configured set, left out).
     sensor_ids: HashMap<Box<str>, Option<SensorId>>,
     names: DeviceNames,
+    /// The names already sent to the dataflow: looked up for every device name of every record, so with
+    /// hashbrown's fast hasher (std's SipHash made it ~1.3 % of the server at 400 k readings/s).
     named: HashSet<NameId>,
     /// Records up to this log position (and every snapshot batch) were stored before this process started: their
     /// series are counted against `--max-series` as they are fed. Later records were claimed by this process's
