@@ -29,6 +29,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 mod bounded;
 mod completeness;
 mod dictionary_grouping;
+mod fast_floor;
 mod file_caches;
 mod pg_catalog;
 mod rejected;
@@ -661,6 +662,7 @@ impl SqlArchive {
         for function in completeness::completeness_functions(&self.intervals) {
             ctx.register_udf(function);
         }
+        ctx.register_udf(fast_floor::fast_floor());
         let url = &self.location.url;
 
         let readings_url = url.join("readings/").map_err(|e| SqlError::Invalid(e.to_string()))?;
