@@ -146,25 +146,132 @@ pub fn parquet_properties() -> WriterProperties {
         .build()
 }
 
+/// The fewest rows of one sensor that get row groups of their own (see [`PartWriter`]).
+pub const SENSOR_ROW_GROUP_MIN_ROWS: usize = 8 * 1024;
+
 /// A part or sealed file being written, a chunk of rows at a time (so no caller holds a whole day as Arrow arrays).
+///
+/// Row groups follow the sensors: the rows of a sensor with at least [`SENSOR_ROW_GROUP_MIN_ROWS`] rows in the file
+/// fill row groups of their own (of up to [`ROW_GROUP_ROWS`] rows), and the sensors with fewer share row groups.
+/// So a row group of such a sensor has that sensor as its minimum and maximum, and a query that keeps one sensor
+/// (`WHERE sensor = 'speed'`) is answered from row groups that the statistics prove to hold only its rows: SQL drops
+/// the filter there and does not even read the `sensor` column (`weir_sinks::sql::scan_in_pieces`). Before, a row
+/// group cut every 128 Ki rows mixed the end of one sensor with the start of the next, and every row of every row
+/// group read was compared.
+///
+/// A row group's rows are written in one call to Parquet's writer, so the bytes depend on the rows alone, never on
+/// how the caller chunks them. Memory: one row group's rows as Arrow arrays, and the short run of a sensor that may
+/// yet reach the minimum (fewer rows).
 pub struct PartWriter {
     writer: ArrowWriter<Vec<u8>>,
+    /// The rows of the row group being assembled, as slices of encoded batches.
+    group: Vec<RecordBatch>,
+    group_rows: usize,
+    /// The sensor whose rows are being written, its rows so far, and whether it has row groups of its own.
+    run: Option<SensorRun>,
+    /// The current sensor's rows while it has fewer than the minimum (not yet in `group`: it may become long).
+    short: Vec<RecordBatch>,
+}
+
+/// The sensor a writer is in the middle of.
+struct SensorRun {
+    sensor: String,
+    rows: usize,
+    long: bool,
 }
 
 impl PartWriter {
     /// An empty file in the archive schema.
     pub fn new() -> Result<PartWriter, PartError> {
-        Ok(PartWriter { writer: ArrowWriter::try_new(Vec::new(), archive_schema(), Some(parquet_properties()))? })
+        Ok(PartWriter {
+            writer: ArrowWriter::try_new(Vec::new(), archive_schema(), Some(parquet_properties()))?,
+            group: Vec::new(),
+            group_rows: 0,
+            run: None,
+            short: Vec::new(),
+        })
     }
 
-    /// Appends `readings` (in archive order after those written before). Chunks of [`ROW_GROUP_ROWS`] keep the bytes
-    /// independent of how the caller chunks.
+    /// Appends `readings` (in archive order after those written before).
     pub fn write<'a>(&mut self, readings: impl Iterator<Item = ReadingRef<'a>> + Clone) -> Result<(), PartError> {
-        Ok(self.writer.write(&encode_batch(readings)?)?)
+        let batch = encode_batch(readings)?;
+        let part = PartColumns::of(&batch)?;
+        let mut from = 0;
+        while from < batch.num_rows() {
+            let key = part.sensor_keys.value(from);
+            let to = from + part.sensor_keys.values()[from..].iter().take_while(|&&k| k == key).count();
+            let sensor = part.sensor_names.value(part.sensor_key(from) as usize);
+            self.write_run(sensor, batch.slice(from, to - from))?;
+            from = to;
+        }
+        Ok(())
+    }
+
+    /// Appends `rows`, all of `sensor`.
+    fn write_run(&mut self, sensor: &str, rows: RecordBatch) -> Result<(), PartError> {
+        if !matches!(&self.run, Some(run) if run.sensor == sensor) {
+            self.end_run()?;
+        }
+        let run = self.run.get_or_insert_with(|| SensorRun { sensor: sensor.to_owned(), rows: 0, long: false });
+        run.rows += rows.num_rows();
+        if run.long {
+            return self.add_to_group(rows);
+        }
+        let now_long = run.rows >= SENSOR_ROW_GROUP_MIN_ROWS;
+        run.long = now_long;
+        self.short.push(rows);
+        if now_long {
+            // Long enough for row groups of its own: the shorter sensors before it keep theirs.
+            self.close_group()?;
+            for rows in std::mem::take(&mut self.short) {
+                self.add_to_group(rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the current sensor: a long one's last row group is closed; a short one joins the shared row group.
+    fn end_run(&mut self) -> Result<(), PartError> {
+        match self.run.take() {
+            Some(SensorRun { long: true, .. }) => self.close_group(),
+            Some(SensorRun { long: false, .. }) | None => {
+                for rows in std::mem::take(&mut self.short) {
+                    self.add_to_group(rows)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds `rows` to the row group being assembled, closing it whenever it is full.
+    fn add_to_group(&mut self, mut rows: RecordBatch) -> Result<(), PartError> {
+        while rows.num_rows() > 0 {
+            let take = rows.num_rows().min(ROW_GROUP_ROWS - self.group_rows);
+            self.group.push(rows.slice(0, take));
+            self.group_rows += take;
+            rows = rows.slice(take, rows.num_rows() - take);
+            if self.group_rows == ROW_GROUP_ROWS {
+                self.close_group()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the row group being assembled (if it has rows) as one row group.
+    fn close_group(&mut self) -> Result<(), PartError> {
+        if self.group_rows == 0 {
+            return Ok(());
+        }
+        let group = arrow::compute::concat_batches(&archive_schema(), &std::mem::take(&mut self.group))?;
+        self.group_rows = 0;
+        self.writer.write(&group)?;
+        Ok(self.writer.flush()?)
     }
 
     /// The file's bytes.
-    pub fn finish(self) -> Result<Vec<u8>, PartError> {
+    pub fn finish(mut self) -> Result<Vec<u8>, PartError> {
+        self.end_run()?;
+        self.close_group()?;
         Ok(self.writer.into_inner()?)
     }
 }
@@ -318,6 +425,82 @@ mod tests {
             let names: Vec<String> = names.iter().flat_map(|(n, run)| std::iter::repeat_n(format!("n{n}"), *run)).collect();
             let collected: DictionaryArray<Int32Type> = names.iter().map(String::as_str).collect();
             proptest::prop_assert_eq!(dictionary(names.iter().map(String::as_str)).unwrap(), collected);
+        }
+    }
+
+    /// Runs of sensors with these many rows: around the minimum for own row groups and around a full row group.
+    const RUN_ROWS: [usize; 8] = [
+        1,
+        700,
+        SENSOR_ROW_GROUP_MIN_ROWS - 1,
+        SENSOR_ROW_GROUP_MIN_ROWS,
+        SENSOR_ROW_GROUP_MIN_ROWS + 1,
+        20_000,
+        ROW_GROUP_ROWS,
+        ROW_GROUP_ROWS + 3,
+    ];
+
+    /// Readings of sensors `s0`, `s1`, … in archive order, with `RUN_ROWS[runs[i]]` rows of sensor i.
+    fn runs_of(runs: &[usize]) -> Vec<ArchivedReading> {
+        let mut v = Vec::new();
+        for (s, &run) in runs.iter().enumerate() {
+            v.extend((0..RUN_ROWS[run]).map(|i| ArchivedReading {
+                device: format!("d{:03}", i % 37),
+                sensor: format!("s{s:02}"),
+                value: i as f64,
+                micros: 1_795_000_000_000_000 + i as i64,
+                written: i as u64,
+            }));
+        }
+        sort_for_archive(&mut v);
+        v
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+        /// Whatever the sensors' sizes and however the caller chunks the rows: the same bytes, the same rows back,
+        /// row groups of at most `ROW_GROUP_ROWS`, and each row group either of one sensor with at least the minimum
+        /// rows in the file (full but for its last) or only of sensors with fewer.
+        #[test]
+        fn row_groups_follow_the_sensors(
+            runs in proptest::collection::vec(0..RUN_ROWS.len(), 1..6),
+            chunk in proptest::sample::select(vec![1000, 8191, 50_000, ROW_GROUP_ROWS]),
+        ) {
+            let readings = runs_of(&runs);
+            let mut writer = PartWriter::new().unwrap();
+            for rows in readings.chunks(chunk) {
+                writer.write(rows.iter().map(ArchivedReading::borrowed)).unwrap();
+            }
+            let bytes = writer.finish().unwrap();
+            proptest::prop_assert!(bytes == write_parquet(&readings).unwrap(), "the bytes depend on the chunks");
+            proptest::prop_assert!(read_parquet(bytes.clone().into()).unwrap() == readings);
+
+            let meta = parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&bytes::Bytes::from(bytes)).unwrap();
+            let mut row = 0;
+            for group in meta.row_groups() {
+                let rows = usize::try_from(group.num_rows()).unwrap();
+                proptest::prop_assert!(rows > 0 && rows <= ROW_GROUP_ROWS);
+                let sensors: std::collections::BTreeSet<&str> =
+                    readings[row..row + rows].iter().map(|r| r.sensor.as_str()).collect();
+                let total = |s: &str| readings.iter().filter(|r| r.sensor == s).count();
+                let long: Vec<&&str> = sensors.iter().filter(|s| total(s) >= SENSOR_ROW_GROUP_MIN_ROWS).collect();
+                match long.as_slice() {
+                    [] => {}
+                    [only] => {
+                        proptest::prop_assert_eq!(sensors.len(), 1, "a long sensor shares row group {:?}", sensors);
+                        let last = readings.get(row + rows).is_none_or(|next| next.sensor != ***only);
+                        proptest::prop_assert!(last || rows == ROW_GROUP_ROWS, "a long sensor's row group is short");
+                    }
+                    more => proptest::prop_assert!(false, "long sensors {:?} share a row group", more),
+                }
+                // Its statistics say so: one sensor is its minimum and its maximum.
+                if sensors.len() == 1 {
+                    let statistics = group.column(1).statistics().unwrap();
+                    proptest::prop_assert_eq!(statistics.min_bytes_opt(), statistics.max_bytes_opt());
+                }
+                row += rows;
+            }
+            proptest::prop_assert_eq!(row, readings.len());
         }
     }
 
