@@ -32,6 +32,7 @@ mod dictionary_grouping;
 mod fast_floor;
 mod file_caches;
 mod pg_catalog;
+mod proven_filters;
 mod rejected;
 mod scan_in_pieces;
 mod scan_time;
@@ -714,11 +715,12 @@ impl SqlArchive {
         for (width, days) in weir_operators::Width::ALL.into_iter().zip(rolled) {
             register_windows(&ctx, &self.location, width, days).await?;
         }
-        // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers, and large
-        // files scanned in pieces that the partitions share.
+        // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers, large files
+        // scanned in pieces that the partitions share, and no filter compared where the statistics prove it.
         Ok(SessionStateBuilder::new_from_existing(ctx.state())
             .with_physical_optimizer_rule(Arc::new(dictionary_grouping::DictionaryGrouping::default()))
             .with_physical_optimizer_rule(Arc::new(scan_in_pieces::ScanInPieces::new(self.caches.footers())))
+            .with_physical_optimizer_rule(Arc::new(proven_filters::ProvenFilters::new(self.caches.footers())))
             .build())
     }
 }

@@ -286,7 +286,7 @@ impl<'a> RowGroups<'a> {
         );
         // One row group or none: nothing to cut (and the opener prunes a lone row group as cheaply). Checked before
         // the types, which decode the footer's schema.
-        if kept.remaining_row_group_count() < 2 || !self.types_match(footer) {
+        if kept.remaining_row_group_count() < 2 || !types_match(self.file_schema, footer) {
             return None;
         }
         if let Some(predicate) = self.predicate(file) {
@@ -315,21 +315,21 @@ impl<'a> RowGroups<'a> {
             .collect();
         Some(pieces)
     }
+}
 
-    /// Whether every column of the footer that the scan reads has the scan's type, so that statistics read in the
-    /// scan's types are the file's (the opener adapts other files' types; this rule leaves them to it).
-    fn types_match(&self, footer: &ParquetMetaData) -> bool {
-        let file_metadata = footer.file_metadata();
-        let Ok(written) =
-            parquet::arrow::parquet_to_arrow_schema(file_metadata.schema_descr(), file_metadata.key_value_metadata())
-        else {
-            return false;
-        };
-        self.file_schema
-            .fields()
-            .iter()
-            .all(|field| written.field_with_name(field.name()).is_ok_and(|w| w.data_type() == field.data_type()))
-    }
+/// Whether every column of `footer` that a scan over `file_schema` reads has the scan's type, so that statistics
+/// read in the scan's types are the file's (the opener adapts other files' types; the rules leave them to it).
+pub(super) fn types_match(file_schema: &SchemaRef, footer: &ParquetMetaData) -> bool {
+    let file_metadata = footer.file_metadata();
+    let Ok(written) =
+        parquet::arrow::parquet_to_arrow_schema(file_metadata.schema_descr(), file_metadata.key_value_metadata())
+    else {
+        return false;
+    };
+    file_schema
+        .fields()
+        .iter()
+        .all(|field| written.field_with_name(field.name()).is_ok_and(|w| w.data_type() == field.data_type()))
 }
 
 #[cfg(test)]

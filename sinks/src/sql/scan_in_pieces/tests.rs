@@ -1,6 +1,7 @@
 //! The pieces cover each range exactly; and over random Parquet files (row groups of any size, whatever the rule
-//! guesses, sorted by sensor as the archive is), queries answer the same with and without the rule, on 1–4
-//! partitions — and the plans show the rule cut the scan, so the comparison is not vacuous.
+//! guesses, sorted by sensor as the archive is, some sensors null), queries answer the same with and without the
+//! rule and [`ProvenFilters`], on 1–4 partitions — and the plans show the rules cut the scan and dropped proven
+//! filters, so the comparison is not vacuous.
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use parquet::file::properties::WriterProperties;
 use proptest::prelude::*;
 
 use super::super::file_caches::FileCaches;
+use super::super::proven_filters::ProvenFilters;
 use super::{ScanInPieces, pieces_of};
 
 fn file(size: u64, range: Option<(u64, u64)>, rows: Option<usize>) -> PartitionedFile {
@@ -70,14 +72,14 @@ proptest! {
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("sensor", DataType::Utf8, false),
+        Field::new("sensor", DataType::Utf8, true),
         Field::new("device", DataType::Utf8, false),
         Field::new("ts", DataType::Int64, false),
         Field::new("value", DataType::Float64, true),
     ]))
 }
 
-/// One row: sensor, device, time, value.
+/// One row: sensor (5: null), device, time, value.
 type Row = (u8, u8, i64, Option<i32>);
 
 /// Writes `rows` (sorted by sensor, device, time, as the archive is) in row groups of `row_group_rows`.
@@ -86,7 +88,7 @@ fn write_file(path: &std::path::Path, rows: &mut [Row], row_group_rows: usize) {
     let batch = RecordBatch::try_new(
         schema(),
         vec![
-            Arc::new(rows.iter().map(|r| format!("s{}", r.0 % 5)).map(Some).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|r| (r.0 % 6 != 5).then(|| format!("s{}", r.0 % 6))).collect::<StringArray>()),
             Arc::new(rows.iter().map(|r| format!("d{}", r.1 % 7)).map(Some).collect::<StringArray>()),
             Arc::new(rows.iter().map(|r| r.2).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| r.3.map(f64::from)).collect::<Float64Array>()),
@@ -102,7 +104,7 @@ fn write_file(path: &std::path::Path, rows: &mut [Row], row_group_rows: usize) {
 
 /// The queries compared; the last two filter on the partition column `day` and a file column together, so that the
 /// filter reaches the scan with the partition column in it.
-const QUERIES: [&str; 6] = [
+const QUERIES: [&str; 11] = [
     "SELECT sensor, count(*), sum(value), min(value), max(value) FROM t GROUP BY sensor ORDER BY sensor",
     "SELECT * FROM t WHERE sensor = 's2' ORDER BY day, device, ts, value",
     "SELECT count(*), count(value) FROM t",
@@ -112,7 +114,15 @@ const QUERIES: [&str; 6] = [
         "SELECT * FROM t WHERE (day = 'd0' AND sensor = 's1') OR (day = 'd1' AND ts < 300) ",
         "ORDER BY day, sensor, device, ts, value"
     ),
+    "SELECT count(*) FROM (SELECT ts FROM t WHERE sensor = 's0' LIMIT 7)",
+    "SELECT device, ts FROM t WHERE 's3' = sensor AND value > 0 ORDER BY device, ts",
+    "SELECT count(*), sum(value) FROM t WHERE sensor = 's1'",
+    "SELECT sensor, count(*), max(ts) FROM t WHERE sensor = 's4' OR sensor IS NULL GROUP BY sensor ORDER BY sensor",
+    "SELECT count(*), max(ts) FROM t WHERE sensor = 's4'",
 ];
+
+/// What [`answers`] returns: each query's answer, the file ranges its plan scans, and its plan.
+type Answers = (Vec<String>, Vec<usize>, Vec<String>);
 
 /// How a run plans its scans: without the rule, with it guessing pieces from sizes, or with it reading the footers
 /// that the run's runtime keeps.
@@ -123,8 +133,8 @@ enum Planning {
     Footers,
 }
 
-/// Each query's answer as text, and the number of file ranges each query's plan scans.
-fn answers(dir: &std::path::Path, partitions: usize, planning: Planning, declared: bool) -> (Vec<String>, Vec<usize>) {
+/// Each query's answer as text, the number of file ranges each query's plan scans, and its plan as text.
+fn answers(dir: &std::path::Path, partitions: usize, planning: Planning, declared: bool) -> Answers {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
     rt.block_on(async {
         let mut config = SessionConfig::new().with_target_partitions(partitions);
@@ -142,6 +152,9 @@ fn answers(dir: &std::path::Path, partitions: usize, planning: Planning, declare
         if let Some(rule) = rule {
             state = state.with_physical_optimizer_rule(Arc::new(rule));
         }
+        if let Planning::Footers = planning {
+            state = state.with_physical_optimizer_rule(Arc::new(ProvenFilters::new(caches.footers())));
+        }
         let ctx = SessionContext::new_with_state(state.build());
         // Declared: the schema the files were written with, as the archive's tables declare theirs. Otherwise
         // DataFusion infers one, with other types for strings than the files' (views).
@@ -154,13 +167,15 @@ fn answers(dir: &std::path::Path, partitions: usize, planning: Planning, declare
         ctx.sql("SELECT sum(ts) FROM t").await.expect("plans").collect().await.expect("runs");
         let mut out = Vec::new();
         let mut ranges = Vec::new();
+        let mut plans = Vec::new();
         for query in QUERIES {
             let batches = ctx.sql(query).await.expect("plans").collect().await.expect("runs");
             out.push(pretty_format_batches(&batches).expect("formats").to_string());
             let plan = ctx.sql(query).await.expect("plans").create_physical_plan().await.expect("plans");
             ranges.push(scanned_ranges(&plan));
+            plans.push(datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string());
         }
-        (out, ranges)
+        (out, ranges, plans)
     })
 }
 
@@ -185,7 +200,7 @@ proptest! {
     #[test]
     fn queries_answer_the_same_with_the_scan_in_pieces(
         files in proptest::collection::vec(
-            (proptest::collection::vec((0u8..5, 0u8..7, 0i64..1000, proptest::option::of(-100i32..100)), 0..600),
+            (proptest::collection::vec((0u8..6, 0u8..7, 0i64..1000, proptest::option::of(-100i32..100)), 0..600),
              1usize..80),
             1..4,
         ),
@@ -200,12 +215,12 @@ proptest! {
             std::fs::create_dir_all(&day).expect("day directory");
             write_file(&day.join(format!("part-{i}.parquet")), &mut rows, *row_group_rows);
         }
-        let (want, _) = answers(dir.path(), partitions, Planning::Plain, true);
+        let (want, _, _) = answers(dir.path(), partitions, Planning::Plain, true);
         let planning = match guessed_rows_per_row_group % 2 {
             0 => Planning::Guessed { rows_per_row_group: guessed_rows_per_row_group },
             _ => Planning::Footers,
         };
-        let (got, _) = answers(dir.path(), partitions, planning, declared);
+        let (got, _, _) = answers(dir.path(), partitions, planning, declared);
         prop_assert_eq!(got, want);
     }
 }
@@ -224,8 +239,8 @@ fn day_of_twenty_row_groups() -> tempfile::TempDir {
 #[test]
 fn a_file_of_many_row_groups_is_scanned_in_pieces() {
     let dir = day_of_twenty_row_groups();
-    let (want, plain) = answers(dir.path(), 2, Planning::Plain, true);
-    let (got, guessed) = answers(dir.path(), 2, Planning::Guessed { rows_per_row_group: 250 }, true);
+    let (want, plain, _) = answers(dir.path(), 2, Planning::Plain, true);
+    let (got, guessed, _) = answers(dir.path(), 2, Planning::Guessed { rows_per_row_group: 250 }, true);
     assert!(plain.iter().all(|&ranges| ranges <= 2), "{plain:?}");
     assert!(guessed.iter().any(|&ranges| ranges > 2), "the plan shows the pieces: {guessed:?}");
     assert_eq!(got, want);
@@ -236,14 +251,52 @@ fn a_file_of_many_row_groups_is_scanned_in_pieces() {
 #[test]
 fn a_cached_footer_cuts_the_file_at_the_row_groups_the_filter_may_read() {
     let dir = day_of_twenty_row_groups();
-    let (want, _) = answers(dir.path(), 2, Planning::Plain, true);
-    let (got, ranges) = answers(dir.path(), 2, Planning::Footers, true);
+    let (want, _, _) = answers(dir.path(), 2, Planning::Plain, true);
+    let (got, ranges, plans) = answers(dir.path(), 2, Planning::Footers, true);
     assert_eq!(got, want);
     // QUERIES: all sensors; `s2`; a count (answered from the statistics, no scan); `s0` and `s4` (8 row groups,
-    // each with a `ts` over 500); in day `d0`, `s3`; in day `d0`, `s1`.
-    assert_eq!(ranges, [20, 4, 0, 8, 4, 4]);
+    // each with a `ts` over 500); in day `d0`, `s3`; in day `d0`, `s1`; then one sensor each (4 row groups).
+    assert_eq!(ranges, [20, 4, 0, 8, 4, 4, 4, 4, 4, 4, 4]);
+    // The row groups of one sensor prove `sensor = 's2'` (and `'s3' = sensor`, `sensor = 's1'`): no filter compares
+    // it, and where nothing else needs the column, the scan does not read it. A limit keeps its filter; so do
+    // `sensor IN (…)`, a disjunction, and `value > 0`.
+    for (query, plan) in QUERIES.iter().zip(&plans) {
+        let scan = plan.lines().find(|line| line.contains("DataSourceExec")).unwrap_or_default();
+        let filter = plan.lines().find(|line| line.contains("FilterExec")).unwrap_or_default();
+        match query {
+            q if q.contains("WHERE sensor = 's2'") || q.contains("WHERE sensor = 's1'") => {
+                assert!(filter.is_empty(), "{query}: {plan}");
+                assert!(!scan.contains("projection=[sensor") || q.starts_with("SELECT *"), "{query}: {plan}");
+            }
+            q if q.contains("'s3' = sensor") => {
+                assert!(filter.contains("value") && !filter.contains("s3"), "{query}: {plan}");
+            }
+            q if q.contains("LIMIT") || q.contains("IN (") || q.contains(" OR ") => {
+                assert!(!filter.is_empty(), "{query}: {plan}");
+            }
+            _ => {}
+        }
+    }
+    let (_, _, plain_plans) = answers(dir.path(), 2, Planning::Plain, true);
+    assert!(plain_plans[1].contains("FilterExec"), "without the rule, `sensor = 's2'` is compared: {}", plain_plans[1]);
     // Where the scan's types are not the file's, the rule leaves the file to DataFusion's adaptation: not cut.
-    let (got, ranges) = answers(dir.path(), 2, Planning::Footers, false);
+    let (got, ranges, _) = answers(dir.path(), 2, Planning::Footers, false);
     assert_eq!(got, want);
     assert!(ranges.iter().all(|&ranges| ranges <= 2), "{ranges:?}");
+}
+
+/// A row group whose other rows are null (rows 10–19: five `s4`, five nulls) proves nothing: its statistics say `s4` is the minimum and the maximum,
+/// but `sensor = 's4'` is not true of a null.
+#[test]
+fn nulls_in_a_row_group_keep_the_filter() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("day=d0")).expect("day directory");
+    let mut rows: Vec<Row> =
+        (0..40).map(|i| (if i < 15 { 4 } else { 5 }, (i % 7) as u8, i64::from(i), Some(i))).collect();
+    write_file(&dir.path().join("day=d0/day.parquet"), &mut rows, 10);
+    let (want, _, _) = answers(dir.path(), 2, Planning::Plain, true);
+    let (got, _, plans) = answers(dir.path(), 2, Planning::Footers, true);
+    assert_eq!(got, want);
+    assert!(want[10].contains("| 15 "), "{}", want[10]);
+    assert!(plans[10].contains("FilterExec"), "{}", plans[10]);
 }
