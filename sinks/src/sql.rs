@@ -161,7 +161,16 @@ pub struct SqlArchive {
     intervals: ExpectedIntervals,
     /// The files' footers and statistics, kept between queries.
     caches: file_caches::FileCaches,
+    /// The seal and compaction journals as last read, with the listing they were read after (see
+    /// [`SqlArchive::journals`]).
+    journals_read: Arc<std::sync::Mutex<Option<ListedJournals>>>,
 }
+
+/// The seal and the compaction journals.
+type Journals = (Vec<crate::seal::SealRecord>, Vec<crate::compact::CompactionRecord>);
+
+/// The journals' listing (`seals/` and `compactions/`) and the journals read after it.
+type ListedJournals = (Vec<object_store::ObjectMeta>, Journals);
 
 /// A session with every table and view registered, built once and rebuilt only when the days with rollups change
 /// (the `windows_*` views name them). Planning the views took 10 ms per query when each query built its own.
@@ -283,6 +292,7 @@ impl SqlArchive {
             limits,
             threads,
             session: Default::default(),
+            journals_read: Default::default(),
             rollups_changed: Default::default(),
             stores,
             rejected: None,
@@ -526,7 +536,7 @@ impl SqlArchive {
             let _visible = progress.visibility.read().await;
             let df = self.dataframe(sql, params).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            (schema, df.execute_stream().await?)
+            (schema, self.execute(df).await?)
         };
         if !out.start(schema) {
             return Ok(());
@@ -561,12 +571,31 @@ impl SqlArchive {
     }
 
     /// The seal and compaction journals: parts are swapped only between two writes of one of them.
-    async fn journals(
-        &self,
-    ) -> Result<(Vec<crate::seal::SealRecord>, Vec<crate::compact::CompactionRecord>), SqlError> {
+    ///
+    /// Read again only when their listing changed: a journal is replaced whole by a new object (a new entity tag,
+    /// size or time), so the same listing means the same journals. A query checks them twice, and reading each
+    /// journal of a year of sealed days every time would make every query's cost grow with history.
+    async fn journals(&self) -> Result<Journals, SqlError> {
+        use futures_util::TryStreamExt;
         let invalid = |e: crate::archive::ArchiveError| SqlError::Invalid(e.to_string());
+        let store_error = |e: object_store::Error| SqlError::Invalid(e.to_string());
+        let mut listing: Vec<object_store::ObjectMeta> = Vec::new();
+        for prefix in ["seals", "compactions"] {
+            let prefix = self.location.root.clone().join(prefix);
+            listing.extend(self.location.store.list(Some(&prefix)).try_collect::<Vec<_>>().await.map_err(store_error)?);
+        }
+        listing.sort_by(|a, b| a.location.cmp(&b.location));
+        let tagged = listing.iter().all(|meta| meta.e_tag.is_some());
+        if let Some((listed, journals)) = &*self.journals_read.lock().unwrap_or_else(|e| e.into_inner())
+            && tagged
+            && *listed == listing
+        {
+            return Ok(journals.clone());
+        }
         let seals = crate::seal::seal_records(&self.location).await.map_err(invalid)?;
-        Ok((seals, crate::compact::compaction_records(&self.location).await.map_err(invalid)?))
+        let journals = (seals, crate::compact::compaction_records(&self.location).await.map_err(invalid)?);
+        *self.journals_read.lock().unwrap_or_else(|e| e.into_inner()) = Some((listing, journals.clone()));
+        Ok(journals)
     }
 
     /// The whole result of `sql`, stopping one row past `--sql-max-rows`.
@@ -574,7 +603,7 @@ impl SqlArchive {
         use futures_util::StreamExt;
         let df = self.dataframe(sql, params).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = df.execute_stream().await?;
+        let mut stream = self.execute(df).await?;
         let (mut batches, mut rows) = (Vec::new(), 0);
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -603,9 +632,26 @@ impl SqlArchive {
         Ok(if params.is_empty() { df } else { df.with_param_values(params)? })
     }
 
-    /// A session for one query: the cached session (rebuilt first if the days with rollups changed; they are listed
-    /// at most every [`ROLLED_DAYS_TRUSTED_FOR`], or after [`SqlArchive::rollups_changed`]) with a memory pool of
-    /// the query's own.
+    /// `df` planned and run with a memory pool of its own (`--sql-memory`): the session plans with the runtime every
+    /// query shares (object stores, footer and statistics caches), and the query's task context runs the plan with
+    /// a runtime of its own. (Building a session per query for its runtime registered every function again: a
+    /// tenth of a trivial query's time.)
+    async fn execute(
+        &self,
+        df: datafusion::dataframe::DataFrame,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream, SqlError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .with_object_store_registry(self.stores.clone())
+            .with_cache_manager(self.caches.runtime_config())
+            .build_arc()?;
+        let task = Arc::new(df.task_ctx().with_runtime(runtime));
+        let plan = df.create_physical_plan().await?;
+        Ok(datafusion::physical_plan::execute_stream(plan, task)?)
+    }
+
+    /// The session queries are planned in: the cached one, rebuilt first if the days with rollups changed (they are
+    /// listed at most every [`ROLLED_DAYS_TRUSTED_FOR`], or after [`SqlArchive::rollups_changed`]).
     async fn context(&self) -> Result<SessionContext, SqlError> {
         let state = {
             let mut cached = self.session.lock().await;
@@ -629,20 +675,17 @@ impl SqlArchive {
                 }
             }
         };
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.limits.memory_bytes, 1.0)
-            .with_object_store_registry(self.stores.clone())
-            .with_cache_manager(self.caches.runtime_config())
-            .build_arc()?;
-        Ok(SessionContext::new_with_state(
-            SessionStateBuilder::new_from_existing(state).with_runtime_env(runtime).build(),
-        ))
+        Ok(SessionContext::new_with_state(state))
     }
 
     /// A session with `archived`, `unflushed`, `seals`, `rejected` (the record of rejected lines), the `readings` view and the `windows_*` views (which read
     /// the rollups of the `rolled` days).
     async fn session_state(&self, rolled: &[Vec<String>; 4]) -> Result<SessionState, SqlError> {
-        let runtime = RuntimeEnvBuilder::new().with_object_store_registry(self.stores.clone()).build_arc()?;
+        // Planning's runtime: no memory is reserved while planning; each query runs with its own pool (`execute`).
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(self.stores.clone())
+            .with_cache_manager(self.caches.runtime_config())
+            .build_arc()?;
         let mut config = SessionConfig::from_env()
             .unwrap_or_default()
             .with_target_partitions(self.threads.parallelism())

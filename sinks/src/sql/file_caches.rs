@@ -42,12 +42,14 @@ impl FileCaches {
         }
     }
 
-    /// The cache configuration of one query's runtime: the shared footer cache, and a listing cache of the query's
-    /// own.
+    /// The cache configuration of the queries' runtimes: the shared footer cache, and no listing cache. Parts come
+    /// with every flush, and queries are planned in one shared session: a listing kept there would hide them (each
+    /// query lists the files when it is planned).
     pub fn runtime_config(&self) -> CacheManagerConfig {
         CacheManagerConfig::default()
             .with_file_metadata_cache(Some(self.metadata.clone() as _))
             .with_metadata_cache_limit(self.metadata_bytes)
+            .with_list_files_cache_limit(0)
     }
 
     /// The footer cache, for the plan rule that cuts files at their row groups; `None` when footers are not kept.

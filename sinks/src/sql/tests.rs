@@ -121,6 +121,30 @@ fn unflushed_readings_are_seen_once() {
     );
 }
 
+/// One session answers many queries: a part written after a query is seen by the next (a listing kept in the
+/// session's runtime once hid every part flushed after the first query).
+#[test]
+fn parts_written_after_a_query_are_seen_by_the_next() {
+    let f = archived(Some("memory:///"));
+    let session = sql(&f, SqlLimits::default());
+    let count = || single_i64(&f.runtime.block_on(session.query("SELECT count(*) FROM readings")).unwrap());
+    assert_eq!(count(), 6);
+    let rows: Vec<crate::part::ArchivedReading> = (0..3)
+        .map(|i| crate::part::ArchivedReading {
+            device: "late".into(),
+            sensor: "speed".into(),
+            value: f64::from(i),
+            micros: T0 + 2 * DAY + i64::from(i),
+            written: 1,
+        })
+        .collect();
+    let path = f.location.part_path("2026-11-21", 1_000, 1_002);
+    let bytes = crate::part::write_parquet(&rows).unwrap();
+    use object_store::ObjectStoreExt;
+    f.runtime.block_on(f.location.store.put(&path, bytes.into())).unwrap();
+    assert_eq!(count(), 9, "the same session after a part was written");
+}
+
 #[test]
 fn writes_and_other_statements_are_refused_by_class() {
     for (q, class) in [
