@@ -262,7 +262,10 @@ impl PartWriter {
         if self.group_rows == 0 {
             return Ok(());
         }
-        let group = arrow::compute::concat_batches(&archive_schema(), &std::mem::take(&mut self.group))?;
+        let group = match std::mem::take(&mut self.group).as_slice() {
+            [one] => one.clone(),
+            slices => arrow::compute::concat_batches(&archive_schema(), slices)?,
+        };
         self.group_rows = 0;
         self.writer.write(&group)?;
         Ok(self.writer.flush()?)
