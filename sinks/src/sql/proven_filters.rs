@@ -6,7 +6,8 @@
 //! a query's time over a sealed day (decoding the `sensor` column, and the comparison), about what DuckDB's whole
 //! query takes beyond the scan.
 //!
-//! What it does: for a filter directly over a Parquet scan whose files' footers are cached ([`super::file_caches`]),
+//! What it does: for a filter over a Parquet scan (directly, or through repartitions that only move its rows) whose
+//! files' footers are cached ([`super::file_caches`]),
 //! each conjunct `column = 'literal'` (a string column of the files, either side) is dropped when every row group
 //! the scan may read — those whose start lies in one of its file ranges, as DataFusion decides which range reads a
 //! row group — has exact statistics for the column with minimum = maximum = the literal and a null count of 0. The
@@ -43,8 +44,10 @@ use datafusion::physical_expr::utils::{conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::projection_pushdown::ProjectionPushdown;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use parquet::file::metadata::ParquetMetaData;
 
 /// The plan rule: filters over Parquet scans lose the conjuncts their row groups' statistics prove.
@@ -100,7 +103,7 @@ fn without_proven(
     config: &ConfigOptions,
 ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let input = filter.input();
-    let Some(exec) = input.downcast_ref::<DataSourceExec>() else {
+    let Some(exec) = scan_below(input) else {
         return Ok(None);
     };
     let Some((scan, parquet)) = exec.downcast_to_file_source::<ParquetSource>() else {
@@ -162,6 +165,19 @@ fn without_proven(
         }
     };
     Ok(Some(ProjectionPushdown::new().optimize(projected, config)?))
+}
+
+/// The scan `plan` reads its rows from, unchanged: the plan itself, or below nodes that only move rows between
+/// partitions or batches (DataFusion puts a round-robin repartition between a filter and a scan of one partition).
+fn scan_below(plan: &Arc<dyn ExecutionPlan>) -> Option<&DataSourceExec> {
+    if let Some(exec) = plan.downcast_ref::<DataSourceExec>() {
+        return Some(exec);
+    }
+    let moves_rows_only = plan.is::<RepartitionExec>() || plan.is::<CoalescePartitionsExec>();
+    match plan.children().as_slice() {
+        [child] if moves_rows_only => scan_below(child),
+        _ => None,
+    }
 }
 
 /// A conjunct `column = 'literal'` over a string column of the files.
