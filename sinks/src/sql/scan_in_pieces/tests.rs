@@ -300,3 +300,46 @@ fn nulls_in_a_row_group_keep_the_filter() {
     assert!(want[10].contains("| 15 "), "{}", want[10]);
     assert!(plans[10].contains("FilterExec"), "{}", plans[10]);
 }
+
+/// A file too small to split is one partition, and DataFusion puts a round-robin repartition between the filter and
+/// the scan: the row groups still prove `sensor = 's2'`, the filter goes, the scan reads no `sensor`, and the answer
+/// is DataFusion's own.
+#[test]
+fn a_filter_above_a_repartitioned_scan_is_dropped_too() {
+    let dir = day_of_twenty_row_groups();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+    let query = "SELECT count(*), sum(value) FROM t WHERE sensor = 's2'";
+    let run = |rules: bool| {
+        rt.block_on(async {
+            let caches = FileCaches::new(64 << 20);
+            let runtime =
+                RuntimeEnvBuilder::new().with_cache_manager(caches.runtime_config()).build_arc().expect("runtime");
+            let mut state = SessionStateBuilder::new()
+                .with_config(SessionConfig::new().with_target_partitions(2))
+                .with_runtime_env(runtime)
+                .with_default_features();
+            if rules {
+                state = state
+                    .with_physical_optimizer_rule(Arc::new(ScanInPieces::new(caches.footers())))
+                    .with_physical_optimizer_rule(Arc::new(ProvenFilters::new(caches.footers())));
+            }
+            let ctx = SessionContext::new_with_state(state.build());
+            let schema = schema();
+            let options = ParquetReadOptions::default()
+                .schema(&schema)
+                .table_partition_cols(vec![("day".to_string(), DataType::Utf8)]);
+            ctx.register_parquet("t", dir.path().to_str().expect("utf-8 path"), options).await.expect("register");
+            ctx.sql("SELECT sum(ts) FROM t").await.expect("plans").collect().await.expect("runs");
+            let plan = ctx.sql(query).await.expect("plans").create_physical_plan().await.expect("plans");
+            let plan = datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string();
+            let batches = ctx.sql(query).await.expect("plans").collect().await.expect("runs");
+            (pretty_format_batches(&batches).expect("formats").to_string(), plan)
+        })
+    };
+    let (want, plain) = run(false);
+    let (got, plan) = run(true);
+    assert_eq!(got, want);
+    assert!(plain.contains("FilterExec") && plain.contains("RepartitionExec"), "{plain}");
+    assert!(!plan.contains("FilterExec"), "{plan}");
+    assert!(plan.lines().any(|l| l.contains("DataSourceExec") && l.contains("projection=[value]")), "{plan}");
+}
