@@ -241,6 +241,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_WAL_QUEUE_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub wal_queue_depth: u32,
 
+    /// How long a group commit waits for more requests' batches while requests are concurrent (a lone writer never
+    /// waits): fewer fsyncs and wake-ups for up to this much more acknowledgement latency; 0 turns it off.
+    #[arg(long, env = "WEIR_WAL_COMMIT_DELAY", default_value = "2500us", value_parser = parse_commit_delay)]
+    pub wal_commit_delay: Duration,
+
     /// Timely worker threads of the statistics dataflow (results are the same for any number).
     #[arg(long, env = "WEIR_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,
@@ -511,6 +516,7 @@ impl ServeArgs {
             wal: WalOptions {
                 segment_bytes: self.wal_segment_bytes,
                 queue_depth: self.wal_queue_depth as usize,
+                commit_delay: self.wal_commit_delay,
                 ..WalOptions::default()
             },
             ingest: IngestLimits {
@@ -844,4 +850,33 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 fn parse_sensor_naming(s: &str) -> Result<SensorNaming, String> {
     s.parse()
+}
+
+/// The longest `--wal-commit-delay`: a group waits at most this long, so a request's acknowledgement does too.
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
+
+fn parse_commit_delay(text: &str) -> Result<Duration, String> {
+    let delay = parse_duration(text)?;
+    if delay > MAX_COMMIT_DELAY {
+        return Err(format!(
+            "{text} is longer than the longest commit delay, {MAX_COMMIT_DELAY:?}: every concurrent request's \
+             acknowledgement would wait that long; write e.g. 2500us or 5ms"
+        ));
+    }
+    Ok(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_delay_is_bounded_and_may_be_off() {
+        assert_eq!(parse_commit_delay("2500us"), Ok(Duration::from_micros(2_500)));
+        assert_eq!(parse_commit_delay("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_commit_delay("100ms"), Ok(MAX_COMMIT_DELAY));
+        let refused = parse_commit_delay("101ms").unwrap_err();
+        assert!(refused.contains("longest commit delay"), "{refused}");
+        assert!(parse_commit_delay("soon").is_err());
+    }
 }

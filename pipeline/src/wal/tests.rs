@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::time::Duration;
 
 use super::*;
 use crate::reading::{DEFAULT_SENSORS, DeviceInterner, ReadingBatch, Row};
@@ -87,6 +88,73 @@ fn concurrent_appenders_share_fsyncs_and_all_land() {
     assert_eq!(positions, (1..=400).collect::<Vec<_>>());
     wal.close();
     assert_eq!(read_all(dir.path()).len(), 400);
+}
+
+/// The write time of each record, by position: the records of one group share theirs.
+fn write_times(dir: &Path) -> Vec<u64> {
+    let mut r = WalReader::new(dir, 1);
+    let mut out = Vec::new();
+    while let Some(record) = r.next_batch().unwrap() {
+        out.push(record.written);
+    }
+    out
+}
+
+/// One writer at a time: each append is a group of its own and is never held back, however long the delay.
+#[test]
+fn a_lone_writer_never_waits_for_company() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions { commit_delay: Duration::from_secs(30), ..WalOptions::default() };
+    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    let started = std::time::Instant::now();
+    for k in 0..20 {
+        wal.appender().append_blocking(&record_batch(k)).unwrap();
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "appends waited: {:?}", started.elapsed());
+    wal.close();
+    let times = write_times(dir.path());
+    assert_eq!(times.len(), 20);
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "each append its own group: {times:?}");
+}
+
+/// Once appends have shared a group, a group's first append waits for the next writer: two appends 50 ms apart,
+/// far more than a write and an fsync take, land in one group (one write time) — and both are durable.
+#[test]
+fn concurrent_writers_keep_sharing_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions { commit_delay: Duration::from_millis(400), ..WalOptions::default() };
+    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    let appender = wal.appender();
+    let shared = |times: &[u64]| times.windows(2).any(|w| w[0] == w[1]);
+    // Writers at once until two of their appends have met in a group (the first that meet did not wait).
+    let mut seed = 0;
+    for round in 0.. {
+        assert!(round < 50, "8 writers at once never shared a group");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                seed += 1;
+                let (a, s) = (appender.clone(), seed);
+                std::thread::spawn(move || a.append_blocking(&record_batch(s)).unwrap())
+            })
+            .collect();
+        handles.into_iter().for_each(|h| assert!(h.join().unwrap() > 0));
+        if shared(&write_times(dir.path())) {
+            break;
+        }
+    }
+    let before = write_times(dir.path()).len();
+    let first = {
+        let a = appender.clone();
+        std::thread::spawn(move || a.append_blocking(&record_batch(1_000)).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let second = appender.append_blocking(&record_batch(1_001)).unwrap();
+    let first = first.join().unwrap();
+    assert_eq!((first.max(second), first.min(second)), (before as u64 + 2, before as u64 + 1));
+    wal.close();
+    let times = write_times(dir.path());
+    assert_eq!(times.len(), before + 2);
+    assert_eq!(times[before], times[before + 1], "the second writer joined the first one's group: {times:?}");
 }
 
 /// A crash can cut the last segment anywhere: every cut leaves the records before it and nothing else, and the
