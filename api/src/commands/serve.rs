@@ -241,8 +241,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_WAL_QUEUE_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub wal_queue_depth: u32,
 
-    /// How long a group commit waits for more requests' batches while requests are concurrent (a lone writer never
-    /// waits): fewer fsyncs and wake-ups for up to this much more acknowledgement latency; 0 turns it off.
+    /// How long a group commit waits for more requests' batches while waiting brings company (concurrent
+    /// requests; a lone client never waits): fewer fsyncs and wake-ups for up to this much more acknowledgement
+    /// latency; 0 turns it off.
     #[arg(long, env = "WEIR_WAL_COMMIT_DELAY", default_value = "2500us", value_parser = parse_commit_delay)]
     pub wal_commit_delay: Duration,
 

@@ -63,8 +63,8 @@ pub struct WalOptions {
     pub queue_depth: usize,
     /// The most bytes one group commit writes before it fsyncs.
     pub max_group_bytes: usize,
-    /// How long a group waits for more appends before it is written, while appends have lately shared groups
-    /// (several writers at once); a lone writer's appends never wait. Zero: never wait.
+    /// How long a group waits for more appends before it is written, while waiting brings company (several
+    /// writers at once; see the writer's module); a lone writer's appends never wait. Zero: never wait.
     pub commit_delay: std::time::Duration,
     /// Gives each group commit its write time; the statistics that follow this log share it ([`LogTail`]).
     pub clock: WriteClock,

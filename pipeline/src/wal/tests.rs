@@ -117,6 +117,24 @@ fn a_lone_writer_never_waits_for_company() {
     assert!(times.windows(2).all(|w| w[0] < w[1]), "each append its own group: {times:?}");
 }
 
+/// Writers at once until two of their appends have met in a group without waiting (which starts the waiting).
+fn share_a_group(appender: &WalAppender, dir: &Path) {
+    let shared = |times: &[u64]| times.windows(2).any(|w| w[0] == w[1]);
+    for round in 0..50 {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let a = appender.clone();
+                std::thread::spawn(move || a.append_blocking(&record_batch(round * 8 + t)).unwrap())
+            })
+            .collect();
+        handles.into_iter().for_each(|h| assert!(h.join().unwrap() > 0));
+        if shared(&write_times(dir)) {
+            return;
+        }
+    }
+    panic!("8 writers at once never shared a group");
+}
+
 /// Once appends have shared a group, a group's first append waits for the next writer: two appends 50 ms apart,
 /// far more than a write and an fsync take, land in one group (one write time) — and both are durable.
 #[test]
@@ -125,23 +143,7 @@ fn concurrent_writers_keep_sharing_groups() {
     let options = WalOptions { commit_delay: Duration::from_millis(400), ..WalOptions::default() };
     let (wal, _) = Wal::open(dir.path(), options).unwrap();
     let appender = wal.appender();
-    let shared = |times: &[u64]| times.windows(2).any(|w| w[0] == w[1]);
-    // Writers at once until two of their appends have met in a group (the first that meet did not wait).
-    let mut seed = 0;
-    for round in 0.. {
-        assert!(round < 50, "8 writers at once never shared a group");
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                seed += 1;
-                let (a, s) = (appender.clone(), seed);
-                std::thread::spawn(move || a.append_blocking(&record_batch(s)).unwrap())
-            })
-            .collect();
-        handles.into_iter().for_each(|h| assert!(h.join().unwrap() > 0));
-        if shared(&write_times(dir.path())) {
-            break;
-        }
-    }
+    share_a_group(&appender, dir.path());
     let before = write_times(dir.path()).len();
     let first = {
         let a = appender.clone();
@@ -155,6 +157,30 @@ fn concurrent_writers_keep_sharing_groups() {
     let times = write_times(dir.path());
     assert_eq!(times.len(), before + 2);
     assert_eq!(times[before], times[before + 1], "the second writer joined the first one's group: {times:?}");
+}
+
+/// A writer left alone after others (a client, and a probe now and then) waits a few groups, finds nobody, and
+/// stops waiting.
+#[test]
+fn a_writer_left_alone_stops_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let delay = Duration::from_millis(100);
+    let options = WalOptions { commit_delay: delay, ..WalOptions::default() };
+    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    let appender = wal.appender();
+    share_a_group(&appender, dir.path());
+    let took: Vec<Duration> = (0..30)
+        .map(|k| {
+            let started = std::time::Instant::now();
+            appender.append_blocking(&record_batch(2_000 + k)).unwrap();
+            started.elapsed()
+        })
+        .collect();
+    assert!(took[0] >= delay, "the first lone append waited: {took:?}");
+    // The rest of the writers' last round may have made groups of up to seven while waiting: a dozen lone groups
+    // bring the mean below the threshold from there.
+    assert!(took[15..].iter().all(|t| *t < delay), "the last fifteen did not wait: {took:?}");
+    wal.close();
 }
 
 /// A crash can cut the last segment anywhere: every cut leaves the records before it and nothing else, and the

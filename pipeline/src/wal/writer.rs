@@ -8,16 +8,19 @@
 //! **Waiting for company.** Below the disk's limit the queue is mostly empty when an append arrives, so each
 //! append was a group of its own: one `fdatasync`, one wake-up of the writer, of the statistics and of the
 //! archiver per request (at 1 000 requests a second, ~12 % of the server's CPU went to the writer alone). While
-//! appends have lately shared a group ([`SHARING_MEMORY`]) — several writers at once — a group's first append waits
-//! [`WalOptions::commit_delay`] for the others before the group is written. A lone writer's appends never meet
-//! another, so it never waits; concurrent writers keep meeting, so they keep sharing.
+//! waiting brings company, a group's first append waits [`WalOptions::commit_delay`] for the others before the
+//! group is written: the writer keeps a running mean of the appends a group holds ([`Company`]); a group that met
+//! others without waiting (several writers at once) starts the waiting, and it goes on while groups hold at least
+//! [`Company::WORTH_WAITING`] appends on average. A lone writer's appends never meet another, so it never waits;
+//! one that meets an occasional other (a monitoring probe) waits a few groups, finds nobody, and stops; concurrent
+//! writers keep meeting, so they keep sharing.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -198,7 +201,7 @@ impl Wal {
             next_position,
             durable: durable_tx,
             failed: failure.clone(),
-            last_shared: None,
+            company: Company::default(),
         };
         let thread = std::thread::Builder::new()
             .name("weir-wal-writer".into())
@@ -269,14 +272,46 @@ struct Writer {
     durable: watch::Sender<u64>,
     /// Shared with every appender: set at the first failed write or fsync.
     failed: Arc<std::sync::OnceLock<AppendError>>,
-    /// When a group last held more than one append.
-    last_shared: Option<Instant>,
+    /// How many appends a group has lately held: whether waiting for company pays.
+    company: Company,
 }
 
 type Waiter = oneshot::Sender<Result<u64, AppendError>>;
 
-/// How long after a group of several appends the writer goes on waiting for company ([`WalOptions::commit_delay`]).
-pub const SHARING_MEMORY: Duration = Duration::from_secs(1);
+/// The running mean of the appends a group holds, and so whether a group's first append waits for others.
+#[derive(Debug, Clone, Copy)]
+struct Company {
+    mean: f64,
+}
+
+impl Default for Company {
+    fn default() -> Self {
+        Company { mean: 1.0 }
+    }
+}
+
+impl Company {
+    /// A group waits while groups hold at least this many appends on average.
+    const WORTH_WAITING: f64 = 1.5;
+    /// Weight of the newest group in the mean: after a shared group of 2, seven lone groups end the waiting.
+    const WEIGHT: f64 = 0.1;
+
+    fn worth_waiting(&self) -> bool {
+        self.mean >= Self::WORTH_WAITING
+    }
+
+    /// A group of `appends` was written, after waiting for company or not.
+    fn observe(&mut self, appends: usize, waited: bool) {
+        let appends = appends as f64;
+        self.mean = if !waited && appends > 1.0 {
+            // Writers at once without waiting: waiting will pay (a trial as long as a group of two would make it,
+            // whatever this group's size).
+            self.mean.max(2.0)
+        } else {
+            (1.0 - Self::WEIGHT) * self.mean + Self::WEIGHT * appends
+        };
+    }
+}
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Message>) {
@@ -285,7 +320,10 @@ impl Writer {
         let mut close: Option<oneshot::Sender<()>> = None;
         while close.is_none() {
             let Some(first) = rx.blocking_recv() else { break };
-            if matches!(first, Message::Append { .. }) && self.waits_for_company() {
+            let waited = matches!(first, Message::Append { .. })
+                && !self.options.commit_delay.is_zero()
+                && self.company.worth_waiting();
+            if waited {
                 std::thread::sleep(self.options.commit_delay);
             }
             let mut message = Some(first);
@@ -309,9 +347,7 @@ impl Writer {
                     message = rx.try_recv().ok();
                 }
             }
-            if waiters.len() > 1 {
-                self.last_shared = Some(Instant::now());
-            }
+            self.company.observe(waiters.len(), waited);
             if !waiters.is_empty() {
                 self.commit(&buf, &mut waiters);
             }
@@ -321,12 +357,6 @@ impl Writer {
         if let Some(done) = close {
             let _ = done.send(());
         }
-    }
-
-    /// Whether a group's first append waits for others: while appends have shared a group within
-    /// [`SHARING_MEMORY`].
-    fn waits_for_company(&self) -> bool {
-        !self.options.commit_delay.is_zero() && self.last_shared.is_some_and(|t| t.elapsed() < SHARING_MEMORY)
     }
 
     /// Writes one group and fsyncs it, then answers its waiters.
@@ -379,5 +409,35 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Company;
+
+    #[test]
+    fn company_starts_with_writers_at_once_and_ends_with_lone_groups() {
+        let mut company = Company::default();
+        assert!(!company.worth_waiting(), "no waiting before writers have met");
+        company.observe(1, false);
+        assert!(!company.worth_waiting());
+        company.observe(8, false);
+        assert!(company.worth_waiting(), "appends met without waiting");
+        let trial = (1..=20).find(|_| {
+            company.observe(1, true);
+            !company.worth_waiting()
+        });
+        assert_eq!(trial, Some(7), "whatever the group that started it, a trial of seven lone groups");
+        company.observe(2, false);
+        // Groups of two while waiting keep it going.
+        (0..100).for_each(|_| company.observe(2, true));
+        assert!(company.worth_waiting());
+        // Lone groups end it: after a shared group of two, within seven.
+        let lone = (1..=20).find(|_| {
+            company.observe(1, true);
+            !company.worth_waiting()
+        });
+        assert_eq!(lone, Some(7));
     }
 }
