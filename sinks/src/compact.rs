@@ -70,7 +70,7 @@ enum Stop {
 
 fn journal_path(location: &ArchiveLocation, date: &str) -> Path {
     let owner = location.share.map_or_else(|| "single".to_owned(), |s| format!("process-{}", s.process));
-    location.root.clone().join("compactions").join(format!("date={date}")).join(format!("{owner}.json"))
+    compactions_prefix(location).join(format!("date={date}")).join(format!("{owner}.json"))
 }
 
 fn staged_path(location: &ArchiveLocation, date: &str) -> Path {
@@ -94,8 +94,20 @@ async fn write_journal(location: &ArchiveLocation, record: &CompactionRecord) ->
 /// Every process's compaction journals (for optimistic queries: they compare them before and after).
 pub async fn compaction_records(location: &ArchiveLocation) -> Result<Vec<CompactionRecord>, ArchiveError> {
     use futures_util::TryStreamExt;
-    let prefix = location.root.clone().join("compactions");
-    let mut metas: Vec<_> = location.store.list(Some(&prefix)).try_collect().await?;
+    let metas: Vec<_> = location.store.list(Some(&compactions_prefix(location))).try_collect().await?;
+    compaction_records_listed(location, metas).await
+}
+
+/// Where the compaction journal lives.
+pub fn compactions_prefix(location: &ArchiveLocation) -> object_store::path::Path {
+    location.root.clone().join("compactions")
+}
+
+/// The compaction journal read from its listing `metas` (of [`compactions_prefix`]), in the order of its objects.
+pub async fn compaction_records_listed(
+    location: &ArchiveLocation,
+    mut metas: Vec<object_store::ObjectMeta>,
+) -> Result<Vec<CompactionRecord>, ArchiveError> {
     metas.sort_by(|a, b| a.location.cmp(&b.location));
     let mut out = Vec::new();
     for m in metas {

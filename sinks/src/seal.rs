@@ -67,7 +67,7 @@ pub struct SealOutcome {
 }
 
 fn journal_path(location: &ArchiveLocation, date: &str) -> Path {
-    location.root.clone().join("seals").join(format!("{date}.json"))
+    seals_prefix(location).join(format!("{date}.json"))
 }
 
 /// The dump's path for `date` under `root`.
@@ -100,8 +100,20 @@ async fn write_journal(location: &ArchiveLocation, record: &SealRecord) -> Resul
 /// Every seal record, for the `seals` SQL table.
 pub async fn seal_records(location: &ArchiveLocation) -> Result<Vec<SealRecord>, ArchiveError> {
     use futures_util::TryStreamExt;
-    let prefix = location.root.clone().join("seals");
-    let metas: Vec<_> = location.store.list(Some(&prefix)).try_collect().await?;
+    let metas: Vec<_> = location.store.list(Some(&seals_prefix(location))).try_collect().await?;
+    seal_records_listed(location, metas).await
+}
+
+/// Where the seal journal lives: one object per sealed day.
+pub fn seals_prefix(location: &ArchiveLocation) -> object_store::path::Path {
+    location.root.clone().join("seals")
+}
+
+/// The seal journal read from its listing `metas` (of [`seals_prefix`]), by date.
+pub async fn seal_records_listed(
+    location: &ArchiveLocation,
+    metas: Vec<object_store::ObjectMeta>,
+) -> Result<Vec<SealRecord>, ArchiveError> {
     let mut out = Vec::new();
     for m in metas {
         let bytes = location.store.get(&m.location).await?.bytes().await?;

@@ -579,11 +579,10 @@ impl SqlArchive {
         use futures_util::TryStreamExt;
         let invalid = |e: crate::archive::ArchiveError| SqlError::Invalid(e.to_string());
         let store_error = |e: object_store::Error| SqlError::Invalid(e.to_string());
-        let mut listing: Vec<object_store::ObjectMeta> = Vec::new();
-        for prefix in ["seals", "compactions"] {
-            let prefix = self.location.root.clone().join(prefix);
-            listing.extend(self.location.store.list(Some(&prefix)).try_collect::<Vec<_>>().await.map_err(store_error)?);
-        }
+        let list = |prefix| self.location.store.list(Some(&prefix)).try_collect::<Vec<_>>();
+        let seals = list(crate::seal::seals_prefix(&self.location)).await.map_err(store_error)?;
+        let compactions = list(crate::compact::compactions_prefix(&self.location)).await.map_err(store_error)?;
+        let mut listing: Vec<object_store::ObjectMeta> = seals.iter().chain(&compactions).cloned().collect();
         listing.sort_by(|a, b| a.location.cmp(&b.location));
         let tagged = listing.iter().all(|meta| meta.e_tag.is_some());
         if let Some((listed, journals)) = &*self.journals_read.lock().unwrap_or_else(|e| e.into_inner())
@@ -592,8 +591,11 @@ impl SqlArchive {
         {
             return Ok(journals.clone());
         }
-        let seals = crate::seal::seal_records(&self.location).await.map_err(invalid)?;
-        let journals = (seals, crate::compact::compaction_records(&self.location).await.map_err(invalid)?);
+        // Read from the listing just made: listed once per query, not again for the reading.
+        let journals = (
+            crate::seal::seal_records_listed(&self.location, seals).await.map_err(invalid)?,
+            crate::compact::compaction_records_listed(&self.location, compactions).await.map_err(invalid)?,
+        );
         *self.journals_read.lock().unwrap_or_else(|e| e.into_inner()) = Some((listing, journals.clone()));
         Ok(journals)
     }
