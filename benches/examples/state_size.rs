@@ -107,7 +107,12 @@ fn windows_held(
         sketch_widths,
         ..Default::default()
     };
-    let tail = weir_pipeline::wal::LogTail { dir: dir.path().to_path_buf(), durable, clock: Default::default() };
+    let tail = weir_pipeline::wal::LogTail {
+        dir: dir.path().to_path_buf(),
+        durable,
+        clock: Default::default(),
+        doorbell: Default::default(),
+    };
     let engine =
         weir_pipeline::stats::StatsEngine::start(tail, weir_pipeline::reading::SensorSet::default(), options).unwrap();
     while engine.processed_position() < last {

@@ -62,7 +62,12 @@ pub fn replay_statistics(dir: &std::path::Path, last: u64, workers: usize) -> st
     let (_tx, durable) = tokio::sync::watch::channel(last);
     let started = std::time::Instant::now();
     let options = StatsOptions { workers, ..StatsOptions::default() };
-    let tail = weir_pipeline::wal::LogTail { dir: dir.to_path_buf(), durable, clock: Default::default() };
+    let tail = weir_pipeline::wal::LogTail {
+        dir: dir.to_path_buf(),
+        durable,
+        clock: Default::default(),
+        doorbell: Default::default(),
+    };
     let engine = StatsEngine::start(tail, SensorSet::default(), options).expect("engine starts");
     while engine.processed_position() < last {
         std::thread::sleep(std::time::Duration::from_micros(200));

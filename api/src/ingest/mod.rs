@@ -308,7 +308,12 @@ mod tests {
         let service = IngestService::new(Decoder::new(SensorSet::default()), limits, Arc::new(FullLog));
         let dir = tempfile::tempdir().unwrap();
         let (_durable_tx, durable) = tokio::sync::watch::channel(0);
-        let tail = weir_pipeline::wal::LogTail { dir: dir.path().to_path_buf(), durable, clock: Default::default() };
+        let tail = weir_pipeline::wal::LogTail {
+            dir: dir.path().to_path_buf(),
+            durable,
+            clock: Default::default(),
+            doorbell: Default::default(),
+        };
         let engine = weir_pipeline::stats::StatsEngine::start(tail, SensorSet::default(), Default::default()).unwrap();
         let stats = crate::node::stats::StatsService::new(
             engine,

@@ -8,6 +8,11 @@
 //!
 //! A query enters at the asking process and goes to every worker of the cluster (see [`answers`]); each answers
 //! from its own arrangements once it has processed the requested log position, and the parts are merged.
+//!
+//! A worker with nothing to do sleeps: the log's writer rings the feeding worker's doorbell
+//! ([`crate::wal::Doorbell`]) once more is durable, a query rings it when asked, and timely wakes the others for
+//! their messages. Only a feeder with marks still to pass (see [`feed::LogFeed::needs_round`]) or in a cluster
+//! (the others' rounds complete as its time passes) wakes every [`StatsOptions::idle_park`].
 
 mod answers;
 mod changes;
@@ -39,7 +44,7 @@ pub use query::{Answer, ArchiveState, Query, WindowFilter, WorkerTraces};
 use crate::cluster::{ClusterConfig, ClusterError};
 use crate::devices::DeviceNames;
 use crate::reading::{ReadingBatch, SensorSet};
-use crate::wal::{LogTail, WalReader};
+use crate::wal::{Doorbell, LogTail, WalReader};
 use answers::{ArchiveAnswerer, QueryRequest, Waiting, query_dataflow};
 use feed::{Feeder, LogFeed, Mark};
 use positions::Positions;
@@ -61,8 +66,12 @@ pub struct StatsOptions {
     /// A series keeps its windows in memory for the days within this much event time behind its newest reading
     /// (and for every day whose rollups are not written yet, see [`StatsEngine::set_rolled_through`]); `None`: all.
     pub live_horizon: Option<Duration>,
-    /// How long an idle worker sleeps before it looks at the log again.
+    /// How often a worker wakes while time must pass for its work to go on: in a cluster, and while the feeder's
+    /// marks wait for the clock.
     pub idle_park: Duration,
+    /// How long a worker with nothing to do sleeps when nothing wakes it (the log's doorbell, a query, timely's
+    /// messages and the stop do): only a bound, in case a wake-up is missed.
+    pub quiet_park: Duration,
     /// At most this many readings are fed in before the dataflow is stepped.
     pub feed_limit: usize,
     /// The cluster this process is part of; `None`: a single process.
@@ -81,6 +90,7 @@ impl Default for StatsOptions {
             dedup_horizon: Duration::from_secs(48 * 3600),
             live_horizon: None,
             idle_park: Duration::from_millis(1),
+            quiet_park: Duration::from_millis(100),
             feed_limit: 16_384,
             cluster: None,
             device_names: DeviceNames::default(),
@@ -192,6 +202,8 @@ pub struct StatsEngine {
     names: DeviceNames,
     /// The widths whose live windows carry a quantile sketch.
     sketch_widths: Vec<weir_operators::Width>,
+    /// Wakes the feeding worker: rung when a query is asked and at the stop.
+    doorbell: Doorbell,
     /// In a mutex only to make the engine `Sync` (the guards are not); touched once, at stop.
     guards: Mutex<Option<timely::communication::initialize::WorkerGuards<()>>>,
 }
@@ -231,6 +243,7 @@ impl StatsEngine {
         let names = options.device_names.clone();
         let sketch_widths = options.sketch_widths.clone();
         let processes = options.processes();
+        let doorbell = tail.doorbell.clone();
         let context = WorkerContext {
             live: live.clone(),
             tail,
@@ -263,6 +276,7 @@ impl StatsEngine {
             live,
             names,
             sketch_widths,
+            doorbell,
             guards: Mutex::new(Some(guards)),
         })
     }
@@ -335,6 +349,7 @@ impl StatsEngine {
         let (reply, answer) = oneshot::channel();
         let request = Request { query, process, after, wait, reply };
         self.sender.lock().map_err(|_| QueryError::Stopped)?.send(request).map_err(|_| QueryError::Stopped)?;
+        self.doorbell.ring();
         match tokio::time::timeout(wait, answer).await {
             Ok(answer) => answer.map_err(|_| QueryError::Stopped),
             Err(_) if process == self.process => Err(QueryError::NotYet {
@@ -354,6 +369,9 @@ impl StatsEngine {
         self.stop.store(true, Ordering::Release);
         let guards = self.guards.lock().map(|mut g| g.take()).unwrap_or(None);
         let Some(guards) = guards else { return };
+        for worker in guards.guards() {
+            worker.thread().unpark();
+        }
         let (done, finished) = mpsc::channel();
         std::thread::spawn(move || {
             for result in guards.join() {
@@ -375,6 +393,9 @@ impl Drop for StatsEngine {
         self.stop.store(true, Ordering::Release);
         // Dropping the guards joins the threads; never block a drop on that.
         if let Some(guards) = self.guards.lock().ok().and_then(|mut g| g.take()) {
+            for worker in guards.guards() {
+                worker.thread().unpark();
+            }
             std::thread::spawn(move || drop(guards));
         }
     }
@@ -531,7 +552,9 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     // The first worker of each process reads this process's log and feeds it, and takes this process's queries;
     // the others close their inputs (their work arrives through the exchanges).
     let mut requests = None;
+    let mut listening = None;
     let mut feed = if local == 0 {
+        listening = Some(ctx.tail.doorbell.listen());
         requests = ctx.requests.lock().expect("not poisoned").take();
         // Fed even when this process's log has archived nothing (`start_through` 0): in a cluster its snapshot
         // also holds the sealed days it owns, written from the other processes' logs.
@@ -604,7 +627,15 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
                 probe.less_than(&fed_until) && !ctx.stop.load(Ordering::Relaxed)
             });
         } else {
-            worker.step_or_park(Some(ctx.options.idle_park));
+            // Asleep until rung (more durable, a query) unless there is more to read, or time must pass for the
+            // work to go on.
+            let park = match feed.as_ref() {
+                Some(f) if f.snapshot.is_some() || *ctx.tail.durable.borrow() > f.read_through => Duration::ZERO,
+                Some(f) if f.needs_round() => ctx.options.idle_park,
+                _ if in_cluster => ctx.options.idle_park,
+                _ => ctx.options.quiet_park,
+            };
+            worker.step_or_park(Some(park));
         }
 
         // Let the names' arrangement compact up to what is complete: one entry per name, not per mention.
@@ -644,6 +675,7 @@ fn run_worker(worker: &mut timely::worker::Worker, ctx: &WorkerContext) {
     }
     // Stopping does not wait for the dataflows to drain: in a cluster the other processes' inputs may stay open
     // (or be gone). What matters is durable in the log and the archive; the statistics are rebuilt at start.
+    drop(listening);
     for dataflow in worker.installed_dataflows() {
         worker.drop_dataflow(dataflow);
     }

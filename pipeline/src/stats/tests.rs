@@ -909,6 +909,47 @@ fn one_process_stops_at_once() {
     assert!(started.elapsed() < Duration::from_secs(2), "stopped in {:?}", started.elapsed());
 }
 
+/// A worker with nothing to do sleeps until something rings ([`StatsOptions::quiet_park`] is only a bound): with a
+/// quiet park of two minutes, writes, a query and the stop are still seen at once. Each part fails if its ring is
+/// left out (the writer's after a group commit, the query's, the stop's unpark): the worker would sleep through the
+/// test's bound.
+#[test]
+fn a_sleeping_worker_wakes_for_writes_queries_and_the_stop() {
+    for workers in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let appender = wal.appender();
+        let options = StatsOptions { workers, quiet_park: Duration::from_secs(120), ..StatsOptions::default() };
+        let engine = StatsEngine::start(wal.tail(), test_sensors(), options).unwrap();
+        let bound = Duration::from_secs(20);
+        let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+            let start = Instant::now();
+            while !done() {
+                assert!(start.elapsed() < bound, "{workers} workers: {what} not seen within {bound:?}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait_until("the empty snapshot", &|| engine.snapshot_loaded());
+        for n in 0..3 {
+            // Asleep again: the marks of the last round have passed.
+            std::thread::sleep(Duration::from_millis(300));
+            let position = appender.append_blocking(&batch_of(&[(1, 0, 1_000 + n, 1.0)])).unwrap();
+            wait_until("a write", &|| engine.processed_position() >= position);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let answer = rt.block_on(engine.query(Query::Devices, 0, bound));
+        assert!(matches!(answer, Ok(Answer::Devices(_))), "{workers} workers: the query got {answer:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        engine.stop();
+        // Alone, a process stops at once (`one_process_stops_at_once`); a missed wake-up would show as the stop's
+        // own bound (STOP_BARRIER_WAIT and 10 s more).
+        assert!(start.elapsed() < Duration::from_secs(3), "{workers} workers: the stop took {:?}", start.elapsed());
+        wal.close();
+    }
+}
+
 /// `PROPTEST_CASES` if set (to run many more cases: `PROPTEST_CASES=2000 cargo test …`), else `default`.
 fn cases_or(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)

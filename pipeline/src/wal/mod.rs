@@ -15,6 +15,7 @@
 //! On open, the segments are checked in order. A torn tail of the last segment (a crash mid-write) is cut off and
 //! logged; damage anywhere else is reported as an error rather than silently skipped.
 
+mod doorbell;
 pub(crate) mod record;
 pub use record::{BatchView, KeyView};
 pub mod segment;
@@ -24,6 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use doorbell::{Doorbell, Listening};
 pub use writer::{AppendError, PendingAppend, Wal, WalAppender};
 
 use crate::clock::{Time, WriteClock};
@@ -82,13 +84,16 @@ impl Default for WalOptions {
     }
 }
 
-/// What the statistics need to follow a log: where it is, how far it is durable, and the clock its writer stamps
-/// records with (so that they know when no earlier record can come any more).
+/// What the statistics need to follow a log: where it is, how far it is durable, the clock its writer stamps
+/// records with (so that they know when no earlier record can come any more), and the doorbell its writer rings
+/// once more is durable (so that they sleep until then).
 #[derive(Clone, Debug)]
 pub struct LogTail {
     pub dir: PathBuf,
     pub durable: tokio::sync::watch::Receiver<u64>,
     pub clock: WriteClock,
+    /// Rung by whoever moves `durable` on.
+    pub doorbell: Doorbell,
 }
 
 /// What opening the log found and repaired.

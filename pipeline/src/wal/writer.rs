@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::segment::{self, SegmentFile};
-use super::{LogTail, Recovery, WalError, WalOptions, io_err, recover, sync_dir};
+use super::{Doorbell, LogTail, Recovery, WalError, WalOptions, io_err, recover, sync_dir};
 use crate::clock::WriteClock;
 use crate::reading::ReadingBatch;
 
@@ -159,6 +159,8 @@ pub struct Wal {
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
     clock: WriteClock,
+    /// Rung by the writer once a group commit's position is durable.
+    doorbell: Doorbell,
 }
 
 impl Wal {
@@ -193,6 +195,7 @@ impl Wal {
         let (durable_tx, durable) = watch::channel(recovery.last_position);
         let clock = options.clock.clone();
         let failure = Arc::new(std::sync::OnceLock::new());
+        let doorbell = Doorbell::default();
         let writer = Writer {
             dir: dir.clone(),
             options,
@@ -200,6 +203,7 @@ impl Wal {
             size,
             next_position,
             durable: durable_tx,
+            doorbell: doorbell.clone(),
             failed: failure.clone(),
             company: Company::default(),
         };
@@ -207,12 +211,18 @@ impl Wal {
             .name("weir-wal-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(&dir))?;
-        Ok((Wal { appender: WalAppender { tx, durable, failure }, thread: Some(thread), dir, clock }, recovery))
+        let appender = WalAppender { tx, durable, failure };
+        Ok((Wal { appender, thread: Some(thread), dir, clock, doorbell }, recovery))
     }
 
     /// What the statistics need to follow this log.
     pub fn tail(&self) -> LogTail {
-        LogTail { dir: self.dir.clone(), durable: self.appender.watch_durable(), clock: self.clock.clone() }
+        LogTail {
+            dir: self.dir.clone(),
+            durable: self.appender.watch_durable(),
+            clock: self.clock.clone(),
+            doorbell: self.doorbell.clone(),
+        }
     }
 
     /// The clock that stamps this log's records.
@@ -270,6 +280,8 @@ struct Writer {
     size: u64,
     next_position: u64,
     durable: watch::Sender<u64>,
+    /// Wakes the statistics' feeding worker once a group is durable (it sleeps until then).
+    doorbell: Doorbell,
     /// Shared with every appender: set at the first failed write or fsync.
     failed: Arc<std::sync::OnceLock<AppendError>>,
     /// How many appends a group has lately held: whether waiting for company pays.
@@ -391,6 +403,7 @@ impl Writer {
         // Publish the durable position before anyone hears of it, so a client that holds a position always finds
         // the log at least that far.
         self.durable.send_replace(self.next_position - 1);
+        self.doorbell.ring();
         metrics::counter!("weir_wal_appends_total").increment(waiters.len() as u64);
         metrics::counter!("weir_wal_fsyncs_total").increment(1);
         metrics::counter!("weir_wal_written_bytes_total").increment(buf.len() as u64);
