@@ -31,6 +31,7 @@ mod completeness;
 mod dictionary_grouping;
 mod fast_floor;
 mod file_caches;
+mod float_extremes;
 mod pg_catalog;
 mod proven_filters;
 mod rejected;

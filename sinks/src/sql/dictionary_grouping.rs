@@ -44,6 +44,7 @@ use datafusion::physical_plan::{
 };
 use futures_util::StreamExt;
 
+use super::float_extremes::Extreme;
 use crate::names::Names;
 
 /// The plan rule: partial aggregations grouped by one or two dictionary columns become [`DictionaryAggregateExec`].
@@ -60,7 +61,9 @@ impl Default for DictionaryGrouping {
 }
 
 /// Rows of one group in a row, from which they are aggregated as one slice by DataFusion's plain accumulators
-/// (vectorised: one `min`, `sum`, … over the slice) and merged into the group's state, instead of row by row. The
+/// (vectorised: one `min`, `sum`, … over the slice; `min` and `max` of floats by [`Extreme`], which finds
+/// arrow's answer without its one-value-at-a-time total order) and merged into the group's state, instead of row by
+/// row. The
 /// archive is sorted by sensor and device, so most of a batch is such runs. Below this, the per-slice cost
 /// (an accumulator made, its state merged: a few µs) outweighs what it saves (a few ns per row and aggregate).
 const MIN_RUN_ROWS: usize = 1024;
@@ -353,9 +356,14 @@ impl PartialState {
                     accumulator.update_batch(&run_values, &indices[at..at + run], None, known)?;
                     continue;
                 }
-                let mut plain = aggregate.create_accumulator()?;
-                plain.update_batch(&run_values)?;
-                let state = plain.state()?.iter().map(|v| v.to_array_of_size(1)).collect::<Result<Vec<_>>>()?;
+                let state = match Extreme::of_aggregate(aggregate.fun().name()).and_then(|e| e.state_of(&run_values)) {
+                    Some(state) => state,
+                    None => {
+                        let mut plain = aggregate.create_accumulator()?;
+                        plain.update_batch(&run_values)?;
+                        plain.state()?.iter().map(|v| v.to_array_of_size(1)).collect::<Result<Vec<_>>>()?
+                    }
+                };
                 accumulator.merge_batch(&state, &[group], known)?;
             }
             self.rows_in_runs.add(run);
