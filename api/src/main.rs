@@ -17,7 +17,7 @@ fn main() {
 
 /// The error chain, one cause per line, without a stack trace: these are messages for the user.
 fn fail(e: anyhow::Error) -> ! {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", weir_api::commands::error_message(&e));
     std::process::exit(1);
 }
 

@@ -114,6 +114,26 @@ pub fn http_client(cacert: Option<&std::path::Path>) -> anyhow::Result<reqwest::
     Ok(builder)
 }
 
+/// What the user reads when a command fails: the error and its causes, each once, joined by `: `.
+///
+/// Why: many errors say their cause in their own message (`cannot read the key file F: permission denied`) and
+/// also hand it on as their `source`, so printing the chain (`{:#}`) said each cause two or three times. A cause
+/// whose text the message already holds is left out.
+pub fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +159,29 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let dir = weir_pipeline::data_dir::DataDirError::Io { dir: "/proc/x".into(), source: io };
+        let error = anyhow::Error::new(dir).context("the data directory");
+        assert_eq!(
+            error_message(&error),
+            "the data directory: cannot read or write the data directory /proc/x: No such file or directory (os error 2)"
+        );
+        let plain = anyhow::anyhow!("the cause").context("what failed");
+        assert_eq!(error_message(&plain), "what failed: the cause");
+    }
+
+    #[test]
+    fn the_data_directory_refusal_is_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        let config = serve::ServeArgs::defaults(dir.path()).node_config().expect("the defaults are valid");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let Err(error) = rt.block_on(crate::node::Node::start(config)) else { panic!("a foreign directory opened") };
+        let text = error_message(&anyhow::Error::new(error));
+        assert_eq!(text.matches("does not look like a Weir data directory").count(), 1, "{text}");
     }
 }
