@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One day of generated readings through a real Weir, sealed into one Parquet file; then the same queries over that
 # file with Weir (DataFusion, `weir sql --archive --timing`) and with DuckDB (Python package, installed if missing),
-# both timed in-process, best of 5 runs in one process (`weir sql --repeat 5 --timing`; one DuckDB connection). Prints archive bytes per reading, seal time and per-query times with ratios.
+# both timed in-process, best of 5 runs in one process (`weir sql --repeat 5 --timing`; one DuckDB connection);
+# chDB and datafusion-python beside them the same way (`benches/sql_engines.py`). Prints archive bytes per reading,
+# seal time and per-query times with Weir's ratio to each (below 1: Weir is faster).
 #
 #   benches/sql-vs-duckdb.sh            # READINGS=2000000 by default
 set -euo pipefail
@@ -11,7 +13,7 @@ READINGS="${READINGS:-2000000}"
 DAY=2026-11-18   # the generator's day
 cargo build --release -q -p weir-api -p weir-benches --bins
 BIN="$CARGO_TARGET_DIR/release"
-python3 -c 'import duckdb, pytz' 2>/dev/null || python3 -m pip install --quiet duckdb pytz
+python3 -c 'import duckdb, pytz, chdb, datafusion' 2>/dev/null || python3 -m pip install --quiet duckdb pytz chdb datafusion
 
 WORK="$(mktemp -d)"
 trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -35,22 +37,16 @@ QUERIES=(
   "SELECT sensor, count(*) AS n, min(value) AS lo, max(value) AS hi, avg(value) AS mean FROM readings WHERE date = '$DAY' GROUP BY sensor ORDER BY sensor"
   "SELECT device, sensor, max(timestamp) AS newest FROM readings GROUP BY device, sensor ORDER BY device, sensor LIMIT 1000"
 )
-printf '%-6s %12s %12s %8s\n' query weir_ms duckdb_ms ratio
+printf '%-6s %10s %10s %7s %10s %7s %12s %7s\n' query weir_ms duckdb_ms ratio chdb_ms ratio df_python_ms ratio
 i=0
 for q in "${QUERIES[@]}"; do
   i=$((i + 1))
   best_weir=$("$BIN/weir" sql --archive "$ARCHIVE" --format csv --timing --repeat 5 "$q" 2>&1 >/dev/null |
     sed -n 's/.* rows in \([0-9.]*\) ms/\1/p' | sort -n | head -1)
-  best_duck=$(python3 - "$ARCHIVE" "$q" <<'PY'
-import sys, time, duckdb
-archive, q = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-con.sql(f"CREATE VIEW readings AS SELECT * FROM read_parquet('{archive}/readings/**/*.parquet', hive_partitioning=true)")
-best = 1e9
-for _ in range(5):
-    t = time.perf_counter(); con.sql(q).fetchall(); best = min(best, (time.perf_counter() - t) * 1e3)
-print(f"{best:.2f}")
-PY
-)
-  printf '%-6s %12s %12s %8s\n' "Q$i" "$best_weir" "$best_duck" "$(echo "scale=2; $best_weir / $best_duck" | bc)"
+  row=("Q$i" "$best_weir")
+  for engine in duckdb chdb datafusion-python; do
+    best=$(python3 benches/sql_engines.py "$engine" "$ARCHIVE" "$q")
+    row+=("$best" "$(echo "scale=2; $best_weir / $best" | bc)")
+  done
+  printf '%-6s %10s %10s %7s %10s %7s %12s %7s\n' "${row[@]}"
 done
