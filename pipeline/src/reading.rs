@@ -430,16 +430,18 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any sequence of names (few or many distinct, sharing prefixes), with resets between batches: each name
-        /// gets one index per batch, the table holds each name once in first-seen order, and `find` sees exactly
-        /// the names added — as a map from scratch says, on both sides of the scanned size.
+        /// Any sequence of names (few or many distinct, sharing prefixes; a pattern repeated, as writers send a
+        /// device's sensors in the same order), with resets between batches: each name gets one index per batch, the table holds each name
+        /// once in first-seen order, and `find` sees exactly the names added — as a map from scratch says, on both
+        /// sides of the scanned size.
         #[test]
         fn interned_names_match_a_model(
-            batches in proptest::collection::vec(proptest::collection::vec(0u16..400, 0..300), 1..4),
+            batches in proptest::collection::vec((proptest::collection::vec(0u16..400, 0..300), 1usize..5), 1..4),
             alphabet in 1u16..400,
         ) {
             let mut interner = DeviceInterner::default();
-            for batch in batches {
+            for (pattern, repeats) in batches {
+                let batch = pattern.iter().copied().cycle().take(pattern.len() * repeats);
                 let (mut table, mut model) = (NameTable::new(), std::collections::HashMap::new());
                 for n in batch {
                     let name = format!("d{}", n % alphabet);
