@@ -99,7 +99,8 @@ echo
 READINGS="$SQL_READINGS" benches/sql-vs-duckdb.sh | tee "$WORK/sql.txt"
 
 # --- The table at the top of benches/RESULTS.md ---------------------------------------------------------------------
-ratio() { sed -n "s/^$1 .* \([0-9.]*\)\$/\1/p" "$WORK/sql.txt"; }
+# Weir's time over DuckDB's: the fourth column (chDB's and datafusion-python's ratios follow it).
+ratio() { awk -v q="$1" '$1 == q {print $4}' "$WORK/sql.txt"; }
 echo
 echo "| $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(date -u +%F), commit $(git rev-parse --short HEAD) | readings/s ingested (fsync on) | freshness p50 / p99 at half rate | Weir peak RSS | SQL time vs DuckDB (Q1 / Q2 / Q3) |"
 echo "|---|---|---|---|---|"
