@@ -28,7 +28,6 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 mod bounded;
 mod completeness;
-mod dictionary_grouping;
 mod fast_floor;
 mod file_caches;
 mod float_extremes;
@@ -38,6 +37,7 @@ mod rejected;
 mod scan_in_pieces;
 mod scan_time;
 mod stream;
+mod stretch_grouping;
 mod threads;
 mod window_functions;
 pub use pg_catalog::{CATALOG, SERVER_VERSION, setting};
@@ -764,7 +764,7 @@ impl SqlArchive {
         // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers, large files
         // scanned in pieces that the partitions share, and no filter compared where the statistics prove it.
         Ok(SessionStateBuilder::new_from_existing(ctx.state())
-            .with_physical_optimizer_rule(Arc::new(dictionary_grouping::DictionaryGrouping::default()))
+            .with_physical_optimizer_rule(Arc::new(stretch_grouping::StretchGrouping::default()))
             .with_physical_optimizer_rule(Arc::new(scan_in_pieces::ScanInPieces::new(self.caches.footers())))
             .with_physical_optimizer_rule(Arc::new(proven_filters::ProvenFilters::new(self.caches.footers())))
             .build())

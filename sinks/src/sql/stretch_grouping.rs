@@ -1,5 +1,7 @@
-//! Grouping by dictionary-encoded names without row-encoding them: a physical plan rule and the partial
-//! aggregation it puts in place.
+//! Grouping by small keys in stretches: by dictionary-encoded names without row-encoding them, or by one number
+//! without hashing every row — a physical plan rule and the partial aggregation it puts in place. Both keys come in
+//! stretches of one group in the archive's order (sensor, device, timestamp); each stretch is looked up once, and a
+//! long one is aggregated as a whole slice.
 //!
 //! Why: the archive's `device` and `sensor` are dictionary columns, and DataFusion (55) groups dictionary columns
 //! with its generic row format — each row's string is copied into a row, hashed and compared (`GroupValuesRows`,
@@ -53,16 +55,17 @@ use super::float_extremes::Extreme;
 use crate::names::Names;
 use number_groups::NumberGroups;
 
-/// The plan rule: partial aggregations grouped by one or two dictionary columns become [`DictionaryAggregateExec`].
+/// The plan rule: partial aggregations grouped by one or two dictionary columns, or by one number, become
+/// [`StretchAggregateExec`].
 #[derive(Debug)]
-pub(super) struct DictionaryGrouping {
+pub(super) struct StretchGrouping {
     /// A run of at least this many rows of one group is aggregated as a whole (see [`MIN_RUN_ROWS`]).
     pub(super) min_run_rows: usize,
 }
 
-impl Default for DictionaryGrouping {
+impl Default for StretchGrouping {
     fn default() -> Self {
-        DictionaryGrouping { min_run_rows: MIN_RUN_ROWS }
+        StretchGrouping { min_run_rows: MIN_RUN_ROWS }
     }
 }
 
@@ -74,13 +77,13 @@ impl Default for DictionaryGrouping {
 /// (an accumulator made, its state merged: a few µs) outweighs what it saves (a few ns per row and aggregate).
 const MIN_RUN_ROWS: usize = 1024;
 
-impl PhysicalOptimizerRule for DictionaryGrouping {
+impl PhysicalOptimizerRule for StretchGrouping {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
             let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
                 return Ok(Transformed::no(node));
             };
-            match DictionaryAggregateExec::try_replace(aggregate, self.min_run_rows)? {
+            match StretchAggregateExec::try_replace(aggregate, self.min_run_rows)? {
                 Some(replacement) => Ok(Transformed::yes(Arc::new(replacement) as Arc<dyn ExecutionPlan>)),
                 None => Ok(Transformed::no(node)),
             }
@@ -89,7 +92,7 @@ impl PhysicalOptimizerRule for DictionaryGrouping {
     }
 
     fn name(&self) -> &str {
-        "dictionary_grouping"
+        "stretch_grouping"
     }
 
     fn schema_check(&self) -> bool {
@@ -100,7 +103,7 @@ impl PhysicalOptimizerRule for DictionaryGrouping {
 /// The most group columns handled: a row's group is the pair of its names' numbers.
 const MAX_GROUP_COLUMNS: usize = 2;
 
-/// What a [`DictionaryAggregateExec`] groups by.
+/// What a [`StretchAggregateExec`] groups by.
 #[derive(Debug, Clone)]
 enum GroupKeys {
     /// One or two dictionary columns of names: their indices in the input and their types, which the output keeps.
@@ -109,9 +112,9 @@ enum GroupKeys {
     Number { expr: Arc<dyn PhysicalExpr>, data_type: DataType },
 }
 
-/// The partial stage of a hash aggregation grouped by dictionary columns (see the module doc).
+/// The partial stage of a hash aggregation grouped by dictionary columns or one number (see the module doc).
 #[derive(Debug)]
-pub(super) struct DictionaryAggregateExec {
+pub(super) struct StretchAggregateExec {
     input: Arc<dyn ExecutionPlan>,
     /// What the rows are grouped by.
     keys: GroupKeys,
@@ -129,7 +132,7 @@ pub(super) struct DictionaryAggregateExec {
     metrics: ExecutionPlanMetricsSet,
 }
 
-impl DictionaryAggregateExec {
+impl StretchAggregateExec {
     /// The replacement for `aggregate`, where it qualifies.
     fn try_replace(aggregate: &AggregateExec, min_run_rows: usize) -> Result<Option<Self>> {
         let group_by = aggregate.group_expr();
@@ -158,7 +161,7 @@ impl DictionaryAggregateExec {
                 None => return Ok(None),
             },
         };
-        Ok(Some(DictionaryAggregateExec {
+        Ok(Some(StretchAggregateExec {
             input: Arc::clone(aggregate.input()),
             keys,
             aggregates: aggregate.aggr_expr().to_vec(),
@@ -193,7 +196,7 @@ impl DictionaryAggregateExec {
     }
 }
 
-impl DisplayAs for DictionaryAggregateExec {
+impl DisplayAs for StretchAggregateExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let groups: Vec<_> = match &self.keys {
             GroupKeys::Names(columns) => {
@@ -203,13 +206,13 @@ impl DisplayAs for DictionaryAggregateExec {
         };
         let aggregates: Vec<_> = self.aggregates.iter().map(|a| a.name().to_owned()).collect();
         let mode = if self.final_values { "Single" } else { "Partial" };
-        write!(f, "DictionaryAggregateExec: mode={mode}, gby=[{}], aggr=[{}]", groups.join(", "), aggregates.join(", "))
+        write!(f, "StretchAggregateExec: mode={mode}, gby=[{}], aggr=[{}]", groups.join(", "), aggregates.join(", "))
     }
 }
 
-impl ExecutionPlan for DictionaryAggregateExec {
+impl ExecutionPlan for StretchAggregateExec {
     fn name(&self) -> &str {
-        "DictionaryAggregateExec"
+        "StretchAggregateExec"
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -235,13 +238,13 @@ impl ExecutionPlan for DictionaryAggregateExec {
 
     fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
-            return Err(DataFusionError::Internal("DictionaryAggregateExec has one input".into()));
+            return Err(DataFusionError::Internal("StretchAggregateExec has one input".into()));
         }
         let input = children.remove(0);
         if input.schema() != self.input.schema() {
-            return Err(DataFusionError::Internal("DictionaryAggregateExec's new input changes the schema".into()));
+            return Err(DataFusionError::Internal("StretchAggregateExec's new input changes the schema".into()));
         }
-        Ok(Arc::new(DictionaryAggregateExec {
+        Ok(Arc::new(StretchAggregateExec {
             input,
             keys: self.keys.clone(),
             aggregates: self.aggregates.clone(),
@@ -262,7 +265,7 @@ impl ExecutionPlan for DictionaryAggregateExec {
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, Arc::clone(&context))?;
         let reservation =
-            MemoryConsumer::new(format!("DictionaryAggregateExec[{partition}]")).register(context.memory_pool());
+            MemoryConsumer::new(format!("StretchAggregateExec[{partition}]")).register(context.memory_pool());
         let accumulators = self.aggregates.iter().map(|a| a.create_groups_accumulator()).collect::<Result<Vec<_>>>()?;
         let groups = Groups::new(&self.keys);
         let state = PartialState {
@@ -586,10 +589,10 @@ impl NameGroups {
         for (c, (index, _)) in self.columns.iter().enumerate() {
             let array = batch.column(*index);
             let dictionary = array.as_any_dictionary_opt().ok_or_else(|| {
-                DataFusionError::Internal(format!("DictionaryAggregateExec: column {index} is not a dictionary"))
+                DataFusionError::Internal(format!("StretchAggregateExec: column {index} is not a dictionary"))
             })?;
             let values: &StringArray = dictionary.values().as_string_opt::<i32>().ok_or_else(|| {
-                DataFusionError::Internal(format!("DictionaryAggregateExec: column {index} is not of strings"))
+                DataFusionError::Internal(format!("StretchAggregateExec: column {index} is not of strings"))
             })?;
             let names = &mut self.names[c];
             let numbered = &mut self.numbered[c];

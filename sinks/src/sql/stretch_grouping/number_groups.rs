@@ -81,7 +81,7 @@ impl NumberGroups {
             }
             other => {
                 return Err(DataFusionError::Internal(format!(
-                    "DictionaryAggregateExec: a number key of type {other} (planned as {})",
+                    "StretchAggregateExec: a number key of type {other} (planned as {})",
                     self.data_type
                 )));
             }

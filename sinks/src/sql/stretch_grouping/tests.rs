@@ -13,7 +13,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use proptest::prelude::*;
 
-use super::DictionaryGrouping;
+use super::StretchGrouping;
 
 const NAMES: [&str; 8] = ["speed", "Speed", "speed ", "", "ü", "truck-7", "truck-70", "a\u{0}b"];
 
@@ -46,10 +46,10 @@ fn batch(dicts: &Dictionaries, rows: &[Row]) -> RecordBatch {
         .expect("a batch of the schema")
 }
 
-/// What [`CappedPool`] lets a `DictionaryAggregateExec` hold.
+/// What [`CappedPool`] lets a `StretchAggregateExec` hold.
 const CAPPED_BYTES: usize = 64 << 10;
 
-/// A pool that refuses `DictionaryAggregateExec`s more than `cap` bytes each and everything else nothing: so the
+/// A pool that refuses `StretchAggregateExec`s more than `cap` bytes each and everything else nothing: so the
 /// partial stage meets a full pool while DataFusion's own stages do not.
 #[derive(Debug)]
 struct CappedPool {
@@ -59,7 +59,7 @@ struct CappedPool {
 
 impl std::fmt::Display for CappedPool {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "capped({} bytes per DictionaryAggregateExec)", self.cap)
+        write!(f, "capped({} bytes per StretchAggregateExec)", self.cap)
     }
 }
 
@@ -77,7 +77,7 @@ impl MemoryPool for CappedPool {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> datafusion::error::Result<()> {
-        if reservation.consumer().name().starts_with("DictionaryAggregateExec")
+        if reservation.consumer().name().starts_with("StretchAggregateExec")
             && reservation.size() + additional > self.cap
         {
             return Err(datafusion::error::DataFusionError::ResourcesExhausted("capped for the test".into()));
@@ -112,7 +112,7 @@ fn context_of(
         .with_runtime_env(runtime.build_arc().expect("runtime"))
         .with_default_features();
     if let Some(min_run_rows) = rule {
-        state = state.with_physical_optimizer_rule(Arc::new(DictionaryGrouping { min_run_rows }));
+        state = state.with_physical_optimizer_rule(Arc::new(StretchGrouping { min_run_rows }));
     }
     let ctx = SessionContext::new_with_state(state.build());
     ctx.register_table("t", Arc::new(MemTable::try_new(schema(), partitions).expect("table"))).expect("register");
@@ -189,8 +189,8 @@ proptest! {
             for query in QUERIES {
                 let (ours, plan) = answer(&with, query).await;
                 let (theirs, their_plan) = answer(&without, query).await;
-                prop_assert!(plan.contains("DictionaryAggregateExec"), "{query}: not used:\n{plan}");
-                prop_assert!(!their_plan.contains("DictionaryAggregateExec"));
+                prop_assert!(plan.contains("StretchAggregateExec"), "{query}: not used:\n{plan}");
+                prop_assert!(!their_plan.contains("StretchAggregateExec"));
                 prop_assert_eq!(ours, theirs, "{}", query);
             }
             Ok(())
@@ -212,7 +212,7 @@ fn other_groupings_are_left_as_planned() {
             "SELECT upper(sensor), count(*) FROM t GROUP BY upper(sensor)",
         ] {
             let (_, plan) = answer(&ctx, query).await;
-            assert!(!plan.contains("DictionaryAggregateExec"), "{query}:\n{plan}");
+            assert!(!plan.contains("StretchAggregateExec"), "{query}:\n{plan}");
         }
     });
 }
@@ -273,14 +273,14 @@ fn runs_of_one_group_are_aggregated_whole_and_answer_the_same() {
     });
 }
 
-/// The sum of metric `name` over every [`super::DictionaryAggregateExec`] in a plan (once run).
+/// The sum of metric `name` over every [`super::StretchAggregateExec`] in a plan (once run).
 fn metric(plan: &dyn datafusion::physical_plan::ExecutionPlan, name: &str) -> usize {
     struct Sum<'a>(&'a str, usize);
     impl datafusion::physical_plan::ExecutionPlanVisitor for Sum<'_> {
         type Error = datafusion::error::DataFusionError;
 
         fn pre_visit(&mut self, plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Result<bool, Self::Error> {
-            if plan.name() == "DictionaryAggregateExec" {
+            if plan.name() == "StretchAggregateExec" {
                 self.1 += plan.metrics().and_then(|m| m.sum_by_name(self.0)).map_or(0, |v| v.as_usize());
             }
             Ok(true)
