@@ -761,7 +761,8 @@ impl SqlArchive {
         for (width, days) in weir_operators::Width::ALL.into_iter().zip(rolled) {
             register_windows(&ctx, &self.location, width, days).await?;
         }
-        // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers, large files
+        // DataFusion's plan, with grouping by dictionary columns (device, sensor) done on their numbers and by one
+        // number (a time bucket) a stretch of equal keys at a time, large files
         // scanned in pieces that the partitions share, and no filter compared where the statistics prove it.
         Ok(SessionStateBuilder::new_from_existing(ctx.state())
             .with_physical_optimizer_rule(Arc::new(stretch_grouping::StretchGrouping::default()))

@@ -369,9 +369,7 @@ impl StatsEngine {
         self.stop.store(true, Ordering::Release);
         let guards = self.guards.lock().map(|mut g| g.take()).unwrap_or(None);
         let Some(guards) = guards else { return };
-        for worker in guards.guards() {
-            worker.thread().unpark();
-        }
+        wake_workers(&guards);
         let (done, finished) = mpsc::channel();
         std::thread::spawn(move || {
             for result in guards.join() {
@@ -393,11 +391,16 @@ impl Drop for StatsEngine {
         self.stop.store(true, Ordering::Release);
         // Dropping the guards joins the threads; never block a drop on that.
         if let Some(guards) = self.guards.lock().ok().and_then(|mut g| g.take()) {
-            for worker in guards.guards() {
-                worker.thread().unpark();
-            }
+            wake_workers(&guards);
             std::thread::spawn(move || drop(guards));
         }
+    }
+}
+
+/// Wakes every worker thread (asleep until rung, see the module doc), so that each sees the stop at once.
+fn wake_workers(guards: &timely::communication::initialize::WorkerGuards<()>) {
+    for worker in guards.guards() {
+        worker.thread().unpark();
     }
 }
 

@@ -70,11 +70,10 @@ impl Default for StretchGrouping {
 }
 
 /// Rows of one group in a row, from which they are aggregated as one slice by DataFusion's plain accumulators
-/// (vectorised: one `min`, `sum`, … over the slice; `min` and `max` of floats by [`Extreme`], which finds
-/// arrow's answer without its one-value-at-a-time total order) and merged into the group's state, instead of row by
-/// row. The
-/// archive is sorted by sensor and device, so most of a batch is such runs. Below this, the per-slice cost
-/// (an accumulator made, its state merged: a few µs) outweighs what it saves (a few ns per row and aggregate).
+/// (vectorised: one `min`, `sum`, … over the slice; `min` and `max` of floats by [`Extreme`], which finds arrow's
+/// answer without its one-value-at-a-time total order) and merged into the group's state, instead of row by row.
+/// The archive is sorted by sensor and device, so most of a batch is such runs. Below this, the per-slice cost (an
+/// accumulator made, its state merged: a few µs) outweighs what it saves (a few ns per row and aggregate).
 const MIN_RUN_ROWS: usize = 1024;
 
 impl PhysicalOptimizerRule for StretchGrouping {
@@ -152,10 +151,12 @@ impl StretchAggregateExec {
             return Ok(None);
         }
         let arguments = aggregate_expressions(aggregate.aggr_expr(), aggregate.mode(), 0)?;
-        let keys = match group_by.expr() {
-            [(expr, _)] if NumberGroups::takes(&expr.data_type(&input_schema)?) => {
-                GroupKeys::Number { expr: Arc::clone(expr), data_type: expr.data_type(&input_schema)? }
-            }
+        let one_key = match group_by.expr() {
+            [(expr, _)] => Some((Arc::clone(expr), expr.data_type(&input_schema)?)),
+            _ => None,
+        };
+        let keys = match one_key {
+            Some((expr, data_type)) if NumberGroups::takes(&data_type) => GroupKeys::Number { expr, data_type },
             _ => match Self::name_columns(group_by.expr(), &input_schema) {
                 Some(columns) => GroupKeys::Names(columns),
                 None => return Ok(None),

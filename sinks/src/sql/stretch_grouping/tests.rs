@@ -236,16 +236,21 @@ fn a_small_memory_pool_emits_early_and_the_answer_stays_whole() {
     let partitions = vec![vec![batch.clone()], vec![batch]];
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     runtime.block_on(async {
-        let query = "SELECT count(*), sum(n), min(n), max(n) FROM \
-                     (SELECT device, sensor, count(*) AS n FROM t GROUP BY device, sensor)";
-        let ctx = context(partitions, Some(usize::MAX), Some(CAPPED_BYTES));
-        let plan = ctx.sql(query).await.expect("plans").create_physical_plan().await.expect("physical plan");
-        let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await.expect("runs");
-        let text = arrow::util::pretty::pretty_format_batches(&batches).expect("formats").to_string();
-        let expected = format!("|{groups}|{}|8|8|", rows * 2);
-        assert!(text.replace(' ', "").contains(&expected), "{text}");
-        let early = metric(plan.as_ref(), "early_emits");
-        assert!(early > 1, "the partial stage emitted early {early} times");
+        // Grouped by names, and by one number (each value modulo the groups: the same groups).
+        for inner in [
+            "SELECT device, sensor, count(*) AS n FROM t GROUP BY device, sensor",
+            "SELECT value % 3000 AS k, count(*) AS n FROM t GROUP BY k",
+        ] {
+            let query = format!("SELECT count(*), sum(n), min(n), max(n) FROM ({inner})");
+            let ctx = context(partitions.clone(), Some(usize::MAX), Some(CAPPED_BYTES));
+            let plan = ctx.sql(&query).await.expect("plans").create_physical_plan().await.expect("physical plan");
+            let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await.expect("runs");
+            let text = arrow::util::pretty::pretty_format_batches(&batches).expect("formats").to_string();
+            let expected = format!("|{groups}|{}|8|8|", rows * 2);
+            assert!(text.replace(' ', "").contains(&expected), "{inner}: {text}");
+            let early = metric(plan.as_ref(), "early_emits");
+            assert!(early > 1, "{inner}: the partial stage emitted early {early} times");
+        }
     });
 }
 
