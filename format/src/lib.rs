@@ -137,12 +137,23 @@ fn dictionary<'a>(names: impl Iterator<Item = &'a str>) -> Result<DictionaryArra
 
 /// The writer properties of every Parquet file Weir writes (parts, sealed files, rollups): zstd, page statistics,
 /// row groups of [`ROW_GROUP_ROWS`], no timestamps, so the same rows give the same bytes.
+///
+/// Names and values are dictionary-encoded (few distinct names; telemetry values repeat, and SQL reads a
+/// dictionary's small keys faster than plain doubles: `min`/`max`/`avg` by sensor took 25 % longer over plain
+/// values). `timestamp` and `written` are not: nearly every one is distinct, so the dictionary only grew to its size
+/// limit, hashing every row on the way (parquet's interner was ~12 % of the archiver), before falling back to plain.
+/// They are written as deltas (`DELTA_BINARY_PACKED`): a series' times in the archive's order, and write times in
+/// any order, differ by little from row to row. Measured in `benches/RESULTS.md` ("Issue 19, 1").
 pub fn parquet_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("weir".into())
+        .set_column_dictionary_enabled("timestamp".into(), false)
+        .set_column_dictionary_enabled("written".into(), false)
+        .set_column_encoding("timestamp".into(), parquet::basic::Encoding::DELTA_BINARY_PACKED)
+        .set_column_encoding("written".into(), parquet::basic::Encoding::DELTA_BINARY_PACKED)
         .build()
 }
 
@@ -558,5 +569,22 @@ mod tests {
         assert!(col.statistics().is_some(), "statistics on");
         let arrow_schema = parquet::arrow::parquet_to_arrow_schema(meta.file_metadata().schema_descr(), None).unwrap();
         assert_eq!(arrow_schema.field(3).data_type(), archive_schema().field(3).data_type());
+        // Names and values in dictionaries; times as deltas, never through a dictionary.
+        use parquet::basic::Encoding;
+        for (column, name) in archive_schema().fields().iter().enumerate() {
+            let encodings = rg.column(column).encodings().collect::<Vec<_>>();
+            match name.name().as_str() {
+                "device" | "sensor" | "value" => {
+                    assert!(encodings.contains(&Encoding::RLE_DICTIONARY), "{name}: {encodings:?}")
+                }
+                "timestamp" | "written" => assert!(
+                    encodings.contains(&Encoding::DELTA_BINARY_PACKED)
+                        && !encodings.contains(&Encoding::RLE_DICTIONARY)
+                        && !encodings.contains(&Encoding::PLAIN_DICTIONARY),
+                    "{name}: {encodings:?}"
+                ),
+                other => panic!("a column this test does not know: {other}"),
+            }
+        }
     }
 }
