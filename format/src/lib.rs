@@ -145,15 +145,17 @@ fn dictionary<'a>(names: impl Iterator<Item = &'a str>) -> Result<DictionaryArra
 /// They are written as deltas (`DELTA_BINARY_PACKED`): a series' times in the archive's order, and write times in
 /// any order, differ by little from row to row. Measured in `benches/RESULTS.md` ("Issue 19, 1").
 pub fn parquet_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_created_by("weir".into())
-        .set_column_dictionary_enabled("timestamp".into(), false)
-        .set_column_dictionary_enabled("written".into(), false)
-        .set_column_encoding("timestamp".into(), parquet::basic::Encoding::DELTA_BINARY_PACKED)
-        .set_column_encoding("written".into(), parquet::basic::Encoding::DELTA_BINARY_PACKED)
+        .set_created_by("weir".into());
+    ["timestamp", "written"]
+        .into_iter()
+        .fold(builder, |b, time| {
+            b.set_column_dictionary_enabled(time.into(), false)
+                .set_column_encoding(time.into(), parquet::basic::Encoding::DELTA_BINARY_PACKED)
+        })
         .build()
 }
 
